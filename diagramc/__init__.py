@@ -1,0 +1,9 @@
+"""diagramc: a symbolic diagram compiler for the Taylor expansion of neural networks.
+
+Pipeline: combinatorics (diagrams) -> sympy (vertex functions, expressions) ->
+kernel plan (index tables of the factored layer recursion) -> jinja2 code generation
+-> cached, imported NumPy / PyTorch module.
+"""
+__version__ = "0.1.0"
+
+from .errors import DiagramcError  # noqa: E402
