@@ -7,3 +7,6 @@ kernel plan (index tables of the factored layer recursion) -> jinja2 code genera
 __version__ = "0.1.0"
 
 from .errors import DiagramcError  # noqa: E402
+from .network import Architecture, params_from_torch, load_model  # noqa: E402
+from .compiler import compile, taylor  # noqa: E402
+from .activations import get_activation, ACTIVATIONS  # noqa: E402

@@ -1,0 +1,78 @@
+"""Code generation stage: a KernelSpec -> the source text of one NumPy or PyTorch module.
+
+Templates live in the top-level ``templates/`` folder (shipped as ``diagramc.templates``).
+The rendered text depends only on the spec and the output folder named in its header,
+so the same request always gives the same bytes.
+"""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+
+import jinja2
+
+from . import __version__
+from .printing import activation_code
+from .spec import KernelSpec
+
+TEMPLATES = {"numpy": "numpy_kernel.py.jinja", "torch": "torch_kernel.py.jinja"}
+BACKEND_LABELS = {"numpy": "NumPy", "torch": "PyTorch"}
+
+
+def _tuple_literal(values) -> str:
+    """Python literal of a tuple, one-element tuples included."""
+    values = tuple(values)
+    return repr(values)
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("diagramc.templates"))),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["tuple_literal"] = _tuple_literal
+    env.filters["pyrepr"] = repr
+    return env
+
+
+def _orders_label(spec: KernelSpec) -> str:
+    if spec.full:
+        return f"0..{spec.order}"
+    orders = sorted({sum(a) for a in spec.multi_indices})
+    return f"{', '.join(map(str, orders))} ({len(spec.multi_indices)} selected multi-indices)"
+
+
+def render(spec: KernelSpec, out_dir: str) -> str:
+    """The module's source: header (version, input hash, regenerate command), tables, kernel."""
+    act = spec.architecture.activation
+    code = activation_code(act, spec.order, spec.backend)
+    vertex_orders = tuple(k for k in range(2, spec.order + 1) if code.factors[k - 1] is not None)
+    arch = spec.architecture
+    text = environment().get_template(TEMPLATES[spec.backend]).render(
+        version=__version__,
+        command=spec.command(out_dir),
+        digest=spec.digest,
+        inputs_json=spec.inputs_json(),
+        layer_sizes=arch.layer_sizes,
+        layers=arch.hidden_layers + 1,
+        inputs=arch.inputs,
+        outputs=arch.outputs,
+        hidden_layers=arch.hidden_layers,
+        activation_name=act.name,
+        activation_label=act.name if not act.note else f"{act.name}: {act.note}",
+        backend_label=BACKEND_LABELS[spec.backend],
+        order=spec.order,
+        orders_label=_orders_label(spec),
+        full=spec.full,
+        index_tuples=_tuple_literal(
+            tuple(i for i, a in enumerate(alpha) for _ in range(a)) for alpha in spec.multi_indices
+        ),
+        vertex_orders=vertex_orders,
+        activation=code,
+    )
+    return text

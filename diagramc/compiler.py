@@ -1,0 +1,67 @@
+"""The driver: a compile request through every stage of the pipeline.
+
+    analysis (KernelSpec) -> vertex functions (sympy) -> printing -> templates (jinja2)
+    -> cache (atomic write, integrity) -> import by path
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Iterable, Sequence
+
+from . import cache, codegen
+from .network import Architecture, params_from_torch
+from .spec import KernelSpec
+
+_LOADED: dict[tuple[str, str], ModuleType] = {}
+
+
+def compile_source(spec: KernelSpec, out_dir: "str | Path") -> str:
+    """The generated module's text for a spec (deterministic)."""
+    return codegen.render(spec, str(out_dir))
+
+
+def compile(
+    arch: Architecture,
+    order: int,
+    backend: str = "numpy",
+    multi_indices: "Iterable[Sequence[int]] | None" = None,
+    out_dir: "str | Path | None" = None,
+) -> ModuleType:
+    """Compile the Taylor-coefficient kernel of an architecture up to ``order``; return the imported module.
+
+    ``multi_indices`` restricts the module to a subset (canonical order); ``out_dir``
+    defaults to the per-user cache. A module already there is reused only when intact.
+    """
+    spec = KernelSpec.create(arch, order, backend, multi_indices)
+    folder = Path(out_dir) if out_dir is not None else cache.default_cache_dir()
+    path = folder / f"{spec.module_name()}.py"
+    source = compile_source(spec, out_dir if out_dir is not None else folder)
+    key = (str(path.resolve()), spec.digest)
+    if key in _LOADED and cache.is_intact(path, source):
+        return _LOADED[key]
+    cache.store(path, source)
+    module = cache.import_path(path)
+    _LOADED[key] = module
+    return module
+
+
+def module_path(module: ModuleType) -> Path:
+    return Path(module.__file__)
+
+
+def taylor(model, x, order: int, multi_indices=None, coefficients: bool = True):
+    """One call for users: the Taylor coefficients (or derivatives) of a torch MLP at x, up to order.
+
+    Compiles (cached) the torch kernel for the model's architecture and evaluates it on the
+    model's own parameters, so the result is differentiable with respect to them.
+    Returns a tensor (batch, outputs, len(module.MULTI_INDICES)).
+    """
+    import torch
+
+    module = compile(Architecture.from_torch(model), order, "torch", multi_indices)
+    params = params_from_torch(model)
+    x = torch.as_tensor(x, dtype=params[0].dtype, device=params[0].device)
+    if x.ndim == 1:
+        x = x[None]
+    return (module.taylor_coefficients if coefficients else module.derivatives)(params, x)

@@ -1,0 +1,108 @@
+"""Analysis stage: a compile request, validated, with its identity (hash) and the command that redoes it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from . import __version__
+from . import multi_index as mi
+from .errors import DiagramcError
+from .network import Architecture
+
+BACKENDS = ("numpy", "torch")
+# Orders past this make kernels whose tables outgrow any machine; refuse rather than hang.
+MAX_ORDER = 12
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Everything a generated module depends on, and nothing else."""
+
+    architecture: Architecture
+    order: int
+    backend: str
+    multi_indices: tuple[mi.MultiIndex, ...]  # canonical order
+    full: bool  # all multi-indices of orders 0..order (then written compactly in the module)
+
+    @classmethod
+    def create(
+        cls,
+        architecture: Architecture,
+        order: int,
+        backend: str = "numpy",
+        multi_indices: "Iterable[Sequence[int]] | None" = None,
+    ) -> "KernelSpec":
+        if not isinstance(architecture, Architecture):
+            raise DiagramcError(f"expected a diagramc.Architecture, got {type(architecture).__name__}")
+        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+            raise DiagramcError(f"order must be a non-negative integer, got {order!r}")
+        if order > MAX_ORDER:
+            raise DiagramcError(f"order {order} is above the supported maximum {MAX_ORDER}")
+        if backend not in BACKENDS:
+            raise DiagramcError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        d = architecture.inputs
+        if multi_indices is None:
+            alphas = tuple(mi.up_to_order(d, order))
+            full = True
+        else:
+            alphas = tuple(mi.sort_canonical(mi.validate(a, d) for a in multi_indices))
+            if not alphas:
+                raise DiagramcError("multi_indices is empty: give at least one multi-index, or None for all")
+            too_high = [a for a in alphas if sum(a) > order]
+            if too_high:
+                raise DiagramcError(
+                    f"multi-index {too_high[0]} has order {sum(too_high[0])}, above the compiled order {order}"
+                )
+            full = len(alphas) == sum(mi.count_of_order(d, k) for k in range(order + 1))
+        return cls(architecture, order, backend, alphas, full)
+
+    def inputs_json(self) -> str:
+        """The canonical description that the hash covers."""
+        return json.dumps(
+            {
+                "diagramc": __version__,
+                "backend": self.backend,
+                "layer_sizes": list(self.architecture.layer_sizes),
+                "activation": self.architecture.activation.name,
+                "order": self.order,
+                "multi_indices": "all" if self.full else [list(a) for a in self.multi_indices],
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.inputs_json().encode()).hexdigest()
+
+    def module_name(self) -> str:
+        """A file name that says what the kernel is and, by its hash, exactly which."""
+        act = self.architecture.activation.name
+        act = act if act.isidentifier() else "custom"
+        return (
+            f"taylor_{act}_d{self.architecture.inputs}_h{self.architecture.hidden_layers}"
+            f"_n{self.order}_{self.backend}_{self.digest[:12]}"
+        )
+
+    def command(self, out_dir: str) -> str:
+        """The exact command line that regenerates this module into out_dir."""
+        words = [
+            "diagramc",
+            "compile",
+            "--order",
+            str(self.order),
+            "--layer-sizes",
+            ",".join(map(str, self.architecture.layer_sizes)),
+            "--activation",
+            self.architecture.activation.name,
+            "--backend",
+            self.backend,
+        ]
+        if not self.full:
+            for a in self.multi_indices:
+                words += ["--multi-index", ",".join(map(str, a))]
+        words += ["-o", out_dir]
+        return shlex.join(words)
