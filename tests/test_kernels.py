@@ -1,0 +1,182 @@
+"""Generated kernels against nested torch.func.jacfwd (float64), both backends.
+
+Networks with 1 to 4 hidden layers and random widths, every named activation and
+custom expressions, orders up to 5 (6 for d <= 2), random non-zero expansion points,
+subsets of multi-indices, float32, and gradients through the torch kernel.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import diagramc
+from diagramc import multi_index as mi
+
+from .reference import TORCH_ACTIVATIONS, random_params, reference_derivatives
+
+
+def _case(seed, activation, order, d=None, hidden=None):
+    rng = random.Random(seed)
+    d = d or rng.randint(1, 3)
+    hidden = hidden if hidden is not None else rng.randint(1, 4)
+    sizes = (d,) + tuple(rng.randint(1, 5) for _ in range(hidden)) + (rng.randint(1, 2),)
+    gen = torch.Generator().manual_seed(seed)
+    params = random_params(sizes, gen)
+    x = torch.randn(3, d, generator=gen, dtype=torch.float64)  # non-zero expansion points
+    return diagramc.Architecture(sizes, activation), params, x
+
+
+def _assert_matches(got, want, rtol=1e-9):
+    got = torch.as_tensor(got)
+    scale = want.abs().max().clamp(min=1.0)
+    torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * scale)
+
+
+CASES = [
+    (seed, act, order)
+    for seed, act in enumerate(TORCH_ACTIVATIONS)
+    for order in (3, 5)
+]
+
+
+@pytest.mark.parametrize("seed,activation,order", CASES)
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_all_multi_indices_match_jacfwd(seed, activation, order, backend, kernel_dir):
+    arch, params, x = _case(seed, activation, order)
+    mod = diagramc.compile(arch, order, backend, out_dir=kernel_dir)
+    assert mod.MULTI_INDICES == tuple(mi.up_to_order(arch.inputs, order))
+    want = reference_derivatives(params, x, activation, mod.MULTI_INDICES)
+    if backend == "numpy":
+        got = mod.derivatives([p.numpy() for p in params], x.numpy())
+        assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    else:
+        got = mod.derivatives(params, x)
+        assert got.dtype == torch.float64
+    assert got.shape == (x.shape[0], arch.outputs, len(mod.MULTI_INDICES))
+    _assert_matches(got, want)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "gelu", "sin"])
+def test_order_six_two_inputs(activation, kernel_dir):
+    arch, params, x = _case(100, activation, 6, d=2, hidden=3)
+    mod = diagramc.compile(arch, 6, "torch", out_dir=kernel_dir)
+    want = reference_derivatives(params, x, activation, mod.MULTI_INDICES)
+    _assert_matches(mod.derivatives(params, x), want)
+
+
+@pytest.mark.parametrize("hidden", [2, 4])
+def test_four_inputs_order_five_deep(hidden, kernel_dir):
+    arch, params, x = _case(7 + hidden, "tanh", 5, d=4, hidden=hidden)
+    mod = diagramc.compile(arch, 5, "numpy", out_dir=kernel_dir)
+    want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES)
+    _assert_matches(mod.derivatives([p.numpy() for p in params], x.numpy()), want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_taylor_coefficients_are_derivatives_over_factorials(backend, kernel_dir):
+    arch, params, x = _case(3, "silu", 4, d=3, hidden=2)
+    mod = diagramc.compile(arch, 4, backend, out_dir=kernel_dir)
+    p = params if backend == "torch" else [q.numpy() for q in params]
+    xx = x if backend == "torch" else x.numpy()
+    fact = np.array([mi.factorial(a) for a in mod.MULTI_INDICES], dtype=float)
+    np.testing.assert_allclose(
+        np.asarray(mod.taylor_coefficients(p, xx)) * fact, np.asarray(mod.derivatives(p, xx)), rtol=1e-13
+    )
+
+
+SUBSETS = [
+    [(0, 0, 4)],
+    [(2, 0, 1), (0, 0, 0), (1, 1, 1)],
+    [(0, 3, 0), (1, 0, 0)],
+    [(1, 2, 2), (0, 0, 1)],
+]
+
+
+@pytest.mark.parametrize("subset", SUBSETS)
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_subsets_of_multi_indices(subset, backend, kernel_dir):
+    arch, params, x = _case(11, "tanh", 5, d=3, hidden=3)
+    mod = diagramc.compile(arch, 5, backend, multi_indices=subset, out_dir=kernel_dir)
+    assert list(mod.MULTI_INDICES) == mi.sort_canonical(subset)
+    want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES)
+    p = params if backend == "torch" else [q.numpy() for q in params]
+    got = mod.derivatives(p, x if backend == "torch" else x.numpy())
+    _assert_matches(got, want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "softplus"])
+def test_float32_within_1e4_relative(backend, activation, kernel_dir):
+    arch, params, x = _case(21, activation, 4, d=3, hidden=3)
+    mod = diagramc.compile(arch, 4, backend, out_dir=kernel_dir)
+    want = reference_derivatives(params, x, activation, mod.MULTI_INDICES)
+    p32 = [q.float() for q in params]
+    if backend == "numpy":
+        got = mod.derivatives([q.numpy() for q in p32], x.float().numpy())
+        assert got.dtype == np.float32
+    else:
+        got = mod.derivatives(p32, x.float())
+        assert got.dtype == torch.float32
+    got = torch.as_tensor(got).double()
+    rel = (got - want).norm() / want.norm()
+    assert rel < 1e-4
+
+
+def test_relu_has_no_vertices(kernel_dir):
+    arch, params, x = _case(5, "relu", 4, d=2, hidden=3)
+    mod = diagramc.compile(arch, 4, "torch", out_dir=kernel_dir)
+    got = mod.derivatives(params, x)
+    orders = torch.tensor([sum(a) for a in mod.MULTI_INDICES])
+    assert torch.all(got[:, :, orders >= 2] == 0)
+    _assert_matches(got, reference_derivatives(params, x, "relu", mod.MULTI_INDICES))
+
+
+def test_no_hidden_layers_is_affine(kernel_dir):
+    arch, params, x = _case(6, "tanh", 3, d=3, hidden=0)
+    mod = diagramc.compile(arch, 3, "numpy", out_dir=kernel_dir)
+    assert mod.HIDDEN_LAYERS == 0
+    _assert_matches(
+        mod.derivatives([p.numpy() for p in params], x.numpy()),
+        reference_derivatives(params, x, "tanh", mod.MULTI_INDICES),
+    )
+
+
+def test_gradients_equal_double_backward(kernel_dir):
+    """Gradients of a loss on the kernel's output equal those through nested jacfwd."""
+    arch, params, x = _case(31, "tanh", 3, d=2, hidden=2)
+    mod = diagramc.compile(arch, 3, "torch", out_dir=kernel_dir)
+    weights = torch.randn(x.shape[0], arch.outputs, len(mod.MULTI_INDICES), dtype=torch.float64)
+
+    def grads(evaluate):
+        ps = [p.clone().requires_grad_(True) for p in params]
+        xx = x.clone().requires_grad_(True)
+        loss = (evaluate(ps, xx) * weights).sum() ** 2
+        return torch.autograd.grad(loss, ps + [xx])
+
+    ours = grads(mod.derivatives)
+    ref = grads(lambda ps, xx: reference_derivatives(ps, xx, "tanh", mod.MULTI_INDICES))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # second order through the kernel itself (a loss on a gradient penalty)
+    ps = [p.clone().requires_grad_(True) for p in params]
+    g = torch.autograd.grad(mod.derivatives(ps, x).sum(), ps, create_graph=True)
+    second = torch.autograd.grad(sum((gi**2).sum() for gi in g), ps, allow_unused=True)
+    assert second[0] is not None and torch.isfinite(second[0]).all()
+
+
+def test_torch_model_convenience():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)
+    ).double()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    coeffs = diagramc.taylor(model, x, 3)
+    params = diagramc.params_from_torch(model)
+    want = reference_derivatives([p.detach() for p in params], x, "tanh", mi.up_to_order(2, 3))
+    fact = torch.tensor([mi.factorial(a) for a in mi.up_to_order(2, 3)], dtype=torch.float64)
+    torch.testing.assert_close(coeffs * fact, want, rtol=1e-10, atol=1e-10)
+    coeffs.sum().backward()
+    assert model[0].weight.grad is not None
