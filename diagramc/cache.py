@@ -42,6 +42,7 @@ def write_atomic(path: Path, source: str) -> None:
     except OSError as exc:
         raise DiagramcError(f"cannot write to folder {str(path.parent)!r}: {exc.strerror}") from None
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a module is an ordinary file
         with os.fdopen(fd, "wb") as fh:
             fh.write(source.encode())
             fh.flush()
@@ -55,6 +56,12 @@ def write_atomic(path: Path, source: str) -> None:
         if isinstance(exc, OSError):
             raise DiagramcError(f"cannot write {str(path)!r}: {exc.strerror}") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def store(path: Path, source: str) -> Path:

@@ -1,0 +1,203 @@
+"""Command line: count, diagrams, compile, demo, bench (CONTRACT.md section 6).
+
+Every error a user can cause is one line on stderr beginning ``diagramc: error:``,
+exit status 2, and no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from . import multi_index as mi
+from .errors import DiagramcError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the contract's one-line error discipline."""
+
+    def error(self, message):
+        raise DiagramcError(message)
+
+
+def _int_arg(name, minimum=0):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _multi_index_arg(text):
+    try:
+        return mi.parse(text)
+    except DiagramcError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _layer_sizes_arg(text):
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) < 2 or any(not p.isdigit() or int(p) < 1 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"malformed layer sizes {text!r}: expected comma-separated positive integers d,n1,...,nH,m such as 64,32,32,1"
+        )
+    return tuple(int(p) for p in parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="diagramc", description="Symbolic diagram compiler for the Taylor expansion of MLPs.")
+    parser.add_argument("--version", action="version", version=f"diagramc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("count", help="count the diagrams of a derivative (instant, no enumeration)")
+    p.add_argument("--multi-index", required=True, type=_multi_index_arg, help="e.g. 2,0,1")
+    p.add_argument("--hidden-layers", required=True, type=_int_arg("--hidden-layers", 1))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("diagrams", help="list the diagrams of a derivative")
+    p.add_argument("--multi-index", required=True, type=_multi_index_arg)
+    p.add_argument("--hidden-layers", required=True, type=_int_arg("--hidden-layers", 1))
+    p.add_argument("--format", choices=("text", "latex", "json", "tikz"), default="text")
+    p.add_argument("--draw", metavar="FILE", help="also draw all diagrams into FILE (.png, .svg or .pdf)")
+    p.add_argument("--force", action="store_true", help="list even when there are very many diagrams")
+
+    p = sub.add_parser("compile", help="generate a NumPy or PyTorch Taylor-coefficient kernel")
+    p.add_argument("--order", required=True, type=_int_arg("--order", 0))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="FILE", help="state dict or TorchScript file of an nn.Sequential MLP")
+    src.add_argument("--layer-sizes", type=_layer_sizes_arg, help="d,n1,...,nH,m such as 64,32,32,1")
+    p.add_argument("--activation", help="tanh, sigmoid, softplus, sin, gelu, silu, identity, relu, or an expression in x")
+    p.add_argument("--multi-index", action="append", type=_multi_index_arg, help="compile only these (repeatable)")
+    p.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
+    p.add_argument("-o", "--out-dir", default=None, help="folder for the module (default: the per-user cache)")
+    p.add_argument("--trust-model", action="store_true", help="allow unpickling a whole pickled module (runs code)")
+
+    p = sub.add_parser("demo", help="the Born-series study: iterative NN perturbation theory")
+    p.add_argument("--quick", action="store_true", help="a smaller run (minutes) that still shows the effect")
+    p.add_argument("--out", default="demo-out", help="folder for the report, plots and networks")
+    p.add_argument("--seed", type=_int_arg("--seed", 0), default=0)
+
+    p = sub.add_parser("bench", help="time our kernels against torch.func and JAX side by side")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and cells")
+    p.add_argument("--out", default="bench-out", help="folder for the JSON and the plot")
+    return parser
+
+
+def _count(args) -> None:
+    from .diagrams import count
+
+    distinct, labelled = count(args.multi_index, args.hidden_layers)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "multi_index": list(args.multi_index),
+                    "hidden_layers": args.hidden_layers,
+                    "diagrams": distinct,
+                    "labelled_trees": labelled,
+                }
+            )
+        )
+    else:
+        alpha = ",".join(map(str, args.multi_index))
+        print(f"D^({alpha}) f with {args.hidden_layers} hidden layers: {distinct} diagrams, {labelled} labelled trees")
+
+
+# Listing more diagrams than this needs --force: the count comes first, nothing hangs.
+MAX_LISTED_DIAGRAMS = 5000
+
+
+def _diagrams(args) -> None:
+    from . import diagrams as dg
+
+    distinct, _ = dg.count(args.multi_index, args.hidden_layers)
+    if distinct > MAX_LISTED_DIAGRAMS and not args.force:
+        raise DiagramcError(
+            f"{distinct} diagrams for multi-index {','.join(map(str, args.multi_index))} with "
+            f"{args.hidden_layers} hidden layers; pass --force to list more than {MAX_LISTED_DIAGRAMS}"
+        )
+    found = dg.diagrams(args.multi_index, args.hidden_layers)
+    if args.draw:
+        from .draw import draw
+
+        draw(found, args.draw)
+    if args.format == "json":
+        print(json.dumps([d.to_json() for d in found], indent=1))
+    elif args.format == "latex":
+        for i, d in enumerate(found, 1):
+            print(f"% diagram {i}, multiplicity {d.multiplicity}")
+            print(d.latex())
+    elif args.format == "tikz":
+        for d in found:
+            print(d.tikz())
+    else:
+        for i, d in enumerate(found, 1):
+            print(f"diagram {i} (multiplicity {d.multiplicity}):")
+            print(d.pretty())
+            print()
+    if args.draw:
+        print(f"drew {len(found)} diagrams to {args.draw}", file=sys.stderr)
+
+
+def _compile(args) -> None:
+    from .compiler import compile
+    from .network import Architecture, load_model
+
+    if args.model:
+        arch, _ = load_model(args.model, args.activation, trust=args.trust_model)
+    else:
+        if not args.activation:
+            raise DiagramcError("--layer-sizes needs --activation (a name such as tanh, or an expression in x)")
+        arch = Architecture(args.layer_sizes, args.activation)
+    out_dir = args.out_dir
+    module = compile(arch, args.order, args.backend, multi_indices=args.multi_index, out_dir=out_dir)
+    print(Path(module.__file__))
+
+
+def _demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed)
+
+
+def _bench(args) -> None:
+    from .bench import run_bench
+
+    run_bench(args.out, quick=args.quick)
+
+
+COMMANDS = {"count": _count, "diagrams": _diagrams, "compile": _compile, "demo": _demo, "bench": _bench}
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except DiagramcError as exc:
+        print(f"diagramc: error: {str(exc).splitlines()[0] if str(exc) else 'invalid input'}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diagramc: error: interrupted", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug of ours: still one line; DIAGRAMC_DEBUG=1 shows the traceback
+        if os.environ.get("DIAGRAMC_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"diagramc: error: internal error ({type(exc).__name__}: {first}); "
+              "rerun with DIAGRAMC_DEBUG=1 and report it", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
