@@ -429,6 +429,57 @@ class Diagram:
             object.__setattr__(self, "_graph", g)
         return self._graph
 
+    # -- pictures -----------------------------------------------------------------------
+    def layout(self) -> dict[int, tuple[float, float]]:
+        """Positions of the :attr:`graph` nodes for drawing: ``node -> (x, y)``.
+
+        ``y`` is the layer (inputs 0 at the bottom, output ``H + 1`` at the top), so the
+        strictly increasing layers towards the root read off the picture; inputs are
+        spaced one unit apart in canonical order and a vertex sits above the mean of its
+        children, so no edges cross.
+        """
+        g = self.graph
+        pos: dict[int, tuple[float, float]] = {}
+        leaves = itertools.count()
+
+        def place(nid):
+            kids = sorted(g.predecessors(nid))
+            if not kids:
+                x = float(next(leaves)) if g.nodes[nid]["kind"] == "input" else 0.0
+            else:
+                x = sum(place(c) for c in kids) / len(kids)
+            pos[nid] = (x, float(g.nodes[nid]["layer"]))
+            return x
+
+        place(0)
+        return pos
+
+    def tikz(self) -> str:
+        """TikZ-Feynman source of the diagram (``\\usepackage{tikz-feynman}``, LuaLaTeX).
+
+        Explicit coordinates from :meth:`layout`: inputs ``x_v`` at the bottom, dotted
+        vertices labelled ``\\sigma^{(k)}(z^{(l)})``, the output ``f`` on top.
+        """
+        g, pos = self.graph, self.layout()
+        lines = [f"% diagram of D^{list(self.multi_index)} f, {self.hidden_layers} hidden layers, "
+                 f"multiplicity {self.multiplicity}",
+                 r"\begin{tikzpicture}", r"\begin{feynman}"]
+        for nid, a in sorted(g.nodes(data=True)):
+            x, y = pos[nid]
+            at = f"at ({x:g}, {1.5 * y:g})"
+            if a["kind"] == "output":
+                lines.append(rf"  \vertex (n{nid}) {at} {{\(f\)}};")
+            elif a["kind"] == "input":
+                lines.append(rf"  \vertex (n{nid}) {at} {{\(x_{{{a['variable']}}}\)}};")
+            else:
+                lines.append(rf"  \vertex [dot, label=right:{{\(\sigma^{{({a['k']})}}(z^{{({a['layer']})}})\)}}] "
+                             rf"(n{nid}) {at} {{}};")
+        if g.number_of_edges():
+            edges = ", ".join(f"(n{u}) -- (n{v})" for u, v in sorted(g.edges()))
+            lines.append(rf"  \diagram* {{ {edges} }};")
+        lines += [r"\end{feynman}", r"\end{tikzpicture}"]
+        return "\n".join(lines) + "\n"
+
     # -- symbolic value -----------------------------------------------------------------
     def _index_names(self) -> list[sympy.Symbol]:
         """One summation index per vertex, in pre-order: ``j_l``, then ``j'_l``, ``j''_l`` on a shared layer.

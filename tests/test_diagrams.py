@@ -466,3 +466,31 @@ def test_sympy_expression_on_multi_vertex_diagrams(alpha, H):
     ds = diagrams(alpha, H)
     sym = sum(dg.multiplicity * dg.evaluate(params, x, act, method="sympy") for dg in ds)
     np.testing.assert_allclose(sym, torch_derivative(params, x, "sigmoid", alpha), rtol=1e-10, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+@pytest.mark.parametrize("alpha,H", [((2, 1, 1), 3), ((0, 0), 2), ((0, 1), 2)])
+def test_layout_puts_layers_on_levels(alpha, H):
+    for d in diagrams(alpha, H):
+        g, pos = d.graph, d.layout()
+        assert set(pos) == set(g.nodes)
+        for n, a in g.nodes(data=True):
+            assert pos[n][1] == a["layer"]
+        xs = [pos[n][0] for n, a in g.nodes(data=True) if a["kind"] == "input"]
+        assert xs == sorted(xs) and len(set(xs)) == len(xs)  # inputs spread in canonical order
+        for u, v in g.edges():
+            assert pos[u][1] < pos[v][1]
+
+
+def test_tikz_feynman_source():
+    d = Diagram.from_json(contract_example(), hidden_layers=2)
+    src = d.tikz()
+    assert src.count(r"\begin{feynman}") == src.count(r"\end{feynman}") == 1
+    assert src.count(r"\vertex") == 6 and src.count("[dot") == 2
+    assert r"\sigma^{(2)}(z^{(1)})" in src and r"\(x_{1}\)" in src and "multiplicity 2" in src
+    edges = src.split(r"\diagram*")[1]
+    assert edges.count("--") == 5
+    assert src.count("{") == src.count("}")
+    assert r"\diagram*" not in diagrams((0, 0), 2)[0].tikz()
