@@ -327,7 +327,9 @@ class Diagram:
             if root.layer > H:
                 raise DiagramcError(f"the diagram has a vertex on layer {root.layer} but only {H} hidden layers")
         computed = mi.factorial(alpha) // (root.automorphisms() if root is not None else 1)
-        if multiplicity is not None and int(multiplicity) != computed:
+        if multiplicity is not None and (isinstance(multiplicity, bool) or not isinstance(multiplicity, (int, np.integer))):
+            raise DiagramcError(f"multiplicity must be a positive integer, got {multiplicity!r}")
+        if multiplicity is not None and multiplicity != computed:
             raise DiagramcError(f"multiplicity {multiplicity} disagrees with the tree's multiplicity {computed}")
         object.__setattr__(self, "root", root)
         object.__setattr__(self, "multiplicity", computed)

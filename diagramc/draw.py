@@ -15,6 +15,7 @@ from .diagrams import Diagram
 from .errors import DiagramcError
 
 FORMATS = ("png", "svg", "pdf")
+MAX_PIXELS = 60_000_000
 
 _INPUT_COLOURS = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 
@@ -35,10 +36,8 @@ def draw(diagrams: Sequence[Diagram], path: str | os.PathLike, columns: int | No
     variable) at level 0, vertices ``σ⁽ᵏ⁾`` on their hidden layer, the output ``f`` on
     level ``H + 1``, and its multiplicity. Returns the path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # a bare Figure, not pyplot: no global backend switch, nothing left open in the caller
+    from matplotlib.figure import Figure
 
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower().lstrip(".")
@@ -57,8 +56,8 @@ def draw(diagrams: Sequence[Diagram], path: str | os.PathLike, columns: int | No
     max_leaves = max(max(d.order, 1) for d in diagrams)
     panel_w = 0.55 * max_leaves + 1.1
     panel_h = 0.55 * (H + 1) + 1.0
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * panel_w, rows * panel_h + (0.5 if title else 0)),
-                             squeeze=False)
+    fig = Figure(figsize=(cols * panel_w, rows * panel_h + (0.5 if title else 0)))
+    axes = fig.subplots(rows, cols, squeeze=False)
     if title is None:
         layers = f"{H} hidden layer{'s' if H != 1 else ''}"
         alphas = {d.multi_index for d in diagrams}
@@ -79,8 +78,9 @@ def draw(diagrams: Sequence[Diagram], path: str | os.PathLike, columns: int | No
     fig_w, fig_h = fig.get_size_inches()
     fig.subplots_adjust(left=0.1 / fig_w, right=1 - 0.1 / fig_w, bottom=0.1 / fig_h,
                         top=1 - (1.0 if title else 0.3) / fig_h, wspace=0.08, hspace=0.3)
+    if ext == "png":  # hundreds of panels: keep the bitmap within MAX_PIXELS rather than run out of memory
+        dpi = min(dpi, int((MAX_PIXELS / (fig_w * fig_h)) ** 0.5))
     fig.savefig(path, dpi=dpi, format=ext)
-    plt.close(fig)
     return path
 
 
@@ -102,9 +102,12 @@ def _draw_one(ax, d: Diagram, width: int) -> None:
     if kinds["vertex"]:
         xy = [pos[n] for n, _ in kinds["vertex"]]
         ax.scatter(*zip(*xy), s=70, color="#d62728", zorder=2, edgecolors="white", linewidths=0.8)
-        for (x, y), (_, a) in zip(xy, kinds["vertex"]):
-            ax.text(x + 0.13, y + 0.08, "σ" + _superscript(a["k"]), ha="left", va="bottom", fontsize=9,
-                    color="#a01c1c", zorder=3)
+        for (x, y), (nid, a) in zip(xy, kinds["vertex"]):
+            # label on the side away from the line going up, so the two never cross
+            (parent,) = g.successors(nid)
+            side = -1 if pos[parent][0] > x + 1e-9 else 1
+            ax.text(x + 0.13 * side, y + 0.08, "σ" + _superscript(a["k"]), ha="left" if side > 0 else "right",
+                    va="bottom", fontsize=9, color="#a01c1c", zorder=3)
     if kinds["input"]:
         xy = [pos[n] for n, _ in kinds["input"]]
         colours = [_INPUT_COLOURS[a["variable"] % len(_INPUT_COLOURS)] for _, a in kinds["input"]]

@@ -226,6 +226,7 @@ def test_children_are_canonicalised():
     {"multiplicity": 1, "root": {"input": 0, "layer": 1}},
     {"multiplicity": 1, "root": {"layer": 1, "children": "no"}},
     {"root_missing": 1},
+    {"multiplicity": "2", "root": contract_example()["root"]},
     [1, 2],
 ])
 def test_from_json_rejects_malformed(data):
@@ -365,7 +366,7 @@ def random_cases(n, seed, max_order=4, max_H=3):
         yield rng, d, H, widths, m, alpha, name
 
 
-@pytest.mark.parametrize("case", list(range(30)))
+@pytest.mark.parametrize("case", list(range(20)))
 def test_diagram_sum_equals_torch_derivative(case):
     rng, d, H, widths, m, alpha, name = next(random_cases(1, 1000 + case))
     params = random_net(rng, d, widths, m)
