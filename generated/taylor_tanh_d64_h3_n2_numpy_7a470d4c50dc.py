@@ -34,74 +34,120 @@ ORDER = 2
 # Vertex orders k whose weight sigma^(k)/k! is not identically zero, up to ORDER.
 _VERTEX_ORDERS = (2,)
 
+# ---------------------------------------------------------------------------------------
+# Index tables, built once at import from the compact description above. Inside, a
+# multi-index is a monomial: its sorted tuple of variable indices, (2, 0, 1) -> (0, 0, 2).
 
-def _exponents(indices):
-    """Exponent vector of an index tuple: (0, 0, 2) -> (2, 0, 1, ...)."""
+
+def _exponents(monomial):
     alpha = [0] * INPUTS
-    for i in indices:
+    for i in monomial:
         alpha[i] += 1
     return tuple(alpha)
 
 
-def _canonical_key(alpha):
-    return (sum(alpha), tuple(i for i, a in enumerate(alpha) for _ in range(a)))
-
-
-def _all_multi_indices(order):
-    """Every multi-index of orders 0..order, in the canonical order."""
+def _monomials_up_to(order):
+    """Every monomial of orders 1..order, in the canonical order."""
     return tuple(
-        _exponents(c)
-        for k in range(order + 1)
-        for c in itertools.combinations_with_replacement(range(INPUTS), k)
+        m for k in range(1, order + 1) for m in itertools.combinations_with_replacement(range(INPUTS), k)
     )
 
 
-MULTI_INDICES = _all_multi_indices(ORDER)
-# The series carried through the layers: every non-zero multi-index up to ORDER.
-_SERIES = MULTI_INDICES[1:]
-_COLUMN = {beta: j for j, beta in enumerate(_SERIES)}
-# _START[k]: the first column of order >= k (columns come sorted by order).
+def _merge(a, b):
+    return tuple(sorted(a + b))
+
+
+def _splits(beta):
+    """Every way to write beta = alpha * gamma with alpha, gamma non-constant, as (alpha, gamma)."""
+    for r in range(1, len(beta)):
+        for gamma in sorted(set(itertools.combinations(beta, r))):
+            rest = list(beta)
+            for i in gamma:
+                rest.remove(i)
+            yield tuple(rest), gamma
+
+
+MULTI_INDICES = ((0,) * INPUTS,) + tuple(_exponents(m) for m in _monomials_up_to(ORDER))
+# The series carried through the layers: every non-constant monomial up to ORDER.
+_SERIES = _monomials_up_to(ORDER)
+_WANTED = None  # all of them
+_COLUMN = {m: j for j, m in enumerate(_SERIES)}
+# _START[k]: first column of order >= k (columns come sorted by order).
 _START = tuple(
-    next((j for j, beta in enumerate(_SERIES) if sum(beta) >= k), len(_SERIES)) for k in range(ORDER + 2)
+    next((j for j, m in enumerate(_SERIES) if len(m) >= k), len(_SERIES)) for k in range(ORDER + 2)
 )
-_FIRST_ORDER = tuple((j, beta.index(1)) for j, beta in enumerate(_SERIES) if sum(beta) == 1)
-_FIRST_ORDER_COLUMNS = tuple(j for j, _ in _FIRST_ORDER)
-_FIRST_ORDER_VARIABLES = tuple(i for _, i in _FIRST_ORDER)
-# Column of each requested multi-index in [value, series...]; 0 is the value itself.
-_OUTPUT_COLUMNS = tuple(0 if sum(alpha) == 0 else 1 + _COLUMN[alpha] for alpha in MULTI_INDICES)
+# Columns below _LOW are pushed through the layers; the top order (columns from _LOW on)
+# is produced at the vertices against the output line instead (see _top_order).
+_LOW = _START[ORDER] if ORDER >= 2 else len(_SERIES)
+_FIRST_ORDER_COLUMNS = tuple(j for j, m in enumerate(_SERIES) if len(m) == 1)
+_FIRST_ORDER_VARIABLES = tuple(m[0] for m in _SERIES if len(m) == 1)
+# Where each requested multi-index lies in [value, low series..., top series...].
+_OUTPUT_COLUMNS = tuple(0 if sum(alpha) == 0 else 1 + _COLUMN[tuple(i for i, a in enumerate(alpha) for _ in range(a))]
+                        for alpha in MULTI_INDICES)
 _FACTORIALS = tuple(float(math.prod(math.factorial(a) for a in alpha)) for alpha in MULTI_INDICES)
 
 
 def _power_table(k):
-    """Index table of one truncated product of series, P_k = P_(k-1) * Z.
+    """Low-order part of one truncated product of series, P_k = P_(k-1) * Z.
 
-    P_(k-1) is stored from column _START[k-1] on and P_k from _START[k] on (lower
-    orders of a k-th power vanish). Row r: P_k[target[r]] += P_(k-1)[left[r]] * Z[right[r]];
-    rows come grouped by target, and every target has at least one row.
+    P_(k-1) is stored from column _START[k-1] on, P_k from _START[k] on, both up to _LOW.
+    Row r: P_k[target[r]] += P_(k-1)[left[r]] * Z[right[r]]; rows come grouped by target.
     """
     left, right, target = [], [], []
-    for j in range(_START[k], len(_SERIES)):
-        beta = _SERIES[j]
-        support = [i for i, b in enumerate(beta) if b]
-        highest = sum(beta) - (k - 1)  # P_(k-1) has no terms below order k - 1
-        for parts in itertools.product(*(range(beta[i] + 1) for i in support)):
-            if not 0 < sum(parts) <= highest:
-                continue
-            gamma = [0] * INPUTS
-            for i, p in zip(support, parts):
-                gamma[i] = p
-            alpha = tuple(b - g for b, g in zip(beta, gamma))
-            left.append(_COLUMN[alpha] - _START[k - 1])
-            right.append(_COLUMN[tuple(gamma)])
-            target.append(j - _START[k])
+    for j in range(_START[k], _LOW):
+        for alpha, gamma in _splits(_SERIES[j]):
+            if len(alpha) >= k - 1:  # P_(k-1) has no terms below order k - 1
+                left.append(_COLUMN[alpha] - _START[k - 1])
+                right.append(_COLUMN[gamma])
+                target.append(j - _START[k])
     return left, right, target
 
 
+def _top_block(k, a):
+    """Top-order terms of sigma^(k)/k! Z^k whose P_(k-1) factor has order a.
+
+    The block is the Gram matrix G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j]
+    over alpha of order a and gamma of order ORDER - a; entry (alpha, gamma) adds to the
+    coefficient of alpha * gamma. Returns the columns, the flat entries that land on a
+    wanted coefficient sorted by it, and those coefficients (relative to _LOW).
+    """
+    rows = range(_START[a], _START[a + 1])
+    cols = range(_START[ORDER - a], _START[ORDER - a + 1])
+    entries, targets = [], []
+    for r, i in enumerate(rows):
+        for c, j in enumerate(cols):
+            beta = _merge(_SERIES[i], _SERIES[j])
+            if _WANTED is None or beta in _WANTED:
+                entries.append(r * len(cols) + c)
+                targets.append(_COLUMN[beta] - _LOW)
+    order = sorted(range(len(entries)), key=targets.__getitem__)
+    return (
+        [i - _START[k - 1] for i in rows],
+        list(cols),
+        [entries[i] for i in order],
+        [targets[i] for i in order],
+    )
+
+
+def _top_blocks():
+    """(k, scale, block) for every block of the top order. For k = 2 the Gram matrix is
+    symmetric (P_1 = Z), so block (a, ORDER - a) stands for its mirror too."""
+    blocks = []
+    if ORDER >= 2:
+        for k in _VERTEX_ORDERS:
+            orders = range(1, ORDER // 2 + 1) if k == 2 else range(k - 1, ORDER)
+            for a in orders:
+                scale = 2.0 if k == 2 and 2 * a != ORDER else 1.0
+                block = _top_block(k, a)
+                if block[2]:
+                    blocks.append((k, scale, block))
+    return blocks
+
+
 _POWER_TABLES = {k: _power_table(k) for k in range(2, max(_VERTEX_ORDERS, default=1) + 1)}
+_TOP_BLOCKS = _top_blocks()
 _PARAM_SHAPES = tuple(
-    shape
-    for n_in, n_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:])
-    for shape in ((n_out, n_in), (n_out,))
+    shape for n_in, n_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]) for shape in ((n_out, n_in), (n_out,))
 )
 
 
@@ -135,54 +181,146 @@ def _activation(z):
     )
 
 
-def _reduce_starts(target):
-    """Start of each target's group of rows, for np.add.reduceat."""
-    return np.searchsorted(np.asarray(target), np.arange(target[-1] + 1)) if target else np.zeros(0, int)
+def _segments(index, target):
+    """A grouped target list as both a scatter index and group starts (for reduceat)."""
+    starts = [i for i in range(len(target)) if i == 0 or target[i] != target[i - 1]]
+    return {
+        "target": index(target),
+        "starts": index(starts),
+        "present": index([target[i] for i in starts]),
+        "size": (target[-1] + 1) if target else 0,
+    }
 
 
-_NUMPY_TABLES = {
-    k: (np.asarray(left, dtype=np.intp), np.asarray(right, dtype=np.intp), _reduce_starts(target))
-    for k, (left, right, target) in _POWER_TABLES.items()
-}
+def _build_tables(index):
+    """Every index table as the backend's integer arrays (index: list -> array)."""
+    return {
+        "powers": {
+            k: {"left": index(left), "right": index(right), **_segments(index, target)}
+            for k, (left, right, target) in _POWER_TABLES.items()
+        },
+        "top": [
+            (k, scale, {"rows": index(rows), "cols": index(cols), "entries": index(entries), **_segments(index, target)})
+            for k, scale, (rows, cols, entries, target) in _TOP_BLOCKS
+        ],
+        "first_order_columns": index(_FIRST_ORDER_COLUMNS),
+        "first_order_variables": index(_FIRST_ORDER_VARIABLES),
+        "outputs": index(_OUTPUT_COLUMNS),
+    }
 
 
-def _through_activation(factors, Z):
-    """Series of sigma(z(x)) from the series Z of z(x): sum_k sigma^(k)(z)/k! * Z^k.
+# ---------------------------------------------------------------------------------------
+# NumPy primitives.
 
-    Z has shape (batch, len(_SERIES), width); factors[k-1] has shape (batch, width).
-    """
-    H = factors[0][:, None, :] * Z
-    P = Z
-    for k, (left, right, starts) in _NUMPY_TABLES.items():
-        P = np.add.reduceat(P[:, left, :] * Z[:, right, :], starts, axis=1)
-        if factors[k - 1] is not None:
-            H[:, _START[k] :, :] += factors[k - 1][:, None, :] * P
-    return H
+_TABLES = _build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
 
 
-def taylor_coefficients(params, x):
-    """Taylor coefficients D^alpha f(x) / alpha!: array (batch, OUTPUTS, len(MULTI_INDICES)), x's dtype."""
+def _zeros(like, shape):
+    return np.zeros(shape, dtype=like.dtype)
+
+
+def _cat(arrays, axis):
+    return np.concatenate(arrays, axis=axis)
+
+
+def _as_array(values, like):
+    return np.asarray(values, dtype=like.dtype)
+
+
+def _expand_batch(a, batch):
+    return np.broadcast_to(a, (batch,) + a.shape[1:])
+
+
+def _segment_sum(products, table):
+    """Sum the rows of products (axis 1) that share a target."""
+    if not len(table["starts"]):
+        return products[:, :0, :]
+    return np.add.reduceat(products, table["starts"], axis=1)
+
+
+def _scatter_top(top, flat, block):
+    """Add the wanted entries of flattened Gram matrices to their top-order coefficients."""
+    top[..., block["present"]] += np.add.reduceat(flat[..., block["entries"]], block["starts"], axis=-1)
+    return top
+
+
+def _prepare(params, x):
     x = np.asarray(x)
     _check_structure(params, x)
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"x has dtype {x.dtype}; expected a floating-point dtype (float32 or float64)")
-    weights = [np.asarray(params[i], dtype=x.dtype) for i in range(0, len(params), 2)]
-    biases = [np.asarray(params[i], dtype=x.dtype) for i in range(1, len(params), 2)]
+    return [np.asarray(p, dtype=x.dtype) for p in params], x, _TABLES
 
-    # Layer 1 is affine in x: its series holds the first-order terms only, the same for every x.
+
+# ---------------------------------------------------------------------------------------
+# The kernel. Backend primitives (_zeros, _cat, _segment_sum, _scatter_top, _tables_for)
+# are defined above; everything below reads the same for NumPy and PyTorch.
+
+
+def _through_activation(factors, Z, tables):
+    """Low-order series of sigma(z(x)) from that of z(x): sum_k sigma^(k)(z)/k! * Z^k.
+
+    Z has shape (batch, _LOW, width); factors[k-1] has shape (batch, width). Also returns
+    the powers [Z, P_2, P_3, ...] (each from column _START[k] on) for the top order.
+    """
+    H = factors[0][:, None, :] * Z
+    powers = [Z]
+    for k, table in tables["powers"].items():
+        P = _segment_sum(powers[-1][:, table["left"], :] * Z[:, table["right"], :], table)
+        powers.append(P)
+        if factors[k - 1] is not None:
+            H = _cat([H[:, : _START[k], :], H[:, _START[k] :, :] + factors[k - 1][:, None, :] * P], 1)
+    return H, powers
+
+
+def _top_order(vertices, weights, tables, batch):
+    """Coefficients of order ORDER, (batch, OUTPUTS, n_top), made at the vertices.
+
+    A top-order coefficient never passes through a weight matrix: every diagram's root
+    vertex contracts its subtrees against the output line g_l = df/dh^(l) (one reverse
+    sweep, as in forward-over-reverse), and the subtrees are all of lower order.
+    """
+    top = _zeros(weights[0], (batch, OUTPUTS, len(_SERIES) - _LOW))
+    g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
+    for layer in reversed(range(len(vertices))):
+        factors, powers = vertices[layer]
+        for k, scale, block in tables["top"]:
+            t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
+            left = powers[k - 2][:, block["rows"], :]  # P_(k-1), order a
+            right = powers[0][:, block["cols"], :]  # Z, order ORDER - a
+            gram = (t[:, :, None, :] * left[:, None, :, :]) @ right[:, None, :, :].swapaxes(-1, -2)
+            top = _scatter_top(top, gram.reshape(gram.shape[0], OUTPUTS, -1), block)
+        g = (g * factors[0][:, None, :]) @ weights[layer]  # df/dh^(layer) from df/dh^(layer+1)
+    return top
+
+
+def _series(params, x, tables):
+    """[value, low-order series, top-order series] of f around x: (batch, 1 + len(_SERIES), OUTPUTS)."""
+    weights, biases = params[0::2], params[1::2]
+    batch = x.shape[0]
+    # Layer 1 is affine in x: its series has first-order terms only, the same for every x.
     z = x @ weights[0].T + biases[0]
-    Z = np.zeros((1, len(_SERIES), z.shape[1]), dtype=x.dtype)
-    Z[0, _FIRST_ORDER_COLUMNS, :] = weights[0].T[list(_FIRST_ORDER_VARIABLES)]
+    Z = _zeros(x, (1, _LOW, z.shape[1]))
+    Z[:, tables["first_order_columns"], :] = weights[0].T[tables["first_order_variables"]][None]
+    vertices = []
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _activation(z)
-        Z = _through_activation(factors, Z) @ W.T
+        H, powers = _through_activation(factors, Z, tables)
+        vertices.append((factors, powers))
+        Z = H @ W.T
         z = h @ W.T + b
+    low = _expand_batch(Z, batch)
+    top = _top_order(vertices, weights, tables, batch).swapaxes(1, 2)
+    return _cat([z[:, None, :], low, top], 1)
 
-    series = np.concatenate([z[:, None, :], np.broadcast_to(Z, (x.shape[0],) + Z.shape[1:])], axis=1)
-    return np.ascontiguousarray(series[:, list(_OUTPUT_COLUMNS), :].transpose(0, 2, 1))
+
+def taylor_coefficients(params, x):
+    """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
+    params, x, tables = _prepare(params, x)
+    return _series(params, x, tables)[:, tables["outputs"], :].swapaxes(1, 2)
 
 
 def derivatives(params, x):
-    """Partial derivatives D^alpha f(x): array (batch, OUTPUTS, len(MULTI_INDICES)), x's dtype."""
+    """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
-    return coefficients * np.asarray(_FACTORIALS, dtype=coefficients.dtype)
+    return coefficients * _as_array(_FACTORIALS, coefficients)
