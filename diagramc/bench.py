@@ -1,0 +1,768 @@
+"""Benchmark: diagramc's kernels against the methods users pick today.
+
+    run_bench(out_dir, quick=False, cells=None, backends=("torch", "numpy"), device="cpu") -> dict
+
+For each cell (d inputs, order n, batch) of a tanh MLP d-64-64-64-1 in float64, every
+method computes all derivatives D^alpha f(x) of orders 0..n; each method's result is packed
+into the contract's canonical order (distinct multi-indices only) and compared with ours.
+
+Methods
+    diagramc_torch, diagramc_numpy   our generated kernels; steady-state median, and compile
+                                     time from a cold cache (a fresh process, an empty folder,
+                                     ``diagramc.compile`` plus the first call)
+    torch_func_jacfwd                ``torch.func``: n nested ``jacfwd`` under ``vmap`` (eager)
+    jax_jacfwd_jit                   JAX: n nested ``jacfwd`` under ``vmap`` and ``jit``
+    jax_jet_interp                   JAX ``jet`` along the C(d+n-1, n) directions of order n,
+                                     exact interpolation (Griewank, Utke, Walther 2000) for
+                                     every order 0..n from the same jets, under ``vmap``/``jit``
+    jax_hessian                      order 2 only: forward-over-reverse (what ``jax.hessian``
+                                     does), value and gradient from the same pass, under ``jit``
+
+JAX compile times (lowering plus XLA compilation) are reported apart from run times. A
+method whose library is missing is skipped and says so; a torch.func run expected to take
+longer than a limit is timed on a small batch and its full-batch time estimated.
+
+Output: a table on stdout, ``bench.json`` and ``bench.png`` in ``out_dir``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import multi_index as mi
+
+HIDDEN = (64, 64, 64)
+ACTIVATION = "tanh"
+SEED = 20240531
+#: relative error (per order, L2 over the packed vector) below which two methods agree
+AGREEMENT_TOL = 1e-7
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    d: int
+    order: int
+    batch: int = 256
+
+    @property
+    def label(self) -> str:
+        return f"d={self.d} n={self.order} b={self.batch}"
+
+
+DEFAULT_CELLS = (
+    Cell(4, 4),
+    Cell(4, 5),
+    Cell(8, 4),
+    Cell(16, 3, 64),
+    Cell(64, 2),
+    Cell(2, 8),
+    Cell(64, 2, 1),
+)
+
+OURS = ("diagramc_torch", "diagramc_numpy")
+ANCHORS = ("torch_func_jacfwd", "jax_jacfwd_jit", "jax_jet_interp", "jax_hessian")
+SHORT_NAMES = {
+    "diagramc_torch": "ours torch",
+    "diagramc_numpy": "ours numpy",
+    "torch_func_jacfwd": "torch.func jacfwd",
+    "jax_jacfwd_jit": "JAX jacfwd jit",
+    "jax_jet_interp": "JAX jet+interp",
+    "jax_hessian": "jax.hessian",
+}
+
+
+@dataclasses.dataclass
+class Settings:
+    """How hard to time; the quick mode uses fewer repetitions and skips the costliest anchors."""
+
+    quick: bool
+    min_time: float  # seconds of repetitions aimed at per method
+    max_reps: int
+    min_reps: int
+    budget: float  # seconds at most spent repeating one slow method
+    eager_limit: float  # a torch.func run expected above this is estimated, not run in full
+    jax_jacfwd_max_order: int  # nested jacfwd compiles for minutes at high order
+    cold_compile_subprocess: bool
+
+    @classmethod
+    def make(cls, quick: bool) -> "Settings":
+        if quick:
+            return cls(True, 0.3, 7, 3, 5.0, 5.0, 5, False)
+        return cls(False, 2.0, 50, 5, 30.0, 60.0, 99, True)
+
+
+# ----------------------------------------------------------------------------- the problem
+
+
+def make_problem(cell: Cell, seed: int = SEED):
+    """Weights scaled like ``nn.Linear`` init (uniform in +-1/sqrt(fan_in)) and non-zero x."""
+    rng = np.random.default_rng([seed, cell.d])
+    sizes = (cell.d, *HIDDEN, 1)
+    params = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1.0 / math.sqrt(n_in)
+        params.append(rng.uniform(-bound, bound, (n_out, n_in)))
+        params.append(rng.uniform(-bound, bound, (n_out,)))
+    x = rng.uniform(0.1, 1.0, (cell.batch, cell.d)) * rng.choice([-1.0, 1.0], (cell.batch, cell.d))
+    return params, x
+
+
+def dense_columns(d: int, k: int) -> np.ndarray:
+    """Flat positions in a dense (d,)*k tensor of the order-k multi-indices, canonical order."""
+    if k == 0:
+        return np.zeros(1, dtype=np.intp)
+    combos = list(itertools.combinations_with_replacement(range(d), k))
+    return np.ravel_multi_index(tuple(np.array(combos).T), (d,) * k)
+
+
+def pack_dense(tensors, d: int) -> np.ndarray:
+    """Dense derivative tensors [f (b,), Df (b,d), D2f (b,d,d), ...] -> (b, N) canonical order."""
+    out = []
+    for k, t in enumerate(tensors):
+        t = np.asarray(t).reshape(len(t), -1)
+        out.append(t[:, dense_columns(d, k)])
+    return np.concatenate(out, axis=1)
+
+
+def rel_errors(value: np.ndarray, reference: np.ndarray, d: int, order: int) -> dict[int, float]:
+    """Relative L2 error of each order's block of a packed (b, N) array."""
+    errors, start = {}, 0
+    for k in range(order + 1):
+        size = mi.count_of_order(d, k)
+        ref = reference[:, start : start + size]
+        diff = np.linalg.norm(value[:, start : start + size] - ref)
+        errors[k] = float(diff / max(np.linalg.norm(ref), np.finfo(float).tiny))
+        start += size
+    return errors
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _repeat(run: Callable[[], object], settings: Settings, first: float | None = None) -> list[float]:
+    """Wall times of repeated runs (after one warm-up run, unless its time is given)."""
+    if first is None:
+        t0 = time.perf_counter()
+        run()
+        first = time.perf_counter() - t0
+    reps = settings.max_reps
+    if first > 0:
+        reps = min(reps, max(settings.min_reps, math.ceil(settings.min_time / first)))
+        reps = max(1, min(reps, int(settings.budget / first)))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _result(times=None, packed=None, **extra) -> dict:
+    out = {"status": "ok"}
+    if times:
+        out.update(median_s=statistics.median(times), min_s=min(times), reps=len(times), times_s=times)
+    out.update(extra)
+    if packed is not None:
+        out["_packed"] = packed
+    return out
+
+
+def _skipped(status: str, note: str, **extra) -> dict:
+    return {"status": status, "note": note, "median_s": None, **extra}
+
+
+# ----------------------------------------------------------------------------- matmul rate
+
+
+def matmul_rate(quick: bool, device: str = "cpu") -> dict:
+    """float64 GEMM rates (GFLOP/s): a square 1024 one and one shaped like the kernels' (M x 64 @ 64 x 64)."""
+    import torch
+
+    out = {}
+    shapes = {"square_1024": (1024, 1024, 1024), "kernel_like_65536x64x64": (65536, 64, 64)}
+    settings = Settings.make(True) if quick else dataclasses.replace(Settings.make(False), min_time=1.0)
+    rng = np.random.default_rng(0)
+    for name, (m, k, n) in shapes.items():
+        a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+        ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+        flops = 2.0 * m * k * n
+        t_torch = statistics.median(_repeat(lambda: _sync(ta @ tb, device), settings))
+        t_numpy = statistics.median(_repeat(lambda: a @ b, settings))
+        out[name] = {
+            "shape": [m, k, n],
+            "torch_gflops": flops / t_torch / 1e9,
+            "numpy_gflops": flops / t_numpy / 1e9,
+        }
+    out["peak_gflops"] = max(v[key] for v in out.values() for key in ("torch_gflops", "numpy_gflops"))
+    return out
+
+
+def _sync(value, device):
+    if device != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
+    return value
+
+
+# ----------------------------------------------------------------------------- our kernels
+
+
+def kernel_multiply_adds(module) -> dict | None:
+    """Multiply-adds per batch element of one call of a generated kernel.
+
+    Uses ``module.MULTIPLY_ADDS`` when the module states it; otherwise estimates it from the
+    module's tables: per hidden layer of width w feeding a layer of width w',
+    the series through the activation (first-order factor: S*w; each truncated power k:
+    rows_k*w; each vertex weight: (S - start_k)*w) and the two matrix products
+    (S*w*w' for the series, w*w' for the value), S the number of series columns.
+    """
+    stated = getattr(module, "MULTIPLY_ADDS", None)
+    if stated is not None:
+        return dict(stated) if isinstance(stated, dict) else {"total": int(stated), "source": "module"}
+    try:
+        sizes = module.LAYER_SIZES
+        series = len(module._SERIES)
+        start = module._START
+        tables = module._POWER_TABLES
+        vertex_orders = set(module._VERTEX_ORDERS)
+    except AttributeError:
+        return None
+    gemm = sizes[0] * sizes[1]
+    elementwise = 0
+    for w, w_next in zip(sizes[1:-1], sizes[2:]):
+        elementwise += series * w
+        for k, table in tables.items():
+            elementwise += len(table[0]) * w
+            if k in vertex_orders:
+                elementwise += (series - start[k]) * w
+        gemm += series * w * w_next + w * w_next
+    return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise, "source": "estimated from tables"}
+
+
+def _cold_compile_code(cell: Cell, backend: str, device: str) -> str:
+    return (
+        "import json, sys, tempfile, time\n"
+        "from diagramc.bench import Cell, _cold_compile\n"
+        f"print('COLD ' + json.dumps(_cold_compile(Cell({cell.d}, {cell.order}, {cell.batch}), "
+        f"{backend!r}, {device!r})))\n"
+    )
+
+
+def _cold_compile(cell: Cell, backend: str, device: str) -> dict:
+    """diagramc.compile into an empty folder plus the first call (libraries imported already)."""
+    import diagramc
+    from diagramc import compiler
+
+    params, x = _our_inputs(cell, backend, device)
+    arch = diagramc.Architecture(layer_sizes=(cell.d, *HIDDEN, 1), activation=ACTIVATION)
+    compiler._LOADED.clear()
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        module = diagramc.compile(arch, cell.order, backend=backend, out_dir=folder)
+        t1 = time.perf_counter()
+        _sync(module.derivatives(params, x), device)
+        t2 = time.perf_counter()
+        size = Path(module.__file__).stat().st_size
+    compiler._LOADED.clear()
+    return {"compile_s": t1 - t0, "first_call_s": t2 - t1, "cold_total_s": t2 - t0, "module_bytes": size}
+
+
+def _cold_compile_timed(cell: Cell, backend: str, device: str, settings: Settings) -> dict:
+    if not settings.cold_compile_subprocess:
+        return {**_cold_compile(cell, backend, device), "cold_in": "this process (sympy caches may be warm)"}
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _cold_compile_code(cell, backend, device)],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("COLD "):
+            return {**json.loads(line[5:]), "cold_in": "a fresh process"}
+    raise RuntimeError(f"cold compile of {cell.label} ({backend}) failed:\n{proc.stderr[-2000:]}")
+
+
+def _our_inputs(cell: Cell, backend: str, device: str):
+    params, x = make_problem(cell)
+    if backend == "torch":
+        import torch
+
+        return [torch.from_numpy(p).to(device) for p in params], torch.from_numpy(x).to(device)
+    return params, x
+
+
+def bench_ours(cell: Cell, backend: str, settings: Settings, kernel_dir: Path, device: str) -> dict:
+    import diagramc
+
+    arch = diagramc.Architecture(layer_sizes=(cell.d, *HIDDEN, 1), activation=ACTIVATION)
+    cold = _cold_compile_timed(cell, backend, device if backend == "torch" else "cpu", settings)
+    module = diagramc.compile(arch, cell.order, backend=backend, out_dir=kernel_dir)
+    expected = tuple(mi.up_to_order(cell.d, cell.order))
+    if tuple(map(tuple, module.MULTI_INDICES)) != expected:
+        raise RuntimeError(f"{module.__file__}: MULTI_INDICES are not all of orders 0..{cell.order} in canonical order")
+    params, x = _our_inputs(cell, backend, device if backend == "torch" else "cpu")
+    dev = device if backend == "torch" else "cpu"
+    times = _repeat(lambda: _sync(module.derivatives(params, x), dev), settings)
+    out = module.derivatives(params, x)
+    packed = (out.cpu().numpy() if backend == "torch" else np.asarray(out))[:, 0, :]
+    macs = kernel_multiply_adds(module)
+    return _result(times, packed, compile_s=cold["cold_total_s"], cold_compile=cold,
+                   multiply_adds_per_sample=macs, module=str(module.__file__))
+
+
+# ----------------------------------------------------------------------------- torch.func
+
+
+def _all_orders(jacfwd, f, order):
+    """x -> (f, Df, ..., D^order f) by nested forward mode; the primal values come along as aux."""
+
+    def level0(x):
+        return f(x), ()
+
+    g = level0
+    for _ in range(order):
+
+        def lifted(x, g=g):
+            top, lower = g(x)
+            return top, lower + (top,)
+
+        g = jacfwd(lifted, has_aux=True)
+
+    def everything(x):
+        top, lower = g(x)
+        return lower + (top,)
+
+    return everything
+
+
+def bench_torch_func(cell: Cell, settings: Settings, device: str) -> dict:
+    import torch
+    from torch.func import jacfwd, vmap
+
+    params, x = make_problem(cell)
+    tp = [torch.from_numpy(p).to(device) for p in params]
+    tx = torch.from_numpy(x).to(device)
+
+    def f(v):
+        h = v
+        for i in range(0, len(tp) - 2, 2):
+            h = torch.tanh(tp[i] @ h + tp[i + 1])
+        return (tp[-2] @ h + tp[-1])[0]
+
+    run = vmap(_all_orders(jacfwd, f, cell.order))
+
+    def call(xs):
+        return _sync(run(xs), device)
+
+    # probe on a small batch, extrapolate linearly in the batch
+    probe_batch = min(cell.batch, 16)
+    call(tx[:1])
+    t0 = time.perf_counter()
+    probe_out = call(tx[:probe_batch])
+    probe = time.perf_counter() - t0
+    estimate = probe * cell.batch / probe_batch
+    if estimate > settings.eager_limit:
+        packed = pack_dense([t.cpu().numpy() for t in probe_out], cell.d)
+        return {
+            "status": "estimated", "median_s": None, "estimate_s": estimate,
+            "note": f"a full run would take ~{estimate:.0f} s (> {settings.eager_limit:.0f} s): timed "
+                    f"{probe:.2f} s on batch {probe_batch}, scaled linearly to {cell.batch}",
+            "probe_batch": probe_batch, "_packed": packed, "_packed_rows": probe_batch,
+        }
+    times = _repeat(lambda: call(tx), settings, first=estimate)
+    packed = pack_dense([t.cpu().numpy() for t in call(tx)], cell.d)
+    return _result(times, packed)
+
+
+# ----------------------------------------------------------------------------- JAX
+
+
+def _jax():
+    try:
+        import jax
+    except ImportError:
+        return None
+    jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def _jax_mlp(params):
+    import jax.numpy as jnp
+
+    jp = [jnp.asarray(p) for p in params]
+
+    def f(v):
+        h = v
+        for i in range(0, len(jp) - 2, 2):
+            h = jnp.tanh(jp[i] @ h + jp[i + 1])
+        return (jp[-2] @ h + jp[-1])[0]
+
+    return f
+
+
+def _jit_timed(fn, args, settings: Settings):
+    """(times, compile seconds, output) of a jitted function; compile = lowering + XLA compile."""
+    import jax
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+
+    def call():
+        return jax.block_until_ready(compiled(*args))
+
+    times = _repeat(call, settings)
+    return times, compile_s, call()
+
+
+def bench_jax_jacfwd(cell: Cell, settings: Settings) -> dict:
+    jax = _jax()
+    if jax is None:
+        return _skipped("unavailable", "JAX is not installed (pip install diagramc[bench])")
+    if cell.order > settings.jax_jacfwd_max_order:
+        return _skipped("skipped", f"quick mode: nested jacfwd at order {cell.order} compiles for ~a minute")
+    params, x = make_problem(cell)
+    fn = jax.vmap(_all_orders(jax.jacfwd, _jax_mlp(params), cell.order))
+    times, compile_s, out = _jit_timed(fn, (jax.numpy.asarray(x),), settings)
+    return _result(times, pack_dense([np.asarray(t) for t in out], cell.d), compile_s=compile_s)
+
+
+def bench_jax_hessian(cell: Cell, settings: Settings) -> dict:
+    jax = _jax()
+    if jax is None:
+        return _skipped("unavailable", "JAX is not installed (pip install diagramc[bench])")
+    if cell.order != 2:
+        return _skipped("n/a", "order 2 only")
+    params, x = make_problem(cell)
+    f = _jax_mlp(params)
+
+    def value_gradient_hessian(v):
+        # jax.hessian is jacfwd(jacrev(f)); value and gradient come along as aux of the same pass
+        def vg(u):
+            value, gradient = jax.value_and_grad(f)(u)
+            return gradient, (value, gradient)
+
+        hessian, (value, gradient) = jax.jacfwd(vg, has_aux=True)(v)
+        return value, gradient, hessian
+
+    times, compile_s, out = _jit_timed(jax.vmap(value_gradient_hessian), (jax.numpy.asarray(x),), settings)
+    return _result(times, pack_dense([np.asarray(t) for t in out], cell.d), compile_s=compile_s)
+
+
+@functools.lru_cache(maxsize=None)
+def _generalised_binomial(r: Fraction, q: int) -> Fraction:
+    out = Fraction(1)
+    for t in range(q):
+        out *= r - t
+    return out / math.factorial(q)
+
+
+@functools.lru_cache(maxsize=None)
+def _gamma(pairs: tuple, n: int) -> Fraction:
+    """gamma_ij from the pairs (i_m, j_m) over supp(i): invariant under permuting the variables."""
+    k = sum(a for a, _ in pairs)
+    gamma = Fraction(0)
+    for parts in itertools.product(*(range(a + 1) for a, _ in pairs)):
+        size = sum(parts)
+        if size == 0:
+            continue
+        term = Fraction((-1) ** (k - size)) * Fraction(size, n) ** k
+        for (a, b), lm in zip(pairs, parts):
+            term *= math.comb(a, lm) * _generalised_binomial(Fraction(n * lm, size), b)
+        gamma += term
+    return gamma
+
+
+@functools.lru_cache(maxsize=32)
+def interpolation_coefficients(d: int, n: int, k: int):
+    """Griewank-Utke-Walther: D^i f(x) = sum_j gamma_ij c_k(j) for every |i| = k <= n.
+
+    j runs over the order-n multi-indices, read as directions in R^d; c_k(j) is the k-th
+    Taylor coefficient (d^k/dt^k / k!) of t -> f(x + t j). Exact rationals:
+        gamma_ij = sum_{0 < l <= i} (-1)^(|i - l|) C(i, l) C(n l / |l|, j) (|l| / n)^k
+    (C of multi-indices: products of generalised binomials). gamma_ij vanishes unless
+    supp(j) is within supp(i). Returns sparse (rows, cols, values) over the canonical
+    lists of order k (rows) and order n (cols).
+    """
+    directions = {j: c for c, j in enumerate(mi.of_order(d, n))}
+    rows, cols, values = [], [], []
+    for r, i in enumerate(mi.of_order(d, k)):
+        support = [m for m in range(d) if i[m]]
+        for combo in itertools.combinations_with_replacement(support, n):
+            j = mi.exponents(combo, d)
+            gamma = _gamma(tuple(sorted((i[m], j[m]) for m in support)), n)
+            if gamma:
+                rows.append(r)
+                cols.append(directions[j])
+                values.append(float(gamma))
+    return np.array(rows, dtype=np.int32), np.array(cols, dtype=np.int32), np.array(values)
+
+
+def bench_jax_jet(cell: Cell, settings: Settings) -> dict:
+    jax = _jax()
+    if jax is None:
+        return _skipped("unavailable", "JAX is not installed (pip install diagramc[bench])")
+    import jax.numpy as jnp
+    from jax.experimental.jet import jet
+
+    params, x = make_problem(cell)
+    f = _jax_mlp(params)
+    n = cell.order
+    directions = jnp.asarray(np.array(mi.of_order(cell.d, n), dtype=float))
+    tables = [interpolation_coefficients(cell.d, n, k) for k in range(1, n + 1)]
+
+    def along(v, s):
+        zeros = jnp.zeros_like(s)
+        value, terms = jet(f, (v,), ([s] + [zeros] * (n - 1),))
+        return value, jnp.stack(terms)  # terms[k-1] = d^k/dt^k f(v + t s) at 0
+
+    def all_orders(xs):
+        values, terms = jax.vmap(jax.vmap(along, (None, 0)), (0, None))(xs, directions)
+        out = [values[:, 0]]
+        for k, (rows, cols, gamma) in enumerate(tables, start=1):
+            taylor = terms[:, :, k - 1] / math.factorial(k)  # (batch, directions)
+            contributions = (taylor[:, cols] * gamma).T  # (nnz, batch)
+            out.append(jax.ops.segment_sum(contributions, rows, num_segments=mi.count_of_order(cell.d, k)).T)
+        return jnp.concatenate([out[0][:, None]] + out[1:], axis=1)
+
+    times, compile_s, out = _jit_timed(all_orders, (jnp.asarray(x),), settings)
+    return _result(times, np.asarray(out), compile_s=compile_s, directions=int(directions.shape[0]))
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _run_cell(cell: Cell, settings: Settings, backends, device: str, kernel_dir: Path, log) -> dict:
+    runs = {f"diagramc_{b}": functools.partial(bench_ours, cell, b, settings, kernel_dir, device) for b in backends}
+    runs["torch_func_jacfwd"] = functools.partial(bench_torch_func, cell, settings, device)
+    runs["jax_jacfwd_jit"] = functools.partial(bench_jax_jacfwd, cell, settings)
+    runs["jax_jet_interp"] = functools.partial(bench_jax_jet, cell, settings)
+    runs["jax_hessian"] = functools.partial(bench_jax_hessian, cell, settings)
+    methods: dict[str, dict] = {}
+    for name, run in runs.items():
+        t0 = time.perf_counter()
+        try:
+            methods[name] = run()
+        except Exception as exc:  # one failing method must not sink the others' numbers
+            methods[name] = _skipped("error", f"{type(exc).__name__}: {exc}"[:2000])
+        status = methods[name]["status"]
+        log(f"  {name:18s} {status:9s} {time.perf_counter() - t0:7.1f} s"
+            + (f"  ({methods[name]['note'][:200]})" if status != "ok" else ""))
+
+    with_values = [name for name in methods if "_packed" in methods[name] and "_packed_rows" not in methods[name]]
+    reference_name = with_values[0] if with_values else None
+    reference = methods[reference_name]["_packed"] if reference_name else None
+    agreement = {}
+    for name, result in methods.items():
+        packed = result.pop("_packed", None)
+        rows = result.pop("_packed_rows", None)
+        if packed is None or name == reference_name or reference is None:
+            continue
+        ref = reference[: rows or len(reference)]
+        errors = rel_errors(packed, ref, cell.d, cell.order)
+        agreement[name] = {"max_rel_error": max(errors.values()), "by_order": errors, "rows": len(ref)}
+    agree = reference is not None and all(a["max_rel_error"] <= AGREEMENT_TOL for a in agreement.values())
+
+    ours = {name: methods[name]["median_s"] for name in methods if name in OURS and methods[name].get("median_s")}
+    best_ours = min(ours, key=ours.get) if ours else None
+    ratios = {}
+    for name in ANCHORS:
+        t = methods[name].get("median_s") or methods[name].get("estimate_s")
+        if t and best_ours:
+            ratios[name] = {our: t / ours[our] for our in ours}
+            ratios[name]["best_ours"] = t / ours[best_ours]
+    timed = {n: methods[n]["median_s"] for n in ANCHORS if methods[n].get("median_s")}
+    best_anchor = min(timed, key=timed.get) if timed else None
+    summary = {
+        "best_ours": best_ours,
+        "best_anchor": best_anchor,
+        "best_anchor_over_best_ours": (timed[best_anchor] / ours[best_ours]) if best_anchor and best_ours else None,
+    }
+    for name, result in methods.items():
+        macs = result.get("multiply_adds_per_sample")
+        if macs and result.get("median_s"):
+            result["gflops"] = 2.0 * macs["total"] * cell.batch / result["median_s"] / 1e9
+    return {
+        "d": cell.d, "order": cell.order, "batch": cell.batch,
+        "multi_indices": mi.count_of_order(cell.d + 1, cell.order),
+        "methods": methods, "reference": reference_name, "agreement": agreement, "agree": agree,
+        "ratios_anchor_over_ours": ratios, **summary,
+    }
+
+
+def _machine(device: str) -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "device": device,
+        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    jax = _jax()
+    info["jax"] = jax.__version__ if jax is not None else None
+    if jax is not None:
+        info["jax_devices"] = [str(dev) for dev in jax.devices()]
+    return info
+
+
+def _ms(t) -> str:
+    if t is None:
+        return "-"
+    return f"{t * 1e3:.3g}" if t < 10 else f"{t * 1e3:.0f}"
+
+
+def format_table(report: dict) -> str:
+    """Medians (ms), cold compile times, anchor/ours ratios and agreement, one row per cell."""
+    cells = report["cells"]
+    present = [m for m in (*OURS, *ANCHORS) if any(m in c["methods"] for c in cells)]
+    head = ["cell"] + [SHORT_NAMES[m] for m in present] + ["best anchor / ours", "max rel err"]
+    rows = []
+    for c in cells:
+        row = [f"d={c['d']} n={c['order']} b={c['batch']}"]
+        for m in present:
+            r = c["methods"].get(m, {})
+            if r.get("median_s") is not None:
+                text = _ms(r["median_s"])
+                if r.get("compile_s") is not None:
+                    text += f" (c {r['compile_s']:.2g}s)"
+            elif r.get("status") == "estimated":
+                text = f"~{_ms(r['estimate_s'])} est"
+            else:
+                text = r.get("status", "-")
+            row.append(text)
+        ratio = c.get("best_anchor_over_best_ours")
+        row.append(f"{ratio:.3g} ({SHORT_NAMES[c['best_anchor']]})" if ratio else "-")
+        errs = [a["max_rel_error"] for a in c["agreement"].values()]
+        row.append(f"{max(errs):.1e}" if errs else "-")
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in [head] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("times: median ms of repeated runs; (c X s) = cold compile (ours) or jit compile (JAX); "
+                 "est = estimated from a small batch; ratio > 1: our kernel is faster")
+    ratio_lines = ["anchor time / our time (best of our backends):"]
+    for c in cells:
+        parts = [f"{SHORT_NAMES[a]} {v['best_ours']:.3g}" for a, v in c["ratios_anchor_over_ours"].items()]
+        ratio_lines.append(f"  d={c['d']} n={c['order']} b={c['batch']}: " + ", ".join(parts))
+    rate = report["matmul"]
+    rate_lines = [f"float64 GEMM rate: peak {rate['peak_gflops']:.1f} GFLOP/s "
+                  + ", ".join(f"{k}: torch {v['torch_gflops']:.1f} numpy {v['numpy_gflops']:.1f}"
+                              for k, v in rate.items() if isinstance(v, dict))]
+    for c in cells:
+        for m in OURS:
+            r = c["methods"].get(m)
+            if r and r.get("gflops"):
+                rate_lines.append(
+                    f"  {SHORT_NAMES[m]} d={c['d']} n={c['order']} b={c['batch']}: "
+                    f"{r['multiply_adds_per_sample']['total']:,} multiply-adds/sample, "
+                    f"{r['gflops']:.3g} GFLOP/s = {r['gflops'] / rate['peak_gflops']:.2%} of peak")
+    return "\n".join(lines + [""] + ratio_lines + [""] + rate_lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Time against order, one colour per method, one marker per d (batch-1 cells hollow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {}
+    colors = {m: f"C{i}" for i, m in enumerate((*OURS, *ANCHORS))}
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    labelled = set()
+    for c in report["cells"]:
+        marker = markers.setdefault(c["d"], "osD^vp*h"[len(markers) % 8])
+        for m, r in c["methods"].items():
+            t = r.get("median_s") or r.get("estimate_s")
+            if not t:
+                continue
+            style = dict(color=colors[m], marker=marker, markersize=8, linestyle="none")
+            if c["batch"] != 256 or r.get("status") == "estimated":
+                style["markerfacecolor"] = "none"
+            ax.plot(c["order"], t, label=None if m in labelled else SHORT_NAMES[m], **style)
+            labelled.add(m)
+    ax.set_yscale("log")
+    ax.set_xlabel("order n (all derivatives of orders 0..n)")
+    ax.set_ylabel("seconds per call (median)")
+    title_d = ", ".join(f"{'osD^vp*h'[i]} d={d}" for i, d in enumerate(markers))
+    ax.set_title(f"tanh MLP d-64-64-64-1, float64: {title_d}\n(hollow: batch != 256 or estimated)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_bench(
+    out_dir,
+    quick: bool = False,
+    cells=None,
+    backends=("torch", "numpy"),
+    device: str = "cpu",
+    *,
+    threads: int | None = None,
+) -> dict:
+    """Run the benchmark; print the table; write ``bench.json`` and ``bench.png`` in ``out_dir``.
+
+    ``cells``: (d, order) or (d, order, batch) tuples or Cell objects; the default set when None.
+    ``threads``: torch's intra-op threads, the machine's cores by default. Progress goes to
+    stderr. Returns the report (the JSON's content).
+    """
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads or cores)
+    settings = Settings.make(quick)
+    cells = [c if isinstance(c, Cell) else Cell(*c) for c in (cells or DEFAULT_CELLS)]
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    report = {
+        "machine": _machine(device),
+        "settings": {**dataclasses.asdict(settings), "dtype": "float64", "activation": ACTIVATION,
+                     "hidden": list(HIDDEN), "agreement_tol": AGREEMENT_TOL, "seed": SEED},
+        "note": "wall-clock medians; a shared machine makes them noisy (see loadavg)",
+    }
+    log("matmul rate ...")
+    report["matmul"] = matmul_rate(quick, device)
+    report["cells"] = []
+    kernel_dir = out_dir / "kernels"
+    for cell in cells:
+        log(f"{cell.label}:")
+        load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+        report["cells"].append({**_run_cell(cell, settings, backends, device, kernel_dir, log), "loadavg_start": load})
+    report["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    report["agree"] = all(c["agree"] for c in report["cells"])
+
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=1, default=float))
+    plot(report, out_dir / "bench.png")
+    print(format_table(report))
+    print(f"agreement (rel error <= {AGREEMENT_TOL:g} per order): {'yes' if report['agree'] else 'NO'}")
+    print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'}")
+    return report

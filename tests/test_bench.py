@@ -1,0 +1,67 @@
+"""Smoke test of the benchmark: one small cell, few repetitions, JAX anchors only where installed."""
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+
+from diagramc import bench
+from diagramc import multi_index as mi
+
+HAS_JAX = importlib.util.find_spec("jax") is not None
+
+
+def test_bench_smoke(tmp_path):
+    # one torch thread: on a shared 2-core machine more threads only add waiting at barriers
+    report = bench.run_bench(tmp_path, quick=True, cells=[(2, 2, 4)], threads=1)
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    for key in ("machine", "settings", "matmul", "cells", "agree"):
+        assert key in stored
+    assert stored["matmul"]["peak_gflops"] > 0
+    (cell,) = stored["cells"]
+    assert (cell["d"], cell["order"], cell["batch"], cell["multi_indices"]) == (2, 2, 4, 6)
+    methods = cell["methods"]
+    for name in ("diagramc_torch", "diagramc_numpy", "torch_func_jacfwd"):
+        assert methods[name]["status"] == "ok", methods[name]
+        assert methods[name]["median_s"] > 0
+    for name in ("diagramc_torch", "diagramc_numpy"):
+        assert methods[name]["compile_s"] > 0
+        assert methods[name]["multiply_adds_per_sample"]["total"] > 0
+    jax_methods = ("jax_jacfwd_jit", "jax_jet_interp", "jax_hessian")
+    for name in jax_methods:
+        if HAS_JAX:
+            assert methods[name]["status"] == "ok", methods[name]
+            assert methods[name]["compile_s"] > 0
+        else:
+            assert methods[name]["status"] == "unavailable"
+    compared = {"diagramc_numpy", "torch_func_jacfwd"} | (set(jax_methods) if HAS_JAX else set())
+    assert set(cell["agreement"]) == compared
+    assert cell["agree"] and stored["agree"] and report["agree"]
+    assert set(cell["ratios_anchor_over_ours"]) == compared - {"diagramc_numpy"}
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="JAX not installed")
+@pytest.mark.parametrize("d, n", [(2, 4), (3, 3), (4, 2)])
+def test_jet_interpolation_recovers_polynomials(d, n):
+    """The Griewank-Utke-Walther coefficients invert c_k(j) = sum_i (D^i / i!) j^i for every k <= n."""
+    rng = np.random.default_rng(0)
+    directions = mi.of_order(d, n)
+    for k in range(1, n + 1):
+        alphas = mi.of_order(d, k)
+        derivs = rng.standard_normal(len(alphas))
+        values = np.array([sum(D / mi.factorial(a) * math.prod(s**e for s, e in zip(j, a))
+                               for D, a in zip(derivs, alphas)) for j in directions])
+        rows, cols, gamma = bench.interpolation_coefficients(d, n, k)
+        recovered = np.zeros(len(alphas))
+        np.add.at(recovered, rows, gamma * values[cols])
+        np.testing.assert_allclose(recovered, derivs, rtol=1e-12, atol=1e-12)
+
+
+def test_pack_dense_canonical_order():
+    d = 3
+    t2 = np.arange(9.0).reshape(1, 3, 3)
+    packed = bench.pack_dense([np.zeros(1), np.zeros((1, 3)), t2], d)
+    # order 2 of d=3 in canonical order: (0,0) (0,1) (0,2) (1,1) (1,2) (2,2)
+    np.testing.assert_array_equal(packed[0, 4:], [0, 1, 2, 4, 5, 8])
