@@ -38,9 +38,15 @@ class Step(sp.Function):
     def fdiff(self, argindex=1):
         return sp.S.Zero
 
+    def _eval_evalf(self, prec):
+        return sp.Heaviside(self.args[0], 0)._eval_evalf(prec) if self.args[0].is_number else None
+
 
 class Softplus(sp.Function):
     """log(1 + exp(x)), printed in an overflow-free form."""
+
+    def _eval_evalf(self, prec):
+        return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec) if self.args[0].is_number else None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""Vertex functions: the ODE-based derivatives equal sympy's plain ones; the parser runs no code."""
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from diagramc import DiagramcError
+from diagramc.activations import ACTIVATIONS, get_activation, parse_expression, x
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_derivatives_match_direct_differentiation(name):
+    act = get_activation(name)
+    for k in range(0, 6):
+        via_ode = act.derivative_in_x(k)
+        direct = sp.diff(act.expr, x, k)
+        for point in (-1.3, 0.4, 2.2):
+            a = complex(via_ode.subs(x, point).evalf(30)).real
+            b = complex(direct.subs(x, point).evalf(30)).real
+            assert math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12), (name, k, point, a, b)
+
+
+def test_tanh_derivatives_are_polynomials_in_tanh():
+    u = sp.Symbol("u", real=True)
+    d4 = get_activation("tanh").derivative(4)
+    assert d4.free_symbols == {u} and sp.Poly(d4, u).degree() == 5
+
+
+@pytest.mark.parametrize("name", ["relu", "identity"])
+def test_relu_and_identity_have_no_vertices(name):
+    assert get_activation(name).vanishing_vertices(6)
+
+
+def test_aliases_and_case():
+    assert get_activation("Tanh") is ACTIVATIONS["tanh"]
+    assert get_activation("swish") is ACTIVATIONS["silu"]
+
+
+def test_custom_expression():
+    act = get_activation("x*tanh(x) + 0.5*exp(-x**2)")
+    assert act.is_custom
+    assert sp.simplify(act.expr - (x * sp.tanh(x) + sp.exp(-(x**2)) / 2)) == 0
+    f = sp.lambdify(x, act.derivative(3))
+    h = 1e-3
+    g = sp.lambdify(x, act.derivative(2))
+    assert np.isclose(f(0.3), (g(0.3 + h) - g(0.3 - h)) / (2 * h), rtol=1e-5)
+
+
+INJECTIONS = [
+    "__import__('os').system('touch /tmp/diagramc_pwned')",
+    "x.__class__",
+    "(lambda: 1)()",
+    "exec('1')",
+    "eval('x')",
+    "open('/etc/passwd')",
+    "[x for x in ()]",
+    "x if x else x",
+    "x; import os",
+    "tanh(x, x)",
+    "tanh(x=1)",
+    "sp.tanh(x)",
+    "y + 1",
+    "1 + 2",
+    "x" * 600,
+    "x @ x",
+    "'x'",
+]
+
+
+@pytest.mark.parametrize("text", INJECTIONS)
+def test_parser_refuses_anything_but_whitelisted_math(text, tmp_path):
+    with pytest.raises(DiagramcError) as info:
+        parse_expression(text)
+    assert "\n" not in str(info.value)
+
+
+def test_no_code_ran(tmp_path):
+    import os
+
+    for text in INJECTIONS:
+        with pytest.raises(DiagramcError):
+            get_activation(text)
+    assert not os.path.exists("/tmp/diagramc_pwned")
