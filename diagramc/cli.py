@@ -129,20 +129,35 @@ def _diagrams(args) -> None:
         from .draw import draw
 
         draw(found, args.draw)
+    alpha = ",".join(map(str, args.multi_index))
+    summary = (f"D^({alpha}) f with {args.hidden_layers} hidden layers: {len(found)} diagrams, "
+               f"{sum(d.multiplicity for d in found)} labelled trees")
     if args.format == "json":
         print(json.dumps([d.to_json() for d in found], indent=1))
+    elif not found:
+        # order >= 2 without vertices cannot happen here (--hidden-layers >= 1), but stay explicit
+        print(f"% {summary}: D^({alpha}) f = 0" if args.format in ("latex", "tikz") else f"{summary}: D^({alpha}) f = 0")
     elif args.format == "latex":
+        print(f"% {summary}")
         for i, d in enumerate(found, 1):
-            print(f"% diagram {i}, multiplicity {d.multiplicity}")
+            print(f"% diagram {i}, multiplicity {d.multiplicity}: {d.short(unicode=False)}")
             print(d.latex())
+        print("% the whole derivative, the sum of the diagrams weighted by their multiplicities (amsmath)")
+        print(dg.latex_total(found))
     elif args.format == "tikz":
-        for d in found:
-            print(d.tikz())
+        print(dg.tikz_document(found), end="")
     else:
+        print(summary)
+        top = str(args.hidden_layers + 1).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+        print(f"Notation: P⁽ᵐ←ˡ⁾[i,j] = ∂z⁽ᵐ⁾[i]/∂h⁽ˡ⁾[j], the propagator (h⁽⁰⁾ = x, z⁽{top}⁾ = f); "
+              "σ⁽ᵏ⁾(z⁽ˡ⁾[j]) a vertex on hidden layer l; n_l the width of layer l; o the output.")
+        print()
         for i, d in enumerate(found, 1):
-            print(f"diagram {i} (multiplicity {d.multiplicity}):")
+            print(f"diagram {i} (multiplicity {d.multiplicity}): {d.short()}")
             print(d.pretty())
             print()
+        print("The whole derivative, the sum of the diagrams weighted by their multiplicities:")
+        print(dg.pretty_total(found))
     if args.draw:
         print(f"drew {len(found)} diagrams to {args.draw}", file=sys.stderr)
 

@@ -41,6 +41,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import sympy
+from sympy.printing.latex import LatexPrinter
+from sympy.printing.pretty.pretty import PrettyPrinter
 from sympy.printing.pretty.stringpict import prettyForm
 
 from . import multi_index as mi
@@ -60,6 +62,12 @@ __all__ = [
     "evaluate_diagrams",
     "Propagator",
     "ActivationDerivative",
+    "total_expression",
+    "pretty_total",
+    "latex_total",
+    "tikz_document",
+    "derivative_text",
+    "derivative_latex",
 ]
 
 
@@ -233,6 +241,40 @@ def _pretty_text(printer, e) -> str:
     return "\n".join(printer._print(e).picture)
 
 
+class _ReadingOrderPretty(PrettyPrinter):
+    """Products in the order they were built (output line first); sums as sympy orders them."""
+
+    def __init__(self, unicode: bool = True):
+        super().__init__({"use_unicode": unicode, "order": "none", "wrap_line": False})
+
+    def _print_Add(self, expr, order=None):
+        return super()._print_Add(expr, order=order or "lex")
+
+
+class _ReadingOrderLatex(LatexPrinter):
+    """LaTeX twin of :class:`_ReadingOrderPretty`."""
+
+    def __init__(self):
+        super().__init__({"order": "none"})
+
+    def _print_Add(self, expr, order=None):
+        return super()._print_Add(expr, order=order or "lex")
+
+
+def _pretty_form(expr, unicode: bool = True) -> prettyForm:
+    """sympy's pretty form of ``expr``, products printed in the order they were built."""
+    return _ReadingOrderPretty(unicode)._print(expr)
+
+
+def _latex(expr) -> str:
+    return _ReadingOrderLatex().doprint(expr)
+
+
+def _pretty(expr, unicode: bool = True) -> str:
+    """Pretty text of ``expr``, never wrapped at 80 columns (sympy's default), no trailing blanks."""
+    return "\n".join(line.rstrip() for line in _pretty_form(expr, unicode).render(wrap_line=False).split("\n"))
+
+
 class Propagator(sympy.Function):
     """``P^(m<-l)_{row col} = dz^(m)_row / dh^(l)_col``; ``l = 0`` is the input line ``dz^(m)/dx``.
 
@@ -246,9 +288,10 @@ class Propagator(sympy.Function):
     def eval(cls, *args):
         return None
 
-    def _latex(self, printer):
+    def _latex(self, printer, exp=None):
         m, l, r, c = (printer._print(a) for a in self.args)
-        return r"P^{(%s \leftarrow %s)}_{%s %s}" % (m, l, r, c)
+        tex = r"P^{(%s \leftarrow %s)}_{%s %s}" % (m, l, r, c)
+        return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
 
     def _pretty(self, printer):
         m, l, r, c = self.args
@@ -272,9 +315,10 @@ class ActivationDerivative(sympy.Function):
     def eval(cls, *args):
         return None
 
-    def _latex(self, printer):
+    def _latex(self, printer, exp=None):
         k, l, j = (printer._print(a) for a in self.args)
-        return r"\sigma^{(%s)}\left(z^{(%s)}_{%s}\right)" % (k, l, j)
+        tex = r"\sigma^{(%s)}\left(z^{(%s)}_{%s}\right)" % (k, l, j)
+        return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
 
     def _pretty(self, printer):
         k, l, j = self.args
@@ -461,6 +505,7 @@ class Diagram:
 
         Explicit coordinates from :meth:`layout`: inputs ``x_v`` at the bottom, dotted
         vertices labelled ``\\sigma^{(k)}(z^{(l)})``, the output ``f`` on top.
+        The picture alone; :func:`tikz_document` makes a whole compilable document.
         """
         g, pos = self.graph, self.layout()
         lines = [f"% diagram of D^{list(self.multi_index)} f, {self.hidden_layers} hidden layers, "
@@ -474,7 +519,10 @@ class Diagram:
             elif a["kind"] == "input":
                 lines.append(rf"  \vertex (n{nid}) {at} {{\(x_{{{a['variable']}}}\)}};")
             else:
-                lines.append(rf"  \vertex [dot, label=right:{{\(\sigma^{{({a['k']})}}(z^{{({a['layer']})}})\)}}] "
+                # the label goes on the side away from the line up to the parent, so they never cross
+                (parent,) = g.successors(nid)
+                side = "left" if pos[parent][0] > x + 1e-9 else "right"
+                lines.append(rf"  \vertex [dot, label={side}:{{\(\sigma^{{({a['k']})}}(z^{{({a['layer']})}})\)}}] "
                              rf"(n{nid}) {at} {{}};")
         if g.number_of_edges():
             edges = ", ".join(f"(n{u}) -- (n{v})" for u, v in sorted(g.edges()))
@@ -496,13 +544,19 @@ class Diagram:
             names.append(sympy.Symbol(f"j{chr(39) * p}_{v.layer}", integer=True, nonnegative=True))
         return names
 
-    def expression(self, output: Any = None, with_multiplicity: bool = False) -> sympy.Expr:
+    def expression(self, output: Any = None, with_multiplicity: bool = False, display: bool = False) -> sympy.Expr:
         """The diagram's value for output ``output`` (default: the symbol ``o``), as sympy.
 
         Written with :class:`Propagator`, :class:`ActivationDerivative` and sums over one
         neuron index per vertex running over ``0..n_l-1``. Without ``with_multiplicity``
         it is the bare value that :meth:`evaluate` computes; the term in ``D^alpha f`` is
         ``multiplicity`` times it.
+
+        With ``display`` the products are left unevaluated in the order of the paper's
+        reading, from the output line down to the input lines (output line, vertex, the
+        lines coming into it, ...), each line its own factor; print it with
+        ``order="none"`` (as :meth:`pretty` and :meth:`latex` do). Evaluated, it is the
+        same expression.
         """
         o = OUTPUT_INDEX if output is None else sympy.sympify(output)
         L = self.output_layer
@@ -511,32 +565,51 @@ class Diagram:
         else:
             names = self._index_names()
             pending = iter(names)
+            factors: list[sympy.Expr] = []
 
-            def line_into(node, row):
-                """Propagator from ``node`` up to a parent on ``row[0]`` with index ``row[1]``."""
-                m, j = row
+            def line_into(node, m, j):
+                """Factors of the line from ``node`` up to a parent on layer ``m`` with index ``j``."""
                 if isinstance(node, Input):
-                    return Propagator(m, 0, j, node.variable)
+                    factors.append(Propagator(m, 0, j, node.variable))
+                    return
                 jn = next(pending)  # pre-order, like _index_names
-                factor = Propagator(m, node.layer, j, jn) * ActivationDerivative(node.k, node.layer, jn)
+                factors.append(Propagator(m, node.layer, j, jn))
+                factors.append(ActivationDerivative(node.k, node.layer, jn))
                 for c in node.children:
-                    factor *= line_into(c, (node.layer, jn))
-                return factor
+                    line_into(c, node.layer, jn)
 
-            value = line_into(self.root, (L, o))
+            line_into(self.root, L, o)
+            value = sympy.Mul(*factors, evaluate=not display)
             # sympy's first limit is the innermost sum: list them so the top vertex's is outermost
             limits = [(j, 0, width_symbol(v.layer) - 1) for j, v in zip(names, self.vertices())][::-1]
             if limits:
                 value = sympy.Sum(value, *limits)
-        return self.multiplicity * value if with_multiplicity else value
+        if not with_multiplicity or (display and self.multiplicity == 1):
+            return value
+        return sympy.Mul(self.multiplicity, value, evaluate=not display)
 
-    def pretty(self, with_multiplicity: bool = True) -> str:
-        """Unicode rendering of the term ``multiplicity * value`` (sympy's pretty printer)."""
-        return sympy.pretty(self.expression(with_multiplicity=with_multiplicity), use_unicode=True)
+    def pretty(self, with_multiplicity: bool = True, unicode: bool = True) -> str:
+        """The term ``multiplicity * value`` through sympy's pretty printer, never wrapped."""
+        return _pretty(self.expression(with_multiplicity=with_multiplicity, display=True), unicode)
 
     def latex(self, with_multiplicity: bool = True) -> str:
-        """LaTeX of the term ``multiplicity * value``."""
-        return sympy.latex(self.expression(with_multiplicity=with_multiplicity))
+        """LaTeX of the term ``multiplicity * value``, factors in reading order."""
+        return _latex(self.expression(with_multiplicity=with_multiplicity, display=True))
+
+    def short(self, unicode: bool = True) -> str:
+        """One line: ``σ⁽²⁾(z⁽²⁾; x0, σ⁽²⁾(z⁽¹⁾; x0, x1))``, each vertex with the lines coming into it.
+
+        The output line is implicit; order 1 is the bare input line ``x3``, order 0 ``f``.
+        """
+        def text(node):
+            if isinstance(node, Input):
+                return f"x{node.variable}"
+            inner = ", ".join(text(c) for c in node.children)
+            if unicode:
+                return "σ" + f"({node.k})".translate(_SUP) + "(z" + f"({node.layer})".translate(_SUP) + f"; {inner})"
+            return f"sigma^({node.k})(z^({node.layer}); {inner})"
+
+        return "f" if self.root is None else text(self.root)
 
     # -- numbers ------------------------------------------------------------------------
     def evaluate(self, params: Sequence[Any], x: Any, activation_derivative: Callable,
@@ -583,6 +656,110 @@ def _check_layers(hidden_layers: Any) -> int:
     if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, (int, np.integer)) or hidden_layers < 0:
         raise DiagramcError(f"hidden layers must be a non-negative integer, got {hidden_layers!r}")
     return int(hidden_layers)
+
+
+# ----------------------------------------------------------------------------- the whole sum
+
+
+def _one_derivative(diagrams: Sequence[Diagram]) -> tuple[tuple[int, ...], int]:
+    """The common (multi-index, hidden layers) of a list of diagrams; an error if they mix."""
+    diagrams = list(diagrams)
+    if not diagrams:
+        raise DiagramcError("no diagrams: the derivative is identically zero (a linear network)")
+    alpha, H = diagrams[0].multi_index, diagrams[0].hidden_layers
+    if any(d.multi_index != alpha or d.hidden_layers != H for d in diagrams):
+        raise DiagramcError("the diagrams do not all belong to one derivative D^alpha f with one depth")
+    return alpha, H
+
+
+_SUB = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+def derivative_text(multi_index: Sequence[int], unicode: bool = True) -> str:
+    """``∂³fₒ/∂x₀²∂x₁`` (one line) for the left-hand side of ``D^alpha f_o = ...``."""
+    alpha = mi.validate(multi_index)
+    n = sum(alpha)
+    if not unicode:
+        return f"D^({','.join(map(str, alpha))}) f_o"
+    f = "fₒ"
+    if n == 0:
+        return f
+    den = "".join("∂x" + str(i).translate(_SUB) + (str(a).translate(_SUP) if a > 1 else "")
+                  for i, a in enumerate(alpha) if a)
+    return f"∂{str(n).translate(_SUP) if n > 1 else ''}{f}/{den}"
+
+
+def derivative_latex(multi_index: Sequence[int]) -> str:
+    r"""``\frac{\partial^{3} f_{o}}{\partial x_{0}^{2} \partial x_{1}}``."""
+    alpha = mi.validate(multi_index)
+    n = sum(alpha)
+    if n == 0:
+        return "f_{o}"
+    den = " ".join(r"\partial x_{%d}%s" % (i, f"^{{{a}}}" if a > 1 else "") for i, a in enumerate(alpha) if a)
+    return r"\frac{\partial%s f_{o}}{%s}" % (f"^{{{n}}}" if n > 1 else "", den)
+
+
+def total_expression(diagrams: Sequence[Diagram], output: Any = None) -> sympy.Expr:
+    """``sum multiplicity * value`` over the diagrams of one ``D^alpha f``: evaluated sympy.
+
+    Equal to ``D^alpha f_o`` when ``diagrams`` are all diagrams of ``alpha``.
+    """
+    _one_derivative(diagrams)
+    return sympy.Add(*(d.expression(output, with_multiplicity=True) for d in diagrams))
+
+
+def pretty_total(diagrams: Sequence[Diagram], unicode: bool = True) -> str:
+    """``D^alpha f_o = term + term + ...`` as text, one diagram's term below the other.
+
+    Each term is sympy's pretty form (products in reading order, see
+    :meth:`Diagram.expression`), the ``+`` on the term's baseline; nothing is wrapped.
+    """
+    alpha, _ = _one_derivative(diagrams)
+    lines = [derivative_text(alpha, unicode) + " ="]
+    for i, d in enumerate(diagrams):
+        form = _pretty_form(d.expression(with_multiplicity=True, display=True), unicode)
+        rows = form.render(wrap_line=False).split("\n")
+        if i and len(rows) > 1:
+            lines.append("")  # a blank line between multi-line terms keeps them apart
+        for r, row in enumerate(rows):
+            lead = "+ " if (i and r == form.baseline) else "  "
+            lines.append((lead + row).rstrip())
+    return "\n".join(lines)
+
+
+def latex_total(diagrams: Sequence[Diagram]) -> str:
+    r"""``D^alpha f_o = ...`` as an amsmath ``align*`` environment, one diagram per line."""
+    alpha, _ = _one_derivative(diagrams)
+    rows = [(r"%s &= " % derivative_latex(alpha) if i == 0 else r"&\quad + ") + d.latex()
+            for i, d in enumerate(diagrams)]
+    return "\\begin{align*}\n" + " \\\\\n".join(rows) + "\n\\end{align*}"
+
+
+def tikz_document(diagrams: Sequence[Diagram]) -> str:
+    """A complete LaTeX document with the TikZ-Feynman picture of every diagram.
+
+    Compiles with ``lualatex`` or ``pdflatex`` (explicit coordinates: no automatic graph
+    layout is needed) in a standard TeX installation with the tikz-feynman package.
+    Each picture is captioned with its number in :func:`diagrams` order and its multiplicity.
+    """
+    alpha, H = _one_derivative(diagrams)
+    total = sum(d.multiplicity for d in diagrams)
+    head = [
+        f"% TikZ-Feynman pictures of the {len(diagrams)} diagrams of D^{list(alpha)} f with {H} hidden layers",
+        f"% ({total} labelled trees). Generated by diagramc; compile with lualatex or pdflatex.",
+        r"\documentclass{article}",
+        r"\usepackage[compat=1.1.0]{tikz-feynman}",
+        r"\pagestyle{empty}",
+        r"\begin{document}",
+        r"\noindent",
+    ]
+    body = []
+    for i, d in enumerate(diagrams, 1):
+        body.append(rf"\begin{{tabular}}[b]{{c}}")
+        body.append(d.tikz().rstrip("\n"))
+        body.append(rf"\\ ({i}) \(\times {d.multiplicity}\)")
+        body.append(r"\end{tabular}\hspace{1em}\allowbreak")
+    return "\n".join(head + body + [r"\end{document}"]) + "\n"
 
 
 # ----------------------------------------------------------------------------- numeric values
