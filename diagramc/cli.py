@@ -1,4 +1,4 @@
-"""Command line: count, diagrams, compile, demo, bench (CONTRACT.md section 6).
+"""Command line: count, diagrams, compile, contributions, activation, demo, bench (CONTRACT.md section 6).
 
 Every error a user can cause is one line on stderr beginning ``diagramc: error:``,
 exit status 2, and no traceback.
@@ -43,6 +43,24 @@ def _multi_index_arg(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _point_arg(text):
+    import math
+
+    try:
+        values = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(
+            f"malformed point {text!r}: expected comma-separated finite numbers such as 0.1,-0.5,2"
+        )
+    return values
+
+
+def _plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _layer_sizes_arg(text):
     parts = [p.strip() for p in text.split(",")]
     if len(parts) < 2 or any(not p.isdigit() or int(p) < 1 for p in parts):
@@ -80,6 +98,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out-dir", default=None, help="folder for the module (default: the per-user cache)")
     p.add_argument("--trust-model", action="store_true", help="allow unpickling a whole pickled module (runs code)")
 
+    p = sub.add_parser(
+        "contributions",
+        help="which diagrams make up a coefficient: each diagram's term of D^alpha f, ranked",
+        description="With --model: evaluate every diagram of D^alpha f of the model at one point and print "
+        "them ranked by size (diagram, multiplicity, value, share of the total). With --hidden-layers: "
+        "only generate the per-diagram kernel and print its path.",
+    )
+    p.add_argument("--multi-index", required=True, type=_multi_index_arg, help="e.g. 2,0,1")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", metavar="FILE", help="state dict or TorchScript file of an nn.Sequential MLP")
+    src.add_argument("--hidden-layers", type=_int_arg("--hidden-layers", 0),
+                     help="generate the kernel for this depth only (needs --activation)")
+    p.add_argument("--activation", help="tanh, sigmoid, softplus, sin, gelu, silu, identity, relu, or an expression in x")
+    p.add_argument("--at", type=_point_arg, metavar="X1,X2,...", help="the point x (default: the origin); write --at=-1,2 when it starts with a minus")
+    p.add_argument("--output", type=_int_arg("--output", 0), help="only this output (0-based; default: all)")
+    p.add_argument("--top", type=_int_arg("--top", 1), help="only the N largest contributions")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("-o", "--out-dir", default=None, help="folder for the kernel (default: the per-user cache)")
+    p.add_argument("--trust-model", action="store_true", help="allow unpickling a whole pickled module (runs code)")
+
+    p = sub.add_parser("activation", help="the vertex functions sigma^(k) of an activation, as sympy has them")
+    p.add_argument("name", help="tanh, sigmoid, softplus, sin, gelu, silu, identity, relu, or an expression in x")
+    p.add_argument("--order", type=_int_arg("--order", 0), default=4, help="highest derivative (default 4)")
+    p.add_argument("--format", choices=("text", "latex"), default="text")
+
     p = sub.add_parser("demo", help="the Born-series study: iterative NN perturbation theory")
     p.add_argument("--quick", action="store_true", help="a smaller run (minutes) that still shows the effect")
     p.add_argument("--out", default="demo-out", help="folder for the report, plots and networks")
@@ -116,7 +159,10 @@ MAX_LISTED_DIAGRAMS = 5000
 
 
 def _diagrams(args) -> None:
-    from . import diagrams as dg
+    import importlib
+
+    # the submodule, not the function diagramc.diagrams that the package exports under its name
+    dg = importlib.import_module("diagramc.diagrams")
 
     distinct, _ = dg.count(args.multi_index, args.hidden_layers)
     if distinct > MAX_LISTED_DIAGRAMS and not args.force:
@@ -130,8 +176,8 @@ def _diagrams(args) -> None:
 
         draw(found, args.draw)
     alpha = ",".join(map(str, args.multi_index))
-    summary = (f"D^({alpha}) f with {args.hidden_layers} hidden layers: {len(found)} diagrams, "
-               f"{sum(d.multiplicity for d in found)} labelled trees")
+    summary = (f"D^({alpha}) f with {_plural(args.hidden_layers, 'hidden layer')}: {_plural(len(found), 'diagram')}, "
+               f"{_plural(sum(d.multiplicity for d in found), 'labelled tree')}")
     if args.format == "json":
         print(json.dumps([d.to_json() for d in found], indent=1))
     elif not found:
@@ -177,6 +223,139 @@ def _compile(args) -> None:
     print(Path(module.__file__))
 
 
+def _contributions(args) -> None:
+    from .contributions import compile_contributions, contributions, format_table, ranked
+    from .diagrams import diagrams
+    from .network import load_model
+
+    if args.model is None:
+        if not args.activation:
+            raise DiagramcError("--hidden-layers needs --activation (a name such as tanh, or an expression in x)")
+        extra = [f for f, v in (("--at", args.at), ("--output", args.output), ("--top", args.top),
+                                ("--json", args.json)) if v not in (None, False)]
+        if extra:
+            raise DiagramcError(f"{extra[0]} needs --model: without weights there is nothing to evaluate")
+        module = compile_contributions(args.activation, args.multi_index, args.hidden_layers, args.out_dir)
+        print(Path(module.__file__))
+        return
+
+    import numpy as np
+
+    arch, params = load_model(args.model, args.activation, trust=args.trust_model)
+    d, m = arch.inputs, arch.outputs
+    if len(args.multi_index) != d:
+        raise DiagramcError(f"multi-index {','.join(map(str, args.multi_index))} has {len(args.multi_index)} "
+                            f"entries; the model has {d} inputs")
+    at = args.at if args.at is not None else (0.0,) * d
+    if len(at) != d:
+        raise DiagramcError(f"--at gives {len(at)} coordinates; the model has {d} inputs")
+    if args.output is not None and args.output >= m:
+        raise DiagramcError(f"--output {args.output} is out of range: the model has {m} outputs (0..{m - 1})")
+    arrays = [np.asarray(p.detach().cpu().numpy(), dtype=np.float64) for p in params]
+    values = contributions(arch, arrays, np.asarray([at], dtype=np.float64), args.multi_index, args.out_dir)[0]
+    found = diagrams(args.multi_index, arch.hidden_layers)
+    outputs = [args.output] if args.output is not None else list(range(m))
+    alpha = ",".join(map(str, args.multi_index))
+    point = "(" + ", ".join(f"{v:g}" for v in at) + ")"
+    if args.json:
+        print(json.dumps({
+            "multi_index": list(args.multi_index),
+            "at": list(at),
+            "layer_sizes": list(arch.layer_sizes),
+            "activation": arch.activation.name,
+            "diagrams": len(found),
+            "outputs": [{"output": o, "derivative": float(values[o].sum()),
+                         "contributions": ranked(found, values[o], args.top)} for o in outputs],
+        }, indent=1))
+        return
+    for n, o in enumerate(outputs):
+        if n:
+            print()
+        total = float(values[o].sum())
+        print(f"D^({alpha}) f_{o} at x = {point}: {total:.10g}, the sum of {_plural(len(found), 'diagram')} "
+              f"({arch.activation.name} MLP {'-'.join(map(str, arch.layer_sizes))})")
+        if not found:
+            print("no diagrams: a network without hidden layers is linear, every derivative of order >= 2 is zero")
+            continue
+        if arch.activation.vanishing_vertices(max(sum(args.multi_index), 1)) and sum(args.multi_index) >= 2:
+            print(f"every vertex sigma^(k), k >= 2, of {arch.activation.name} vanishes: all diagrams are zero")
+        rows = ranked(found, values[o], args.top)
+        print(format_table(rows, total))
+        shown = f"the {args.top} largest of {len(found)}; " if args.top is not None and args.top < len(found) else ""
+        print(f"({shown}# numbers the diagrams as `diagramc diagrams --multi-index {alpha} "
+              f"--hidden-layers {arch.hidden_layers}` lists them)")
+
+
+def _activation(args) -> None:
+    from .activations import get_activation
+    from .spec import MAX_ORDER
+
+    if args.order > MAX_ORDER:
+        raise DiagramcError(f"--order {args.order} is above the supported maximum {MAX_ORDER}")
+    act = get_activation(args.name)
+    for line in _activation_lines(act, args.order, args.format):
+        print(line)
+
+
+def _activation_lines(act, order, fmt):
+    """sigma^(k), k = 0..order: as the compiler differentiates it (in the auxiliary functions) and in x."""
+    import sympy as sp
+
+    from .activations import x
+
+    sup = str.maketrans("0123456789()", "⁰¹²³⁴⁵⁶⁷⁸⁹⁽⁾")
+    latex = fmt == "latex"
+
+    def show(e):
+        return sp.latex(e) if latex else sp.pretty(e, use_unicode=True, wrap_line=False)
+
+    def equation(lhs, rhs_forms):
+        """lhs = form1 = form2, multi-line forms side by side on a common baseline."""
+        if latex:
+            return [lhs + " &= " + " = ".join(rhs_forms) + r" \\"]
+        from sympy.printing.pretty.stringpict import prettyForm, stringPict
+
+        pieces = [prettyForm(lhs)]
+        for i, form in enumerate(rhs_forms):
+            pieces += [prettyForm(" = "), form]
+        return prettyForm(*stringPict.next(*pieces)).render(wrap_line=False).split("\n")
+
+    def form(e):
+        if latex:
+            return sp.latex(e)
+        from sympy.printing.pretty.pretty import PrettyPrinter
+
+        return PrettyPrinter({"use_unicode": True, "wrap_line": False})._print(e)
+
+    comment = "% " if latex else ""
+    lines = [f"{comment}activation {act.name}: sigma(x) = {sp.sstr(act.expr)}"]
+    if act.note:
+        lines.append(f"{comment}note: {act.note}")
+    if act.auxiliaries:
+        aux = "; ".join(f"{a.symbol} = {sp.sstr(a.definition)}, {a.symbol}' = {sp.sstr(a.derivative)}"
+                        for a in act.auxiliaries)
+        lines.append(f"{comment}auxiliary functions (the compiler differentiates polynomials in them): {aux}")
+    if act.vanishing_vertices(max(order, 2)) and order >= 2:
+        lines.append(f"{comment}every vertex sigma^(k), k >= 2, vanishes identically: "
+                     "derivatives of order >= 2 of the network are zero")
+    if latex:
+        lines.append(r"\begin{align*}")
+    for k in range(order + 1):
+        lhs = (r"\sigma^{(%d)}(x)" % k) if latex else ("σ" + f"({k})".translate(sup) + "(x)" if k else "σ(x)")
+        forms = [form(act.derivative(k))]
+        if act.auxiliaries:
+            in_x = act.derivative_in_x(k)
+            if in_x != act.derivative(k):
+                forms.append(form(in_x))
+        lines += equation(lhs, forms)
+        if not latex and k < order:
+            lines.append("")
+    if latex:
+        lines[-1] = lines[-1].removesuffix(r" \\")
+        lines.append(r"\end{align*}")
+    return lines
+
+
 def _demo(args) -> None:
     from .demo import run_demo
 
@@ -189,7 +368,8 @@ def _bench(args) -> None:
     run_bench(args.out, quick=args.quick)
 
 
-COMMANDS = {"count": _count, "diagrams": _diagrams, "compile": _compile, "demo": _demo, "bench": _bench}
+COMMANDS = {"count": _count, "diagrams": _diagrams, "compile": _compile, "contributions": _contributions,
+            "activation": _activation, "demo": _demo, "bench": _bench}
 
 
 def main(argv=None) -> int:

@@ -354,13 +354,16 @@ def ranked(found: Sequence[Diagram], contribution: Any, top: int | None = None) 
 
 
 def format_table(rows: Sequence[dict], total: float) -> str:
-    """The rows of :func:`ranked` as an aligned text table, with the total last."""
+    """The rows of :func:`ranked` as an aligned text table, with the total last.
+
+    ``#`` numbers the diagrams from 1, as ``diagramc diagrams`` lists them (``index + 1``).
+    """
     width = max([len("diagram")] + [len(r["diagram"]) for r in rows])
     head = f"{'rank':>4}  {'#':>4}  {'diagram':<{width}}  {'mult':>5}  {'value':>13}  {'contribution':>13}  {'share':>8}"
     lines = [head, "-" * len(head)]
     for rank, r in enumerate(rows, 1):
         share = f"{100 * r['share']:7.2f}%" if r["share"] is not None else f"{'-':>8}"
-        lines.append(f"{rank:>4}  {r['index']:>4}  {r['diagram']:<{width}}  {r['multiplicity']:>5}  "
+        lines.append(f"{rank:>4}  {r['index'] + 1:>4}  {r['diagram']:<{width}}  {r['multiplicity']:>5}  "
                      f"{r['value']:>13.6g}  {r['contribution']:>13.6g}  {share}")
     lines.append("-" * len(head))
     lines.append(f"{'':>4}  {'':>4}  {'sum (D^alpha f)':<{width}}  {'':>5}  {'':>13}  {total:>13.6g}  "
