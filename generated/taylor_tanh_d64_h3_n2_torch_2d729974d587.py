@@ -184,19 +184,34 @@ def _activation(z):
 def _segments(index, target):
     """A grouped target list as both a scatter index and group starts (for reduceat)."""
     starts = [i for i in range(len(target)) if i == 0 or target[i] != target[i - 1]]
-    return {
-        "target": index(target),
-        "starts": index(starts),
-        "present": index([target[i] for i in starts]),
-        "size": (target[-1] + 1) if target else 0,
-    }
+    return {"target": index(target), "starts": index(starts), "present": index([target[i] for i in starts])}
+
+
+def _buckets(index, left, right, target):
+    """A product table as dense blocks: targets grouped by their number of terms s, so
+    that each group is one gather, one product and one sum over a (targets, s) axis pair."""
+    terms = {}
+    for l, r, t in zip(left, right, target):
+        terms.setdefault(t, []).append((l, r))
+    by_count = {}
+    for t, pairs in terms.items():
+        by_count.setdefault(len(pairs), []).append(t)
+    return [
+        {
+            "terms": count,
+            "targets": index(group),
+            "left": index([l for t in group for l, _ in terms[t]]),
+            "right": index([r for t in group for _, r in terms[t]]),
+        }
+        for count, group in sorted(by_count.items())
+    ]
 
 
 def _build_tables(index):
     """Every index table as the backend's integer arrays (index: list -> array)."""
     return {
         "powers": {
-            k: {"left": index(left), "right": index(right), **_segments(index, target)}
+            k: {"size": len(set(target)), "buckets": _buckets(index, left, right, target)}
             for k, (left, right, target) in _POWER_TABLES.items()
         },
         "top": [
@@ -227,14 +242,13 @@ def _as_array(values, like):
     return like.new_tensor(values)
 
 
-def _expand_batch(a, batch):
-    return a.expand((batch,) + tuple(a.shape[1:]))
+def _gather(a, index):
+    return a.index_select(0, index)
 
 
-def _segment_sum(products, table):
-    """Sum the rows of products (dim 1) that share a target."""
-    out = products.new_zeros((products.shape[0], table["size"], products.shape[2]))
-    return out.index_add(1, table["target"], products)
+def _batch_major(a, batch):
+    """(columns, batch or 1, OUTPUTS) -> (batch, OUTPUTS, columns)."""
+    return a.expand(a.shape[0], batch, a.shape[2]).permute(1, 2, 0)
 
 
 def _scatter_top(top, flat, block):
@@ -261,23 +275,39 @@ def _prepare(params, x):
 
 
 # ---------------------------------------------------------------------------------------
-# The kernel. Backend primitives (_zeros, _cat, _segment_sum, _scatter_top, _tables_for)
-# are defined above; everything below reads the same for NumPy and PyTorch.
+# The kernel. A series is stored coefficient-major, (columns, batch, width): gathering and
+# summing coefficients moves whole contiguous rows, and a Linear layer is one matrix
+# product over all coefficients at once. Backend primitives are defined above; everything
+# below reads the same for NumPy and PyTorch.
+
+
+def _product(A, Z, table):
+    """Low-order part of the truncated product of two series, A * Z, by dense blocks."""
+    blocks = []
+    for bucket in table["buckets"]:
+        terms = _gather(A, bucket["left"]) * _gather(Z, bucket["right"])
+        blocks.append(terms.reshape((-1, bucket["terms"]) + terms.shape[1:]).sum(1))
+    if not blocks:
+        return Z[:0]
+    out = _zeros(Z, (table["size"],) + tuple(blocks[0].shape[1:]))
+    for bucket, block in zip(table["buckets"], blocks):
+        out[bucket["targets"]] = block
+    return out
 
 
 def _through_activation(factors, Z, tables):
     """Low-order series of sigma(z(x)) from that of z(x): sum_k sigma^(k)(z)/k! * Z^k.
 
-    Z has shape (batch, _LOW, width); factors[k-1] has shape (batch, width). Also returns
-    the powers [Z, P_2, P_3, ...] (each from column _START[k] on) for the top order.
+    Z has shape (_LOW, batch, width); factors[k-1] has shape (batch, width). Also returns
+    the powers [Z, P_2, P_3, ...] (P_k from column _START[k] on) for the top order.
     """
-    H = factors[0][:, None, :] * Z
+    H = factors[0][None] * Z
     powers = [Z]
     for k, table in tables["powers"].items():
-        P = _segment_sum(powers[-1][:, table["left"], :] * Z[:, table["right"], :], table)
+        P = _product(powers[-1], Z, table)
         powers.append(P)
         if factors[k - 1] is not None:
-            H = _cat([H[:, : _START[k], :], H[:, _START[k] :, :] + factors[k - 1][:, None, :] * P], 1)
+            H = _cat([H[: _START[k]], H[_START[k] :] + factors[k - 1][None] * P], 0)
     return H, powers
 
 
@@ -285,8 +315,10 @@ def _top_order(vertices, weights, tables, batch):
     """Coefficients of order ORDER, (batch, OUTPUTS, n_top), made at the vertices.
 
     A top-order coefficient never passes through a weight matrix: every diagram's root
-    vertex contracts its subtrees against the output line g_l = df/dh^(l) (one reverse
-    sweep, as in forward-over-reverse), and the subtrees are all of lower order.
+    vertex contracts its subtrees against the output line g = df/dh^(l) (one reverse
+    sweep, as in forward-over-reverse), and the subtrees are all of lower order. Per
+    block, that contraction is a batch of Gram matrices G[alpha, gamma] =
+    sum_j t_j P_(k-1)[alpha, j] Z[gamma, j].
     """
     top = _zeros(weights[0], (batch, OUTPUTS, len(_SERIES) - _LOW))
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
@@ -294,22 +326,22 @@ def _top_order(vertices, weights, tables, batch):
         factors, powers = vertices[layer]
         for k, scale, block in tables["top"]:
             t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
-            left = powers[k - 2][:, block["rows"], :]  # P_(k-1), order a
-            right = powers[0][:, block["cols"], :]  # Z, order ORDER - a
-            gram = (t[:, :, None, :] * left[:, None, :, :]) @ right[:, None, :, :].swapaxes(-1, -2)
+            left = _gather(powers[k - 2], block["rows"]).swapaxes(0, 1)  # P_(k-1), order a: (batch, rows, width)
+            right = _gather(powers[0], block["cols"]).swapaxes(0, 1)  # Z, order ORDER - a: (batch, cols, width)
+            gram = (t[:, :, None, :] * left[:, None]) @ right[:, None].swapaxes(-1, -2)
             top = _scatter_top(top, gram.reshape(gram.shape[0], OUTPUTS, -1), block)
         g = (g * factors[0][:, None, :]) @ weights[layer]  # df/dh^(layer) from df/dh^(layer+1)
     return top
 
 
 def _series(params, x, tables):
-    """[value, low-order series, top-order series] of f around x: (batch, 1 + len(_SERIES), OUTPUTS)."""
+    """[value, low-order series, top-order series] of f around x: (batch, OUTPUTS, 1 + len(_SERIES))."""
     weights, biases = params[0::2], params[1::2]
     batch = x.shape[0]
     # Layer 1 is affine in x: its series has first-order terms only, the same for every x.
     z = x @ weights[0].T + biases[0]
-    Z = _zeros(x, (1, _LOW, z.shape[1]))
-    Z[:, tables["first_order_columns"], :] = weights[0].T[tables["first_order_variables"]][None]
+    Z = _zeros(x, (_LOW, 1, z.shape[1]))
+    Z[tables["first_order_columns"], 0, :] = weights[0].T[tables["first_order_variables"]]
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _activation(z)
@@ -317,15 +349,15 @@ def _series(params, x, tables):
         vertices.append((factors, powers))
         Z = H @ W.T
         z = h @ W.T + b
-    low = _expand_batch(Z, batch)
-    top = _top_order(vertices, weights, tables, batch).swapaxes(1, 2)
-    return _cat([z[:, None, :], low, top], 1)
+    low = _batch_major(Z, batch)
+    top = _top_order(vertices, weights, tables, batch)
+    return _cat([z[:, :, None], low, top], 2)
 
 
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     params, x, tables = _prepare(params, x)
-    return _series(params, x, tables)[:, tables["outputs"], :].swapaxes(1, 2)
+    return _series(params, x, tables)[:, :, tables["outputs"]]
 
 
 def derivatives(params, x):
