@@ -154,8 +154,13 @@ def rel_errors(value: np.ndarray, reference: np.ndarray, d: int, order: int) -> 
 # ----------------------------------------------------------------------------- timing
 
 
-def _repeat(run: Callable[[], object], settings: Settings, first: float | None = None) -> list[float]:
-    """Wall times of repeated runs (after one warm-up run, unless its time is given)."""
+def _repeat(run: Callable[[], object], settings: Settings, first: float | None = None):
+    """(wall times, last result) of repeated runs, after one warm-up run unless its time is given.
+
+    Repetitions stop at ``settings.max_reps`` or once about ``settings.min_time`` is spent,
+    at least ``settings.min_reps`` of them, and a slow run is repeated only within
+    ``settings.budget`` seconds (once at least).
+    """
     if first is None:
         t0 = time.perf_counter()
         run()
@@ -164,12 +169,12 @@ def _repeat(run: Callable[[], object], settings: Settings, first: float | None =
     if first > 0:
         reps = min(reps, max(settings.min_reps, math.ceil(settings.min_time / first)))
         reps = max(1, min(reps, int(settings.budget / first)))
-    times = []
+    times, result = [], None
     for _ in range(reps):
         t0 = time.perf_counter()
-        run()
+        result = run()
         times.append(time.perf_counter() - t0)
-    return times
+    return times, result
 
 
 def _result(times=None, packed=None, **extra) -> dict:
@@ -201,8 +206,8 @@ def matmul_rate(quick: bool, device: str = "cpu") -> dict:
         a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
         ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
         flops = 2.0 * m * k * n
-        t_torch = statistics.median(_repeat(lambda: _sync(ta @ tb, device), settings))
-        t_numpy = statistics.median(_repeat(lambda: a @ b, settings))
+        t_torch = statistics.median(_repeat(lambda: _sync(ta @ tb, device), settings)[0])
+        t_numpy = statistics.median(_repeat(lambda: a @ b, settings)[0])
         out[name] = {
             "shape": [m, k, n],
             "torch_gflops": flops / t_torch / 1e9,
@@ -226,33 +231,56 @@ def _sync(value, device):
 def kernel_multiply_adds(module) -> dict | None:
     """Multiply-adds per batch element of one call of a generated kernel.
 
-    Uses ``module.MULTIPLY_ADDS`` when the module states it; otherwise estimates it from the
-    module's tables: per hidden layer of width w feeding a layer of width w',
-    the series through the activation (first-order factor: S*w; each truncated power k:
-    rows_k*w; each vertex weight: (S - start_k)*w) and the two matrix products
-    (S*w*w' for the series, w*w' for the value), S the number of series columns.
+    Uses ``module.MULTIPLY_ADDS`` when the module states it. Otherwise an estimate from the
+    module's tables (it follows the kernel's internals, so it is only as current as they are).
+    Per hidden layer of width w (w_prev before, w_next after), with S series columns pushed
+    through the weights (``_LOW`` when the top order is made apart, else all of ``_SERIES``):
+    the series through the activation (first-order factor S*w; each truncated power k:
+    rows_k*w; each vertex weight: (S - start_k)*w), the products with the next weights
+    (S*w*w_next for the series, w*w_next for the value), and, when the top order is
+    contracted at the vertices against the output line (``_TOP_BLOCKS``), each block's
+    weighting (rows*w) and Gram matrix (rows*cols*w) per output, plus the reverse sweep
+    (w*w_prev per output).
     """
     stated = getattr(module, "MULTIPLY_ADDS", None)
     if stated is not None:
         return dict(stated) if isinstance(stated, dict) else {"total": int(stated), "source": "module"}
     try:
         sizes = module.LAYER_SIZES
-        series = len(module._SERIES)
+        series = getattr(module, "_LOW", len(module._SERIES))
         start = module._START
         tables = module._POWER_TABLES
         vertex_orders = set(module._VERTEX_ORDERS)
     except AttributeError:
         return None
-    gemm = sizes[0] * sizes[1]
-    elementwise = 0
-    for w, w_next in zip(sizes[1:-1], sizes[2:]):
+    top_blocks = getattr(module, "_TOP_BLOCKS", ())
+    outputs = sizes[-1]
+    gemm, elementwise = sizes[0] * sizes[1], 0
+    for w_prev, w, w_next in zip(sizes[:-2], sizes[1:-1], sizes[2:]):
         elementwise += series * w
         for k, table in tables.items():
             elementwise += len(table[0]) * w
             if k in vertex_orders:
-                elementwise += (series - start[k]) * w
+                elementwise += max(series - start[k], 0) * w
         gemm += series * w * w_next + w * w_next
+        for _, _, block in top_blocks:
+            rows, cols = len(block[0]), len(block[1])
+            elementwise += outputs * (1 + rows) * w
+            gemm += outputs * rows * cols * w
+        if top_blocks:
+            gemm += outputs * w * w_prev
     return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise, "source": "estimated from tables"}
+
+
+def _counted_gemm_macs(module, params, x) -> float | None:
+    """Matrix-product multiply-adds per batch element of one call, as torch's FlopCounterMode counts them."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError:
+        return None
+    with FlopCounterMode(display=False) as counter:
+        module.derivatives(params, x)
+    return counter.get_total_flops() / 2 / x.shape[0]
 
 
 def _cold_compile_code(cell: Cell, backend: str, device: str) -> str:
@@ -319,10 +347,11 @@ def bench_ours(cell: Cell, backend: str, settings: Settings, kernel_dir: Path, d
         raise RuntimeError(f"{module.__file__}: MULTI_INDICES are not all of orders 0..{cell.order} in canonical order")
     params, x = _our_inputs(cell, backend, device if backend == "torch" else "cpu")
     dev = device if backend == "torch" else "cpu"
-    times = _repeat(lambda: _sync(module.derivatives(params, x), dev), settings)
-    out = module.derivatives(params, x)
+    times, out = _repeat(lambda: _sync(module.derivatives(params, x), dev), settings)
     packed = (out.cpu().numpy() if backend == "torch" else np.asarray(out))[:, 0, :]
     macs = kernel_multiply_adds(module)
+    if macs is not None and backend == "torch":
+        macs["gemm_counted_by_torch"] = _counted_gemm_macs(module, params, x)
     return _result(times, packed, compile_s=cold["cold_total_s"], cold_compile=cold,
                    multiply_adds_per_sample=macs, module=str(module.__file__))
 
@@ -371,24 +400,34 @@ def bench_torch_func(cell: Cell, settings: Settings, device: str) -> dict:
     def call(xs):
         return _sync(run(xs), device)
 
-    # probe on a small batch, extrapolate linearly in the batch
-    probe_batch = min(cell.batch, 16)
+    # Probe on batches 4, 16, 64, ... and extrapolate to the full batch with the growth seen
+    # between the last two probes (at least linear: large batches get slower per point once
+    # the d^n tangents stop fitting in cache); run the full batch only below the limit.
     call(tx[:1])
-    t0 = time.perf_counter()
-    probe_out = call(tx[:probe_batch])
-    probe = time.perf_counter() - t0
-    estimate = probe * cell.batch / probe_batch
-    if estimate > settings.eager_limit:
-        packed = pack_dense([t.cpu().numpy() for t in probe_out], cell.d)
-        return {
-            "status": "estimated", "median_s": None, "estimate_s": estimate,
-            "note": f"a full run would take ~{estimate:.0f} s (> {settings.eager_limit:.0f} s): timed "
-                    f"{probe:.2f} s on batch {probe_batch}, scaled linearly to {cell.batch}",
-            "probe_batch": probe_batch, "_packed": packed, "_packed_rows": probe_batch,
-        }
-    times = _repeat(lambda: call(tx), settings, first=estimate)
-    packed = pack_dense([t.cpu().numpy() for t in call(tx)], cell.d)
-    return _result(times, packed)
+    probes, estimate = [], 0.0
+    batch = 4
+    while batch < cell.batch:
+        t0 = time.perf_counter()
+        probe_out = call(tx[:batch])
+        probes.append((batch, time.perf_counter() - t0))
+        growth = 1.0
+        if len(probes) >= 2:
+            (b0, t_0), (b1, t_1) = probes[-2:]
+            growth = max(1.0, math.log(t_1 / t_0) / math.log(b1 / b0))
+        estimate = probes[-1][1] * (cell.batch / batch) ** growth
+        if estimate > settings.eager_limit:
+            packed = pack_dense([t.cpu().numpy() for t in probe_out], cell.d)
+            timed = ", ".join(f"{t:.2f} s at batch {b}" for b, t in probes)
+            return {
+                "status": "estimated", "median_s": None, "estimate_s": estimate,
+                "note": f"a full run would take ~{estimate:.0f} s (> {settings.eager_limit:.0f} s): timed "
+                        f"{timed}; extrapolated as batch^{growth:.2f}",
+                "probes": probes, "_packed": packed, "_packed_rows": batch,
+            }
+        batch *= 4
+    times, out = _repeat(lambda: call(tx), settings, first=estimate or None)
+    packed = pack_dense([t.cpu().numpy() for t in out], cell.d)
+    return _result(times, packed, probes=probes)
 
 
 # ----------------------------------------------------------------------------- JAX
@@ -428,8 +467,8 @@ def _jit_timed(fn, args, settings: Settings):
     def call():
         return jax.block_until_ready(compiled(*args))
 
-    times = _repeat(call, settings)
-    return times, compile_s, call()
+    times, out = _repeat(call, settings)
+    return times, compile_s, out
 
 
 def bench_jax_jacfwd(cell: Cell, settings: Settings) -> dict:
@@ -665,7 +704,8 @@ def format_table(report: dict) -> str:
                  "est = estimated from a small batch; ratio > 1: our kernel is faster")
     ratio_lines = ["anchor time / our time (best of our backends):"]
     for c in cells:
-        parts = [f"{SHORT_NAMES[a]} {v['best_ours']:.3g}" for a, v in c["ratios_anchor_over_ours"].items()]
+        parts = [f"{SHORT_NAMES[a]} {v['best_ours']:.3g}" + (" (est)" if c["methods"][a]["status"] == "estimated" else "")
+                 for a, v in c["ratios_anchor_over_ours"].items()]
         ratio_lines.append(f"  d={c['d']} n={c['order']} b={c['batch']}: " + ", ".join(parts))
     rate = report["matmul"]
     rate_lines = [f"float64 GEMM rate: peak {rate['peak_gflops']:.1f} GFLOP/s "
