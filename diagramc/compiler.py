@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from types import ModuleType
 from typing import Iterable, Sequence
@@ -16,9 +17,14 @@ from .spec import KernelSpec
 _LOADED: dict[tuple[str, str], ModuleType] = {}
 
 
+@functools.lru_cache(maxsize=128)
+def _render(spec: KernelSpec, out_dir: str) -> str:
+    return codegen.render(spec, out_dir)
+
+
 def compile_source(spec: KernelSpec, out_dir: "str | Path") -> str:
-    """The generated module's text for a spec (deterministic)."""
-    return codegen.render(spec, str(out_dir))
+    """The generated module's text for a spec (deterministic; rendered once per process)."""
+    return _render(spec, str(out_dir))
 
 
 def compile(

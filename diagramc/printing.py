@@ -100,6 +100,7 @@ def activation_code(activation: Activation, order: int, backend: str) -> Activat
     """Print sigma and sigma^(k)/k!, k = 1..order, with shared subexpressions, for one backend."""
     printer = PRINTERS[backend]()
     z = sp.Symbol(Z_NAME, real=True)
+    order = max(order, 1)  # sigma' is always printed: it carries the series (empty at order 0)
     factors = activation.taylor_factors(order)
     nonzero = [k for k, f in enumerate(factors) if f != 0 or k == 0]
     # Auxiliaries are named after their symbols (u, v) and computed first.
