@@ -34,7 +34,8 @@ def draw(diagrams: Sequence[Diagram], path: str | os.PathLike, columns: int | No
 
     PNG, SVG or PDF. Each panel shows one diagram: input lines ``x_v`` (coloured by
     variable) at level 0, vertices ``σ⁽ᵏ⁾`` on their hidden layer, the output ``f`` on
-    level ``H + 1``, and its multiplicity. Returns the path written.
+    level ``H + 1``, and above it the diagram's number (from 1, in the given order) and
+    its multiplicity. Returns the path written.
     """
     # a bare Figure, not pyplot: no global backend switch, nothing left open in the caller
     from matplotlib.figure import Figure
@@ -72,8 +73,8 @@ def draw(diagrams: Sequence[Diagram], path: str | os.PathLike, columns: int | No
 
     for ax in axes.flat[n:]:
         ax.axis("off")
-    for ax, d in zip(axes.flat, diagrams):
-        _draw_one(ax, d, max_leaves)
+    for number, (ax, d) in enumerate(zip(axes.flat, diagrams), 1):
+        _draw_one(ax, d, max_leaves, number)
     # fixed margins in inches (tight_layout costs seconds on large grids and ignores suptitle)
     fig_w, fig_h = fig.get_size_inches()
     fig.subplots_adjust(left=0.1 / fig_w, right=1 - 0.1 / fig_w, bottom=0.1 / fig_h,
@@ -84,7 +85,7 @@ def draw(diagrams: Sequence[Diagram], path: str | os.PathLike, columns: int | No
     return path
 
 
-def _draw_one(ax, d: Diagram, width: int) -> None:
+def _draw_one(ax, d: Diagram, width: int, number: int | None = None) -> None:
     g, pos = d.graph, d.layout()
     H = d.hidden_layers
     # layer guides, so the level of every vertex is readable
@@ -118,7 +119,8 @@ def _draw_one(ax, d: Diagram, width: int) -> None:
     (x, y), = [pos[n] for n, _ in kinds["output"]]
     ax.scatter([x], [y], s=28, color="black", zorder=2, marker="^")
     ax.text(x, y + 0.22, "f", ha="center", va="bottom", fontsize=8, style="italic")
-    ax.set_title(f"×{d.multiplicity}", fontsize=10, pad=2)
+    # numbered as `diagramc diagrams` lists them and `diagramc contributions` ranks them
+    ax.set_title(f"({number})  ×{d.multiplicity}" if number is not None else f"×{d.multiplicity}", fontsize=10, pad=2)
     ax.set_xlim(-0.8, max(width - 1, 0) + 0.6)
     ax.set_ylim(-0.85, H + 1.7)
     ax.set_xticks([])

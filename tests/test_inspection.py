@@ -133,7 +133,7 @@ def test_diagrams_latex_and_tikz(capsys):
 
 def test_diagrams_draw_is_wired(tmp_path, capsys):
     path = tmp_path / "d.png"
-    assert main(["diagrams", "--multi-index", "1,3", "--hidden-layers", "3", "--format", "json",
+    assert main(["diagrams", "--multi-index", "1,1", "--hidden-layers", "2", "--format", "json",
                  "--draw", str(path)]) == 0
     out, err = capsys.readouterr()
     assert path.read_bytes().startswith(b"\x89PNG") and f"drew {len(json.loads(out))} diagrams" in err
