@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -104,6 +106,27 @@ def test_tikz_document_is_complete():
     # a vertex label sits on the side away from the line to its parent
     (d,) = [d for d in diagrams((2, 2), 2) if d.short() == "σ⁽²⁾(z⁽²⁾; σ⁽²⁾(z⁽¹⁾; x0, x0), σ⁽²⁾(z⁽¹⁾; x1, x1))"]
     assert "label=left" in d.tikz() and "label=right" in d.tikz()
+
+
+def _tex_has(package):
+    if not shutil.which("pdflatex") or not shutil.which("kpsewhich"):
+        return False
+    return subprocess.run(["kpsewhich", package], capture_output=True, text=True).stdout.strip() != ""
+
+
+@pytest.mark.skipif(not _tex_has("tikz-feynman.sty"), reason="no TeX installation with tikz-feynman")
+def test_tikz_document_and_latex_sum_compile(tmp_path):
+    found = diagrams((2, 1), 2)
+    (tmp_path / "pictures.tex").write_text(tikz_document(found), encoding="utf-8")
+    (tmp_path / "sum.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{amsmath}\n\\begin{document}\n" + "\n".join(
+            f"\\[ {d.latex()} \\]" for d in found) + "\n" + latex_total(found) + "\n\\end{document}\n",
+        encoding="utf-8")
+    for name in ("pictures", "sum"):
+        run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", f"{name}.tex"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout[-2000:]
+        assert (tmp_path / f"{name}.pdf").stat().st_size > 1000
 
 
 # ----------------------------------------------------------------------------- diagramc diagrams
