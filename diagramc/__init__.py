@@ -10,5 +10,5 @@ from .errors import DiagramcError  # noqa: E402
 from .network import Architecture, params_from_torch, load_model  # noqa: E402
 from .compiler import compile, taylor  # noqa: E402
 from .activations import get_activation, ACTIVATIONS  # noqa: E402
-from .diagrams import diagrams, count, Diagram  # noqa: E402
-from .contributions import contributions  # noqa: E402
+from .combinatorics import diagrams, count, Diagram  # noqa: E402
+from .attribution import contributions  # noqa: E402

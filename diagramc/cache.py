@@ -8,6 +8,7 @@ write now; anything else (edited, truncated, older template) is rewritten.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import sys
@@ -69,6 +70,21 @@ def store(path: Path, source: str) -> Path:
     if not is_intact(path, source):
         write_atomic(path, source)
     return path
+
+
+_LOADED: dict[tuple[str, str], ModuleType] = {}
+
+
+def load(path: Path, source: str) -> ModuleType:
+    """The module at path holding exactly source: reused from this process when the file is
+    still intact, else (re)written atomically and imported."""
+    key = (str(path.resolve()), hashlib.sha256(source.encode()).hexdigest())
+    if key in _LOADED and is_intact(path, source):
+        return _LOADED[key]
+    store(path, source)
+    module = import_path(path)
+    _LOADED[key] = module
+    return module
 
 
 def import_path(path: Path) -> ModuleType:

@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _count(args) -> None:
-    from .diagrams import count
+    from .combinatorics import count
 
     distinct, labelled = count(args.multi_index, args.hidden_layers)
     if args.json:
@@ -159,10 +159,7 @@ MAX_LISTED_DIAGRAMS = 5000
 
 
 def _diagrams(args) -> None:
-    import importlib
-
-    # the submodule, not the function diagramc.diagrams that the package exports under its name
-    dg = importlib.import_module("diagramc.diagrams")
+    from . import combinatorics as dg
 
     distinct, _ = dg.count(args.multi_index, args.hidden_layers)
     if distinct > MAX_LISTED_DIAGRAMS and not args.force:
@@ -224,8 +221,8 @@ def _compile(args) -> None:
 
 
 def _contributions(args) -> None:
-    from .contributions import compile_contributions, contributions, format_table, ranked
-    from .diagrams import diagrams
+    from .attribution import compile_contributions, contributions, format_table, ranked
+    from .combinatorics import diagrams
     from .network import load_model
 
     if args.model is None:

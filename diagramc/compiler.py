@@ -14,9 +14,6 @@ from . import cache, codegen
 from .network import Architecture, params_from_torch
 from .spec import KernelSpec
 
-_LOADED: dict[tuple[str, str], ModuleType] = {}
-
-
 @functools.lru_cache(maxsize=128)
 def _render(spec: KernelSpec, out_dir: str) -> str:
     return codegen.render(spec, out_dir)
@@ -42,14 +39,7 @@ def compile(
     spec = KernelSpec.create(arch, order, backend, multi_indices)
     folder = Path(out_dir) if out_dir is not None else cache.default_cache_dir()
     path = folder / f"{spec.module_name()}.py"
-    source = compile_source(spec, out_dir if out_dir is not None else folder)
-    key = (str(path.resolve()), spec.digest)
-    if key in _LOADED and cache.is_intact(path, source):
-        return _LOADED[key]
-    cache.store(path, source)
-    module = cache.import_path(path)
-    _LOADED[key] = module
-    return module
+    return cache.load(path, compile_source(spec, out_dir if out_dir is not None else folder))
 
 
 def module_path(module: ModuleType) -> Path:

@@ -3,7 +3,7 @@
 Layers are drawn as levels (inputs at the bottom, the output line at the top) because
 the one rule that is easy to get wrong by eye, strictly increasing layers towards the
 output, then reads off the picture directly. Positions come from
-:meth:`diagramc.diagrams.Diagram.layout`, shared with the TikZ-Feynman output.
+:meth:`diagramc.combinatorics.Diagram.layout`, shared with the TikZ-Feynman output.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 import os
 from typing import Sequence
 
-from .diagrams import Diagram
+from .combinatorics import Diagram
 from .errors import DiagramcError
 
 FORMATS = ("png", "svg", "pdf")

@@ -10,7 +10,6 @@ torch.func.jacfwd and against the Taylor kernel of diagramc.compile.
 from __future__ import annotations
 
 import ast
-import importlib
 import json
 import re
 
@@ -20,13 +19,12 @@ import sympy
 import torch
 
 import diagramc
-from diagramc.diagrams import Diagram, count, diagrams
+from diagramc.combinatorics import Diagram, count, diagrams
 from diagramc.errors import DiagramcError
 
 from .reference import random_params, reference_derivatives
 
-# the submodule: the package exports the function diagramc.contributions under the same name
-contrib = importlib.import_module("diagramc.contributions")
+from diagramc import attribution as contrib
 
 _T = sympy.Symbol("t")
 _PLAIN = {  # the activations as plain sympy expressions, differentiated by sympy alone

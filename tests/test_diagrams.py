@@ -1,4 +1,4 @@
-"""Tests of the diagram combinatorics (diagramc.diagrams).
+"""Tests of the diagram combinatorics (diagramc.combinatorics).
 
 The counts are checked three ways (closed recursion, enumeration, an independent
 brute force over set partitions) and the values against torch's nested jacfwd.
@@ -15,7 +15,7 @@ import pytest
 import sympy
 
 from diagramc import multi_index as mi
-from diagramc.diagrams import (
+from diagramc.combinatorics import (
     ActivationDerivative,
     Diagram,
     ForwardPass,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from diagramc.diagrams import diagrams
+from diagramc.combinatorics import diagrams
 from diagramc.draw import draw
 from diagramc.errors import DiagramcError
 

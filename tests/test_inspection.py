@@ -14,7 +14,7 @@ import torch
 
 import diagramc
 from diagramc.cli import main
-from diagramc.diagrams import (
+from diagramc.combinatorics import (
     Diagram,
     derivative_text,
     diagrams,

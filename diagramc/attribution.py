@@ -35,7 +35,7 @@ import numpy as np
 from . import __version__, cache
 from . import multi_index as mi
 from .activations import Activation, get_activation
-from .diagrams import Diagram, Input, Node, Vertex, count, diagrams
+from .combinatorics import Diagram, Input, Node, Vertex, count, diagrams
 from .errors import DiagramcError
 from .network import Architecture
 from .spec import MAX_ORDER
@@ -46,7 +46,6 @@ TEMPLATE = "contributions_kernel.py.jinja"
 # A per-diagram kernel is one block of code per diagram: refuse rather than write megabytes.
 MAX_DIAGRAMS = 5000
 
-_LOADED: dict[tuple[str, str], ModuleType] = {}
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -259,14 +258,7 @@ def compile_contributions(activation: "str | Activation", multi_index: Sequence[
     spec = ContributionSpec.create(activation, multi_index, hidden_layers)
     folder = Path(out_dir) if out_dir is not None else cache.default_cache_dir()
     path = folder / f"{spec.module_name()}.py"
-    source = render(spec, str(folder))
-    key = (str(path.resolve()), spec.digest)
-    if key in _LOADED and cache.is_intact(path, source):
-        return _LOADED[key]
-    cache.store(path, source)
-    module = cache.import_path(path)
-    _LOADED[key] = module
-    return module
+    return cache.load(path, render(spec, str(folder)))
 
 
 # ----------------------------------------------------------------------------- the API
