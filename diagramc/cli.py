@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     p.add_argument("-o", "--out-dir", default=None, help="folder for the module (default: the per-user cache)")
     p.add_argument("--trust-model", action="store_true", help="allow unpickling a whole pickled module (runs code)")
+    p.add_argument("--force", action="store_true", help="compile even above the size limit on distinct coefficients")
 
     p = sub.add_parser(
         "contributions",
@@ -216,7 +217,7 @@ def _compile(args) -> None:
             raise DiagramcError("--layer-sizes needs --activation (a name such as tanh, or an expression in x)")
         arch = Architecture(args.layer_sizes, args.activation)
     out_dir = args.out_dir
-    module = compile(arch, args.order, args.backend, multi_indices=args.multi_index, out_dir=out_dir)
+    module = compile(arch, args.order, args.backend, multi_indices=args.multi_index, out_dir=out_dir, force=args.force)
     print(Path(module.__file__))
 
 

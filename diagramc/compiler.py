@@ -30,13 +30,15 @@ def compile(
     backend: str = "numpy",
     multi_indices: "Iterable[Sequence[int]] | None" = None,
     out_dir: "str | Path | None" = None,
+    force: bool = False,
 ) -> ModuleType:
     """Compile the Taylor-coefficient kernel of an architecture up to ``order``; return the imported module.
 
     ``multi_indices`` restricts the module to a subset (canonical order); ``out_dir``
     defaults to the per-user cache. A module already there is reused only when intact.
+    Requests above ``spec.MAX_COEFFICIENTS`` distinct coefficients need ``force=True``.
     """
-    spec = KernelSpec.create(arch, order, backend, multi_indices)
+    spec = KernelSpec.create(arch, order, backend, multi_indices, force)
     folder = Path(out_dir) if out_dir is not None else cache.default_cache_dir()
     path = folder / f"{spec.module_name()}.py"
     return cache.load(path, compile_source(spec, out_dir if out_dir is not None else folder))

@@ -15,6 +15,9 @@ from .network import Architecture
 BACKENDS = ("numpy", "torch")
 # Orders past this make kernels whose tables outgrow any machine; refuse rather than hang.
 MAX_ORDER = 12
+# Distinct coefficients a kernel may carry without force=True (--force): the index tables
+# are built at import and every call holds (coefficients x batch x width) numbers.
+MAX_COEFFICIENTS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class KernelSpec:
         order: int,
         backend: str = "numpy",
         multi_indices: "Iterable[Sequence[int]] | None" = None,
+        force: bool = False,
     ) -> "KernelSpec":
         if not isinstance(architecture, Architecture):
             raise DiagramcError(f"expected a diagramc.Architecture, got {type(architecture).__name__}")
@@ -45,6 +49,12 @@ class KernelSpec:
             raise DiagramcError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         d = architecture.inputs
         if multi_indices is None:
+            total = sum(mi.count_of_order(d, k) for k in range(order + 1))  # counted before anything is built
+            if total > MAX_COEFFICIENTS and not force:
+                raise DiagramcError(
+                    f"{d} inputs up to order {order} is {total:,} distinct coefficients, above the limit of "
+                    f"{MAX_COEFFICIENTS:,}; ask for fewer (multi_indices / --multi-index) or force it (force=True / --force)"
+                )
             alphas = tuple(mi.up_to_order(d, order))
             full = True
         else:

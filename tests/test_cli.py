@@ -99,3 +99,15 @@ def test_pickled_model_refused_without_trust(tmp_path, capsys):
     assert "--trust-model" in capsys.readouterr().err
     args = ["compile", "--order", "2", "--model", str(tmp_path / "whole.pt"), "--trust-model", "-o", str(tmp_path)]
     assert main(args) == 0
+
+
+def test_oversized_compile_is_refused_with_the_count(capsys):
+    assert main(["compile", "--order", "6", "--layer-sizes", "64,8,1", "--activation", "tanh"]) == 2
+    err = capsys.readouterr().err
+    assert "131,115,985" in err and "--force" in err and err.count("\n") == 1
+
+
+def test_oversized_diagram_listing_is_refused_with_the_count(capsys):
+    assert main(["diagrams", "--multi-index", "1,1,1,1,1,1,1", "--hidden-layers", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--force" in err and err.count("\n") == 1
