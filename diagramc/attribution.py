@@ -217,7 +217,7 @@ def _vertex_functions(code, order: int) -> list[tuple[int, str]]:
 
 def render(spec: ContributionSpec, out_dir: str) -> str:
     """The per-diagram module's source (deterministic)."""
-    from .codegen import environment
+    from .codegen import render_template
     from .printing import activation_code
 
     act = spec.activation
@@ -228,7 +228,8 @@ def render(spec: ContributionSpec, out_dir: str) -> str:
     plan = _Plan(spec.hidden_layers, vanishing)
     planned = [plan.diagram(d) for d in found]
     layers = spec.hidden_layers + 1
-    return environment().get_template(TEMPLATE).render(
+    return render_template(
+        TEMPLATE,
         version=__version__,
         command=spec.command(out_dir),
         digest=spec.digest,

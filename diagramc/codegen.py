@@ -7,6 +7,7 @@ so the same request always gives the same bytes.
 from __future__ import annotations
 
 import functools
+import hashlib
 from importlib import resources
 
 import jinja2
@@ -40,6 +41,16 @@ def environment() -> jinja2.Environment:
     return env
 
 
+SEAL = "# sha256 of all lines above: "
+
+
+def render_template(name: str, **context) -> str:
+    """Render one template and seal it: the last line is the sha256 of all lines above,
+    which the module checks when imported (an edited or truncated copy refuses to run)."""
+    text = environment().get_template(name).render(**context)
+    return text + SEAL + hashlib.sha256(text.encode()).hexdigest() + "\n"
+
+
 def _orders_label(spec: KernelSpec) -> str:
     if spec.full:
         return f"0..{spec.order}"
@@ -53,7 +64,8 @@ def render(spec: KernelSpec, out_dir: str) -> str:
     code = activation_code(act, spec.order, spec.backend)
     vertex_orders = tuple(k for k in range(2, spec.order + 1) if code.factors[k - 1] is not None)
     arch = spec.architecture
-    text = environment().get_template(TEMPLATES[spec.backend]).render(
+    return render_template(
+        TEMPLATES[spec.backend],
         version=__version__,
         command=spec.command(out_dir),
         digest=spec.digest,
@@ -75,4 +87,3 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         vertex_orders=vertex_orders,
         activation=code,
     )
-    return text

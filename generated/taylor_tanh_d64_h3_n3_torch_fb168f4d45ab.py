@@ -24,6 +24,26 @@ import math
 
 import torch
 
+_REGENERATE = 'diagramc compile --order 3 --layer-sizes 64,64,64,64,1 --activation tanh --backend torch -o generated'
+
+
+def _check_integrity():
+    """Refuse to run a copy of this file that was edited or truncated after diagramc wrote it."""
+    import hashlib
+
+    try:
+        with open(__file__, "rb") as fh:
+            lines = fh.read().split(b"\n")
+    except (NameError, OSError):
+        return  # not loaded from a file: nothing to compare
+    seal = b"# sha256 of all lines above: "
+    body = b"\n".join(lines[:-2]) + b"\n"
+    if len(lines) < 2 or lines[-2] != seal + hashlib.sha256(body).hexdigest().encode():
+        raise ImportError(f"{__file__} was edited or truncated after diagramc wrote it; regenerate it: {_REGENERATE}")
+
+
+_check_integrity()
+
 INPUTS = 64
 OUTPUTS = 1
 HIDDEN_LAYERS = 3
@@ -366,3 +386,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
+# sha256 of all lines above: 47721c9c5500f7996367535bfb850f41a30cc12c812c0bafa804b06657179b1e

@@ -102,3 +102,21 @@ def test_kernel_validates_arguments(tmp_path):
     npmod = diagramc.compile(ARCH, 2, "numpy", out_dir=tmp_path)
     with pytest.raises(ValueError, match="floating"):
         npmod.derivatives([p.numpy() for p in params], np.zeros((1, 2), dtype=int))
+
+
+def test_edited_or_truncated_module_refuses_to_import(tmp_path):
+    """A copy used outside the cache (e.g. from generated/) checks its own seal on import."""
+    from diagramc.cache import import_path
+
+    mod = diagramc.compile(ARCH, 2, "torch", out_dir=tmp_path)
+    text = compiler.module_path(mod).read_text()
+    edited = text.replace("return coefficients *", "return 2 * coefficients *")
+    truncated = text.rsplit("\ndef derivatives", 1)[0] + "\n"  # still valid Python, cut short
+    for name, broken in [("edited.py", edited), ("truncated.py", truncated)]:
+        path = tmp_path / name
+        path.write_text(broken)
+        with pytest.raises(ImportError, match="edited or truncated.*diagramc compile --order 2"):
+            import_path(path)
+    intact = tmp_path / "copy.py"
+    intact.write_text(text)
+    assert import_path(intact).ORDER == 2
