@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import math
@@ -293,13 +294,15 @@ def _cold_compile_code(cell: Cell, backend: str, device: str) -> str:
 
 
 def _cold_compile(cell: Cell, backend: str, device: str) -> dict:
-    """diagramc.compile into an empty folder plus the first call (libraries imported already)."""
+    """diagramc.compile into a new empty folder plus the first call (libraries imported already).
+
+    Every cache of compiled modules is keyed by the module's path, so a new folder misses them;
+    in a process that compiled before, sympy's own caches may still be warm.
+    """
     import diagramc
-    from diagramc import compiler
 
     params, x = _our_inputs(cell, backend, device)
     arch = diagramc.Architecture(layer_sizes=(cell.d, *HIDDEN, 1), activation=ACTIVATION)
-    compiler._LOADED.clear()
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
         module = diagramc.compile(arch, cell.order, backend=backend, out_dir=folder)
@@ -307,7 +310,6 @@ def _cold_compile(cell: Cell, backend: str, device: str) -> dict:
         _sync(module.derivatives(params, x), device)
         t2 = time.perf_counter()
         size = Path(module.__file__).stat().st_size
-    compiler._LOADED.clear()
     return {"compile_s": t1 - t0, "first_call_s": t2 - t1, "cold_total_s": t2 - t0, "module_bytes": size}
 
 
@@ -352,8 +354,10 @@ def bench_ours(cell: Cell, backend: str, settings: Settings, kernel_dir: Path, d
     macs = kernel_multiply_adds(module)
     if macs is not None and backend == "torch":
         macs["gemm_counted_by_torch"] = _counted_gemm_macs(module, params, x)
+    source = Path(module.__file__).read_bytes()
     return _result(times, packed, compile_s=cold["cold_total_s"], cold_compile=cold,
-                   multiply_adds_per_sample=macs, module=str(module.__file__))
+                   multiply_adds_per_sample=macs, module=str(module.__file__),
+                   module_sha256=hashlib.sha256(source).hexdigest())
 
 
 # ----------------------------------------------------------------------------- torch.func
@@ -400,31 +404,34 @@ def bench_torch_func(cell: Cell, settings: Settings, device: str) -> dict:
     def call(xs):
         return _sync(run(xs), device)
 
-    # Probe on batches 4, 16, 64, ... and extrapolate to the full batch with the growth seen
-    # between the last two probes (at least linear: large batches get slower per point once
-    # the d^n tangents stop fitting in cache); run the full batch only below the limit.
+    # Probe on batches 4, 16, 64, ... up to a quarter of the full batch (while a probe is
+    # affordable) and extrapolate with the growth seen between the last two probes, at least
+    # linear: small batches are dominated by per-op overhead, large ones get slower per point
+    # once the d^n tangents stop fitting in cache. Run the full batch only below the limit.
     call(tx[:1])
-    probes, estimate = [], 0.0
+    probes, estimate, growth, probe_out = [], 0.0, 1.0, None
     batch = 4
     while batch < cell.batch:
         t0 = time.perf_counter()
         probe_out = call(tx[:batch])
         probes.append((batch, time.perf_counter() - t0))
-        growth = 1.0
         if len(probes) >= 2:
             (b0, t_0), (b1, t_1) = probes[-2:]
-            growth = max(1.0, math.log(t_1 / t_0) / math.log(b1 / b0))
+            growth = max(1.0, math.log(max(t_1, 1e-9) / max(t_0, 1e-9)) / math.log(b1 / b0))
         estimate = probes[-1][1] * (cell.batch / batch) ** growth
-        if estimate > settings.eager_limit:
-            packed = pack_dense([t.cpu().numpy() for t in probe_out], cell.d)
-            timed = ", ".join(f"{t:.2f} s at batch {b}" for b, t in probes)
-            return {
-                "status": "estimated", "median_s": None, "estimate_s": estimate,
-                "note": f"a full run would take ~{estimate:.0f} s (> {settings.eager_limit:.0f} s): timed "
-                        f"{timed}; extrapolated as batch^{growth:.2f}",
-                "probes": probes, "_packed": packed, "_packed_rows": batch,
-            }
+        next_probe = probes[-1][1] * 4**growth
+        if batch * 4 >= cell.batch or (estimate > settings.eager_limit and next_probe > settings.eager_limit / 2):
+            break
         batch *= 4
+    if estimate > settings.eager_limit:
+        packed = pack_dense([t.cpu().numpy() for t in probe_out], cell.d)
+        timed = ", ".join(f"{t:.2f} s at batch {b}" for b, t in probes)
+        return {
+            "status": "estimated", "median_s": None, "estimate_s": estimate,
+            "note": f"a full run would take ~{estimate:.0f} s (> {settings.eager_limit:.0f} s): timed "
+                    f"{timed}; extrapolated as batch^{growth:.2f}",
+            "probes": probes, "_packed": packed, "_packed_rows": probes[-1][0],
+        }
     times, out = _repeat(lambda: call(tx), settings, first=estimate or None)
     packed = pack_dense([t.cpu().numpy() for t in out], cell.d)
     return _result(times, packed, probes=probes)
@@ -659,6 +666,7 @@ def _machine(device: str) -> dict:
         "torch": torch.__version__,
         "device": device,
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")},
     }
     jax = _jax()
     info["jax"] = jax.__version__ if jax is not None else None
@@ -723,34 +731,38 @@ def format_table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Time against order, one colour per method, one marker per d (batch-1 cells hollow)."""
+    """Time against order: one colour per method, one marker per d; hollow: batch != 256 or estimated."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    markers = {}
-    colors = {m: f"C{i}" for i, m in enumerate((*OURS, *ANCHORS))}
+    names = [m for m in (*OURS, *ANCHORS) if any(m in c["methods"] for c in report["cells"])]
+    colors = {m: f"C{i}" for i, m in enumerate(names)}
+    shift = {m: (i - (len(names) - 1) / 2) * 0.07 for i, m in enumerate(names)}
+    markers: dict[int, str] = {}
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    labelled = set()
     for c in report["cells"]:
         marker = markers.setdefault(c["d"], "osD^vp*h"[len(markers) % 8])
         for m, r in c["methods"].items():
             t = r.get("median_s") or r.get("estimate_s")
             if not t:
                 continue
-            style = dict(color=colors[m], marker=marker, markersize=8, linestyle="none")
-            if c["batch"] != 256 or r.get("status") == "estimated":
-                style["markerfacecolor"] = "none"
-            ax.plot(c["order"], t, label=None if m in labelled else SHORT_NAMES[m], **style)
-            labelled.add(m)
+            hollow = c["batch"] != 256 or r.get("status") == "estimated"
+            ax.plot(c["order"] + shift[m], t, marker=marker, markersize=8, linestyle="none", color=colors[m],
+                    markerfacecolor="none" if hollow else colors[m])
+    handles = [Line2D([], [], color=colors[m], marker="o", linestyle="none", label=SHORT_NAMES[m]) for m in names]
+    handles += [Line2D([], [], color="gray", marker=mk, linestyle="none", label=f"d = {d}") for d, mk in markers.items()]
+    ax.legend(handles=handles, fontsize=8, ncol=2)
     ax.set_yscale("log")
+    orders = sorted({c["order"] for c in report["cells"]})
+    ax.set_xticks(orders)
+    ax.set_xlim(orders[0] - 0.5, orders[-1] + 0.5)
     ax.set_xlabel("order n (all derivatives of orders 0..n)")
     ax.set_ylabel("seconds per call (median)")
-    title_d = ", ".join(f"{'osD^vp*h'[i]} d={d}" for i, d in enumerate(markers))
-    ax.set_title(f"tanh MLP d-64-64-64-1, float64: {title_d}\n(hollow: batch != 256 or estimated)", fontsize=9)
+    ax.set_title("tanh MLP d-64-64-64-1, float64, batch 256 (hollow: other batch, or estimated)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
