@@ -212,10 +212,25 @@ def _to_sympy(node: ast.AST, text: str) -> sp.Expr:
         and not node.keywords
     ):
         return _FUNCTIONS[node.func.id](_to_sympy(node.args[0], text))
-    what = type(node).__name__
+    what = _NODE_WORDS.get(type(node).__name__, f"a {type(node).__name__} expression")
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        what = f"call of {node.func.id!r}"
-    raise DiagramcError(f"activation {text!r} contains a {what}, which is not allowed: {_expected()}")
+        what = f"a call of {node.func.id!r}"
+    raise DiagramcError(f"activation {text!r} contains {what}, which is not allowed: {_expected()}")
+
+
+_NODE_WORDS = {
+    "Attribute": "an attribute access",
+    "Call": "a call of something other than a whitelisted function",
+    "Lambda": "a lambda",
+    "Subscript": "a subscript",
+    "Compare": "a comparison",
+    "BoolOp": "a boolean operation",
+    "IfExp": "a conditional expression",
+    "ListComp": "a comprehension",
+    "GeneratorExp": "a comprehension",
+    "Constant": "a constant that is not a number",
+    "BinOp": "an operator other than + - * / **",
+}
 
 
 @functools.lru_cache(maxsize=256)
