@@ -111,16 +111,22 @@ def _power_table(k):
     """Low-order part of one truncated product of series, P_k = P_(k-1) * Z.
 
     P_(k-1) is stored from column _START[k-1] on, P_k from _START[k] on, both up to _LOW.
-    Row r: P_k[target[r]] += P_(k-1)[left[r]] * Z[right[r]]; rows come grouped by target.
+    Row r: P_k[target[r]] += P_(k-1)[left[r]] * Z[right[r]]. Z * Z is symmetric, so for
+    k = 2 a pair and its mirror are one row counted twice, and squares come apart:
+    P_2[target] += Z[column]**2 for each (column, target) in squares.
     """
-    left, right, target = [], [], []
+    left, right, target, squares = [], [], [], []
     for j in range(_START[k], _LOW):
         for alpha, gamma in _splits(_SERIES[j]):
-            if len(alpha) >= k - 1:  # P_(k-1) has no terms below order k - 1
+            if len(alpha) < k - 1:  # P_(k-1) has no terms below order k - 1
+                continue
+            if k == 2 and alpha == gamma:
+                squares.append((_COLUMN[alpha], j - _START[k]))
+            elif k != 2 or _COLUMN[alpha] < _COLUMN[gamma]:
                 left.append(_COLUMN[alpha] - _START[k - 1])
                 right.append(_COLUMN[gamma])
                 target.append(j - _START[k])
-    return left, right, target
+    return left, right, target, squares
 
 
 def _top_block(k, a):
@@ -203,17 +209,12 @@ def _activation(z):
     )
 
 
-def _segments(index, target):
-    """A grouped target list as both a scatter index and group starts (for reduceat)."""
-    starts = [i for i in range(len(target)) if i == 0 or target[i] != target[i - 1]]
-    return {"target": index(target), "starts": index(starts), "present": index([target[i] for i in starts])}
-
-
 def _buckets(index, left, right, target):
-    """A product table as dense blocks: targets grouped by their number of terms s, so
-    that each group is one gather, one product and one sum over a (targets, s) axis pair."""
+    """A sum table as dense blocks: targets grouped by their number of terms s, so that
+    each group is one gather (one product) and one sum over a (targets, s) axis pair.
+    Row r adds term left[r] (times right[r], for products) to target[r]."""
     terms = {}
-    for l, r, t in zip(left, right, target):
+    for l, r, t in itertools.zip_longest(left, right, target):
         terms.setdefault(t, []).append((l, r))
     by_count = {}
     for t, pairs in terms.items():
@@ -223,7 +224,7 @@ def _buckets(index, left, right, target):
             "terms": count,
             "targets": index(group),
             "left": index([l for t in group for l, _ in terms[t]]),
-            "right": index([r for t in group for _, r in terms[t]]),
+            **({"right": index([r for t in group for _, r in terms[t]])} if right else {}),
         }
         for count, group in sorted(by_count.items())
     ]
@@ -233,11 +234,17 @@ def _build_tables(index):
     """Every index table as the backend's integer arrays (index: list -> array)."""
     return {
         "powers": {
-            k: {"size": len(set(target)), "buckets": _buckets(index, left, right, target)}
-            for k, (left, right, target) in _POWER_TABLES.items()
+            k: {
+                "size": max(_LOW - _START[k], 0),
+                "scale": 2.0 if k == 2 else 1.0,
+                "buckets": _buckets(index, left, right, target),
+                "square_columns": index([c for c, _ in squares]),
+                "square_targets": index([t for _, t in squares]),
+            }
+            for k, (left, right, target, squares) in _POWER_TABLES.items()
         },
         "top": [
-            (k, scale, {"rows": index(rows), "cols": index(cols), "entries": index(entries), **_segments(index, target)})
+            (k, scale, {"rows": index(rows), "cols": index(cols), "buckets": _buckets(index, entries, [], target)})
             for k, scale, (rows, cols, entries, target) in _TOP_BLOCKS
         ],
         "first_order_columns": index(_FIRST_ORDER_COLUMNS),
@@ -273,12 +280,6 @@ def _batch_major(a, batch):
     return np.broadcast_to(a, (a.shape[0], batch, a.shape[2])).transpose(1, 2, 0)
 
 
-def _scatter_top(top, flat, block):
-    """Add the wanted entries of flattened Gram matrices to their top-order coefficients."""
-    top[..., block["present"]] += np.add.reduceat(flat[..., block["entries"]], block["starts"], axis=-1)
-    return top
-
-
 def _prepare(params, x):
     x = np.asarray(x)
     _check_structure(params, x)
@@ -296,15 +297,12 @@ def _prepare(params, x):
 
 def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks."""
-    blocks = []
+    out = _zeros(Z, (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2]))
     for bucket in table["buckets"]:
         terms = _gather(A, bucket["left"]) * _gather(Z, bucket["right"])
-        blocks.append(terms.reshape((-1, bucket["terms"]) + terms.shape[1:]).sum(1))
-    if not blocks:
-        return Z[:0]
-    out = _zeros(Z, (table["size"],) + tuple(blocks[0].shape[1:]))
-    for bucket, block in zip(table["buckets"], blocks):
-        out[bucket["targets"]] = block
+        out[bucket["targets"]] = table["scale"] * terms.reshape((-1, bucket["terms"]) + terms.shape[1:]).sum(1)
+    if len(table["square_targets"]):
+        out[table["square_targets"]] += _gather(Z, table["square_columns"]) ** 2
     return out
 
 
@@ -342,7 +340,10 @@ def _top_order(vertices, weights, tables, batch):
             left = _gather(powers[k - 2], block["rows"]).swapaxes(0, 1)  # P_(k-1), order a: (batch, rows, width)
             right = _gather(powers[0], block["cols"]).swapaxes(0, 1)  # Z, order ORDER - a: (batch, cols, width)
             gram = (t[:, :, None, :] * left[:, None]) @ right[:, None].swapaxes(-1, -2)
-            top = _scatter_top(top, gram.reshape(gram.shape[0], OUTPUTS, -1), block)
+            flat = gram.reshape(gram.shape[0], OUTPUTS, -1)
+            for bucket in block["buckets"]:  # each entry lands on the coefficient of alpha * gamma
+                terms = flat[..., bucket["left"]]
+                top[..., bucket["targets"]] += terms.reshape(terms.shape[:2] + (-1, bucket["terms"])).sum(-1)
         g = (g * factors[0][:, None, :]) @ weights[layer]  # df/dh^(layer) from df/dh^(layer+1)
     return top
 
@@ -377,4 +378,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 0c8c0d1a2983b7e563a49d7f683f8eb49fa962b0e64be534d9d9743a3cb105ec
+# sha256 of all lines above: 9694fa2dc5ab8301bcfa1ff23d65e5fcb6dd67695b6a5328def25747d1d49f33
