@@ -3,11 +3,12 @@
 This is the application of Kaspschak & Meissner (Phys. Rev. Research 3, 023223, 2021)
 built on diagramc's generated Taylor kernels:
 
-1. **Data.** Shallow attractive step potentials ``U = -lambda * s`` on ``N = 64`` steps,
-   ``R = 1``; ``s`` in ``[0, 1]^N`` from a seeded mixture of shapes (independent random
-   steps, square wells, two-level steps, smooth Gaussian bumps, each mixed with
-   independent noise on every step) and ``lambda`` log-uniform. Targets are the exact
-   scattering lengths (``diagramc.born.scattering_length``).
+1. **Data.** Shallow step potentials ``U = -lambda * s`` on ``N = 64`` steps, ``R = 1``:
+   ``s`` from a seeded mixture of shapes (attractive square wells, two-level steps and
+   smooth Gaussian bumps, each mixed with independent noise on every step, or pure
+   noise; the noise is uniform in [-1, 1]) and ``lambda`` log-uniform in [0.01, 1.5]
+   (no bound states; the Born series converges). Targets are the exact scattering
+   lengths (``diagramc.born.scattering_length``).
 2. **Iteration 1.** An MLP ``N1`` fitted to ``(U, a0)`` with the loss normalised by the
    target's scale at each coupling. Its Taylor coefficients at ``U = 0`` of orders 1 and 2,
    from the generated kernels, are compared with ``born_derivatives``.
@@ -23,7 +24,8 @@ built on diagramc's generated Taylor kernels:
    ``T1(U) + c + g . U + Q(U)`` is compared with exact ``a0`` on held-out potentials, next
    to the analytic first- and second-order Born approximations.
 
-``run_demo(out_dir, quick=False, seed=0)`` writes the report, plots and networks.
+``run_demo(out_dir, quick=False, seed=0)`` writes the report, plots and networks;
+``summary(report)`` gives the headline lines for a terminal.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .born import _born_series, born_derivatives, born_term, scattering_length
+from .born import _born_series, born_derivatives, scattering_length
 from .errors import DiagramcError
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "make_dataset",
     "weighted_linear_lstsq",
     "run_demo",
+    "summary",
 ]
 
 
@@ -60,29 +63,28 @@ class DemoConfig:
 
     N: int = 64
     R: float = 1.0
-    n_train: int = 40_000
-    n_val: int = 4_000
-    n_test: int = 4_000
+    n_train: int = 60_000
+    n_val: int = 5_000
+    n_test: int = 5_000
     lambda_min: float = 0.01
     lambda_max: float = 1.5
     noise_low: float = -1.0  # per-step noise is uniform in [noise_low, 1] (mean zero: probes every direction)
-    zero_init_last: bool = False
     hidden: tuple = (64, 64, 64, 64)
     activation: str = "tanh"
-    epochs1: int = 80
-    epochs2: int = 80
+    epochs1: int = 60
+    epochs2: int = 100
     batch_size: int = 256
     lr1: float = 2e-3
-    lr2: float = 2e-3
+    lr2: float = 5e-3
     lr_final_factor: float = 0.01  # cosine decay of the learning rate to lr * this
     lstsq_every: int = 1  # epochs between exact least-squares refits of the linear correction
     exact_first_variant: bool = True  # also train iteration 2 on a0 - (exact first Born term)
     no_lstsq_variant: bool = True  # ablation: learned first order removed, no least-squares correction
-    threads: int = 2
+    threads: int = 1  # small matrices: a second thread gains little and collapses on a shared CPU
     progress: bool = True
 
 
-QUICK = DemoConfig(n_train=12_000, n_val=2_000, n_test=2_000, hidden=(64, 64, 64), epochs1=40, epochs2=40,
+QUICK = DemoConfig(n_train=24_000, n_val=2_000, n_test=2_000, hidden=(64, 64, 64), epochs1=40, epochs2=80,
                    exact_first_variant=False, no_lstsq_variant=False)
 FULL = DemoConfig()
 
@@ -93,20 +95,22 @@ SHAPES = ("noise", "well", "step", "bump")
 
 
 def sample_shapes(n, N, rng, noise_low=0.0):
-    """``n`` shapes ``s`` in ``[0, 1]^N`` (max 1 where structured) and their kind names.
+    """``n`` shapes ``s`` with values in ``[noise_low, 1]`` on ``N`` steps, and their kind names.
 
-    Kinds, equally likely:
+    Kinds, equally likely (``r`` in units of ``R``):
 
-    - ``noise``: independent uniform step values in [0, 1];
-    - ``well``: a square well of depth 1 from 0 to a random radius in [0.15, 1] R;
-    - ``step``: two levels, uniform in [0, 1] each, switching at a random radius;
-    - ``bump``: a sum of 1-3 Gaussians (centres in [0, 1] R, widths [0.05, 0.4] R,
-      weights [0.3, 1]) scaled to maximum 1.
+    - ``noise``: independent step values, uniform in ``[noise_low, 1]``;
+    - ``well``: a square well of depth 1 from 0 to a radius uniform in [0.15, 1];
+    - ``step``: two levels, each uniform in [0, 1], switching at a radius in [0.1, 0.9];
+    - ``bump``: a sum of 1-3 Gaussians (centres in [0, 1], widths in [0.05, 0.4],
+      weights in [0.3, 1]) scaled to maximum 1.
 
-    Every structured shape is mixed with independent uniform noise on each step,
-    ``s = (1 - eta) base + eta noise`` with ``eta`` uniform in [0.3, 1], so the data
-    probe every one of the N directions (a smooth low-dimensional family leaves the
-    gradient at 0 undetermined).
+    Every structured shape is mixed with independent noise on each step,
+    ``s = (1 - eta) base + eta noise`` with ``eta`` uniform in [0.3, 1] (``eta = 1`` for
+    ``noise``), so the data probe every one of the N directions: a smooth
+    low-dimensional family leaves the derivatives at 0 undetermined, and noise that is
+    symmetric about 0 (``noise_low = -1``, the study's choice) probes the second-order
+    couplings between steps far better than one-signed noise.
     """
     r = (np.arange(N) + 0.5) / N  # step midpoints in units of R
     kinds = rng.integers(0, len(SHAPES), size=n)
@@ -139,8 +143,10 @@ def sample_shapes(n, N, rng, noise_low=0.0):
 def sample_potentials(n, N, rng, lambda_min=0.01, lambda_max=1.5, noise_low=0.0):
     """``U = -lambda * s``: shapes from :func:`sample_shapes`, ``lambda`` log-uniform.
 
-    Returns ``(U, lam, kinds)``. With ``max s <= 1`` and ``lambda_max < (pi/2)^2 / R^2``
-    no potential binds, and the Born series converges.
+    Returns ``(U, lam, kinds)``. Since ``|U| <= lambda``: for ``lambda_max < (pi/2)^2 / R^2``
+    no potential binds, and the Born series converges (the Born kernel ``min(r, r') U(r')``
+    is dominated by that of the constant well ``|U| = lambda_max``, whose spectral radius
+    is ``lambda_max R^2 / (pi/2)^2``: 0.61 for 1.5).
     """
     if not 0 < lambda_min <= lambda_max:
         raise DiagramcError(f"need 0 < lambda_min <= lambda_max; got {lambda_min}, {lambda_max}")
@@ -324,7 +330,7 @@ def train_iteration1(cfg: DemoConfig, train, val, gen):
     return model, history
 
 
-def _init(model, gen, zero_last=False):
+def _init(model, gen):
     """Seeded default-style initialisation (independent of the global RNG)."""
     with torch.no_grad():
         for m in model.net:
@@ -332,9 +338,6 @@ def _init(model, gen, zero_last=False):
                 bound = 1.0 / math.sqrt(m.in_features)
                 m.weight.copy_((torch.rand(m.weight.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound)
                 m.bias.copy_((torch.rand(m.bias.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound)
-        if zero_last:
-            model.net[-1].weight.zero_()
-            model.net[-1].bias.zero_()
 
 
 def structurally_second_order(model, kernel1, U):
@@ -370,7 +373,7 @@ def train_iteration2(cfg: DemoConfig, U_np, r_np, lam_np, val, kernel1, gen, lin
     w = w_shape / scale**2
     sizes = (cfg.N, *cfg.hidden, 1)
     model = ScaledMLP(sizes, cfg.activation, s_in=float(U.std()), s_out=float(rest.std()))
-    _init(model, gen, cfg.zero_init_last)
+    _init(model, gen)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr2)
     lin_c, lin_g = torch.tensor(c0), torch.from_numpy(np.asarray(g0, dtype=np.float64))
     Uv, rv, lv = (torch.from_numpy(a) for a in val)
@@ -695,7 +698,7 @@ def _plots(out, cfg, B1, B2, g1, g_comb, H1, H2, H_exact, test, preds, report):
     ax[0].plot(r, B1, "k-", lw=2, label="Born: (r_i^3 - r_{i-1}^3)/3")
     ax[0].plot(r, g1, "o", ms=3, label=f"iteration 1 (rel. error {report['first_order_rel_error_iter1']:.2%})")
     ax[0].plot(r, g_comb, "x", ms=4,
-               label=f"iteration 1 + exact LS correction ({report['first_order_rel_error_combined']:.2%})")
+               label=f"iteration 1 + exact LS correction ({_fmt_err(report['first_order_rel_error_combined'])})")
     ax[0].set(xlabel="r (step midpoint)", ylabel="d a0 / d U_i at U = 0", title="First-order coefficients")
     ax[0].legend(fontsize=8)
     ax[1].plot(r, (g1 - B1) / np.abs(B1).max(), "o-", ms=3, label="iteration 1")
@@ -715,14 +718,14 @@ def _plots(out, cfg, B1, B2, g1, g_comb, H1, H2, H_exact, test, preds, report):
                      hessian_matrix(H_exact, N)))
     mats.append(("iteration 2 - Born", hessian_matrix(H2 - B2, N)))
     vmax = np.abs(B2).max()
-    fig, ax = plt.subplots(1, len(mats), figsize=(3.6 * len(mats), 3.6))
+    fig, ax = plt.subplots(1, len(mats), figsize=(3.3 * len(mats) + 1.0, 3.6), layout="constrained")
     for a, (title, M) in zip(ax, mats):
         im = a.imshow(M, cmap="RdBu_r", vmin=-vmax, vmax=vmax, origin="upper",
                       extent=(0, R, R, 0))
         a.set_title(title, fontsize=9)
         a.set_xlabel("r_j")
         a.set_ylabel("r_i")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="d^2 a0 / dU_i dU_j at 0 (colour scale of Born, clipped)")
+    fig.colorbar(im, ax=ax, shrink=0.9, label="d²a0/dU_i dU_j at U = 0 (clipped)")
     fig.savefig(out / "second_order_heatmaps.png", dpi=110)
     plt.close(fig)
     files.append("second_order_heatmaps.png")
@@ -732,13 +735,13 @@ def _plots(out, cfg, B1, B2, g1, g_comb, H1, H2, H_exact, test, preds, report):
     rows = [N // 4, N // 2, 3 * N // 4]
     fig, ax = plt.subplots(1, len(rows) + 1, figsize=(15, 3.8), sharey=False)
     for a, i in zip(ax, rows):
-        a.plot(r, HB[i], "k-", lw=2, label="Born")
-        a.plot(r, HI2[i], "o", ms=3, label="iteration 2")
+        a.plot(r, HB[i], "k-", lw=2, label="Born", zorder=3)
+        a.plot(r, HI2[i], "o", ms=4, mfc="none", label="iteration 2")
         a.plot(r, HI1[i], ".", ms=3, alpha=0.6, label="iteration 1")
         a.set(title=f"row i = {i + 1} (r_i = {r[i]:.2f})", xlabel="r_j")
     a = ax[-1]
-    a.plot(r, np.diag(HB), "k-", lw=2, label="Born")
-    a.plot(r, np.diag(HI2), "o", ms=3, label="iteration 2")
+    a.plot(r, np.diag(HB), "k-", lw=2, label="Born", zorder=3)
+    a.plot(r, np.diag(HI2), "o", ms=4, mfc="none", label="iteration 2")
     a.plot(r, np.diag(HI1), ".", ms=3, alpha=0.6, label="iteration 1")
     a.set(title="diagonal d^2 a0 / dU_i^2", xlabel="r_i")
     span = 2.5 * np.abs(B2).max()
@@ -766,7 +769,7 @@ def _plots(out, cfg, B1, B2, g1, g_comb, H1, H2, H_exact, test, preds, report):
     save(fig, "predicted_vs_exact.png")
 
     # errors by iteration
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4.6))
     bars = [
         ("1st order coeff.\niter 1", report["first_order_rel_error_iter1"]),
         ("1st order coeff.\niter 1 + LS", report["first_order_rel_error_combined"]),
@@ -778,13 +781,16 @@ def _plots(out, cfg, B1, B2, g1, g_comb, H1, H2, H_exact, test, preds, report):
         ("a0 test:\nsecond Born", report["born2_rel_error_test"]),
         ("a0 test:\nML 2nd order", report["proxy_rel_error_test"]),
     ]
-    ax[0].bar(range(len(bars)), [v for _, v in bars], color=["C0", "C0", "C1", "C1", "C2", "C2", "C7", "C7", "C3"])
-    ax[0].set_xticks(range(len(bars)), [k for k, _ in bars], fontsize=7)
-    ax[0].set_yscale("log")
-    ax[0].set_ylabel("relative L2 error")
+    colors = ["C0", "C0", "C1", "C1", "C2", "C2", "C7", "C7", "C3"]
+    ypos = np.arange(len(bars))[::-1]
+    ax[0].barh(ypos, [v for _, v in bars], color=colors)
+    ax[0].set_yticks(ypos, [k.replace("\n", " ") for k, _ in bars], fontsize=8)
+    ax[0].set_xscale("log")
+    ax[0].set_xlabel("relative L2 error")
     ax[0].set_title("Errors by iteration")
-    for k, (_, v) in enumerate(bars):
-        ax[0].text(k, v, f"{v:.1%}" if v < 10 else f"{v:.0f}", ha="center", va="bottom", fontsize=7)
+    for y, (_, v) in zip(ypos, bars):
+        ax[0].text(v, y, f" {_fmt_err(v)}", ha="left", va="center", fontsize=8)
+    ax[0].set_xlim(right=max(v for _, v in bars) * 30)
     mids = [np.sqrt(b["lambda_low"] * b["lambda_high"]) for b in report["errors_by_coupling"]]
     for name in preds:
         ax[1].plot(mids, [b[name] for b in report["errors_by_coupling"]], "o-", label=name)
@@ -804,7 +810,20 @@ def _plots(out, cfg, B1, B2, g1, g_comb, H1, H2, H_exact, test, preds, report):
 
 
 def _pct(v):
-    return f"{v:.2%}" if v < 10 else f"{v:.3g}"
+    return _fmt_err(v)
+
+
+def _fmt_err(v):
+    """A relative error for people: 3.1%, 0.012%, 4.5e-06, 327%."""
+    if v >= 10:
+        return f"{v:.3g}"
+    if v >= 1:
+        return f"{v:.0%}"
+    if v >= 0.1:
+        return f"{v:.1%}"
+    if v >= 1e-4:
+        return f"{v:.2%}"
+    return f"{v:.1e}"
 
 
 def _markdown(rep, plots):
@@ -884,4 +903,21 @@ def _markdown(rep, plots):
     lines += ["", "## Files", "", "`iteration1.pt`, `iteration2.pt`: state dicts of `nn.Sequential` (physical units: "
               "input U, output in units of R); `architecture.json`; the least-squares correction (c, g) is in "
               "`report.json` under `linear_correction`.", ""]
+    return "\n".join(lines)
+
+
+def summary(report) -> str:
+    """A few lines for the command line: the headline numbers and where the report is."""
+    g = report["goals"]
+    lines = [
+        f"first-order coefficients, iteration 1:  {_fmt_err(report['first_order_rel_error_iter1'])} off Born",
+        f"second-order coefficients, iteration 1: {_fmt_err(report['second_order_rel_error_iter1'])} off Born",
+        f"second-order coefficients, iteration 2: {_fmt_err(report['second_order_rel_error_iter2'])} off Born "
+        f"(second-order term on test potentials {_fmt_err(report['second_order_term_rel_error_test_iter2'])})",
+        f"a0 on test potentials: ML second order {_fmt_err(report['proxy_rel_error_test'])}, "
+        f"analytic second-order Born {_fmt_err(report['born2_rel_error_test'])}, "
+        f"first-order Born {_fmt_err(report['born1_rel_error_test'])}",
+        f"goals met: {sum(v['met'] for v in g.values())}/{len(g)}"
+        + "".join(f"; NOT met: {k}" for k, v in g.items() if not v["met"]),
+    ]
     return "\n".join(lines)
