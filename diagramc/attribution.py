@@ -20,7 +20,6 @@ which diagrams (paths of derivatives through the layers) make up a coefficient.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -38,7 +37,7 @@ from .activations import Activation, get_activation
 from .combinatorics import Diagram, Input, Node, Vertex, count, diagrams
 from .errors import DiagramcError
 from .network import Architecture
-from .spec import MAX_ORDER
+from .spec import MAX_ORDER, canonical_json, sha256
 
 __all__ = ["contributions", "compile_contributions", "ContributionSpec", "ranked", "format_table", "MAX_DIAGRAMS"]
 
@@ -81,21 +80,18 @@ class ContributionSpec:
 
     def inputs_json(self) -> str:
         """The canonical description that the hash covers."""
-        return json.dumps(
+        return canonical_json(
             {
-                "diagramc": __version__,
                 "kernel": "contributions",
                 "activation": self.activation.name,
                 "hidden_layers": self.hidden_layers,
                 "multi_index": list(self.multi_index),
-            },
-            sort_keys=True,
-            separators=(",", ":"),
+            }
         )
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.inputs_json().encode()).hexdigest()
+        return sha256(self.inputs_json())
 
     def module_name(self) -> str:
         act = self.activation.name if self.activation.name.isidentifier() else "custom"

@@ -20,6 +20,15 @@ MAX_ORDER = 12
 MAX_COEFFICIENTS = 1_000_000
 
 
+def canonical_json(description: dict) -> str:
+    """The one text a request's hash covers: sorted keys, no spaces, the diagramc version."""
+    return json.dumps({"diagramc": __version__, **description}, sort_keys=True, separators=(",", ":"))
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class KernelSpec:
     """Everything a generated module depends on, and nothing else."""
@@ -71,22 +80,19 @@ class KernelSpec:
 
     def inputs_json(self) -> str:
         """The canonical description that the hash covers."""
-        return json.dumps(
+        return canonical_json(
             {
-                "diagramc": __version__,
                 "backend": self.backend,
                 "layer_sizes": list(self.architecture.layer_sizes),
                 "activation": self.architecture.activation.name,
                 "order": self.order,
                 "multi_indices": "all" if self.full else [list(a) for a in self.multi_indices],
-            },
-            sort_keys=True,
-            separators=(",", ":"),
+            }
         )
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.inputs_json().encode()).hexdigest()
+        return sha256(self.inputs_json())
 
     def module_name(self) -> str:
         """A file name that says what the kernel is and, by its hash, exactly which."""
