@@ -355,9 +355,9 @@ def _activation_lines(act, order, fmt):
 
 
 def _demo(args) -> None:
-    from .demo import run_demo
+    from .demo import run_demo, summary
 
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    print(summary(run_demo(args.out, quick=args.quick, seed=args.seed)))
 
 
 def _bench(args) -> None:
