@@ -97,14 +97,16 @@ class Settings:
     min_reps: int
     budget: float  # seconds at most spent repeating one slow method
     eager_limit: float  # a torch.func run expected above this is estimated, not run in full
+    eager_max_work: float  # torch.func is skipped above batch * (d+1)^n (its tangent columns)
     jax_jacfwd_max_order: int  # nested jacfwd compiles for minutes at high order
+    jax_jacfwd_max_entries: float  # and is skipped above batch * d^n dense entries
     cold_compile_subprocess: bool
 
     @classmethod
     def make(cls, quick: bool) -> "Settings":
         if quick:
-            return cls(True, 0.3, 7, 3, 5.0, 5.0, 5, False)
-        return cls(False, 2.0, 50, 5, 30.0, 60.0, 99, True)
+            return cls(True, 0.3, 7, 3, 5.0, 5.0, 2e5, 5, 3e5, False)
+        return cls(False, 2.0, 50, 5, 30.0, 60.0, math.inf, 99, math.inf, True)
 
 
 # ----------------------------------------------------------------------------- the problem
@@ -404,11 +406,26 @@ def bench_torch_func(cell: Cell, settings: Settings, device: str) -> dict:
     def call(xs):
         return _sync(run(xs), device)
 
+    work = cell.batch * (cell.d + 1) ** cell.order
+    if work > settings.eager_max_work:
+        return _skipped("skipped", f"quick mode: batch x (d+1)^n = {work:,} tangent columns")
+    t0 = time.perf_counter()
+    warm_out = call(tx[:1])
+    warm = time.perf_counter() - t0
+    if cell.batch > 1 and warm > settings.eager_limit / 4:
+        # even one point is slow: extrapolate from it rather than probe further
+        estimate = warm * cell.batch
+        return {
+            "status": "estimated", "median_s": None, "estimate_s": estimate,
+            "note": f"one point alone took {warm:.1f} s (first call); ~{estimate:.0f} s for batch {cell.batch} "
+                    "by linear extrapolation (an upper bound: per-call overhead does not scale)",
+            "probes": [(1, warm)], "_packed": pack_dense([t.cpu().numpy() for t in warm_out], cell.d),
+            "_packed_rows": 1,
+        }
     # Probe on batches 4, 16, 64, ... up to a quarter of the full batch (while a probe is
     # affordable) and extrapolate with the growth seen between the last two probes, at least
     # linear: small batches are dominated by per-op overhead, large ones get slower per point
     # once the d^n tangents stop fitting in cache. Run the full batch only below the limit.
-    call(tx[:1])
     probes, estimate, growth, probe_out = [], 0.0, 1.0, None
     batch = 4
     while batch < cell.batch:
@@ -484,6 +501,8 @@ def bench_jax_jacfwd(cell: Cell, settings: Settings) -> dict:
         return _skipped("unavailable", "JAX is not installed (pip install diagramc[bench])")
     if cell.order > settings.jax_jacfwd_max_order:
         return _skipped("skipped", f"quick mode: nested jacfwd at order {cell.order} compiles for ~a minute")
+    if cell.batch * cell.d**cell.order > settings.jax_jacfwd_max_entries:
+        return _skipped("skipped", f"quick mode: {cell.batch} x {cell.d}^{cell.order} dense entries")
     params, x = make_problem(cell)
     fn = jax.vmap(_all_orders(jax.jacfwd, _jax_mlp(params), cell.order))
     times, compile_s, out = _jit_timed(fn, (jax.numpy.asarray(x),), settings)
