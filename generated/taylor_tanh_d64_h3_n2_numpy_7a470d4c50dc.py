@@ -170,7 +170,8 @@ def _top_blocks():
     return blocks
 
 
-_POWER_TABLES = {k: _power_table(k) for k in range(2, max(_VERTEX_ORDERS, default=1) + 1)}
+# Powers P_k carry low-order columns only up to k = ORDER - 1 (the top order is made at the vertices).
+_POWER_TABLES = {k: _power_table(k) for k in range(2, min(max(_VERTEX_ORDERS, default=1), ORDER - 1) + 1)}
 _TOP_BLOCKS = _top_blocks()
 _PARAM_SHAPES = tuple(
     shape for n_in, n_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]) for shape in ((n_out, n_in), (n_out,))
@@ -376,4 +377,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 3642a63699a19f3d442d204067aa2e45a27782136f4b00941c6472ea2cbb903d
+# sha256 of all lines above: 99c2358c13691b7a8bf2d8894bf5902b0cfa63dd132546f1ba4d24bf8d75f465

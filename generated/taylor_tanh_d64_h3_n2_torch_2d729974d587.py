@@ -170,7 +170,8 @@ def _top_blocks():
     return blocks
 
 
-_POWER_TABLES = {k: _power_table(k) for k in range(2, max(_VERTEX_ORDERS, default=1) + 1)}
+# Powers P_k carry low-order columns only up to k = ORDER - 1 (the top order is made at the vertices).
+_POWER_TABLES = {k: _power_table(k) for k in range(2, min(max(_VERTEX_ORDERS, default=1), ORDER - 1) + 1)}
 _TOP_BLOCKS = _top_blocks()
 _PARAM_SHAPES = tuple(
     shape for n_in, n_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]) for shape in ((n_out, n_in), (n_out,))
@@ -386,4 +387,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 976c8e4e1074d1e211cf4d6c668b43cd0dba8ea5ac6226a4ae4550191c3546d6
+# sha256 of all lines above: 9c27ff48360d3eaf4cf77aecc92b301f622a9a25495ce62fbe29bab9dd8f9960

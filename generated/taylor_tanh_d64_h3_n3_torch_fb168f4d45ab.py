@@ -170,7 +170,8 @@ def _top_blocks():
     return blocks
 
 
-_POWER_TABLES = {k: _power_table(k) for k in range(2, max(_VERTEX_ORDERS, default=1) + 1)}
+# Powers P_k carry low-order columns only up to k = ORDER - 1 (the top order is made at the vertices).
+_POWER_TABLES = {k: _power_table(k) for k in range(2, min(max(_VERTEX_ORDERS, default=1), ORDER - 1) + 1)}
 _TOP_BLOCKS = _top_blocks()
 _PARAM_SHAPES = tuple(
     shape for n_in, n_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]) for shape in ((n_out, n_in), (n_out,))
@@ -388,4 +389,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 5370a70425eab3aa031e3f208566f0e8de9279ba06585469d134b9e7eefb10dd
+# sha256 of all lines above: 4331177b77d1c0ae91102a566543e69afe5bd33bae23d6c4373dd870cc2d04ea
