@@ -232,47 +232,9 @@ def _sync(value, device):
 
 
 def kernel_multiply_adds(module) -> dict | None:
-    """Multiply-adds per batch element of one call of a generated kernel.
-
-    Uses ``module.MULTIPLY_ADDS`` when the module states it. Otherwise an estimate from the
-    module's tables (it follows the kernel's internals, so it is only as current as they are).
-    Per hidden layer of width w (w_prev before, w_next after), with S series columns pushed
-    through the weights (``_LOW`` when the top order is made apart, else all of ``_SERIES``):
-    the series through the activation (first-order factor S*w; each truncated power k:
-    rows_k*w; each vertex weight: (S - start_k)*w), the products with the next weights
-    (S*w*w_next for the series, w*w_next for the value), and, when the top order is
-    contracted at the vertices against the output line (``_TOP_BLOCKS``), each block's
-    weighting (rows*w) and Gram matrix (rows*cols*w) per output, plus the reverse sweep
-    (w*w_prev per output).
-    """
+    """Multiply-adds per batch element of one call of a generated kernel, as the module states it."""
     stated = getattr(module, "MULTIPLY_ADDS", None)
-    if stated is not None:
-        return dict(stated) if isinstance(stated, dict) else {"total": int(stated), "source": "module"}
-    try:
-        sizes = module.LAYER_SIZES
-        series = getattr(module, "_LOW", len(module._SERIES))
-        start = module._START
-        tables = module._POWER_TABLES
-        vertex_orders = set(module._VERTEX_ORDERS)
-    except AttributeError:
-        return None
-    top_blocks = getattr(module, "_TOP_BLOCKS", ())
-    outputs = sizes[-1]
-    gemm, elementwise = sizes[0] * sizes[1], 0
-    for w_prev, w, w_next in zip(sizes[:-2], sizes[1:-1], sizes[2:]):
-        elementwise += series * w
-        for k, table in tables.items():
-            elementwise += len(table[0]) * w
-            if k in vertex_orders:
-                elementwise += max(series - start[k], 0) * w
-        gemm += series * w * w_next + w * w_next
-        for _, _, block in top_blocks:
-            rows, cols = len(block[0]), len(block[1])
-            elementwise += outputs * (1 + rows) * w
-            gemm += outputs * rows * cols * w
-        if top_blocks:
-            gemm += outputs * w * w_prev
-    return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise, "source": "estimated from tables"}
+    return None if stated is None else {**stated, "source": "module"}
 
 
 def _counted_gemm_macs(module, params, x) -> float | None:

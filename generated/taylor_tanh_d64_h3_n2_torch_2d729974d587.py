@@ -173,6 +173,33 @@ def _top_blocks():
 # Powers P_k carry low-order columns only up to k = ORDER - 1 (the top order is made at the vertices).
 _POWER_TABLES = {k: _power_table(k) for k in range(2, min(max(_VERTEX_ORDERS, default=1), ORDER - 1) + 1)}
 _TOP_BLOCKS = _top_blocks()
+def _multiply_adds():
+    """Multiply-adds per batch element of one call, as matrix products and elementwise work.
+
+    Per hidden layer of width w: the series through the activation (S*w for sigma', rows*w
+    per truncated power, (S - _START[k])*w per vertex weight), the next Linear layer
+    (S*w*w_next), and for the top order each block's weighting and Gram matrix plus the
+    reverse sweep; S = _LOW columns are pushed through the layers.
+    """
+    gemm, elementwise = LAYER_SIZES[0] * LAYER_SIZES[1], 0
+    for w_prev, w, w_next in zip(LAYER_SIZES[:-2], LAYER_SIZES[1:-1], LAYER_SIZES[2:]):
+        elementwise += _LOW * w
+        for k, (left, _, _, squares) in _POWER_TABLES.items():
+            elementwise += (len(left) + len(squares)) * w
+            if k in _VERTEX_ORDERS:
+                elementwise += max(_LOW - _START[k], 0) * w
+        gemm += _LOW * w * w_next + w * w_next
+        for _, _, (rows, cols, _, _) in _TOP_BLOCKS:
+            elementwise += OUTPUTS * (1 + len(rows)) * w
+            gemm += OUTPUTS * len(rows) * len(cols) * w
+        if _TOP_BLOCKS:
+            gemm += OUTPUTS * w * w_prev
+    return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise}
+
+
+MULTIPLY_ADDS = _multiply_adds()
+
+
 _PARAM_SHAPES = tuple(
     shape for n_in, n_out in zip(LAYER_SIZES[:-1], LAYER_SIZES[1:]) for shape in ((n_out, n_in), (n_out,))
 )
@@ -387,4 +414,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 9c27ff48360d3eaf4cf77aecc92b301f622a9a25495ce62fbe29bab9dd8f9960
+# sha256 of all lines above: 6a7e066ec8fbb58e256be6de19be55189b1b85757d542e3d4dc93efaa8f80135
