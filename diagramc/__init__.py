@@ -12,3 +12,18 @@ from .compiler import compile, taylor  # noqa: E402
 from .activations import get_activation, ACTIVATIONS  # noqa: E402
 from .combinatorics import diagrams, count, Diagram  # noqa: E402
 from .attribution import contributions  # noqa: E402
+
+__all__ = [
+    "Architecture",
+    "ACTIVATIONS",
+    "compile",
+    "contributions",
+    "count",
+    "Diagram",
+    "DiagramcError",
+    "diagrams",
+    "get_activation",
+    "load_model",
+    "params_from_torch",
+    "taylor",
+]

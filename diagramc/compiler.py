@@ -14,6 +14,7 @@ from . import cache, codegen
 from .network import Architecture, params_from_torch
 from .spec import KernelSpec
 
+
 @functools.lru_cache(maxsize=128)
 def _render(spec: KernelSpec, out_dir: str) -> str:
     return codegen.render(spec, out_dir)
@@ -41,7 +42,7 @@ def compile(
     spec = KernelSpec.create(arch, order, backend, multi_indices, force)
     folder = Path(out_dir) if out_dir is not None else cache.default_cache_dir()
     path = folder / f"{spec.module_name()}.py"
-    return cache.load(path, compile_source(spec, out_dir if out_dir is not None else folder))
+    return cache.load(path, compile_source(spec, folder))
 
 
 def module_path(module: ModuleType) -> Path:
