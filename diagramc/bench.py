@@ -18,6 +18,14 @@ Methods
     jax_hessian                      order 2 only: forward-over-reverse (what ``jax.hessian``
                                      does), value and gradient from the same pass, under ``jit``
 
+Memory: for each of our kernels, the peak memory of one (warm) call, ``memory`` in the JSON:
+numpy by ``tracemalloc`` (numpy reports its array buffers to it), torch by ``torch.profiler``
+with ``profile_memory`` (every allocation and free of torch's CPU allocator, summed in time
+order); both count bytes allocated during the call above what was live before it, the
+output included. It is set against the output (batch x outputs x len(MULTI_INDICES) x 8
+bytes) plus the weights. ``memory_check()`` (or ``python -m diagramc.bench --memory``)
+compiles the order-4, d = 64 kernel in a watched subprocess and reports its times and peaks.
+
 JAX compile times (lowering plus XLA compilation) are reported apart from run times. A
 method whose library is missing is skipped and says so; a torch.func run expected to take
 longer than a limit is timed on a small batch and its full-batch time estimated.
@@ -34,11 +42,13 @@ import json
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable
@@ -194,6 +204,104 @@ def _skipped(status: str, note: str, **extra) -> dict:
     return {"status": status, "note": note, "median_s": None, **extra}
 
 
+# ----------------------------------------------------------------------------- memory
+
+
+def _nbytes(a) -> int:
+    return int(a.numel() * a.element_size()) if hasattr(a, "element_size") else int(np.asarray(a).nbytes)
+
+
+def _torch_call_peak(call) -> tuple[object, int]:
+    """(result, peak bytes) of call(): torch.profiler's CPU allocator events, summed in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+        out = call()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())  # stable: ties keep the profiler's order
+    live = peak = 0
+    for e in events:
+        if str(e.device_type()).endswith("CPU"):
+            live += e.nbytes()
+            peak = max(peak, live)
+    return out, peak
+
+
+def _numpy_call_peak(call) -> tuple[object, int]:
+    """(result, peak bytes) of call() by tracemalloc, above what was traced before the call."""
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        out = call()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        if started:
+            tracemalloc.stop()
+    return out, peak
+
+
+MEMORY_METHODS = {
+    "numpy": "tracemalloc peak during the call (numpy reports its buffers to tracemalloc)",
+    "torch": "torch.profiler(profile_memory=True): CPU allocator allocations minus frees, peak in time order",
+}
+
+
+def call_memory(module, params, x, backend: str) -> dict:
+    """Peak memory of one call of ``module.derivatives(params, x)`` against its output plus weights.
+
+    ``peak_bytes`` counts what the call allocated above what was live before it (the output
+    included); ``output_bytes`` = batch x outputs x len(MULTI_INDICES) x 8; ``ratio`` =
+    peak / (output + weights). Call it on a warm module (index tables built at import are
+    not counted; they are the module's, not the call's).
+    """
+    method = MEMORY_METHODS[backend]
+    if backend == "torch" and getattr(x, "is_cuda", False):
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        out = _sync(module.derivatives(params, x), "cuda")
+        peak, method = torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated"
+    else:
+        measure = _torch_call_peak if backend == "torch" else _numpy_call_peak
+        out, peak = measure(lambda: module.derivatives(params, x))
+    batch = int(x.shape[0])
+    output_bytes = batch * int(module.OUTPUTS) * len(module.MULTI_INDICES) * 8
+    weights_bytes = sum(_nbytes(p) for p in params)
+    return {
+        "peak_bytes": int(peak), "output_bytes": output_bytes, "weights_bytes": weights_bytes,
+        "input_bytes": _nbytes(x), "returned_bytes": _nbytes(out),
+        "ratio": peak / (output_bytes + weights_bytes), "method": method,
+    }
+
+
+def _rss() -> dict:
+    """This process's resident set (VmRSS) and its high-water mark (VmHWM), bytes, from /proc."""
+    out = {}
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    except OSError:
+        out["VmHWM"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return out
+
+
+def _reset_hwm() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 # ----------------------------------------------------------------------------- matmul rate
 
 
@@ -318,8 +426,9 @@ def bench_ours(cell: Cell, backend: str, settings: Settings, kernel_dir: Path, d
     macs = kernel_multiply_adds(module)
     if macs is not None and backend == "torch":
         macs["gemm_counted_by_torch"] = _counted_gemm_macs(module, params, x)
+    memory = call_memory(module, params, x, backend)
     source = Path(module.__file__).read_bytes()
-    return _result(times, packed, compile_s=cold["cold_total_s"], cold_compile=cold,
+    return _result(times, packed, compile_s=cold["cold_total_s"], cold_compile=cold, memory=memory,
                    multiply_adds_per_sample=macs, module=str(module.__file__),
                    module_sha256=hashlib.sha256(source).hexdigest())
 
@@ -573,6 +682,163 @@ def bench_jax_jet(cell: Cell, settings: Settings) -> dict:
     return _result(times, np.asarray(out), compile_s=compile_s, directions=int(directions.shape[0]))
 
 
+# ----------------------------------------------------------------------------- memory check
+
+GiB = 2**30
+
+
+def _memory_check_child(d: int, order: int, batches, backend: str, rss_limit: int, folder: str) -> None:
+    """In a fresh process: compile, import, then time and measure one call per batch; JSON lines on stdout."""
+    import diagramc
+    from . import cache, compiler
+    from .spec import KernelSpec
+
+    def emit(kind, **data):
+        print("MEMCHECK " + json.dumps({"kind": kind, **data}, default=float), flush=True)
+
+    if backend == "torch":
+        import torch  # imported before the baseline, like numpy
+
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    emit("start", rss=_rss())
+    arch = diagramc.Architecture(layer_sizes=(d, *HIDDEN, 1), activation=ACTIVATION)
+    spec = KernelSpec.create(arch, order, backend, None, False)
+    t0 = time.perf_counter()
+    source = compiler.compile_source(spec, folder)
+    t1 = time.perf_counter()
+    module = cache.load(Path(folder) / f"{spec.module_name()}.py", source)
+    t2 = time.perf_counter()
+    emit("compiled", compile_s=t1 - t0, import_s=t2 - t1, module_bytes=len(source.encode()),
+         multi_indices=len(module.MULTI_INDICES), rss=_rss())
+    peak_per_sample = None
+    for batch in batches:
+        rss = _rss()
+        asked = batch
+        while peak_per_sample is not None and batch > 1:
+            predicted = rss["VmRSS"] + 1.1 * peak_per_sample * batch
+            if predicted <= 0.9 * rss_limit:
+                break
+            emit("skipped", batch=batch, predicted_rss=predicted,
+                 note=f"would need ~{predicted / GiB:.1f} GiB (> 90% of the {rss_limit / GiB:.0f} GiB limit); halved")
+            batch //= 2
+        if batch != asked and batch in batches:
+            continue
+        params, x = _our_inputs(Cell(d, order, batch), backend, "cpu")
+        t0 = time.perf_counter()
+        module.derivatives(params, x)
+        first = time.perf_counter() - t0
+        before = _rss()
+        hwm_reset = _reset_hwm()
+        t0 = time.perf_counter()
+        out = module.derivatives(params, x)
+        call_s = time.perf_counter() - t0
+        after = _rss()
+        del out
+        memory = call_memory(module, params, x, backend)
+        rss_increase = (after["VmHWM"] - before["VmRSS"]) if hwm_reset else None
+        peak_per_sample = max(memory["peak_bytes"], rss_increase or 0) / batch
+        emit("batch", batch=batch, first_call_s=first, call_s=call_s, memory=memory,
+             rss_before=before["VmRSS"], rss_peak_increase=rss_increase, rss_hwm_reset=hwm_reset,
+             process_rss_peak=after["VmHWM"])
+    emit("done", rss=_rss())
+
+
+def memory_check(d: int = 64, order: int = 4, batch: int = 1, backend: str = "numpy", *,
+                 batches=None, rss_limit_gib: float = 12.0, timeout: float = 1800.0, out_dir=None) -> dict:
+    """Compile and run the order-``order``, d = ``d`` kernel (tanh, hidden 64-64-64) in a watched subprocess.
+
+    Reports the compile time (rendering the source), import time (writing and importing the
+    module: its index tables are built then), and per batch (``batch`` and 16 unless
+    ``batches`` is given) the first and a warm call's time, the call's peak memory against
+    output plus weights (:func:`call_memory`) and the rise of the process's peak RSS during
+    a call (VmHWM after minus VmRSS before). The subprocess is killed when its RSS passes
+    ``rss_limit_gib`` or it runs past ``timeout`` seconds; what it reported until then is kept.
+    A batch whose predicted peak (linear in the batch) would pass 90% of the limit is halved
+    until it fits. Prints a summary;
+    writes ``memory_check.json`` in ``out_dir`` when given. Returns the report.
+    """
+    batches = list(batches) if batches is not None else sorted({batch, 16})
+    rss_limit = int(rss_limit_gib * GiB)
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    report = {"d": d, "order": order, "backend": backend, "hidden": list(HIDDEN), "activation": ACTIVATION,
+              "requested_batches": batches, "rss_limit_bytes": rss_limit, "timeout_s": timeout,
+              "events": [], "status": "running"}
+    with tempfile.TemporaryDirectory() as folder:
+        code = (f"from diagramc.bench import _memory_check_child\n"
+                f"_memory_check_child({d}, {order}, {batches!r}, {backend!r}, {rss_limit}, {folder!r})\n")
+        t_start = time.perf_counter()
+        with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+            proc = subprocess.Popen([sys.executable, "-c", code], stdout=stdout, stderr=stderr, text=True, env=env)
+            max_rss = 0
+            while proc.poll() is None:
+                rss = _child_rss(proc.pid)
+                max_rss = max(max_rss, rss)
+                elapsed = time.perf_counter() - t_start
+                if rss > rss_limit or elapsed > timeout:
+                    proc.kill()
+                    proc.wait()
+                    report["status"] = (f"killed: RSS {rss / GiB:.1f} GiB > {rss_limit_gib:g} GiB" if rss > rss_limit
+                                        else f"killed: ran past {timeout:.0f} s")
+                    break
+                time.sleep(0.1)
+            report["wall_s"] = time.perf_counter() - t_start
+            report["child_rss_max_sampled"] = max_rss
+            stdout.seek(0)
+            stderr.seek(0)
+            for line in stdout.read().splitlines():
+                if line.startswith("MEMCHECK "):
+                    report["events"].append(json.loads(line[9:]))
+            if report["status"] == "running":
+                report["status"] = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+            if proc.returncode != 0:
+                report["stderr_tail"] = stderr.read()[-3000:]
+    for event in report["events"]:
+        if event["kind"] == "compiled":
+            report.update({k: event[k] for k in ("compile_s", "import_s", "module_bytes", "multi_indices")})
+    report["batches"] = [e for e in report["events"] if e["kind"] == "batch"]
+    print(format_memory_check(report))
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "memory_check.json").write_text(json.dumps(report, indent=1, default=float))
+    return report
+
+
+def _child_rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def format_memory_check(report: dict) -> str:
+    lines = [f"memory check: d={report['d']} n={report['order']} {report['backend']}, "
+             f"hidden {'-'.join(map(str, report['hidden']))} {report['activation']}: {report['status']}"]
+    if "compile_s" in report:
+        lines.append(f"  {report['multi_indices']:,} multi-indices; compile {report['compile_s']:.1f} s, "
+                     f"import {report['import_s']:.1f} s, module {report['module_bytes'] / 1e3:.0f} kB")
+    for b in report["batches"]:
+        mem = b["memory"]
+        rise = b.get("rss_peak_increase")
+        lines.append(
+            f"  batch {b['batch']}: call {b['call_s']:.3g} s (first {b['first_call_s']:.3g} s); peak {_mib(mem['peak_bytes'])} "
+            f"= {mem['ratio']:.3g} x (output {_mib(mem['output_bytes'])} + weights {_mib(mem['weights_bytes'])}); "
+            f"RSS rise {_mib(rise) if rise is not None else '-'}, process peak RSS {b['process_rss_peak'] / GiB:.2f} GiB")
+    for e in report["events"]:
+        if e["kind"] == "skipped":
+            lines.append(f"  batch {e['batch']}: skipped, {e['note']}")
+    lines.append(f"  largest RSS seen by the watcher: {report['child_rss_max_sampled'] / GiB:.2f} GiB; "
+                 f"wall {report['wall_s']:.0f} s")
+    if report.get("stderr_tail"):
+        lines.append("  stderr: " + report["stderr_tail"][-1000:])
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- driver
 
 
@@ -708,7 +974,19 @@ def format_table(report: dict) -> str:
                     f"  {SHORT_NAMES[m]} d={c['d']} n={c['order']} b={c['batch']}: "
                     f"{r['multiply_adds_per_sample']['total']:,} multiply-adds/sample, "
                     f"{r['gflops']:.3g} GFLOP/s = {r['gflops'] / rate['peak_gflops']:.2%} of peak")
-    return "\n".join(lines + [""] + ratio_lines + [""] + rate_lines)
+    memory_lines = ["peak memory of one call = ratio x (output + weights):"]
+    for c in cells:
+        for m in OURS:
+            mem = (c["methods"].get(m) or {}).get("memory")
+            if mem:
+                memory_lines.append(
+                    f"  {SHORT_NAMES[m]} d={c['d']} n={c['order']} b={c['batch']}: peak {_mib(mem['peak_bytes'])} = "
+                    f"{mem['ratio']:.3g} x (output {_mib(mem['output_bytes'])} + weights {_mib(mem['weights_bytes'])})")
+    return "\n".join(lines + [""] + ratio_lines + [""] + rate_lines + [""] + memory_lines)
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.3g} MiB"
 
 
 def plot(report: dict, path: Path) -> None:
@@ -799,3 +1077,24 @@ def run_bench(
     print(f"agreement (rel error <= {AGREEMENT_TOL:g} per order): {'yes' if report['agree'] else 'NO'}")
     print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'}")
     return report
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="diagramc benchmark; --memory: the d=64 order-4 memory check")
+    parser.add_argument("--out", default="bench-out")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="run memory_check() instead of the timing bench")
+    parser.add_argument("--d", type=int, default=64)
+    parser.add_argument("--order", type=int, default=4)
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--backend", default="numpy", choices=("numpy", "torch"))
+    parser.add_argument("--rss-limit-gib", type=float, default=12.0)
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    args = parser.parse_args()
+    if args.memory:
+        memory_check(args.d, args.order, backend=args.backend, batches=[int(b) for b in args.batches.split(",")],
+                     rss_limit_gib=args.rss_limit_gib, timeout=args.timeout, out_dir=args.out)
+    else:
+        run_bench(args.out, quick=args.quick)

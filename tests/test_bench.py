@@ -29,6 +29,9 @@ def test_bench_smoke(tmp_path):
     for name in ("diagramc_torch", "diagramc_numpy"):
         assert methods[name]["compile_s"] > 0
         assert methods[name]["multiply_adds_per_sample"]["total"] > 0
+        memory = methods[name]["memory"]
+        assert memory["output_bytes"] == 4 * 1 * 6 * 8 and memory["peak_bytes"] >= memory["output_bytes"]
+        assert memory["ratio"] > 0
     jax_methods = ("jax_jacfwd_jit", "jax_jet_interp", "jax_hessian")
     for name in jax_methods:
         if HAS_JAX:
@@ -65,3 +68,47 @@ def test_pack_dense_canonical_order():
     packed = bench.pack_dense([np.zeros(1), np.zeros((1, 3)), t2], d)
     # order 2 of d=3 in canonical order: (0,0) (0,1) (0,2) (1,1) (1,2) (2,2)
     np.testing.assert_array_equal(packed[0, 4:], [0, 1, 2, 4, 5, 8])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_call_memory_tiny_cell(tmp_path, backend):
+    """Peak of one call on a tiny cell: at least the output it returns, and a stated ratio to output + weights."""
+    import diagramc
+
+    cell = bench.Cell(2, 2, 8)
+    arch = diagramc.Architecture(layer_sizes=(cell.d, *bench.HIDDEN, 1), activation=bench.ACTIVATION)
+    module = diagramc.compile(arch, cell.order, backend=backend, out_dir=tmp_path)
+    params, x = bench._our_inputs(cell, backend, "cpu")
+    module.derivatives(params, x)  # warm
+    mem = bench.call_memory(module, params, x, backend)
+    assert mem["output_bytes"] == cell.batch * 1 * 6 * 8 == mem["returned_bytes"]
+    assert mem["weights_bytes"] == 8 * sum(np.asarray(p).size for p in params)
+    assert mem["output_bytes"] <= mem["peak_bytes"] < 100 * (mem["output_bytes"] + mem["weights_bytes"])
+    assert mem["ratio"] == pytest.approx(mem["peak_bytes"] / (mem["output_bytes"] + mem["weights_bytes"]))
+
+
+def test_peak_measurements_see_a_known_allocation():
+    """Both meters report a 8 MB temporary that is freed before the call returns."""
+    import torch
+
+    def numpy_call():
+        a = np.ones(1_000_000)
+        return float((a * 2).sum())
+
+    def torch_call():
+        a = torch.ones(1_000_000, dtype=torch.float64)
+        return float((a * 2).sum())
+
+    for measure, call in ((bench._numpy_call_peak, numpy_call), (bench._torch_call_peak, torch_call)):
+        _, peak = measure(call)
+        assert 16e6 <= peak < 17e6, (measure.__name__, peak)
+
+
+def test_memory_check_subprocess_tiny(tmp_path):
+    report = bench.memory_check(d=2, order=2, backend="numpy", batches=[1, 4], timeout=120, out_dir=tmp_path)
+    assert report["status"] == "ok", report
+    assert report["compile_s"] >= 0 and report["import_s"] > 0
+    assert [b["batch"] for b in report["batches"]] == [1, 4]
+    for b in report["batches"]:
+        assert b["call_s"] > 0 and b["memory"]["peak_bytes"] >= b["memory"]["output_bytes"]
+    assert json.loads((tmp_path / "memory_check.json").read_text())["status"] == "ok"
