@@ -110,10 +110,9 @@ _FACTORIALS = tuple(float(math.prod(math.factorial(a) for a in alpha)) for alpha
 def _power_table(k):
     """Low-order part of one truncated product of series, P_k = P_(k-1) * Z.
 
-    P_(k-1) is stored from column _START[k-1] on, P_k from _START[k] on, both up to _LOW.
-    Row r: P_k[target[r]] += P_(k-1)[left[r]] * Z[right[r]]. Z * Z is symmetric, so for
-    k = 2 a pair and its mirror are one row counted twice, and squares come apart:
-    P_2[target] += Z[column]**2 for each (column, target) in squares.
+    P_k is stored from column _START[k] on, up to _LOW. Row r: P_k[target[r]] +=
+    P_(k-1)[left[r]] * Z[right[r]]; for k = 2 a pair and its mirror are one row counted
+    twice, and squares come apart: P_2[target] += Z[column]**2.
     """
     left, right, target, squares = [], [], [], []
     for j in range(_START[k], _LOW):
@@ -130,13 +129,10 @@ def _power_table(k):
 
 
 def _top_block(k, a):
-    """Top-order terms of sigma^(k)/k! Z^k whose P_(k-1) factor has order a.
-
-    The block is the Gram matrix G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j]
-    over alpha of order a and gamma of order ORDER - a; entry (alpha, gamma) adds to the
-    coefficient of alpha * gamma. Returns the columns, the flat entries that land on a
-    wanted coefficient sorted by it, and those coefficients (relative to _LOW).
-    """
+    """Top-order terms of sigma^(k)/k! Z^k whose P_(k-1) factor has order a: the Gram matrix
+    G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j], |alpha| = a, |gamma| = ORDER - a,
+    entry (alpha, gamma) adding to alpha * gamma. Returns rows, columns, the flat entries
+    that land on a wanted coefficient sorted by it, and those coefficients (from _LOW)."""
     rows = range(_START[a], _START[a + 1])
     cols = range(_START[ORDER - a], _START[ORDER - a + 1])
     entries, targets = [], []
@@ -173,22 +169,34 @@ def _top_blocks():
 # Powers P_k carry low-order columns only up to k = ORDER - 1 (the top order is made at the vertices).
 _POWER_TABLES = {k: _power_table(k) for k in range(2, min(max(_VERTEX_ORDERS, default=1), ORDER - 1) + 1)}
 _TOP_BLOCKS = _top_blocks()
+# The block non-zero at layer 1, (k, a) = (ORDER, ORDER - 1), folded into one matrix from a batch of 8.
+_FIRST_LAYER_BLOCK = next((i for i, (k, _, _) in enumerate(_TOP_BLOCKS) if k == ORDER), None)
+_FOLD_FROM_BATCH = 8
+
+
+def _chunk_size(elements):
+    """Points per chunk of a call: about `elements` numbers in its series keep it in cache."""
+    return 2 ** max(3, round(math.log2(elements / max(_LOW, 1) / max(LAYER_SIZES[1:-1], default=1))))
+
+
 def _multiply_adds():
     """Multiply-adds per batch element of one call, as matrix products and elementwise work.
 
-    Per hidden layer of width w: the series through the activation (S*w for sigma', rows*w
-    per truncated power, (S - _START[k])*w per vertex weight), the next Linear layer
-    (S*w*w_next), and for the top order each block's weighting and Gram matrix plus the
-    reverse sweep; S = _LOW columns are pushed through the layers.
+    Per hidden layer of width w: the series (S = _LOW columns) through the activation and
+    the next Linear layer; for the top order each block's weighting and Gram matrix plus
+    the reverse sweep, at layer 1 only t @ K.T (K is made once per call).
     """
     gemm, elementwise = LAYER_SIZES[0] * LAYER_SIZES[1], 0
-    for w_prev, w, w_next in zip(LAYER_SIZES[:-2], LAYER_SIZES[1:-1], LAYER_SIZES[2:]):
+    for layer, (w_prev, w, w_next) in enumerate(zip(LAYER_SIZES[:-2], LAYER_SIZES[1:-1], LAYER_SIZES[2:])):
         elementwise += _LOW * w
         for k, (left, _, _, squares) in _POWER_TABLES.items():
             elementwise += (len(left) + len(squares)) * w
             if k in _VERTEX_ORDERS:
                 elementwise += max(_LOW - _START[k], 0) * w
         gemm += _LOW * w * w_next + w * w_next
+        if layer == 0:
+            gemm += OUTPUTS * (len(_SERIES) - _LOW) * w if _FIRST_LAYER_BLOCK is not None else 0
+            continue
         for _, _, (rows, cols, _, _) in _TOP_BLOCKS:
             elementwise += OUTPUTS * (1 + len(rows)) * w
             gemm += OUTPUTS * len(rows) * len(cols) * w
@@ -238,9 +246,8 @@ def _activation(z):
 
 
 def _buckets(index, left, right, target):
-    """A sum table as dense blocks: targets grouped by their number of terms s, so that
-    each group is one gather (one product) and one sum over a (targets, s) axis pair.
-    Row r adds term left[r] (times right[r], for products) to target[r]."""
+    """A sum table as dense blocks: targets grouped by their number of terms, each group
+    one gather and one sum. Row r adds left[r] (times right[r]) to target[r]."""
     terms = {}
     for l, r, t in itertools.zip_longest(left, right, target):
         terms.setdefault(t, []).append((l, r))
@@ -275,6 +282,7 @@ def _build_tables(index):
             (k, scale, {"rows": index(rows), "cols": index(cols), "buckets": _buckets(index, entries, [], target)})
             for k, scale, (rows, cols, entries, target) in _TOP_BLOCKS
         ],
+        "first_layer_block": _FIRST_LAYER_BLOCK,
         "first_order_columns": index(_FIRST_ORDER_COLUMNS),
         "first_order_variables": index(_FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
@@ -285,6 +293,7 @@ def _build_tables(index):
 # NumPy primitives.
 
 _TABLES = _build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
+_CHUNK = _chunk_size(2**17)
 
 
 def _zeros(like, shape):
@@ -317,10 +326,8 @@ def _prepare(params, x):
 
 
 # ---------------------------------------------------------------------------------------
-# The kernel. A series is stored coefficient-major, (columns, batch, width): gathering and
-# summing coefficients moves whole contiguous rows, and a Linear layer is one matrix
-# product over all coefficients at once. Backend primitives are defined above; everything
-# below reads the same for NumPy and PyTorch.
+# The kernel, the same for every backend. A series is stored coefficient-major, (columns,
+# batch, width): gathers move whole rows, and a Linear layer is one matrix product.
 
 
 def _product(A, Z, table):
@@ -334,76 +341,108 @@ def _product(A, Z, table):
     return out
 
 
-def _through_activation(factors, Z, tables):
-    """Low-order series of sigma(z(x)) from that of z(x): sum_k sigma^(k)(z)/k! * Z^k.
-
-    Z has shape (_LOW, batch, width); factors[k-1] has shape (batch, width). Also returns
-    the powers [Z, P_2, P_3, ...] (P_k from column _START[k] on) for the top order.
-    """
-    H = factors[0][None] * Z
+def _powers(Z, tables):
+    """The truncated powers [Z, P_2, P_3, ...] of a series (P_k from column _START[k] on)."""
     powers = [Z]
-    for k, table in tables["powers"].items():
-        P = _product(powers[-1], Z, table)
-        powers.append(P)
+    for table in tables["powers"].values():
+        powers.append(_product(powers[-1], Z, table))
+    return powers
+
+
+def _through_activation(factors, powers, tables):
+    """Low-order series of sigma(z(x)), sum_k sigma^(k)(z)/k! * Z^k, from the powers of Z = powers[0]."""
+    H = factors[0][None] * powers[0]
+    for k, P in zip(tables["powers"], powers[1:]):
         if factors[k - 1] is not None:
             H[_START[k] :] += factors[k - 1][None] * P  # in place: autograd records it (nothing saved H)
-    return H, powers
+    return H
 
 
-def _top_order(vertices, weights, tables, batch):
+def _top_order(vertices, weights, tables, batch, K):
     """Coefficients of order ORDER, (batch, OUTPUTS, n_top), made at the vertices.
 
-    A top-order coefficient never passes through a weight matrix: every diagram's root
-    vertex contracts its subtrees against the output line g = df/dh^(l) (one reverse
-    sweep, as in forward-over-reverse), and the subtrees are all of lower order. Per
-    block, that contraction is a batch of Gram matrices G[alpha, gamma] =
-    sum_j t_j P_(k-1)[alpha, j] Z[gamma, j].
+    Every diagram's root vertex contracts its lower-order subtrees against the output
+    line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse): per block, Gram
+    matrices G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j] summed over the
+    layers, then scattered. At layer 1 only _FIRST_LAYER_BLOCK is non-zero: t @ K.T.
     """
+    grams = [None] * len(tables["top"])
     top = _zeros(weights[0], (batch, OUTPUTS, len(_SERIES) - _LOW))
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
     for layer in reversed(range(len(vertices))):
         factors, powers = vertices[layer]
-        for k, scale, block in tables["top"]:
+        for i, (k, scale, block) in enumerate(tables["top"]):
+            if layer == 0 and (i != _FIRST_LAYER_BLOCK or K is not None):
+                continue
             t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
             left = _gather(powers[k - 2], block["rows"]).swapaxes(0, 1)  # P_(k-1), order a: (batch, rows, width)
             right = _gather(powers[0], block["cols"]).swapaxes(0, 1)  # Z, order ORDER - a: (batch, cols, width)
             gram = (t[:, :, None, :] * left[:, None]) @ right[:, None].swapaxes(-1, -2)
-            flat = gram.reshape(gram.shape[0], OUTPUTS, -1)
-            for bucket in block["buckets"]:  # each entry lands on the coefficient of alpha * gamma
-                terms = flat[..., bucket["left"]]
-                top[..., bucket["targets"]] += terms.reshape(terms.shape[:2] + (-1, bucket["terms"])).sum(-1)
-        g = (g * factors[0][:, None, :]) @ weights[layer]  # df/dh^(layer) from df/dh^(layer+1)
+            grams[i] = gram if grams[i] is None else grams[i] + gram
+        if layer > 0:
+            g = (g * factors[0][:, None, :]) @ weights[layer]  # df/dh^(layer) from df/dh^(layer+1)
+        elif K is not None:
+            top = (g * factors[ORDER - 1][:, None, :]) @ K.T
+    for gram, (_, _, block) in zip(grams, tables["top"]):
+        for bucket in block["buckets"] if gram is not None else ():  # entries onto alpha * gamma
+            terms = gram.reshape(batch, OUTPUTS, -1)[..., bucket["left"]]
+            top[..., bucket["targets"]] += terms.reshape(terms.shape[:2] + (-1, bucket["terms"])).sum(-1)
     return top
 
 
-def _series(params, x, tables):
+def _first_layer(params, tables):
+    """Layer 1's powers: first-order terms only, the same for every x (batch axis 1)."""
+    Z = _zeros(params[0], (_LOW, 1, params[0].shape[0]))
+    Z[tables["first_order_columns"], 0, :] = params[0].T[tables["first_order_variables"]]
+    return _powers(Z, tables)
+
+
+def _first_layer_matrix(powers, tables):
+    """K[target, j]: layer 1's Gram entries of _FIRST_LAYER_BLOCK without t, scattered."""
+    k, scale, block = tables["top"][_FIRST_LAYER_BLOCK]
+    left = _gather(powers[k - 2], block["rows"])[:, 0]  # (rows, width)
+    entries = (scale * left[:, None] * _gather(powers[0], block["cols"])[None, :, 0]).reshape(-1, left.shape[1])
+    K = _zeros(entries, (len(_SERIES) - _LOW, entries.shape[1]))
+    for bucket in block["buckets"]:
+        terms = _gather(entries, bucket["left"])
+        K[bucket["targets"]] = terms.reshape((-1, bucket["terms"]) + terms.shape[1:]).sum(1)
+    return K
+
+
+def _series(params, x, tables, first_powers, K):
     """[value, low-order series, top-order series] of f around x: (batch, OUTPUTS, 1 + len(_SERIES))."""
     weights, biases = params[0::2], params[1::2]
     batch = x.shape[0]
-    # Layer 1 is affine in x: its series has first-order terms only, the same for every x.
     z = x @ weights[0].T + biases[0]
-    Z = _zeros(x, (_LOW, 1, z.shape[1]))
-    Z[tables["first_order_columns"], 0, :] = weights[0].T[tables["first_order_variables"]]
+    Z, powers = first_powers[0], first_powers
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _activation(z)
-        H, powers = _through_activation(factors, Z, tables)
+        if vertices:
+            powers = _powers(Z, tables)
         vertices.append((factors, powers))
-        Z = H @ W.T
+        Z = _through_activation(factors, powers, tables) @ W.T
         z = h @ W.T + b
     low = _batch_major(Z, batch)
-    top = _top_order(vertices, weights, tables, batch)
+    top = _top_order(vertices, weights, tables, batch, K)
     return _cat([z[:, :, None], low, top], 2)
 
 
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     params, x, tables = _prepare(params, x)
-    return _series(params, x, tables)[:, :, tables["outputs"]]
+    first_powers = _first_layer(params, tables)  # layer 1 is affine: the same for every x
+    fold = _FIRST_LAYER_BLOCK is not None and x.shape[0] >= _FOLD_FROM_BATCH
+    K = _first_layer_matrix(first_powers, tables) if fold else None
+    chunks = [
+        _series(params, x[i : i + _CHUNK], tables, first_powers, K) for i in range(0, max(x.shape[0], 1), _CHUNK)
+    ]
+    series = chunks[0] if len(chunks) == 1 else _cat(chunks, 0)
+    return series[:, :, tables["outputs"]]
 
 
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 54cf7b182f6fd0c4384752e3a0553009ea1dab91d806fe05cd0e3dde333bd217
+# sha256 of all lines above: de903df200921f25c2b3f4af1a0e655fbfa1586ed2790734d09e79a6772da277
