@@ -271,6 +271,20 @@ def _kernel(layer_sizes, activation, order, out_dir=None):
     return diagramc.compile(arch, order, backend="torch", out_dir=out_dir)
 
 
+def _epoch(opt, cfg, lr, step, steps, batches, loss_of):
+    """One pass over the training set: cosine learning rate, Adam steps; (summed loss, step)."""
+    total = 0.0
+    for idx in batches:
+        _cosine_lr(opt, lr, step, steps, cfg.lr_final_factor)
+        loss = loss_of(idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        step += 1
+    return total, step
+
+
 def _cosine_lr(opt, lr, step, total, final_factor):
     f = final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
     for g in opt.param_groups:
@@ -313,15 +327,10 @@ def train_iteration1(cfg: DemoConfig, train, val, gen):
     history, step = [], 0
     bar = _progress(range(cfg.epochs1), cfg.progress, "iteration 1")
     for epoch in bar:
-        total = 0.0
-        for idx in _batches(len(U), cfg.batch_size, gen):
-            _cosine_lr(opt, cfg.lr1, step, steps, cfg.lr_final_factor)
-            loss = torch.mean(w[idx] * (model(U[idx]) - y[idx]) ** 2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            step += 1
+        total, step = _epoch(
+            opt, cfg, cfg.lr1, step, steps, _batches(len(U), cfg.batch_size, gen),
+            lambda idx: torch.mean(w[idx] * (model(U[idx]) - y[idx]) ** 2),
+        )
         with torch.no_grad():
             verr = float(torch.sqrt(torch.mean(((model(Uv) - yv) / (lv * c)) ** 2)))
         history.append({"epoch": epoch + 1, "train_loss": total / len(U), "val_error": verr})
@@ -390,16 +399,12 @@ def train_iteration2(cfg: DemoConfig, U_np, r_np, lam_np, val, kernel1, gen, lin
     for epoch in bar:
         if linear and epoch % cfg.lstsq_every == 0:
             lin_c, lin_g = refit()
-        total = 0.0
-        for idx in _batches(len(U), cfg.batch_size, gen):
-            _cosine_lr(opt, cfg.lr2, step, steps, cfg.lr_final_factor)
-            pred = lin_c + U[idx] @ lin_g + structurally_second_order(model, kernel1, U[idx])
-            loss = torch.mean(w[idx] * (pred - r[idx]) ** 2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            step += 1
+        total, step = _epoch(
+            opt, cfg, cfg.lr2, step, steps, _batches(len(U), cfg.batch_size, gen),
+            lambda idx: torch.mean(
+                w[idx] * (lin_c + U[idx] @ lin_g + structurally_second_order(model, kernel1, U[idx]) - r[idx]) ** 2
+            ),
+        )
         with torch.no_grad():
             pv = lin_c + Uv @ lin_g + structurally_second_order(model, kernel1, Uv)
             verr = float(torch.sqrt(torch.mean((pv - rv) ** 2 / (lv**4 * scale**2))))
