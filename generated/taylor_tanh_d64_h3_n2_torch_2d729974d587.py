@@ -439,11 +439,13 @@ def _series(params, x, tables, first_powers, K):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     params, x, tables = _prepare(params, x)
+    if x.shape[0] == 0:
+        return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
     first_powers = _first_layer(params, tables)  # layer 1 is affine: the same for every x
     fold = _FIRST_LAYER_BLOCK is not None and x.shape[0] >= _FOLD_FROM_BATCH
     K = _first_layer_matrix(first_powers, tables) if fold else None
     chunks = [
-        _series(params, x[i : i + _CHUNK], tables, first_powers, K) for i in range(0, max(x.shape[0], 1), _CHUNK)
+        _series(params, x[i : i + _CHUNK], tables, first_powers, K) for i in range(0, x.shape[0], _CHUNK)
     ]
     series = chunks[0] if len(chunks) == 1 else _cat(chunks, 0)
     return series[:, :, tables["outputs"]]
@@ -453,4 +455,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 712342d66554eb9f1c0ed8568399069019a8b8fcc4186cff851491e3636d6c6d
+# sha256 of all lines above: ef146354d201dfabd5c865812ef534b73d8c41fa226dd24232e2ca3428c07f90

@@ -120,3 +120,15 @@ def test_edited_or_truncated_module_refuses_to_import(tmp_path):
     intact = tmp_path / "copy.py"
     intact.write_text(text)
     assert import_path(intact).ORDER == 2
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_empty_batch(backend, tmp_path):
+    import torch
+
+    mod = diagramc.compile(ARCH, 3, backend, out_dir=tmp_path)
+    params = [np.zeros(s) for s in ARCH.param_shapes()]
+    x = np.zeros((0, 2))
+    if backend == "torch":
+        params, x = [torch.tensor(p) for p in params], torch.tensor(x)
+    assert tuple(mod.derivatives(params, x).shape) == (0, 1, len(mod.MULTI_INDICES))
