@@ -180,3 +180,27 @@ def test_torch_model_convenience():
     torch.testing.assert_close(coeffs * fact, want, rtol=1e-10, atol=1e-10)
     coeffs.sum().backward()
     assert model[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("batch", [8, 37])
+def test_larger_batches_fold_layer_one_and_match(backend, batch, kernel_dir):
+    """From a batch of 8 the kernel folds layer 1's top order into one matrix; check it."""
+    arch, params, _ = _case(41, "tanh", 4, d=3, hidden=3)
+    x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
+    mod = diagramc.compile(arch, 4, backend, out_dir=kernel_dir)
+    want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES)
+    p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
+    _assert_matches(mod.derivatives(p, xx), want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_batches_split_into_chunks_agree_point_by_point(backend, kernel_dir):
+    arch, params, _ = _case(43, "gelu", 3, d=4, hidden=2)
+    mod = diagramc.compile(arch, 3, backend, out_dir=kernel_dir)
+    batch = 3 * mod._CHUNK + 5
+    x = torch.randn(batch, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
+    whole = np.asarray(mod.derivatives(p, xx))
+    rows = np.concatenate([np.asarray(mod.derivatives(p, xx[i : i + 1])) for i in range(0, batch, 97)])
+    np.testing.assert_allclose(whole[::97], rows, rtol=1e-12, atol=1e-12)
