@@ -299,8 +299,6 @@ def _activation_lines(act, order, fmt):
     """sigma^(k), k = 0..order: as the compiler differentiates it (in the auxiliary functions) and in x."""
     import sympy as sp
 
-    from .activations import x
-
     sup = str.maketrans("0123456789()", "⁰¹²³⁴⁵⁶⁷⁸⁹⁽⁾")
     latex = fmt == "latex"
 

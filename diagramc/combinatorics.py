@@ -755,7 +755,7 @@ def tikz_document(diagrams: Sequence[Diagram]) -> str:
     ]
     body = []
     for i, d in enumerate(diagrams, 1):
-        body.append(rf"\begin{{tabular}}[b]{{c}}")
+        body.append(r"\begin{tabular}[b]{c}")
         body.append(d.tikz().rstrip("\n"))
         body.append(rf"\\ ({i}) \(\times {d.multiplicity}\)")
         body.append(r"\end{tabular}\hspace{1em}\allowbreak")

@@ -45,10 +45,6 @@ def compile(
     return cache.load(path, compile_source(spec, folder))
 
 
-def module_path(module: ModuleType) -> Path:
-    return Path(module.__file__)
-
-
 def taylor(model, x, order: int, multi_indices=None, coefficients: bool = True):
     """One call for users: the Taylor coefficients (or derivatives) of a torch MLP at x, up to order.
 

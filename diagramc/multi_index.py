@@ -81,17 +81,3 @@ def validate(alpha: Sequence[int], d: int | None = None) -> MultiIndex:
     if d is not None and len(alpha) != d:
         raise DiagramcError(f"multi-index {alpha!r} has {len(alpha)} entries; expected {d} (one per input)")
     return alpha
-
-
-def downward_closure(alphas: Iterable[Sequence[int]]) -> list[MultiIndex]:
-    """All non-zero beta <= alpha (componentwise) for some alpha, canonical order.
-
-    These are exactly the Taylor coefficients the layer recursion needs to produce
-    the requested ones: a product of truncated series only ever combines lower ones.
-    """
-    closure: set[MultiIndex] = set()
-    for alpha in alphas:
-        for beta in itertools.product(*(range(a + 1) for a in alpha)):
-            if any(beta):
-                closure.add(beta)
-    return sort_canonical(closure)

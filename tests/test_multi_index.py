@@ -17,8 +17,12 @@ def test_sort_canonical_reproduces_combinations_order(d, k):
     assert len(want) == mi.count_of_order(d, k)
 
 
-def test_closure_is_downward_closed_and_canonical():
-    closure = mi.downward_closure([(2, 0, 1)])
+def test_kernel_series_is_the_downward_closure_in_canonical_order(tmp_path):
+    """A kernel for a subset carries exactly the non-zero beta <= alpha, canonically ordered."""
+    import diagramc
+
+    mod = diagramc.compile(diagramc.Architecture((3, 2, 1), "tanh"), 3, "numpy", [(2, 0, 1)], out_dir=tmp_path)
+    closure = [mi.exponents(m, 3) for m in mod._SERIES]
     assert closure == [(1, 0, 0), (0, 0, 1), (2, 0, 0), (1, 0, 1), (2, 0, 1)]
 
 
