@@ -102,8 +102,6 @@ _LOW = _START[ORDER] if ORDER >= 2 else len(_SERIES)
 _FIRST_ORDER_COLUMNS = tuple(j for j, m in enumerate(_SERIES) if len(m) == 1)
 _FIRST_ORDER_VARIABLES = tuple(m[0] for m in _SERIES if len(m) == 1)
 # Where each requested multi-index lies in [value, low series..., top series...].
-_OUTPUT_COLUMNS = tuple(0 if sum(alpha) == 0 else 1 + _COLUMN[tuple(i for i, a in enumerate(alpha) for _ in range(a))]
-                        for alpha in MULTI_INDICES)
 _FACTORIALS = tuple(float(math.prod(map(math.factorial, filter(None, alpha)))) for alpha in MULTI_INDICES)
 
 
@@ -128,32 +126,50 @@ def _power_table(k):
     return left, right, target, squares
 
 
+def _gram_pieces(n_rows, symmetric):
+    """Row strips (r0, r1, c0) of a Gram block, each times the columns from c0 on. A
+    symmetric block needs only the entries on and above its diagonal: strip s starts its
+    columns at its own first row (2 strips do 3/4 of the work, 4 strips 5/8)."""
+    strips = 1 if not symmetric or n_rows < 16 else 2 if n_rows < 256 else 4
+    bounds = [n_rows * s // strips for s in range(strips + 1)]
+    return tuple((r0, r1, r0 if symmetric else 0) for r0, r1 in zip(bounds, bounds[1:]))
+
+
 def _top_block(k, a):
     """Top-order terms of sigma^(k)/k! Z^k whose P_(k-1) factor has order a: the Gram matrix
     G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j], |alpha| = a, |gamma| = ORDER - a,
-    entry (alpha, gamma) adding to alpha * gamma. Returns rows, columns, the flat entries
-    that land on a wanted coefficient sorted by it, and those coefficients (from _LOW)."""
-    rows = range(_START[a], _START[a + 1])
+    entry (alpha, gamma) adding to alpha * gamma. For k = 2 and 2a = ORDER, G is symmetric
+    (P_1 = Z): it is computed on and above its diagonal only, an entry above counting twice.
+
+    Returns the rows (of P_(k-1)) and columns (of Z) as ranges, the pieces computed, and
+    for the wanted entries of the pieces (numbered piece after piece) the coefficient each
+    adds to (from _LOW); `full_entries` number the whole rows x cols grid instead."""
+    rows = range(_START[a] - _START[k - 1], _START[a + 1] - _START[k - 1])
     cols = range(_START[ORDER - a], _START[ORDER - a + 1])
-    entries, targets = [], []
-    for r, i in enumerate(rows):
-        for c, j in enumerate(cols):
-            beta = _merge(_SERIES[i], _SERIES[j])
-            if _WANTED is None or beta in _WANTED:
-                entries.append(r * len(cols) + c)
-                targets.append(_COLUMN[beta] - _LOW)
-    order = sorted(range(len(entries)), key=targets.__getitem__)
-    return (
-        [i - _START[k - 1] for i in rows],
-        list(cols),
-        [entries[i] for i in order],
-        [targets[i] for i in order],
-    )
+    symmetric = k == 2 and 2 * a == ORDER
+    pieces = _gram_pieces(len(rows), symmetric)
+    entries, targets, full_entries, full_targets = [], [], [], []
+    offset = 0
+    for r0, r1, c0 in pieces:
+        for r in range(r0, r1):
+            for c in range(len(cols)):
+                beta = _merge(_SERIES[rows[r] + _START[k - 1]], _SERIES[cols[c]])
+                if _WANTED is not None and beta not in _WANTED:
+                    continue
+                full_entries.append(r * len(cols) + c)
+                full_targets.append(_COLUMN[beta] - _LOW)
+                if c >= c0 and not (symmetric and c < r):
+                    times = 2 if symmetric and c > r else 1
+                    entries += [offset + (r - r0) * (len(cols) - c0) + c - c0] * times
+                    targets += [_COLUMN[beta] - _LOW] * times
+        offset += (r1 - r0) * (len(cols) - c0)
+    return {"rows": rows, "cols": cols, "pieces": pieces, "size": offset, "entries": entries,
+            "targets": targets, "full_entries": full_entries, "full_targets": full_targets}
 
 
 def _top_blocks():
     """(k, scale, block) for every block of the top order. For k = 2 the Gram matrix is
-    symmetric (P_1 = Z), so block (a, ORDER - a) stands for its mirror too."""
+    symmetric in its factors (P_1 = Z), so block (a, ORDER - a) stands for its mirror too."""
     blocks = []
     if ORDER >= 2:
         for k in _VERTEX_ORDERS:
@@ -161,9 +177,25 @@ def _top_blocks():
             for a in orders:
                 scale = 2.0 if k == 2 and 2 * a != ORDER else 1.0
                 block = _top_block(k, a)
-                if block[2]:
+                if block["entries"]:
                     blocks.append((k, scale, block))
     return blocks
+
+
+def _group_by_count(left, right, target):
+    """A sum table as dense groups: targets grouped by their number of terms, so that each
+    group is one gather and one sum. Row r adds left[r] (times right[r]) to target[r].
+    Returns (count, targets, lefts, rights) per group, by count."""
+    terms = {}
+    for l, r, t in itertools.zip_longest(left, right, target):
+        terms.setdefault(t, []).append((l, r))
+    by_count = {}
+    for t, pairs in terms.items():
+        by_count.setdefault(len(pairs), []).append(t)
+    return [
+        (count, group, [l for t in group for l, _ in terms[t]], [r for t in group for _, r in terms[t]])
+        for count, group in sorted(by_count.items())
+    ]
 
 
 # Powers P_k carry low-order columns only up to k = ORDER - 1 (the top order is made at the vertices).
@@ -172,6 +204,30 @@ _TOP_BLOCKS = _top_blocks()
 # The block non-zero at layer 1, (k, a) = (ORDER, ORDER - 1), folded into one matrix from a batch of 8.
 _FIRST_LAYER_BLOCK = next((i for i, (k, _, _) in enumerate(_TOP_BLOCKS) if k == ORDER), None)
 _FOLD_FROM_BATCH = 8
+
+
+def _top_sums():
+    """All blocks' Gram entries, laid end to end, summed onto the top-order coefficients
+    in groups (_group_by_count). The top order is kept in the order the groups make it
+    (coefficients no block reaches come last, as zeros): _TOP_POSITION maps it back."""
+    entries, targets, offset = [], [], 0
+    for _, _, block in _TOP_BLOCKS:
+        entries += [offset + e for e in block["entries"]]
+        targets += block["targets"]
+        offset += block["size"]
+    groups = _group_by_count(entries, [], targets)
+    reached = [t for _, group, _, _ in groups for t in group]
+    unreached = sorted(set(range(len(_SERIES) - _LOW)) - set(reached))
+    return groups, reached + unreached
+
+
+_TOP_GROUPS, _TOP_ORDER = _top_sums()
+_TOP_POSITION = {t: p for p, t in enumerate(_TOP_ORDER)}
+# Where each requested multi-index lies in [value, low series..., top series (in _TOP_ORDER)...].
+_OUTPUT_COLUMNS = tuple(
+    0 if len(m) == 0 else 1 + (_COLUMN[m] if _COLUMN[m] < _LOW else _LOW + _TOP_POSITION[_COLUMN[m] - _LOW])
+    for m in (tuple(i for i, a in enumerate(alpha) for _ in range(a)) for alpha in MULTI_INDICES)
+)
 
 
 def _chunk_size(elements):
@@ -184,7 +240,8 @@ def _multiply_adds():
 
     Per hidden layer of width w: the series (S = _LOW columns) through the activation and
     the next Linear layer; for the top order each block's weighting and Gram matrix plus
-    the reverse sweep, at layer 1 only t @ K.T (K is made once per call).
+    the reverse sweep, at layer 1 only t @ K.T (K is made once per call). The Gram
+    products of the layers are one matrix product over the layers' widths side by side.
     """
     gemm, elementwise = LAYER_SIZES[0] * LAYER_SIZES[1], 0
     for layer, (w_prev, w, w_next) in enumerate(zip(LAYER_SIZES[:-2], LAYER_SIZES[1:-1], LAYER_SIZES[2:])):
@@ -197,9 +254,9 @@ def _multiply_adds():
         if layer == 0:
             gemm += OUTPUTS * (len(_SERIES) - _LOW) * w if _FIRST_LAYER_BLOCK is not None else 0
             continue
-        for _, _, (rows, cols, _, _) in _TOP_BLOCKS:
-            elementwise += OUTPUTS * (1 + len(rows)) * w
-            gemm += OUTPUTS * len(rows) * len(cols) * w
+        for _, _, block in _TOP_BLOCKS:
+            elementwise += OUTPUTS * (1 + len(block["rows"])) * w
+            gemm += OUTPUTS * block["size"] * w
         if _TOP_BLOCKS:
             gemm += OUTPUTS * w * w_prev
     return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise}
@@ -245,23 +302,16 @@ def _activation(z):
     )
 
 
-def _buckets(index, left, right, target):
-    """A sum table as dense blocks: targets grouped by their number of terms, each group
-    one gather and one sum. Row r adds left[r] (times right[r]) to target[r]."""
-    terms = {}
-    for l, r, t in itertools.zip_longest(left, right, target):
-        terms.setdefault(t, []).append((l, r))
-    by_count = {}
-    for t, pairs in terms.items():
-        by_count.setdefault(len(pairs), []).append(t)
+def _buckets(index, left, right, target, position=None):
+    """_group_by_count's groups as the backend's index arrays (targets through `position`)."""
     return [
         {
             "terms": count,
-            "targets": index(group),
-            "left": index([l for t in group for l, _ in terms[t]]),
-            **({"right": index([r for t in group for _, r in terms[t]])} if right else {}),
+            "targets": index([t if position is None else position[t] for t in group]),
+            "left": index(lefts),
+            **({"right": index(rights)} if right else {}),
         }
-        for count, group in sorted(by_count.items())
+        for count, group, lefts, rights in _group_by_count(left, right, target)
     ]
 
 
@@ -279,10 +329,17 @@ def _build_tables(index):
             for k, (left, right, target, squares) in _POWER_TABLES.items()
         },
         "top": [
-            (k, scale, {"rows": index(rows), "cols": index(cols), "buckets": _buckets(index, entries, [], target)})
-            for k, scale, (rows, cols, entries, target) in _TOP_BLOCKS
+            (k, scale, slice(block["rows"].start, block["rows"].stop), slice(block["cols"].start, block["cols"].stop),
+             block["pieces"])
+            for k, scale, block in _TOP_BLOCKS
         ],
-        "first_layer_block": _FIRST_LAYER_BLOCK,
+        # term-major (term i of every target, then term i + 1): the sum runs over long rows
+        "top_sums": [{"terms": count, "left": index([e for i in range(count) for e in lefts[i::count]])}
+                     for count, _, lefts, _ in _TOP_GROUPS],
+        "top_unreached": len(_TOP_ORDER) - sum(len(group) for _, group, _, _ in _TOP_GROUPS),
+        "first_layer_sums": None if _FIRST_LAYER_BLOCK is None else _buckets(
+            index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_entries"], [],
+            _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_targets"], _TOP_POSITION),
         "first_order_columns": index(_FIRST_ORDER_COLUMNS),
         "first_order_variables": index(_FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
@@ -310,6 +367,14 @@ def _as_array(values, like):
 
 def _gather(a, index):
     return a.index_select(0, index)
+
+
+def _broadcast(a, shape):
+    return a.expand(shape)
+
+
+def _take_last(a, index):
+    return torch.gather(a, -1, index.expand(a.shape[:-1] + index.shape))  # faster than index_select on the last axis
 
 
 def _batch_major(a, batch):
@@ -369,35 +434,50 @@ def _through_activation(factors, powers, tables):
 
 
 def _top_order(vertices, weights, tables, batch, K):
-    """Coefficients of order ORDER, (batch, OUTPUTS, n_top), made at the vertices.
+    """Coefficients of order ORDER, (batch, OUTPUTS, n_top) in _TOP_ORDER, made at the vertices.
 
     Every diagram's root vertex contracts its lower-order subtrees against the output
-    line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse): per block, Gram
-    matrices G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j] summed over the
-    layers, then scattered. At layer 1 only _FIRST_LAYER_BLOCK is non-zero: t @ K.T.
+    line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse): per block, a Gram
+    matrix G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j], summed over the
+    layers, whose entries are then summed onto alpha * gamma. A symmetric block is made in
+    pieces on and above its diagonal. At layer 1 only _FIRST_LAYER_BLOCK is non-zero: t @ K.T.
     """
-    grams = [None] * len(tables["top"])
-    top = _zeros(weights[0], (batch, OUTPUTS, len(_SERIES) - _LOW))
+    grams = [[None] * len(pieces) for _, _, _, _, pieces in tables["top"]]
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
+    folded = None
     for layer in reversed(range(len(vertices))):
         factors, powers = vertices[layer]
-        for i, (k, scale, block) in enumerate(tables["top"]):
+        for i, (k, scale, rows, cols, pieces) in enumerate(tables["top"]):
             if layer == 0 and (i != _FIRST_LAYER_BLOCK or K is not None):
                 continue
             t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
-            left = _gather(powers[k - 2], block["rows"]).swapaxes(0, 1)  # P_(k-1), order a: (batch, rows, width)
-            right = _gather(powers[0], block["cols"]).swapaxes(0, 1)  # Z, order ORDER - a: (batch, cols, width)
-            gram = (t[:, :, None, :] * left[:, None]) @ right[:, None].swapaxes(-1, -2)
-            grams[i] = gram if grams[i] is None else grams[i] + gram
+            left = t[:, :, None, :] * powers[k - 2][rows].swapaxes(0, 1)[:, None]  # P_(k-1): (batch, OUTPUTS, rows, width)
+            right = powers[0][cols].swapaxes(0, 1).swapaxes(1, 2)[:, None]  # Z: (batch or 1, 1, width, cols)
+            for p, (r0, r1, c0) in enumerate(pieces):
+                gram = left[:, :, r0:r1] @ right[..., c0:]
+                grams[i][p] = gram if grams[i][p] is None else grams[i][p] + gram
         if layer > 0:
-            g = (g * factors[0][:, None, :]) @ weights[layer]  # df/dh^(layer) from df/dh^(layer+1)
+            g = _rows_times(g * factors[0][:, None, :], weights[layer])  # df/dh^(layer) from df/dh^(layer+1)
         elif K is not None:
-            top = (g * factors[ORDER - 1][:, None, :]) @ K.T
-    for gram, (_, _, block) in zip(grams, tables["top"]):
-        for bucket in block["buckets"] if gram is not None else ():  # entries onto alpha * gamma
-            terms = gram.reshape(batch, OUTPUTS, -1)[..., bucket["left"]]
-            top[..., bucket["targets"]] += terms.reshape(terms.shape[:2] + (-1, bucket["terms"])).sum(-1)
-    return top
+            folded = _rows_times(g * factors[ORDER - 1][:, None, :], K.T)
+    entries = [
+        _zeros(weights[0], (batch, OUTPUTS, (r1 - r0) * (cols.stop - cols.start - c0))) if gram is None
+        else gram.reshape(batch, OUTPUTS, -1)  # a block no layer reaches: one hidden layer, folded
+        for (_, _, _, cols, pieces), block in zip(tables["top"], grams) for gram, (r0, r1, c0) in zip(block, pieces)
+    ]
+    entries = entries[0] if len(entries) == 1 else _cat(entries, -1) if entries else None
+    sums = [
+        _take_last(entries, group["left"]).reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
+        for group in tables["top_sums"]
+    ]
+    sums.append(_zeros(weights[0], (batch, OUTPUTS, tables["top_unreached"])))  # coefficients no diagram reaches
+    top = sums[0] if len(sums) == 1 else _cat(sums, -1)
+    return top if folded is None else top + folded
+
+
+def _rows_times(a, matrix):
+    """a @ matrix over a's last axis, as one matrix product."""
+    return (a.reshape(-1, a.shape[-1]) @ matrix).reshape(a.shape[:-1] + (matrix.shape[-1],))
 
 
 def _first_layer(params, tables):
@@ -408,12 +488,12 @@ def _first_layer(params, tables):
 
 
 def _first_layer_matrix(powers, tables):
-    """K[target, j]: layer 1's Gram entries of _FIRST_LAYER_BLOCK without t, scattered."""
-    k, scale, block = tables["top"][_FIRST_LAYER_BLOCK]
-    left = _gather(powers[k - 2], block["rows"])[:, 0]  # (rows, width)
-    entries = (scale * left[:, None] * _gather(powers[0], block["cols"])[None, :, 0]).reshape(-1, left.shape[1])
+    """K[target, j]: layer 1's Gram entries of _FIRST_LAYER_BLOCK without t, summed (rows in _TOP_ORDER)."""
+    k, scale, rows, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
+    left = powers[k - 2][rows][:, 0]  # (rows, width)
+    entries = (scale * left[:, None] * powers[0][cols][None, :, 0]).reshape(-1, left.shape[1])
     K = _zeros(entries, (len(_SERIES) - _LOW, entries.shape[1]))
-    for bucket in block["buckets"]:
+    for bucket in tables["first_layer_sums"]:
         terms = _gather(entries, bucket["left"])
         K[bucket["targets"]] = terms.reshape((-1, bucket["terms"]) + terms.shape[1:]).sum(1)
     return K
@@ -431,7 +511,7 @@ def _series(params, x, tables, first_powers, K):
         if vertices:
             powers = _powers(Z, tables)
         vertices.append((factors, powers))
-        Z = _through_activation(factors, powers, tables) @ W.T
+        Z = _rows_times(_through_activation(factors, powers, tables), W.T)
         z = h @ W.T + b
     low = _batch_major(Z, batch)
     top = _top_order(vertices, weights, tables, batch, K)
@@ -457,4 +537,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 0b7ee4652316bc47a28d1070f9da38eb0eb0c3bbeeb4b12b813aedb8bec3473d
+# sha256 of all lines above: e72679aa599bdf12cc611787ec0f853ada10e467300fa3428c8a737147e1a055
