@@ -423,8 +423,9 @@ def _through_activation(factors, powers, tables):
     return H
 
 
-def _top_order(vertices, weights, tables, batch, K):
-    """Coefficients of order ORDER, (batch, OUTPUTS, n_top) in _TOP_ORDER, made at the vertices.
+def _top_order(vertices, weights, tables, batch, fold):
+    """Coefficients of order ORDER, (batch, OUTPUTS, n_top) in _TOP_ORDER, made at the vertices,
+    but for layer 1's part when `fold`: then also u = t at layer 1, whose u @ K.T it is.
 
     Every diagram's root vertex contracts its lower-order subtrees against the output
     line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse): per block, a Gram
@@ -434,11 +435,11 @@ def _top_order(vertices, weights, tables, batch, K):
     """
     grams = [[None] * len(pieces) for _, _, _, _, pieces in tables["top"]]
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
-    folded = None
+    u = None
     for layer in reversed(range(len(vertices))):
         factors, powers = vertices[layer]
         for i, (k, scale, rows, cols, pieces) in enumerate(tables["top"]):
-            if layer == 0 and (i != _FIRST_LAYER_BLOCK or K is not None):
+            if layer == 0 and (i != _FIRST_LAYER_BLOCK or fold):
                 continue
             t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
             left = t[:, :, None, :] * powers[k - 2][rows].swapaxes(0, 1)[:, None]  # P_(k-1): (batch, OUTPUTS, rows, width)
@@ -448,8 +449,8 @@ def _top_order(vertices, weights, tables, batch, K):
                 grams[i][p] = gram if grams[i][p] is None else grams[i][p] + gram
         if layer > 0:
             g = _rows_times(g * factors[0][:, None, :], weights[layer])  # df/dh^(layer) from df/dh^(layer+1)
-        elif K is not None:
-            folded = _rows_times(g * factors[ORDER - 1][:, None, :], K.T)
+        elif fold:
+            u = g * factors[ORDER - 1][:, None, :]
     entries = [
         _zeros(weights[0], (batch, OUTPUTS, (r1 - r0) * (cols.stop - cols.start - c0))) if gram is None
         else gram.reshape(batch, OUTPUTS, -1)  # a block no layer reaches: one hidden layer, folded
@@ -461,8 +462,7 @@ def _top_order(vertices, weights, tables, batch, K):
         for group in tables["top_sums"]
     ]
     sums.append(_zeros(weights[0], (batch, OUTPUTS, tables["top_unreached"])))  # coefficients no diagram reaches
-    top = sums[0] if len(sums) == 1 else _cat(sums, -1)
-    return top if folded is None else top + folded
+    return (sums[0] if len(sums) == 1 else _cat(sums, -1)), u
 
 
 def _rows_times(a, matrix):
@@ -489,8 +489,9 @@ def _first_layer_matrix(powers, tables):
     return K
 
 
-def _series(params, x, tables, first_powers, K):
-    """[value, low-order series, top-order series] of f around x: (batch, OUTPUTS, 1 + len(_SERIES))."""
+def _series(params, x, tables, first_powers, fold):
+    """[value, low-order series] and the top-order series of f around x, (batch, OUTPUTS, 1 + _LOW)
+    and (batch, OUTPUTS, n_top), and with `fold` the vector u whose u @ K.T is layer 1's top-order part."""
     weights, biases = params[0::2], params[1::2]
     batch = x.shape[0]
     z = x @ weights[0].T + biases[0]
@@ -503,9 +504,12 @@ def _series(params, x, tables, first_powers, K):
         vertices.append((factors, powers))
         Z = _rows_times(_through_activation(factors, powers, tables), W.T)
         z = h @ W.T + b
-    low = _batch_major(Z, batch)
-    top = _top_order(vertices, weights, tables, batch, K)
-    return _cat([z[:, :, None], low, top], 2)
+    top, u = _top_order(vertices, weights, tables, batch, fold)
+    return _cat([z[:, :, None], _batch_major(Z, batch)], 2), top, u
+
+
+def _joined(arrays):
+    return arrays[0] if len(arrays) == 1 else _cat(arrays, 0)
 
 
 def taylor_coefficients(params, x):
@@ -515,16 +519,15 @@ def taylor_coefficients(params, x):
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
     first_powers = _first_layer(params, tables)  # layer 1 is affine: the same for every x
     fold = _FIRST_LAYER_BLOCK is not None and x.shape[0] >= _FOLD_FROM_BATCH
-    K = _first_layer_matrix(first_powers, tables) if fold else None
-    chunks = [
-        _series(params, x[i : i + _CHUNK], tables, first_powers, K) for i in range(0, x.shape[0], _CHUNK)
-    ]
-    series = chunks[0] if len(chunks) == 1 else _cat(chunks, 0)
-    return series[:, :, tables["outputs"]]
+    chunks = [_series(params, x[i : i + _CHUNK], tables, first_powers, fold) for i in range(0, x.shape[0], _CHUNK)]
+    head, top, u = (_joined(part) if part[0] is not None else None for part in zip(*chunks))
+    if fold:  # layer 1's top-order block for the whole batch: one matrix product
+        top = top + _rows_times(u, _first_layer_matrix(first_powers, tables).T)
+    return _take_last(_cat([head, top], 2), tables["outputs"])
 
 
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 4ea1b4227587ba2e9ef2d78fe5a84141924cca042b3dee24d2751bf6f4ed5afb
+# sha256 of all lines above: bc0a32e169db8d5a50324da1e90e457ee9291232758d862e621d63e3db1ebaec
