@@ -143,7 +143,8 @@ def _top_block(k, a):
 
     Returns the rows (of P_(k-1)) and columns (of Z) as ranges, the pieces computed, and
     for the wanted entries of the pieces (numbered piece after piece) the coefficient each
-    adds to (from _LOW); `full_entries` number the whole rows x cols grid instead."""
+    adds to (from _LOW); for layer 1's block (k = ORDER) `full_entries` number the whole
+    rows x cols grid instead, as K needs them."""
     rows = range(_START[a] - _START[k - 1], _START[a + 1] - _START[k - 1])
     cols = range(_START[ORDER - a], _START[ORDER - a + 1])
     symmetric = k == 2 and 2 * a == ORDER
@@ -156,8 +157,9 @@ def _top_block(k, a):
                 beta = _merge(_SERIES[rows[r] + _START[k - 1]], _SERIES[cols[c]])
                 if _WANTED is not None and beta not in _WANTED:
                     continue
-                full_entries.append(r * len(cols) + c)
-                full_targets.append(_COLUMN[beta] - _LOW)
+                if k == ORDER:
+                    full_entries.append(r * len(cols) + c)
+                    full_targets.append(_COLUMN[beta] - _LOW)
                 if c >= c0 and not (symmetric and c < r):
                     times = 2 if symmetric and c > r else 1
                     entries += [offset + (r - r0) * (len(cols) - c0) + c - c0] * times
@@ -538,4 +540,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: ae2f44f498bff74a0002dec13f6f91d54980071246520145744ddbd9afe919f0
+# sha256 of all lines above: 9fdfca6a0b6fcf7fea1fd9af45c10480f1409cc5d930504450c95b964a1ef302
