@@ -233,8 +233,10 @@ _OUTPUT_COLUMNS = tuple(
 
 
 def _chunk_size(elements):
-    """Points per chunk of a call: about `elements` numbers in its series keep it in cache."""
-    return 2 ** max(3, round(math.log2(elements / max(_LOW, 1) / max(LAYER_SIZES[1:-1], default=1))))
+    """Points per chunk of a call: about `elements` numbers in its series and Gram matrices
+    keep it in cache, and bound a call's memory whatever its batch (a power of 2, at least 1)."""
+    per_point = _LOW * max(LAYER_SIZES[1:-1], default=1) + OUTPUTS * sum(block["size"] for _, _, block in _TOP_BLOCKS)
+    return 2 ** max(0, round(math.log2(elements / max(per_point, 1))))
 
 
 def _multiply_adds():
@@ -530,4 +532,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: dd6be7d80f5448edeb18d5c32e7a692a44bfb1c4d6b2ac1b233c22c6e8811c5e
+# sha256 of all lines above: 58f7c6c8e074beb0741bf50e8233d4f80bb0c073858606df37f8960857735acd

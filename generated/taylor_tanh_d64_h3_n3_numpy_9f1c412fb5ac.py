@@ -233,8 +233,10 @@ _OUTPUT_COLUMNS = tuple(
 
 
 def _chunk_size(elements):
-    """Points per chunk of a call: about `elements` numbers in its series keep it in cache."""
-    return 2 ** max(3, round(math.log2(elements / max(_LOW, 1) / max(LAYER_SIZES[1:-1], default=1))))
+    """Points per chunk of a call: about `elements` numbers in its series and Gram matrices
+    keep it in cache, and bound a call's memory whatever its batch (a power of 2, at least 1)."""
+    per_point = _LOW * max(LAYER_SIZES[1:-1], default=1) + OUTPUTS * sum(block["size"] for _, _, block in _TOP_BLOCKS)
+    return 2 ** max(0, round(math.log2(elements / max(per_point, 1))))
 
 
 def _multiply_adds():
@@ -532,4 +534,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: b41f626f5b94dff2943366db0311a7bd9b8512389eb5c37428d3d1f820b1e39f
+# sha256 of all lines above: a32d6d405dbaa33903946095a656ec40b7a612e3f9692d677cec266360822c38
