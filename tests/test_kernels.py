@@ -204,3 +204,17 @@ def test_batches_split_into_chunks_agree_point_by_point(backend, kernel_dir):
     whole = np.asarray(mod.derivatives(p, xx))
     rows = np.concatenate([np.asarray(mod.derivatives(p, xx[i : i + 1])) for i in range(0, batch, 97)])
     np.testing.assert_allclose(whole[::97], rows, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("d,order,batch", [(20, 2, 9), (6, 4, 3), (6, 4, 9), (260, 2, 2)])
+def test_symmetric_gram_blocks_in_strips_match(d, order, batch, backend, kernel_dir):
+    """A symmetric Gram block (k = 2, a = ORDER / 2) is computed in 2 strips from 16 rows and
+    4 from 256, on and above its diagonal only; its entries above count twice."""
+    arch, params, _ = _case(47, "tanh", order, d=d, hidden=2)
+    x = torch.randn(batch, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
+    mod = diagramc.compile(arch, order, backend, out_dir=kernel_dir)
+    assert max(len(block["pieces"]) for k, _, block in mod._TOP_BLOCKS if k == 2) == (4 if d == 260 else 2)
+    want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES)
+    p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
+    _assert_matches(mod.derivatives(p, xx), want)
