@@ -195,6 +195,21 @@ def test_larger_batches_fold_layer_one_and_match(backend, batch, kernel_dir):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_no_fold_where_k_would_be_too_large(backend, kernel_dir, monkeypatch):
+    """Where K would be too large to make, a large batch goes through layer 1's Gram matrices."""
+    arch, params, _ = _case(41, "tanh", 4, d=3, hidden=3)
+    x = torch.randn(9, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    mod = diagramc.compile(arch, 4, backend, out_dir=kernel_dir)
+    p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
+    assert mod._folds(p, mod._prepare(p, xx)[2], 9)
+    folded = np.asarray(mod.derivatives(p, xx))
+    monkeypatch.setattr(mod, "_FOLD_MAX_NUMBERS", 0)
+    assert not mod._folds(p, mod._prepare(p, xx)[2], 9)
+    np.testing.assert_allclose(np.asarray(mod.derivatives(p, xx)), folded, rtol=1e-12, atol=1e-12)
+    _assert_matches(mod.derivatives(p, xx), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_batches_split_into_chunks_agree_point_by_point(backend, kernel_dir):
     arch, params, _ = _case(43, "gelu", 3, d=4, hidden=2)
     mod = diagramc.compile(arch, 3, backend, out_dir=kernel_dir)
