@@ -22,6 +22,7 @@ it through a Linear layer is one matrix product over all coefficients at once.
 import itertools
 import math
 
+import numpy as np
 import torch
 
 _REGENERATE = 'diagramc compile --order 3 --layer-sizes 64,64,64,64,1 --activation tanh --backend torch -o generated'
@@ -73,10 +74,6 @@ def _monomials_up_to(order):
     )
 
 
-def _merge(a, b):
-    return tuple(sorted(a + b))
-
-
 def _splits(beta):
     """Every way to write beta = alpha * gamma with alpha, gamma non-constant, as (alpha, gamma)."""
     for r in range(1, len(beta)):
@@ -87,10 +84,10 @@ def _splits(beta):
             yield tuple(rest), gamma
 
 
-MULTI_INDICES = ((0,) * INPUTS,) + tuple(_exponents(m) for m in _monomials_up_to(ORDER))
 # The series carried through the layers: every non-constant monomial up to ORDER.
 _SERIES = _monomials_up_to(ORDER)
-_WANTED = None  # all of them
+_REQUESTED = ((),) + _SERIES
+MULTI_INDICES = tuple(_exponents(m) for m in _REQUESTED)
 _COLUMN = {m: j for j, m in enumerate(_SERIES)}
 # _START[k]: first column of order >= k (columns come sorted by order).
 _START = tuple(
@@ -135,7 +132,36 @@ def _gram_pieces(n_rows, symmetric):
     return tuple((r0, r1, r0 if symmetric else 0) for r0, r1 in zip(bounds, bounds[1:]))
 
 
-def _top_block(k, a):
+def _monomial_array(order):
+    """The series' monomials of one order as rows of variable indices, (count, order)."""
+    return np.array(_SERIES[_START[order] : _START[order + 1]], dtype=np.int64).reshape(-1, order)
+
+
+def _keys(monomials):
+    """Rows of variable indices (c_1, ..., c_n) as integers sum c_i INPUTS^(n - i) (below
+    2^63 for any series that fits in memory): sorted rows of one order keep their order, so
+    the series' columns can be found by bisection."""
+    key = np.zeros(len(monomials), dtype=np.int64)
+    for column in monomials.T:
+        key = key * INPUTS + column
+    return key
+
+
+# The keys of the top-order monomials, increasing like their columns (from _LOW).
+_TOP_KEYS = _keys(_monomial_array(ORDER)) if ORDER >= 2 else np.zeros(0, dtype=np.int64)
+
+
+def _product_columns(alpha, gamma):
+    """Top-order column (from _LOW) of the product of each row of alpha with each row of
+    gamma, (len(alpha), len(gamma)); -1 where the product is no column (not requested)."""
+    products = np.concatenate([np.repeat(alpha, len(gamma), axis=0), np.tile(gamma, (len(alpha), 1))], axis=1)
+    keys = _keys(np.sort(products, axis=1))
+    position = np.searchsorted(_TOP_KEYS, keys)
+    columns = np.where(np.append(_TOP_KEYS, -1)[position] == keys, position, -1)
+    return columns.reshape(len(alpha), len(gamma))
+
+
+def _top_block(k, a, grid):
     """Top-order terms of sigma^(k)/k! Z^k whose P_(k-1) factor has order a: the Gram matrix
     G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j], |alpha| = a, |gamma| = ORDER - a,
     entry (alpha, gamma) adding to alpha * gamma. For k = 2 and 2a = ORDER, G is symmetric
@@ -144,60 +170,65 @@ def _top_block(k, a):
     Returns the rows (of P_(k-1)) and columns (of Z) as ranges, the pieces computed, and
     for the wanted entries of the pieces (numbered piece after piece) the coefficient each
     adds to (from _LOW); for layer 1's block (k = ORDER) `full_entries` number the whole
-    rows x cols grid instead, as K needs them."""
+    rows x cols grid instead, as K needs them. `grid` is _product_columns of the rows and
+    columns, the same for every k."""
     rows = range(_START[a] - _START[k - 1], _START[a + 1] - _START[k - 1])
     cols = range(_START[ORDER - a], _START[ORDER - a + 1])
     symmetric = k == 2 and 2 * a == ORDER
     pieces = _gram_pieces(len(rows), symmetric)
-    entries, targets, full_entries, full_targets = [], [], [], []
-    offset = 0
+    r, c = np.indices(grid.shape, sparse=True)
+    entries, targets, offset = [], [], 0
     for r0, r1, c0 in pieces:
-        for r in range(r0, r1):
-            for c in range(len(cols)):
-                beta = _merge(_SERIES[rows[r] + _START[k - 1]], _SERIES[cols[c]])
-                if _WANTED is not None and beta not in _WANTED:
-                    continue
-                if k == ORDER:
-                    full_entries.append(r * len(cols) + c)
-                    full_targets.append(_COLUMN[beta] - _LOW)
-                if c >= c0 and not (symmetric and c < r):
-                    times = 2 if symmetric and c > r else 1
-                    entries += [offset + (r - r0) * (len(cols) - c0) + c - c0] * times
-                    targets += [_COLUMN[beta] - _LOW] * times
-        offset += (r1 - r0) * (len(cols) - c0)
-    return {"rows": rows, "cols": cols, "pieces": pieces, "size": offset, "entries": entries,
-            "targets": targets, "full_entries": full_entries, "full_targets": full_targets}
+        piece = grid[r0:r1, c0:]
+        wanted = piece >= 0
+        times = np.ones(piece.shape, dtype=np.int64)
+        if symmetric:  # nothing below the diagonal, twice above it
+            wanted &= c[:, c0:] >= r[r0:r1]
+            times += c[:, c0:] > r[r0:r1]
+        entries.append(np.repeat(offset + np.flatnonzero(wanted), times[wanted]))
+        targets.append(np.repeat(piece[wanted], times[wanted]))
+        offset += piece.size
+    full_entries = np.flatnonzero(grid >= 0) if k == ORDER else np.zeros(0, dtype=np.int64)
+    return {"rows": rows, "cols": cols, "pieces": pieces, "size": offset, "entries": np.concatenate(entries),
+            "targets": np.concatenate(targets), "full_entries": full_entries,
+            "full_targets": grid.ravel()[full_entries]}
 
 
 def _top_blocks():
     """(k, scale, block) for every block of the top order. For k = 2 the Gram matrix is
     symmetric in its factors (P_1 = Z), so block (a, ORDER - a) stands for its mirror too."""
-    blocks = []
+    blocks, grids = [], {}
     if ORDER >= 2:
         for k in _VERTEX_ORDERS:
             orders = range(1, ORDER // 2 + 1) if k == 2 else range(k - 1, ORDER)
             for a in orders:
                 scale = 2.0 if k == 2 and 2 * a != ORDER else 1.0
-                block = _top_block(k, a)
-                if block["entries"]:
+                if a not in grids:
+                    grids[a] = _product_columns(_monomial_array(a), _monomial_array(ORDER - a))
+                block = _top_block(k, a, grids[a])
+                if len(block["entries"]):
                     blocks.append((k, scale, block))
     return blocks
 
 
 def _group_by_count(left, right, target):
     """A sum table as dense groups: targets grouped by their number of terms, so that each
-    group is one gather and one sum. Row r adds left[r] (times right[r]) to target[r].
-    Returns (count, targets, lefts, rights) per group, by count."""
-    terms = {}
-    for l, r, t in itertools.zip_longest(left, right, target):
-        terms.setdefault(t, []).append((l, r))
-    by_count = {}
-    for t, pairs in terms.items():
-        by_count.setdefault(len(pairs), []).append(t)
-    return [
-        (count, group, [l for t in group for l, _ in terms[t]], [r for t in group for _, r in terms[t]])
-        for count, group in sorted(by_count.items())
-    ]
+    group is one gather and one sum. Row r adds left[r] (times right[r]) to target[r] >= 0.
+    Returns (count, targets, lefts, rights) per group, by count: the targets in the order
+    they first appear, each with its rows in order (rights None without right)."""
+    target = np.asarray(target, dtype=np.int64)
+    counts = np.bincount(target)
+    first = np.full(len(counts), len(target))
+    np.minimum.at(first, target, np.arange(len(target)))  # each target's first row
+    rows = np.argsort(counts[target] * len(target) + first[target], kind="stable")  # by count, then target
+    count = counts[target[rows]]
+    left = np.asarray(left, dtype=np.int64)[rows]
+    right = None if right is None else np.asarray(right, dtype=np.int64)[rows]
+    groups = []
+    for n in np.unique(counts[counts > 0]).tolist():
+        group = slice(np.searchsorted(count, n), np.searchsorted(count, n, side="right"))
+        groups.append((n, target[rows[group][::n]], left[group], None if right is None else right[group]))
+    return groups
 
 
 # Powers P_k carry low-order columns only up to k = ORDER - 1 (the top order is made at the vertices).
@@ -212,24 +243,22 @@ def _top_sums():
     """All blocks' Gram entries, laid end to end, summed onto the top-order coefficients
     in groups (_group_by_count). The top order is kept in the order the groups make it
     (coefficients no block reaches come last, as zeros): _TOP_POSITION maps it back."""
-    entries, targets, offset = [], [], 0
-    for _, _, block in _TOP_BLOCKS:
-        entries += [offset + e for e in block["entries"]]
-        targets += block["targets"]
-        offset += block["size"]
-    groups = _group_by_count(entries, [], targets)
-    reached = [t for _, group, _, _ in groups for t in group]
-    unreached = sorted(set(range(len(_SERIES) - _LOW)) - set(reached))
-    return groups, reached + unreached
+    none = np.zeros(0, dtype=np.int64)
+    offsets = np.cumsum([0] + [block["size"] for _, _, block in _TOP_BLOCKS])
+    entries = np.concatenate([none] + [start + block["entries"] for start, (_, _, block) in zip(offsets, _TOP_BLOCKS)])
+    targets = np.concatenate([none] + [block["targets"] for _, _, block in _TOP_BLOCKS])
+    groups = _group_by_count(entries, None, targets)
+    reached = np.concatenate([none] + [group for _, group, _, _ in groups])
+    unreached = np.setdiff1d(np.arange(len(_SERIES) - _LOW), reached, assume_unique=True)
+    return groups, np.concatenate([reached, unreached])
 
 
 _TOP_GROUPS, _TOP_ORDER = _top_sums()
-_TOP_POSITION = {t: p for p, t in enumerate(_TOP_ORDER)}
+_TOP_POSITION = np.argsort(_TOP_ORDER)  # _TOP_ORDER[_TOP_POSITION[t]] = t
 # Where each requested multi-index lies in [value, low series..., top series (in _TOP_ORDER)...].
-_OUTPUT_COLUMNS = tuple(
-    0 if len(m) == 0 else 1 + (_COLUMN[m] if _COLUMN[m] < _LOW else _LOW + _TOP_POSITION[_COLUMN[m] - _LOW])
-    for m in (tuple(i for i, a in enumerate(alpha) for _ in range(a)) for alpha in MULTI_INDICES)
-)
+_OUTPUT_COLUMNS = np.concatenate([[0], 1 + np.arange(_LOW), 1 + _LOW + _TOP_POSITION])[
+    [1 + _COLUMN[m] if m else 0 for m in _REQUESTED]
+]
 
 
 def _chunk_size(elements):
@@ -311,9 +340,9 @@ def _buckets(index, left, right, target, position=None):
     return [
         {
             "terms": count,
-            "targets": index([t if position is None else position[t] for t in group]),
+            "targets": index(group if position is None else position[group]),
             "left": index(lefts),
-            **({"right": index(rights)} if right else {}),
+            **({"right": index(rights)} if right is not None else {}),
         }
         for count, group, lefts, rights in _group_by_count(left, right, target)
     ]
@@ -338,11 +367,11 @@ def _build_tables(index):
             for k, scale, block in _TOP_BLOCKS
         ],
         # term-major (term i of every target, then term i + 1): the sum runs over long rows
-        "top_sums": [{"terms": count, "left": index([e for i in range(count) for e in lefts[i::count]])}
+        "top_sums": [{"terms": count, "left": index(lefts.reshape(-1, count).T.ravel())}
                      for count, _, lefts, _ in _TOP_GROUPS],
         "top_unreached": len(_TOP_ORDER) - sum(len(group) for _, group, _, _ in _TOP_GROUPS),
         "first_layer_sums": None if _FIRST_LAYER_BLOCK is None else _buckets(
-            index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_entries"], [],
+            index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_entries"], None,
             _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_targets"], _TOP_POSITION),
         "first_order_columns": index(_FIRST_ORDER_COLUMNS),
         "first_order_variables": index(_FIRST_ORDER_VARIABLES),
@@ -522,6 +551,18 @@ def _series(params, x, tables, first_powers, fold):
     return _cat([z[:, :, None], _batch_major(Z, batch)], 2), top, u
 
 
+_FOLD_MAX_NUMBERS = 2**24
+
+
+def _folds(params, tables, batch):
+    """Whether to fold layer 1's top-order block into K: from a batch of 8, unless making K
+    (its rows x cols x width grid at once) would take more than _FOLD_MAX_NUMBERS numbers."""
+    if _FIRST_LAYER_BLOCK is None or batch < _FOLD_FROM_BATCH:
+        return False
+    _, _, rows, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
+    return (rows.stop - rows.start) * (cols.stop - cols.start) * params[0].shape[0] <= _FOLD_MAX_NUMBERS
+
+
 def _joined(arrays):
     return arrays[0] if len(arrays) == 1 else _cat(arrays, 0)
 
@@ -532,7 +573,7 @@ def taylor_coefficients(params, x):
     if x.shape[0] == 0:
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
     first_powers = _first_layer(params, tables)  # layer 1 is affine: the same for every x
-    fold = _FIRST_LAYER_BLOCK is not None and x.shape[0] >= _FOLD_FROM_BATCH
+    fold = _folds(params, tables, x.shape[0])
     chunks = [_series(params, x[i : i + _CHUNK], tables, first_powers, fold) for i in range(0, x.shape[0], _CHUNK)]
     head, top, u = (_joined(part) if part[0] is not None else None for part in zip(*chunks))
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
@@ -544,4 +585,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 5b3d8d0a63ca67bb48daace178fd22b74b03ba345984f4d3fafce73921194c74
+# sha256 of all lines above: 062cba1ed9e1bd3af35aa8af715c6a1876f3bd7793482ae5043ac16e10e78a74
