@@ -710,12 +710,21 @@ def _memory_check_child(d: int, order: int, batches, backend: str, rss_limit: in
     t2 = time.perf_counter()
     emit("compiled", compile_s=t1 - t0, import_s=t2 - t1, module_bytes=len(source.encode()),
          multi_indices=len(module.MULTI_INDICES), rss=_rss())
-    peak_per_sample = None
+    measured = None  # (batch, peak bytes) of the last call
+
+    def predicted_peak(batch):
+        """The working set grows with the batch up to one chunk (_CHUNK points), the output with all of it."""
+        last_batch, last_peak = measured
+        chunk = getattr(module, "_CHUNK", batch)
+        output = len(module.MULTI_INDICES) * 8 * module.OUTPUTS
+        work = max(last_peak - output * last_batch, 0) / min(last_batch, chunk)
+        return work * min(batch, chunk) + output * batch
+
     for batch in batches:
         rss = _rss()
         asked = batch
-        while peak_per_sample is not None and batch > 1:
-            predicted = rss["VmRSS"] + 1.1 * peak_per_sample * batch
+        while measured is not None and batch > 1:
+            predicted = rss["VmRSS"] + 1.1 * predicted_peak(batch)
             if predicted <= 0.9 * rss_limit:
                 break
             emit("skipped", batch=batch, predicted_rss=predicted,
@@ -736,7 +745,7 @@ def _memory_check_child(d: int, order: int, batches, backend: str, rss_limit: in
         del out
         memory = call_memory(module, params, x, backend)
         rss_increase = (after["VmHWM"] - before["VmRSS"]) if hwm_reset else None
-        peak_per_sample = max(memory["peak_bytes"], rss_increase or 0) / batch
+        measured = (batch, max(memory["peak_bytes"], rss_increase or 0))
         emit("batch", batch=batch, first_call_s=first, call_s=call_s, memory=memory,
              rss_before=before["VmRSS"], rss_peak_increase=rss_increase, rss_hwm_reset=hwm_reset,
              process_rss_peak=after["VmHWM"])
@@ -753,8 +762,8 @@ def memory_check(d: int = 64, order: int = 4, batch: int = 1, backend: str = "nu
     output plus weights (:func:`call_memory`) and the rise of the process's peak RSS during
     a call (VmHWM after minus VmRSS before). The subprocess is killed when its RSS passes
     ``rss_limit_gib`` or it runs past ``timeout`` seconds; what it reported until then is kept.
-    A batch whose predicted peak (linear in the batch) would pass 90% of the limit is halved
-    until it fits. Prints a summary;
+    A batch whose predicted peak (the working set, which grows up to one chunk of the batch,
+    plus the output) would pass 90% of the limit is halved until it fits. Prints a summary;
     writes ``memory_check.json`` in ``out_dir`` when given. Returns the report.
     """
     batches = list(batches) if batches is not None else sorted({batch, 16})
