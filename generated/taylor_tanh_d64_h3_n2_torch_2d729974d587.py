@@ -441,7 +441,9 @@ def _product(A, Z, table):
     out = _zeros(Z, (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2]))
     for bucket in table["buckets"]:
         terms = _gather(A, bucket["left"]) * _gather(Z, bucket["right"])
-        out[bucket["targets"]] = table["scale"] * terms.reshape((-1, bucket["terms"]) + terms.shape[1:]).sum(1)
+        if bucket["terms"] > 1:
+            terms = terms.reshape((-1, bucket["terms"]) + terms.shape[1:]).sum(1)
+        out[bucket["targets"]] = terms if table["scale"] == 1.0 else table["scale"] * terms
     if len(table["square_targets"]):
         out[table["square_targets"]] += _gather(Z, table["square_columns"]) ** 2
     return out
@@ -498,9 +500,10 @@ def _top_order(vertices, weights, tables, batch, fold):
         for (_, _, _, cols, pieces), block in zip(tables["top"], grams) for gram, (r0, r1, c0) in zip(block, pieces)
     ]
     entries = entries[0] if len(entries) == 1 else _cat(entries, -1) if entries else None
+    sums = [_take_last(entries, group["left"]) for group in tables["top_sums"]]
     sums = [
-        _take_last(entries, group["left"]).reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
-        for group in tables["top_sums"]
+        terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
+        for terms, group in zip(sums, tables["top_sums"])
     ]
     sums.append(_zeros(weights[0], (batch, OUTPUTS, tables["top_unreached"])))  # coefficients no diagram reaches
     return (sums[0] if len(sums) == 1 else _cat(sums, -1)), u
@@ -583,4 +586,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: a92ce9e7c733f0256b4d33db18eb165f71f5a25ca2bc8d5bd552ff3b79fb15e4
+# sha256 of all lines above: 8406dbf8a9f4acada447fd056377a921f30b0f9a7a00cd5c8daaa75f0745aa83
