@@ -345,6 +345,13 @@ def _buckets(index, left, right, target, position=None):
     ]
 
 
+def _run_or_index(index, seq):
+    """A slice where seq is a run of consecutive integers (a view, not a gather), else index(seq)."""
+    if len(seq) and tuple(seq) == tuple(range(seq[0], seq[0] + len(seq))):
+        return slice(seq[0], seq[0] + len(seq))
+    return index(seq)
+
+
 def _build_tables(index):
     """Every index table as the backend's integer arrays (index: list -> array)."""
     return {
@@ -370,8 +377,8 @@ def _build_tables(index):
         "first_layer_sums": None if _FIRST_LAYER_BLOCK is None else _buckets(
             index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_entries"], None,
             _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_targets"], _TOP_POSITION),
-        "first_order_columns": index(_FIRST_ORDER_COLUMNS),
-        "first_order_variables": index(_FIRST_ORDER_VARIABLES),
+        "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
+        "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
     }
 
@@ -409,13 +416,13 @@ def _take_last(a, index):
 
 def _batch_major(a, batch):
     """(columns, batch or 1, OUTPUTS) -> (batch, OUTPUTS, columns)."""
-    return np.broadcast_to(a, (a.shape[0], batch, a.shape[2])).transpose(1, 2, 0)
+    return (a if a.shape[1] == batch else np.broadcast_to(a, (a.shape[0], batch, a.shape[2]))).transpose(1, 2, 0)
 
 
 def _prepare(params, x):
     x = np.asarray(x)
     _check_structure(params, x)
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype.kind != "f":
         raise ValueError(f"x has dtype {x.dtype}; expected a floating-point dtype (float32 or float64)")
     return [np.asarray(p, dtype=x.dtype) for p in params], x, _TABLES
 
@@ -575,4 +582,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: bba0e3e335912bef2e2d0412d04a26cda7e40d744840f055e2fba6f1ddeaa134
+# sha256 of all lines above: 29926bc3562599ec7df4abe064e7b4b1bb0bf07111219670ea2093bde406d94d

@@ -346,6 +346,13 @@ def _buckets(index, left, right, target, position=None):
     ]
 
 
+def _run_or_index(index, seq):
+    """A slice where seq is a run of consecutive integers (a view, not a gather), else index(seq)."""
+    if len(seq) and tuple(seq) == tuple(range(seq[0], seq[0] + len(seq))):
+        return slice(seq[0], seq[0] + len(seq))
+    return index(seq)
+
+
 def _build_tables(index):
     """Every index table as the backend's integer arrays (index: list -> array)."""
     return {
@@ -371,8 +378,8 @@ def _build_tables(index):
         "first_layer_sums": None if _FIRST_LAYER_BLOCK is None else _buckets(
             index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_entries"], None,
             _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_targets"], _TOP_POSITION),
-        "first_order_columns": index(_FIRST_ORDER_COLUMNS),
-        "first_order_variables": index(_FIRST_ORDER_VARIABLES),
+        "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
+        "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
     }
 
@@ -586,4 +593,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 8406dbf8a9f4acada447fd056377a921f30b0f9a7a00cd5c8daaa75f0745aa83
+# sha256 of all lines above: 3edd0a4bae07e685a3dfbb4d25405e37946828131388142a93255d0d0dfeb568

@@ -347,6 +347,13 @@ def _buckets(index, left, right, target, position=None):
     ]
 
 
+def _run_or_index(index, seq):
+    """A slice where seq is a run of consecutive integers (a view, not a gather), else index(seq)."""
+    if len(seq) and tuple(seq) == tuple(range(seq[0], seq[0] + len(seq))):
+        return slice(seq[0], seq[0] + len(seq))
+    return index(seq)
+
+
 def _build_tables(index):
     """Every index table as the backend's integer arrays (index: list -> array)."""
     return {
@@ -372,8 +379,8 @@ def _build_tables(index):
         "first_layer_sums": None if _FIRST_LAYER_BLOCK is None else _buckets(
             index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_entries"], None,
             _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_targets"], _TOP_POSITION),
-        "first_order_columns": index(_FIRST_ORDER_COLUMNS),
-        "first_order_variables": index(_FIRST_ORDER_VARIABLES),
+        "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
+        "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
     }
 
@@ -411,13 +418,13 @@ def _take_last(a, index):
 
 def _batch_major(a, batch):
     """(columns, batch or 1, OUTPUTS) -> (batch, OUTPUTS, columns)."""
-    return np.broadcast_to(a, (a.shape[0], batch, a.shape[2])).transpose(1, 2, 0)
+    return (a if a.shape[1] == batch else np.broadcast_to(a, (a.shape[0], batch, a.shape[2]))).transpose(1, 2, 0)
 
 
 def _prepare(params, x):
     x = np.asarray(x)
     _check_structure(params, x)
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype.kind != "f":
         raise ValueError(f"x has dtype {x.dtype}; expected a floating-point dtype (float32 or float64)")
     return [np.asarray(p, dtype=x.dtype) for p in params], x, _TABLES
 
@@ -577,4 +584,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: a5bfe53c7c191f6157cf953af9ec2fd37e33c78f8a0196931681c6cdab6e40b7
+# sha256 of all lines above: e6c1559ac681da512767662cbfd1fb8b09dbf6552b3f3f55d6f9c20b0e3bd745

@@ -348,6 +348,13 @@ def _buckets(index, left, right, target, position=None):
     ]
 
 
+def _run_or_index(index, seq):
+    """A slice where seq is a run of consecutive integers (a view, not a gather), else index(seq)."""
+    if len(seq) and tuple(seq) == tuple(range(seq[0], seq[0] + len(seq))):
+        return slice(seq[0], seq[0] + len(seq))
+    return index(seq)
+
+
 def _build_tables(index):
     """Every index table as the backend's integer arrays (index: list -> array)."""
     return {
@@ -373,8 +380,8 @@ def _build_tables(index):
         "first_layer_sums": None if _FIRST_LAYER_BLOCK is None else _buckets(
             index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_entries"], None,
             _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_targets"], _TOP_POSITION),
-        "first_order_columns": index(_FIRST_ORDER_COLUMNS),
-        "first_order_variables": index(_FIRST_ORDER_VARIABLES),
+        "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
+        "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
     }
 
@@ -588,4 +595,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 81a713abe3dc8083b9659b6182cbf00fdad3d37fa28c2c44f100544787ee42ac
+# sha256 of all lines above: 10eb7e2ad664e5a52b8e338bf3f801823b6c55df7cd67d19309ea863158349a8
