@@ -490,9 +490,9 @@ def _top_order(vertices, weights, tables, batch, fold):
             g = _rows_times(g * factors[0][:, None, :], weights[layer])  # df/dh^(layer) from df/dh^(layer+1)
         elif fold:
             u = g * factors[ORDER - 1][:, None, :]
-    entries = [
+    entries = [  # zeros for a block no layer reaches (one hidden layer, folded)
         _zeros(weights[0], (batch, OUTPUTS, (r1 - r0) * (cols.stop - cols.start - c0))) if gram is None
-        else gram.reshape(batch, OUTPUTS, -1)  # a block no layer reaches: one hidden layer, folded
+        else gram.reshape(batch, OUTPUTS, -1)
         for (_, _, _, cols, pieces), block in zip(tables["top"], grams) for gram, (r0, r1, c0) in zip(block, pieces)
     ]
     entries = entries[0] if len(entries) == 1 else _cat(entries, -1) if entries else None
@@ -582,4 +582,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 29926bc3562599ec7df4abe064e7b4b1bb0bf07111219670ea2093bde406d94d
+# sha256 of all lines above: 0ed4ffcf239758d70eff67bf8ce8b397542c0d4f4470e9da23f58400ab76b723
