@@ -97,7 +97,7 @@ _START = tuple(
 _LOW = _START[ORDER] if ORDER >= 2 else len(_SERIES)
 _FIRST_ORDER_COLUMNS = tuple(j for j, m in enumerate(_SERIES) if len(m) == 1)
 _FIRST_ORDER_VARIABLES = tuple(m[0] for m in _SERIES if len(m) == 1)
-# Where each requested multi-index lies in [value, low series..., top series...].
+# alpha! of each multi-index: derivatives are Taylor coefficients times alpha!.
 _FACTORIALS = tuple(float(math.prod(map(math.factorial, filter(None, alpha)))) for alpha in MULTI_INDICES)
 
 
@@ -582,4 +582,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 0ed4ffcf239758d70eff67bf8ce8b397542c0d4f4470e9da23f58400ab76b723
+# sha256 of all lines above: e83a374f7cc5a4b62355beca437e2fe3e912a90789b0ea7f584ebad17b8a3253

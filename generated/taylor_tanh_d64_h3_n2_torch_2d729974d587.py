@@ -98,7 +98,7 @@ _START = tuple(
 _LOW = _START[ORDER] if ORDER >= 2 else len(_SERIES)
 _FIRST_ORDER_COLUMNS = tuple(j for j, m in enumerate(_SERIES) if len(m) == 1)
 _FIRST_ORDER_VARIABLES = tuple(m[0] for m in _SERIES if len(m) == 1)
-# Where each requested multi-index lies in [value, low series..., top series...].
+# alpha! of each multi-index: derivatives are Taylor coefficients times alpha!.
 _FACTORIALS = tuple(float(math.prod(map(math.factorial, filter(None, alpha)))) for alpha in MULTI_INDICES)
 
 
@@ -593,4 +593,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: c940731a50d5446a8516ce13e9ddeb029c94c2a75f5d4ffbe3413ad3844a038a
+# sha256 of all lines above: 0d0fb071430a044beba4c327a42c4ff83b6377ae917d52ca4913c4685eed80db

@@ -97,7 +97,7 @@ _START = tuple(
 _LOW = _START[ORDER] if ORDER >= 2 else len(_SERIES)
 _FIRST_ORDER_COLUMNS = tuple(j for j, m in enumerate(_SERIES) if len(m) == 1)
 _FIRST_ORDER_VARIABLES = tuple(m[0] for m in _SERIES if len(m) == 1)
-# Where each requested multi-index lies in [value, low series..., top series...].
+# alpha! of each multi-index: derivatives are Taylor coefficients times alpha!.
 _FACTORIALS = tuple(float(math.prod(map(math.factorial, filter(None, alpha)))) for alpha in MULTI_INDICES)
 
 
@@ -584,4 +584,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 80268da36b5be7490c1dd3952787f9d0615432a4693d0fe1aa1c3c971bf3e90c
+# sha256 of all lines above: e4f425bb0519ff30b397036e568b5b1ff19999c1af4961bd5df5ff8ac16af444

@@ -98,7 +98,7 @@ _START = tuple(
 _LOW = _START[ORDER] if ORDER >= 2 else len(_SERIES)
 _FIRST_ORDER_COLUMNS = tuple(j for j, m in enumerate(_SERIES) if len(m) == 1)
 _FIRST_ORDER_VARIABLES = tuple(m[0] for m in _SERIES if len(m) == 1)
-# Where each requested multi-index lies in [value, low series..., top series...].
+# alpha! of each multi-index: derivatives are Taylor coefficients times alpha!.
 _FACTORIALS = tuple(float(math.prod(map(math.factorial, filter(None, alpha)))) for alpha in MULTI_INDICES)
 
 
@@ -595,4 +595,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 97166cb80c513806854889940662788fcf34963218a3753ba1c73b0d353403be
+# sha256 of all lines above: db3019fe8b85e3063b57fb8fb4a081dc763525809881b4373f44219589d6c21b
