@@ -137,12 +137,13 @@ def _monomial_array(order):
 
 
 def _keys(monomials):
-    """Rows of variable indices (c_1, ..., c_n) as integers sum c_i INPUTS^(n - i) (below
-    2^63 for any series that fits in memory): sorted rows of one order keep their order, so
-    the series' columns can be found by bisection."""
-    key = np.zeros(len(monomials), dtype=np.int64)
+    """Rows of variable indices (c_1, ..., c_n) as integers sum c_i INPUTS^(n - i): sorted rows
+    of one order keep their order, so the series' columns can be found by bisection. Python
+    integers where INPUTS^ORDER could pass 2^63 (a few requested multi-indices of many inputs)."""
+    dtype = np.int64 if INPUTS**ORDER < 2**63 else object
+    key = np.zeros(len(monomials), dtype=dtype)
     for column in monomials.T:
-        key = key * INPUTS + column
+        key = key * INPUTS + column.astype(dtype)
     return key
 
 
@@ -582,4 +583,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: e83a374f7cc5a4b62355beca437e2fe3e912a90789b0ea7f584ebad17b8a3253
+# sha256 of all lines above: 1696c0f04ca64a06a75aa65b7007316d566433a705cd1af7ce97fc8f23b42f29

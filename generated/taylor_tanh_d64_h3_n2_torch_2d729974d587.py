@@ -138,12 +138,13 @@ def _monomial_array(order):
 
 
 def _keys(monomials):
-    """Rows of variable indices (c_1, ..., c_n) as integers sum c_i INPUTS^(n - i) (below
-    2^63 for any series that fits in memory): sorted rows of one order keep their order, so
-    the series' columns can be found by bisection."""
-    key = np.zeros(len(monomials), dtype=np.int64)
+    """Rows of variable indices (c_1, ..., c_n) as integers sum c_i INPUTS^(n - i): sorted rows
+    of one order keep their order, so the series' columns can be found by bisection. Python
+    integers where INPUTS^ORDER could pass 2^63 (a few requested multi-indices of many inputs)."""
+    dtype = np.int64 if INPUTS**ORDER < 2**63 else object
+    key = np.zeros(len(monomials), dtype=dtype)
     for column in monomials.T:
-        key = key * INPUTS + column
+        key = key * INPUTS + column.astype(dtype)
     return key
 
 
@@ -593,4 +594,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 0d0fb071430a044beba4c327a42c4ff83b6377ae917d52ca4913c4685eed80db
+# sha256 of all lines above: eb1993ceffd0ed6b1d1f2bdfe1dcfad68e8b51a1fa9f3bfac1f77270c60132da

@@ -138,12 +138,13 @@ def _monomial_array(order):
 
 
 def _keys(monomials):
-    """Rows of variable indices (c_1, ..., c_n) as integers sum c_i INPUTS^(n - i) (below
-    2^63 for any series that fits in memory): sorted rows of one order keep their order, so
-    the series' columns can be found by bisection."""
-    key = np.zeros(len(monomials), dtype=np.int64)
+    """Rows of variable indices (c_1, ..., c_n) as integers sum c_i INPUTS^(n - i): sorted rows
+    of one order keep their order, so the series' columns can be found by bisection. Python
+    integers where INPUTS^ORDER could pass 2^63 (a few requested multi-indices of many inputs)."""
+    dtype = np.int64 if INPUTS**ORDER < 2**63 else object
+    key = np.zeros(len(monomials), dtype=dtype)
     for column in monomials.T:
-        key = key * INPUTS + column
+        key = key * INPUTS + column.astype(dtype)
     return key
 
 
@@ -595,4 +596,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: db3019fe8b85e3063b57fb8fb4a081dc763525809881b4373f44219589d6c21b
+# sha256 of all lines above: cad36daa27eb63d18c69405bb0467583b9d7214fec86132660d0020c2b9f0322

@@ -233,3 +233,28 @@ def test_symmetric_gram_blocks_in_strips_match(d, order, batch, backend, kernel_
     want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES)
     p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
     _assert_matches(mod.derivatives(p, xx), want)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_few_multi_indices_of_many_inputs_at_high_order(backend, kernel_dir):
+    """40 inputs at order 12: the tables' integer keys of monomials (up to 40^12 > 2^63) are
+    Python integers. Derivatives in the last two inputs only equal a 2-input network's, the
+    other 38 inputs fixed."""
+    arch, params, _ = _case(53, "tanh", 12, d=40, hidden=2)
+    x = torch.randn(2, 40, generator=torch.Generator().manual_seed(53), dtype=torch.float64) * 0.3
+    wanted = [(12, 0), (7, 5), (6, 6), (0, 12), (3, 4), (1, 0)]
+    first = (12,) + (0,) * 39  # keys from 0 to past 2^64: wrapped int64 keys would not be sorted
+    partial = diagramc.compile(arch, 12, backend, [first] + [(0,) * 38 + a for a in wanted], out_dir=kernel_dir)
+    W1, b1 = params[0], params[1]
+    small_params = [W1[:, 38:].contiguous(), None] + list(params[2:])
+    full = diagramc.compile(diagramc.Architecture((2,) + arch.layer_sizes[1:], "tanh"), 12, backend, out_dir=kernel_dir)
+    mine = [i for i, a in enumerate(partial.MULTI_INDICES) if a != first]  # in the kernel's canonical order
+    columns = [full.MULTI_INDICES.index(partial.MULTI_INDICES[i][38:]) for i in mine]
+    for point in x:  # the other inputs' part of layer 1 joins its bias
+        small_params[1] = b1 + W1[:, :38] @ point[:38]
+        args = [(params, point[None]), (small_params, point[None, 38:])]
+        if backend == "numpy":
+            args = [([q.numpy() for q in p], xx.numpy()) for p, xx in args]
+        got = np.asarray(partial.derivatives(*args[0]))[..., mine]
+        want = np.asarray(full.derivatives(*args[1]))[..., columns]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
