@@ -274,8 +274,7 @@ def _multiply_adds():
 
     Per hidden layer of width w: the series (S = _LOW columns) through the activation and
     the next Linear layer; for the top order each block's weighting and Gram matrix plus
-    the reverse sweep, at layer 1 only t @ K.T (K is made once per call). The Gram
-    products of the layers are one matrix product over the layers' widths side by side.
+    the reverse sweep, at layer 1 only t @ K.T (K is made once per call).
     """
     gemm, elementwise = LAYER_SIZES[0] * LAYER_SIZES[1], 0
     for layer, (w_prev, w, w_next) in enumerate(zip(LAYER_SIZES[:-2], LAYER_SIZES[1:-1], LAYER_SIZES[2:])):
@@ -444,13 +443,17 @@ def _prepare(params, x):
 # batch, width): gathers move whole rows, and a Linear layer is one matrix product.
 
 
+def _summed(terms, bucket):
+    """A bucket's terms, `bucket["terms"]` consecutive rows per target, summed per target."""
+    count = bucket["terms"]
+    return terms if count == 1 else terms.reshape((-1, count) + terms.shape[1:]).sum(1)
+
+
 def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks."""
     out = _zeros(Z, (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2]))
     for bucket in table["buckets"]:
-        terms = _gather(A, bucket["left"]) * _gather(Z, bucket["right"])
-        if bucket["terms"] > 1:
-            terms = terms.reshape((-1, bucket["terms"]) + terms.shape[1:]).sum(1)
+        terms = _summed(_gather(A, bucket["left"]) * _gather(Z, bucket["right"]), bucket)
         out[bucket["targets"]] = terms if table["scale"] == 1.0 else table["scale"] * terms
     if len(table["square_targets"]):
         out[table["square_targets"]] += _gather(Z, table["square_columns"]) ** 2
@@ -508,11 +511,10 @@ def _top_order(vertices, weights, tables, batch, fold):
         for (_, _, _, cols, pieces), block in zip(tables["top"], grams) for gram, (r0, r1, c0) in zip(block, pieces)
     ]
     entries = entries[0] if len(entries) == 1 else _cat(entries, -1) if entries else None
-    sums = [_take_last(entries, group["left"]) for group in tables["top_sums"]]
-    sums = [
-        terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
-        for terms, group in zip(sums, tables["top_sums"])
-    ]
+    sums = []
+    for group in tables["top_sums"]:  # term-major: term i of every target, then term i + 1
+        terms = _take_last(entries, group["left"])
+        sums.append(terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2))
     sums.append(_zeros(weights[0], (batch, OUTPUTS, tables["top_unreached"])))  # coefficients no diagram reaches
     return (sums[0] if len(sums) == 1 else _cat(sums, -1)), u
 
@@ -536,8 +538,7 @@ def _first_layer_matrix(powers, tables):
     entries = (scale * left[:, None] * powers[0][cols][None, :, 0]).reshape(-1, left.shape[1])
     K = _zeros(entries, (len(_SERIES) - _LOW, entries.shape[1]))
     for bucket in tables["first_layer_sums"]:
-        terms = _gather(entries, bucket["left"])
-        K[bucket["targets"]] = terms.reshape((-1, bucket["terms"]) + terms.shape[1:]).sum(1)
+        K[bucket["targets"]] = _summed(_gather(entries, bucket["left"]), bucket)
     return K
 
 
@@ -594,4 +595,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: eb1993ceffd0ed6b1d1f2bdfe1dcfad68e8b51a1fa9f3bfac1f77270c60132da
+# sha256 of all lines above: 386a511284f351eeb8d139698818ceef82f101ee04f954079e35b85a484a6ae9
