@@ -20,6 +20,7 @@ which diagrams (paths of derivatives through the layers) make up a coefficient.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -34,7 +35,7 @@ import numpy as np
 from . import __version__, cache
 from . import multi_index as mi
 from .activations import Activation, get_activation
-from .combinatorics import Diagram, Input, Node, Vertex, count, diagrams
+from .combinatorics import Diagram, Input, Node, Vertex, _check_layers, count, diagrams
 from .errors import DiagramcError
 from .network import Architecture
 from .spec import MAX_ORDER, canonical_json, sha256
@@ -62,17 +63,16 @@ class ContributionSpec:
     def create(cls, activation: "str | Activation", multi_index: Sequence[int], hidden_layers: int):
         activation = get_activation(activation)
         alpha = mi.validate(multi_index)
-        if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, (int, np.integer)) or hidden_layers < 0:
-            raise DiagramcError(f"hidden layers must be a non-negative integer, got {hidden_layers!r}")
+        hidden_layers = _check_layers(hidden_layers)
         if sum(alpha) > MAX_ORDER:
             raise DiagramcError(f"multi-index {alpha} has order {sum(alpha)}, above the supported maximum {MAX_ORDER}")
-        distinct, _ = count(alpha, int(hidden_layers))
+        distinct, _ = count(alpha, hidden_layers)
         if distinct > MAX_DIAGRAMS:
             raise DiagramcError(
                 f"D^{alpha} f has {distinct} diagrams with {hidden_layers} hidden layers; a per-diagram kernel "
                 f"is limited to {MAX_DIAGRAMS} (use diagramc compile for the value of the sum)"
             )
-        return cls(activation, alpha, int(hidden_layers))
+        return cls(activation, alpha, hidden_layers)
 
     @property
     def order(self) -> int:
@@ -211,6 +211,7 @@ def _vertex_functions(code, order: int) -> list[tuple[int, str]]:
     return out
 
 
+@functools.lru_cache(maxsize=128)  # enumeration and sympy: once per process, not once per call
 def render(spec: ContributionSpec, out_dir: str) -> str:
     """The per-diagram module's source (deterministic)."""
     from .codegen import render_template
