@@ -178,9 +178,6 @@ def _diagrams(args) -> None:
                f"{_plural(sum(d.multiplicity for d in found), 'labelled tree')}")
     if args.format == "json":
         print(json.dumps([d.to_json() for d in found], indent=1))
-    elif not found:
-        # order >= 2 without vertices cannot happen here (--hidden-layers >= 1), but stay explicit
-        print(f"% {summary}: D^({alpha}) f = 0" if args.format in ("latex", "tikz") else f"{summary}: D^({alpha}) f = 0")
     elif args.format == "latex":
         print(f"% {summary}")
         for i, d in enumerate(found, 1):
@@ -192,7 +189,7 @@ def _diagrams(args) -> None:
         print(dg.tikz_document(found), end="")
     else:
         print(summary)
-        top = str(args.hidden_layers + 1).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+        top = str(args.hidden_layers + 1).translate(dg._SUP)
         print(f"Notation: P⁽ᵐ←ˡ⁾[i,j] = ∂z⁽ᵐ⁾[i]/∂h⁽ˡ⁾[j], the propagator (h⁽⁰⁾ = x, z⁽{top}⁾ = f); "
               "σ⁽ᵏ⁾(z⁽ˡ⁾[j]) a vertex on hidden layer l; n_l the width of layer l; o the output.")
         print()
@@ -275,7 +272,7 @@ def _contributions(args) -> None:
         if not found:
             print("no diagrams: a network without hidden layers is linear, every derivative of order >= 2 is zero")
             continue
-        if arch.activation.vanishing_vertices(max(sum(args.multi_index), 1)) and sum(args.multi_index) >= 2:
+        if sum(args.multi_index) >= 2 and arch.activation.vanishing_vertices(sum(args.multi_index)):
             print(f"every vertex sigma^(k), k >= 2, of {arch.activation.name} vanishes: all diagrams are zero")
         rows = ranked(found, values[o], args.top)
         print(format_table(rows, total))
@@ -299,11 +296,9 @@ def _activation_lines(act, order, fmt):
     """sigma^(k), k = 0..order: as the compiler differentiates it (in the auxiliary functions) and in x."""
     import sympy as sp
 
-    sup = str.maketrans("0123456789()", "⁰¹²³⁴⁵⁶⁷⁸⁹⁽⁾")
-    latex = fmt == "latex"
+    from .combinatorics import _SUP
 
-    def show(e):
-        return sp.latex(e) if latex else sp.pretty(e, use_unicode=True, wrap_line=False)
+    latex = fmt == "latex"
 
     def equation(lhs, rhs_forms):
         """lhs = form1 = form2, multi-line forms side by side on a common baseline."""
@@ -312,8 +307,8 @@ def _activation_lines(act, order, fmt):
         from sympy.printing.pretty.stringpict import prettyForm, stringPict
 
         pieces = [prettyForm(lhs)]
-        for i, form in enumerate(rhs_forms):
-            pieces += [prettyForm(" = "), form]
+        for rhs in rhs_forms:
+            pieces += [prettyForm(" = "), rhs]
         return prettyForm(*stringPict.next(*pieces)).render(wrap_line=False).split("\n")
 
     def form(e):
@@ -331,13 +326,13 @@ def _activation_lines(act, order, fmt):
         aux = "; ".join(f"{a.symbol} = {sp.sstr(a.definition)}, {a.symbol}' = {sp.sstr(a.derivative)}"
                         for a in act.auxiliaries)
         lines.append(f"{comment}auxiliary functions (the compiler differentiates polynomials in them): {aux}")
-    if act.vanishing_vertices(max(order, 2)) and order >= 2:
+    if order >= 2 and act.vanishing_vertices(order):
         lines.append(f"{comment}every vertex sigma^(k), k >= 2, vanishes identically: "
                      "derivatives of order >= 2 of the network are zero")
     if latex:
         lines.append(r"\begin{align*}")
     for k in range(order + 1):
-        lhs = (r"\sigma^{(%d)}(x)" % k) if latex else ("σ" + f"({k})".translate(sup) + "(x)" if k else "σ(x)")
+        lhs = (r"\sigma^{(%d)}(x)" % k) if latex else ("σ" + f"({k})".translate(_SUP) + "(x)" if k else "σ(x)")
         forms = [form(act.derivative(k))]
         if act.auxiliaries:
             in_x = act.derivative_in_x(k)

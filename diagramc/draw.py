@@ -11,7 +11,7 @@ import math
 import os
 from typing import Sequence
 
-from .combinatorics import Diagram
+from .combinatorics import _SUP, Diagram
 from .errors import DiagramcError
 
 FORMATS = ("png", "svg", "pdf")
@@ -25,7 +25,7 @@ def _subscript(k: int) -> str:
 
 
 def _superscript(k: int) -> str:
-    return f"({k})".translate(str.maketrans("0123456789()", "⁰¹²³⁴⁵⁶⁷⁸⁹⁽⁾"))
+    return f"({k})".translate(_SUP)
 
 
 def draw(diagrams: Sequence[Diagram], path: str | os.PathLike, columns: int | None = None,
@@ -85,7 +85,7 @@ def draw(diagrams: Sequence[Diagram], path: str | os.PathLike, columns: int | No
     return path
 
 
-def _draw_one(ax, d: Diagram, width: int, number: int | None = None) -> None:
+def _draw_one(ax, d: Diagram, width: int, number: int) -> None:
     g, pos = d.graph, d.layout()
     H = d.hidden_layers
     # layer guides, so the level of every vertex is readable
@@ -120,7 +120,7 @@ def _draw_one(ax, d: Diagram, width: int, number: int | None = None) -> None:
     ax.scatter([x], [y], s=28, color="black", zorder=2, marker="^")
     ax.text(x, y + 0.22, "f", ha="center", va="bottom", fontsize=8, style="italic")
     # numbered as `diagramc diagrams` lists them and `diagramc contributions` ranks them
-    ax.set_title(f"({number})  ×{d.multiplicity}" if number is not None else f"×{d.multiplicity}", fontsize=10, pad=2)
+    ax.set_title(f"({number})  ×{d.multiplicity}", fontsize=10, pad=2)
     ax.set_xlim(-0.8, max(width - 1, 0) + 0.6)
     ax.set_ylim(-0.85, H + 1.7)
     ax.set_xticks([])

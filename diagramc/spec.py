@@ -57,8 +57,8 @@ class KernelSpec:
         if backend not in BACKENDS:
             raise DiagramcError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         d = architecture.inputs
+        total = sum(mi.count_of_order(d, k) for k in range(order + 1))  # counted before anything is built
         if multi_indices is None:
-            total = sum(mi.count_of_order(d, k) for k in range(order + 1))  # counted before anything is built
             if total > MAX_COEFFICIENTS and not force:
                 raise DiagramcError(
                     f"{d} inputs up to order {order} is {total:,} distinct coefficients, above the limit of "
@@ -75,7 +75,7 @@ class KernelSpec:
                 raise DiagramcError(
                     f"multi-index {too_high[0]} has order {sum(too_high[0])}, above the compiled order {order}"
                 )
-            full = len(alphas) == sum(mi.count_of_order(d, k) for k in range(order + 1))
+            full = len(alphas) == total
         return cls(architecture, order, backend, alphas, full)
 
     def inputs_json(self) -> str:
