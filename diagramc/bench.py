@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -279,17 +278,22 @@ def call_memory(module, params, x, backend: str) -> dict:
     }
 
 
-def _rss() -> dict:
-    """This process's resident set (VmRSS) and its high-water mark (VmHWM), bytes, from /proc."""
+def _proc_status(pid="self") -> dict:
+    """A process's resident set (VmRSS) and its high-water mark (VmHWM), bytes, from /proc ({} without it)."""
     out = {}
     try:
-        with open("/proc/self/status") as fh:
+        with open(f"/proc/{pid}/status") as fh:
             for line in fh:
                 if line.startswith(("VmRSS:", "VmHWM:")):
                     out[line.split(":")[0]] = int(line.split()[1]) * 1024
     except OSError:
-        out["VmHWM"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        pass
     return out
+
+
+def _rss() -> dict:
+    """This process's VmRSS and VmHWM (the memory check runs on Linux: it needs /proc)."""
+    return _proc_status()
 
 
 def _reset_hwm() -> bool:
@@ -815,14 +819,7 @@ def memory_check(d: int = 64, order: int = 4, batch: int = 1, backend: str = "nu
 
 
 def _child_rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_status(pid).get("VmRSS", 0)
 
 
 def format_memory_check(report: dict) -> str:
