@@ -448,17 +448,15 @@ def hessian_matrix(D2, N):
     return H
 
 
-def _predict(model, U_np, batch=8192):
+def _predict(fn, U_np, batch=8192):
+    """fn over the rows of U_np in batches, without gradients."""
     with torch.no_grad():
         U = torch.from_numpy(U_np)
-        return torch.cat([model(U[k:k + batch]) for k in range(0, len(U), batch)]).numpy()
+        return torch.cat([fn(U[k:k + batch]) for k in range(0, len(U), batch)]).numpy()
 
 
-def _q_predict(model, kernel1, U_np, batch=8192):
-    with torch.no_grad():
-        U = torch.from_numpy(U_np)
-        return torch.cat([structurally_second_order(model, kernel1, U[k:k + batch])
-                          for k in range(0, len(U), batch)]).numpy()
+def _q_predict(model, kernel1, U_np):
+    return _predict(lambda U: structurally_second_order(model, kernel1, U), U_np)
 
 
 def _coupling_bins(lam, lo, hi, n=6):
@@ -719,9 +717,10 @@ def _plots(out, cfg, B1, B2, g1, g_comb, H1, H2, H_exact, test, preds, report):
     save(fig, "first_order_coefficients.png")
 
     # second order: heat maps
-    mats = [("second Born term: -2 K_ij", hessian_matrix(B2, N)),
-            (f"iteration 1 ({report['second_order_rel_error_iter1']:.0%} off)", hessian_matrix(H1, N)),
-            (f"iteration 2 ({report['second_order_rel_error_iter2']:.1%} off)", hessian_matrix(H2, N))]
+    HB, HI1, HI2 = hessian_matrix(B2, N), hessian_matrix(H1, N), hessian_matrix(H2, N)
+    mats = [("second Born term: -2 K_ij", HB),
+            (f"iteration 1 ({report['second_order_rel_error_iter1']:.0%} off)", HI1),
+            (f"iteration 2 ({report['second_order_rel_error_iter2']:.1%} off)", HI2)]
     if H_exact is not None:
         mats.append((f"variant: exact first Born removed "
                      f"({report['variants']['exact_first_born']['second_order_rel_error']:.1%} off)",
@@ -741,7 +740,6 @@ def _plots(out, cfg, B1, B2, g1, g_comb, H1, H2, H_exact, test, preds, report):
     files.append("second_order_heatmaps.png")
 
     # second order: curves over the grid (rows of the matrix and its diagonal)
-    HB, HI1, HI2 = hessian_matrix(B2, N), hessian_matrix(H1, N), hessian_matrix(H2, N)
     rows = [N // 4, N // 2, 3 * N // 4]
     fig, ax = plt.subplots(1, len(rows) + 1, figsize=(15, 3.8), sharey=False)
     for a, i in zip(ax, rows):
@@ -819,10 +817,6 @@ def _plots(out, cfg, B1, B2, g1, g_comb, H1, H2, H_exact, test, preds, report):
     return files
 
 
-def _pct(v):
-    return _fmt_err(v)
-
-
 def _fmt_err(v):
     """A relative error for people: 3.1%, 0.012%, 4.5e-06, 327%."""
     if v >= 10:
@@ -875,26 +869,26 @@ def _markdown(rep, plots):
         "",
         "| quantity | value | goal |",
         "| --- | --- | --- |",
-        f"| first-order coefficients, iteration 1 | {_pct(rep['first_order_rel_error_iter1'])} | <= 5% |",
-        f"| first-order coefficients, iteration 1 + LS correction | {_pct(rep['first_order_rel_error_combined'])} | |",
-        f"| second-order coefficients, iteration 1 | {_pct(rep['second_order_rel_error_iter1'])} | |",
-        f"| second-order coefficients, iteration 2 | {_pct(rep['second_order_rel_error_iter2'])} | <= 15% |",
+        f"| first-order coefficients, iteration 1 | {_fmt_err(rep['first_order_rel_error_iter1'])} | <= 5% |",
+        f"| first-order coefficients, iteration 1 + LS correction | {_fmt_err(rep['first_order_rel_error_combined'])} | |",
+        f"| second-order coefficients, iteration 1 | {_fmt_err(rep['second_order_rel_error_iter1'])} | |",
+        f"| second-order coefficients, iteration 2 | {_fmt_err(rep['second_order_rel_error_iter2'])} | <= 15% |",
         f"| second-order term on test potentials, iteration 1 | "
-        f"{_pct(rep['second_order_term_rel_error_test_iter1'])} | |",
+        f"{_fmt_err(rep['second_order_term_rel_error_test_iter1'])} | |",
         f"| second-order term on test potentials, iteration 2 | "
-        f"{_pct(rep['second_order_term_rel_error_test_iter2'])} | <= 5% |",
+        f"{_fmt_err(rep['second_order_term_rel_error_test_iter2'])} | <= 5% |",
         "",
         "Relative L2 errors; coefficients over the packed vector of distinct multi-indices of that order, against "
         "`born_derivatives`.",
         "",
         "| a0 on test potentials | relative L2 error |",
         "| --- | --- |",
-        f"| iteration 1 network N1 | {_pct(rep['iteration1_network_rel_error_test'])} |",
-        f"| analytic first-order Born | {_pct(rep['born1_rel_error_test'])} |",
-        f"| ML first order (T1 + c + g.U) | {_pct(rep['ml_first_order_rel_error_test'])} |",
-        f"| analytic second-order Born | {_pct(rep['born2_rel_error_test'])} |",
-        f"| **ML second-order approximation** (T1 + c + g.U + Q) | **{_pct(rep['proxy_rel_error_test'])}** |",
-        f"| ML second-order Taylor polynomial | {_pct(rep['ml_taylor2_rel_error_test'])} |",
+        f"| iteration 1 network N1 | {_fmt_err(rep['iteration1_network_rel_error_test'])} |",
+        f"| analytic first-order Born | {_fmt_err(rep['born1_rel_error_test'])} |",
+        f"| ML first order (T1 + c + g.U) | {_fmt_err(rep['ml_first_order_rel_error_test'])} |",
+        f"| analytic second-order Born | {_fmt_err(rep['born2_rel_error_test'])} |",
+        f"| **ML second-order approximation** (T1 + c + g.U + Q) | **{_fmt_err(rep['proxy_rel_error_test'])}** |",
+        f"| ML second-order Taylor polynomial | {_fmt_err(rep['ml_taylor2_rel_error_test'])} |",
         "",
         "By coupling (relative L2 error of a0 within each bin):",
         "",
@@ -905,13 +899,13 @@ def _markdown(rep, plots):
     for b in rep["errors_by_coupling"]:
         vals = [v for k, v in b.items() if k not in ("lambda_low", "lambda_high", "count")]
         lines.append(f"| {b['lambda_low']:.3g}-{b['lambda_high']:.3g} | {b['count']} | "
-                     + " | ".join("-" if v is None else _pct(v) for v in vals) + " |")
+                     + " | ".join("-" if v is None else _fmt_err(v) for v in vals) + " |")
     if rep["variants"]:
         lines += ["", "## Variants", "", "| variant | 2nd-order coeff. | 2nd term on test | proxy on test |",
                   "| --- | --- | --- | --- |"]
         for name, v in rep["variants"].items():
-            lines.append(f"| {v['description']} | {_pct(v['second_order_rel_error'])} | "
-                         f"{_pct(v['second_order_term_rel_error_test'])} | {_pct(v['proxy_rel_error_test'])} |")
+            lines.append(f"| {v['description']} | {_fmt_err(v['second_order_rel_error'])} | "
+                         f"{_fmt_err(v['second_order_term_rel_error_test'])} | {_fmt_err(v['proxy_rel_error_test'])} |")
     lines += ["", "## Goals", ""]
     for name, g in rep["goals"].items():
         lines.append(f"- {'met' if g['met'] else 'NOT met'}: {name} ({g['target']})")
