@@ -47,7 +47,7 @@ SEAL = "# sha256 of all lines above: "
 def render_template(name: str, **context) -> str:
     """Render one template and seal it: the last line is the sha256 of all lines above,
     which the module checks when imported (an edited or truncated copy refuses to run)."""
-    text = environment().get_template(name).render(**context)
+    text = environment().get_template(name).render(seal=SEAL, **context)
     return text + SEAL + hashlib.sha256(text.encode()).hexdigest() + "\n"
 
 

@@ -36,7 +36,7 @@ def _check_integrity():
             lines = fh.read().split(b"\n")
     except (NameError, OSError):
         return  # not loaded from a file: nothing to compare
-    seal = b"# sha256 of all lines above: "
+    seal = b'# sha256 of all lines above: '
     body = b"\n".join(lines[:-2]) + b"\n"
     if len(lines) < 2 or lines[-2] != seal + hashlib.sha256(body).hexdigest().encode():
         raise ImportError(f"{__file__} was edited or truncated after diagramc wrote it; regenerate it: {_REGENERATE}")
@@ -584,4 +584,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: fdf2ae6e7e001bbb5d9e51ca6ec534aa11bb4a3f5f14ed493b8a9caa86bb42b5
+# sha256 of all lines above: b278810fde0ae2dd50805937dc0c55961a08828c3f155fb8f7c5cbcdb3308bea

@@ -37,7 +37,7 @@ def _check_integrity():
             lines = fh.read().split(b"\n")
     except (NameError, OSError):
         return  # not loaded from a file: nothing to compare
-    seal = b"# sha256 of all lines above: "
+    seal = b'# sha256 of all lines above: '
     body = b"\n".join(lines[:-2]) + b"\n"
     if len(lines) < 2 or lines[-2] != seal + hashlib.sha256(body).hexdigest().encode():
         raise ImportError(f"{__file__} was edited or truncated after diagramc wrote it; regenerate it: {_REGENERATE}")
@@ -595,4 +595,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 386a511284f351eeb8d139698818ceef82f101ee04f954079e35b85a484a6ae9
+# sha256 of all lines above: aa04788fb45039e1528a0ee40a025f918283434a9d6abf7d560fd42f2486a324

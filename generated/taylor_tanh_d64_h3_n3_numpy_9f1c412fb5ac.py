@@ -36,7 +36,7 @@ def _check_integrity():
             lines = fh.read().split(b"\n")
     except (NameError, OSError):
         return  # not loaded from a file: nothing to compare
-    seal = b"# sha256 of all lines above: "
+    seal = b'# sha256 of all lines above: '
     body = b"\n".join(lines[:-2]) + b"\n"
     if len(lines) < 2 or lines[-2] != seal + hashlib.sha256(body).hexdigest().encode():
         raise ImportError(f"{__file__} was edited or truncated after diagramc wrote it; regenerate it: {_REGENERATE}")
@@ -586,4 +586,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 49d47e7c769c2892c4e1a76cc472764bf47f5722233c71a93868923b8ad95994
+# sha256 of all lines above: fc57059dbbd190b97cc3f294b047101429a08ccaa04c3e5407b564150c925cf6

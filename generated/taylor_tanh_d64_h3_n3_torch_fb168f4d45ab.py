@@ -37,7 +37,7 @@ def _check_integrity():
             lines = fh.read().split(b"\n")
     except (NameError, OSError):
         return  # not loaded from a file: nothing to compare
-    seal = b"# sha256 of all lines above: "
+    seal = b'# sha256 of all lines above: '
     body = b"\n".join(lines[:-2]) + b"\n"
     if len(lines) < 2 or lines[-2] != seal + hashlib.sha256(body).hexdigest().encode():
         raise ImportError(f"{__file__} was edited or truncated after diagramc wrote it; regenerate it: {_REGENERATE}")
@@ -597,4 +597,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: fd2b9f8050390645dafe5e60f7430b86a222d5f4a28310344b12069d05c17f1b
+# sha256 of all lines above: ca350eaf8a9fbe13d709c5cd003055fb44c163e1fde12679267196cddf8ad96f
