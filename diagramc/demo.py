@@ -575,41 +575,35 @@ def _study(cfg: DemoConfig, out: Path, seed: int, quick: bool):
     # ---- variants (full study): exact first Born term removed; no least-squares correction
     variants = {}
     t_variants = time.time()
+
+    def variant(residuals, first_order_on_test, desc, description):
+        """Iteration 2 trained on `residuals` as Q(U) alone: its report entry and its second order."""
+        t0 = time.time()
+        mv, _, hv = train_iteration2(cfg, train["U"], residuals["train"], train["lam"],
+                                     (val["U"], residuals["val"], val["lam"]), kernel1, gen,
+                                     linear=False, desc=desc)
+        Hv = derivatives_at_zero(mv, kernel2)[n1:]
+        pv = first_order_on_test() + _q_predict(mv, kernel1, Ut)
+        return {
+            "description": description,
+            "second_order_rel_error": _rel(Hv, B2),
+            "second_order_term_rel_error_test": _rel(second_order_term(Hv, Ut), test["a2"]),
+            "proxy_rel_error_test": _rel(pv, a0t),
+            "val_error": hv[-1]["val_error"],
+            "seconds": time.time() - t0,
+        }, Hv
+
+    H_exact = None
     if cfg.exact_first_variant:
-        t0 = time.time()
         res_exact = {name: split["a0"] - split["a1"] for name, split in data.items()}
-        mv, _, hv = train_iteration2(cfg, train["U"], res_exact["train"], train["lam"],
-                                     (val["U"], res_exact["val"], val["lam"]), kernel1, gen,
-                                     linear=False, desc="variant: exact first Born")
-        Hv = derivatives_at_zero(mv, kernel2)[n1:]
-        pv = test["a1"] + _q_predict(mv, kernel1, Ut)
-        variants["exact_first_born"] = {
-            "description": "iteration 2 on a0 - a^(1) (exact first Born term), model Q(U) alone",
-            "second_order_rel_error": _rel(Hv, B2),
-            "second_order_term_rel_error_test": _rel(second_order_term(Hv, Ut), test["a2"]),
-            "proxy_rel_error_test": _rel(pv, a0t),
-            "val_error": hv[-1]["val_error"],
-            "seconds": time.time() - t0,
-        }
-        H_exact = Hv
-    else:
-        H_exact = None
+        variants["exact_first_born"], H_exact = variant(
+            res_exact, lambda: test["a1"], "variant: exact first Born",
+            "iteration 2 on a0 - a^(1) (exact first Born term), model Q(U) alone")
     if cfg.no_lstsq_variant:
-        t0 = time.time()
-        mv, _, hv = train_iteration2(cfg, train["U"], resid["train"], train["lam"],
-                                     (val["U"], resid["val"], val["lam"]), kernel1, gen,
-                                     linear=False, desc="variant: no least squares")
-        Hv = derivatives_at_zero(mv, kernel2)[n1:]
-        pv = taylor1(Ut) + _q_predict(mv, kernel1, Ut)
-        variants["learned_first_without_lstsq"] = {
-            "description": "iteration 2 on a0 - T1 (learned first order), model Q(U) alone: "
-                           "iteration 1's leftover linear error is not removed",
-            "second_order_rel_error": _rel(Hv, B2),
-            "second_order_term_rel_error_test": _rel(second_order_term(Hv, Ut), test["a2"]),
-            "proxy_rel_error_test": _rel(pv, a0t),
-            "val_error": hv[-1]["val_error"],
-            "seconds": time.time() - t0,
-        }
+        variants["learned_first_without_lstsq"], _ = variant(
+            resid, lambda: taylor1(Ut), "variant: no least squares",
+            "iteration 2 on a0 - T1 (learned first order), model Q(U) alone: "
+            "iteration 1's leftover linear error is not removed")
     rep["variants"] = variants
     timing["variants_s"] = time.time() - t_variants
 
