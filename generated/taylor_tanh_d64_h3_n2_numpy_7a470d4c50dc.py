@@ -98,7 +98,7 @@ _LOW = _START[ORDER] if ORDER >= 2 else len(_SERIES)
 _FIRST_ORDER_COLUMNS = tuple(j for j, m in enumerate(_SERIES) if len(m) == 1)
 _FIRST_ORDER_VARIABLES = tuple(m[0] for m in _SERIES if len(m) == 1)
 # alpha! of each multi-index: derivatives are Taylor coefficients times alpha!.
-_FACTORIALS = tuple(float(math.prod(map(math.factorial, filter(None, alpha)))) for alpha in MULTI_INDICES)
+_FACTORIALS = np.array([float(math.prod(map(math.factorial, filter(None, alpha)))) for alpha in MULTI_INDICES])
 
 
 def _power_table(k):
@@ -419,6 +419,14 @@ def _batch_major(a, batch):
     return (a if a.shape[1] == batch else np.broadcast_to(a, (a.shape[0], batch, a.shape[2]))).transpose(1, 2, 0)
 
 
+def _copy_to_keep(a):
+    return a.copy()
+
+
+def _unchanged(kept, a):
+    return kept.dtype == a.dtype and np.array_equal(kept, a)
+
+
 def _prepare(params, x):
     x = np.asarray(x)
     _check_structure(params, x)
@@ -531,6 +539,23 @@ def _first_layer_matrix(powers, tables):
     return K
 
 
+_KEPT_FIRST_LAYER_MATRIX = [None]  # [(copy of W1, K)] from the last call whose K could be kept
+
+
+def _first_layer_matrix_for(W1, powers, tables):
+    """K for this W1, kept from the last call while W1 is unchanged (a copy of W1 is far
+    smaller than K and comparing it cheaper than making K); made anew when W1 has changed,
+    as in every training step, or when K must carry a gradient (_copy_to_keep gives None)."""
+    kept = _KEPT_FIRST_LAYER_MATRIX[0]
+    if kept is not None and _unchanged(kept[0], W1):
+        return kept[1]
+    K = _first_layer_matrix(powers, tables)
+    copy = _copy_to_keep(W1)
+    if copy is not None:
+        _KEPT_FIRST_LAYER_MATRIX[0] = (copy, K)  # one assignment: a pair is never half-updated
+    return K
+
+
 def _series(params, x, tables, first_powers, fold):
     """[value, low-order series] and the top-order series of f around x, (batch, OUTPUTS, 1 + _LOW)
     and (batch, OUTPUTS, n_top), and with `fold` the vector u whose u @ K.T is layer 1's top-order part."""
@@ -576,7 +601,7 @@ def taylor_coefficients(params, x):
     chunks = [_series(params, x[i : i + _CHUNK], tables, first_powers, fold) for i in range(0, x.shape[0], _CHUNK)]
     head, top, u = (_joined(part) if part[0] is not None else None for part in zip(*chunks))
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
-        top = top + _rows_times(u, _first_layer_matrix(first_powers, tables).T)
+        top = top + _rows_times(u, _first_layer_matrix_for(params[0], first_powers, tables).T)
     return _take_last(_cat([head, top], 2), tables["outputs"])
 
 
@@ -584,4 +609,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: b278810fde0ae2dd50805937dc0c55961a08828c3f155fb8f7c5cbcdb3308bea
+# sha256 of all lines above: a67fd1e8efbfbe2f92de3cd1ff82f3def999866702d4c16569b7a092f96b75fc

@@ -209,6 +209,27 @@ def test_no_fold_where_k_would_be_too_large(backend, kernel_dir, monkeypatch):
     _assert_matches(mod.derivatives(p, xx), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
 
 
+def test_layer_one_matrix_is_kept_only_while_w1_is_unchanged(kernel_dir):
+    """NumPy keeps layer 1's K between calls while W1 is equal entry by entry: a W1 changed
+    in place, or the same values in another dtype, get a K of their own."""
+    arch, params, _ = _case(41, "tanh", 4, d=3, hidden=3)
+    x = torch.randn(9, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    mod = diagramc.compile(arch, 4, "numpy", out_dir=kernel_dir)
+    p = [q.numpy().copy() for q in params]
+    _assert_matches(mod.derivatives(p, x.numpy()), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
+    kept = mod._KEPT_FIRST_LAYER_MATRIX[0]
+    assert kept is not None and np.array_equal(kept[0], p[0])
+    mod.derivatives(p, x.numpy())
+    assert mod._KEPT_FIRST_LAYER_MATRIX[0][1] is kept[1]  # reused, not made again
+    p[0] *= 1.5  # changed in place, as an optimiser step does
+    params[0].mul_(1.5)
+    _assert_matches(mod.derivatives(p, x.numpy()), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
+    assert mod._KEPT_FIRST_LAYER_MATRIX[0][1] is not kept[1]
+    single = mod.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))
+    assert single.dtype == np.float32 and mod._KEPT_FIRST_LAYER_MATRIX[0][1].dtype == np.float32
+    _assert_matches(single.astype(np.float64), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES), 1e-4)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_batches_split_into_chunks_agree_point_by_point(backend, kernel_dir):
     arch, params, _ = _case(43, "gelu", 3, d=4, hidden=2)
