@@ -254,6 +254,7 @@ def _top_sums():
 
 
 _TOP_GROUPS, _TOP_ORDER = _top_sums()
+_TOP_GROUP_ENDS = np.cumsum([len(group) for _, group, _, _ in _TOP_GROUPS]).tolist()
 _TOP_POSITION = np.argsort(_TOP_ORDER)  # _TOP_ORDER[_TOP_POSITION[t]] = t
 # Where each requested multi-index lies in [value, low series..., top series (in _TOP_ORDER)...].
 _OUTPUT_COLUMNS = np.concatenate([[0], 1 + np.arange(_LOW), 1 + _LOW + _TOP_POSITION])[
@@ -373,9 +374,10 @@ def _build_tables(index):
             for k, scale, block in _TOP_BLOCKS
         ],
         # term-major (term i of every target, then term i + 1): the sum runs over long rows
-        "top_sums": [{"terms": count, "left": index(lefts.reshape(-1, count).T.ravel())}
-                     for count, _, lefts, _ in _TOP_GROUPS],
-        "top_unreached": len(_TOP_ORDER) - sum(len(group) for _, group, _, _ in _TOP_GROUPS),
+        "top_sums": [{"terms": count, "left": index(lefts.reshape(-1, count).T.ravel()),
+                      "targets": slice(start - len(group), start)}  # _TOP_ORDER lists the groups' targets in turn
+                     for start, (count, group, lefts, _) in zip(_TOP_GROUP_ENDS, _TOP_GROUPS)],
+        "top_unreached": slice(_TOP_GROUP_ENDS[-1] if _TOP_GROUPS else 0, len(_TOP_ORDER)),
         "first_layer_sums": None if _FIRST_LAYER_BLOCK is None else _buckets(
             index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_entries"], None,
             _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_targets"], _TOP_POSITION),
@@ -394,6 +396,10 @@ _CHUNK = _chunk_size(2**16)  # a series of 512 kB: the size of a core's L2 cache
 
 def _zeros(like, shape):
     return np.zeros(shape, dtype=like.dtype)
+
+
+def _empty(like, shape):
+    return np.empty(shape, dtype=like.dtype)
 
 
 def _cat(arrays, axis):
@@ -476,9 +482,10 @@ def _through_activation(factors, powers, tables):
     return H
 
 
-def _top_order(vertices, weights, tables, batch, fold):
-    """Coefficients of order ORDER, (batch, OUTPUTS, n_top) in _TOP_ORDER, made at the vertices,
-    but for layer 1's part when `fold`: then also u = t at layer 1, whose u @ K.T it is.
+def _top_order(vertices, weights, tables, batch, fold, top):
+    """Writes the coefficients of order ORDER into top, (batch, OUTPUTS, n_top) in _TOP_ORDER,
+    made at the vertices, but for layer 1's part when `fold`: then returns u = t at layer 1,
+    whose u @ K.T it is.
 
     Every diagram's root vertex contracts its lower-order subtrees against the output
     line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse): per block, a Gram
@@ -510,12 +517,11 @@ def _top_order(vertices, weights, tables, batch, fold):
         for (_, _, _, cols, pieces), block in zip(tables["top"], grams) for gram, (r0, r1, c0) in zip(block, pieces)
     ]
     entries = entries[0] if len(entries) == 1 else _cat(entries, -1) if entries else None
-    sums = []
     for group in tables["top_sums"]:  # term-major: term i of every target, then term i + 1
         terms = _take_last(entries, group["left"])
-        sums.append(terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2))
-    sums.append(_zeros(weights[0], (batch, OUTPUTS, tables["top_unreached"])))  # coefficients no diagram reaches
-    return (sums[0] if len(sums) == 1 else _cat(sums, -1)), u
+        top[:, :, group["targets"]] = terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
+    top[:, :, tables["top_unreached"]] = 0.0  # coefficients no diagram reaches
+    return u
 
 
 def _rows_times(a, matrix):
@@ -558,9 +564,10 @@ def _first_layer_matrix_for(W1, powers, tables):
     return K
 
 
-def _series(params, x, tables, first_powers, fold):
-    """[value, low-order series] and the top-order series of f around x, (batch, OUTPUTS, 1 + _LOW)
-    and (batch, OUTPUTS, n_top), and with `fold` the vector u whose u @ K.T is layer 1's top-order part."""
+def _series(params, x, tables, first_powers, fold, out):
+    """Writes the series of f around x into out, (batch, OUTPUTS, 1 + len(_SERIES)): the value,
+    the low orders and the top order (in _TOP_ORDER); with `fold` returns the vector u whose
+    u @ K.T is layer 1's top-order part, still to be added."""
     weights, biases = params[0::2], params[1::2]
     batch = x.shape[0]
     z = x @ weights[0].T + biases[0]
@@ -573,8 +580,9 @@ def _series(params, x, tables, first_powers, fold):
         vertices.append((factors, powers))
         Z = _rows_times(_through_activation(factors, powers, tables), W.T)
         z = h @ W.T + b
-    top, u = _top_order(vertices, weights, tables, batch, fold)
-    return _cat([z[:, :, None], _batch_major(Z, batch)], 2), top, u
+    out[:, :, 0] = z
+    out[:, :, 1 : 1 + _LOW] = _batch_major(Z, batch)
+    return _top_order(vertices, weights, tables, batch, fold, out[:, :, 1 + _LOW :])
 
 
 _FOLD_MAX_NUMBERS = 2**24
@@ -589,10 +597,6 @@ def _folds(params, tables, batch):
     return (rows.stop - rows.start) * (cols.stop - cols.start) * params[0].shape[0] <= _FOLD_MAX_NUMBERS
 
 
-def _joined(arrays):
-    return arrays[0] if len(arrays) == 1 else _cat(arrays, 0)
-
-
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     params, x, tables = _prepare(params, x)
@@ -600,15 +604,17 @@ def taylor_coefficients(params, x):
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
     first_powers = _first_layer(params, tables)  # layer 1 is affine: the same for every x
     fold = _folds(params, tables, x.shape[0])
-    chunks = [_series(params, x[i : i + _CHUNK], tables, first_powers, fold) for i in range(0, x.shape[0], _CHUNK)]
-    head, top, u = (_joined(part) if part[0] is not None else None for part in zip(*chunks))
+    out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
+    u = [_series(params, x[i : i + _CHUNK], tables, first_powers, fold, out[i : i + _CHUNK])
+         for i in range(0, x.shape[0], _CHUNK)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
-        top = top + _rows_times(u, _first_layer_matrix_for(params[0], first_powers, tables).T)
-    return _take_last(_cat([head, top], 2), tables["outputs"])
+        K = _first_layer_matrix_for(params[0], first_powers, tables)
+        out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
+    return _take_last(out, tables["outputs"])
 
 
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: d4500ba6fca3e5a1e25889d785933d9c3a5535fd716395334fff5bee02324165
+# sha256 of all lines above: ef8115e180e8eff845bdadef9817acb73cbf3a682c5dfcb23f930868537c329a
