@@ -161,20 +161,19 @@ def _product_columns(alpha, gamma):
     return columns.reshape(len(alpha), len(gamma))
 
 
-def _top_block(k, a, grid):
-    """Top-order terms of sigma^(k)/k! Z^k whose P_(k-1) factor has order a: the Gram matrix
-    G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j], |alpha| = a, |gamma| = ORDER - a,
-    entry (alpha, gamma) adding to alpha * gamma. For k = 2 and 2a = ORDER, G is symmetric
-    (P_1 = Z): it is computed on and above its diagonal only, an entry above counting twice.
+def _top_block(a, symmetric, grid, first_layer):
+    """The top-order terms whose left factor has order a: the Gram matrix
+    G[alpha, gamma] = sum_j g_j L[alpha, j] Z[gamma, j], |alpha| = a, |gamma| = ORDER - a,
+    entry (alpha, gamma) adding to alpha * gamma. A symmetric block (L = sigma''/2 Z at
+    2a = ORDER) is computed on and above its diagonal only, an entry above counting twice.
 
-    Returns the rows (of P_(k-1)) and columns (of Z) as ranges, the pieces computed, and
-    for the wanted entries of the pieces (numbered piece after piece) the coefficient each
-    adds to (from _LOW); for layer 1's block (k = ORDER) `full_entries` number the whole
-    rows x cols grid instead, as K needs them. `grid` is _product_columns of the rows and
-    columns, the same for every k."""
-    rows = range(_START[a] - _START[k - 1], _START[a + 1] - _START[k - 1])
+    Returns the rows (order a) and columns (order ORDER - a) as ranges of series columns,
+    the pieces computed, and for the wanted entries of the pieces (numbered piece after
+    piece) the coefficient each adds to (from _LOW); for layer 1's block `full_entries`
+    number the whole rows x cols grid instead, as K needs them. `grid` is
+    _product_columns of the rows and columns."""
+    rows = range(_START[a], _START[a + 1])
     cols = range(_START[ORDER - a], _START[ORDER - a + 1])
-    symmetric = k == 2 and 2 * a == ORDER
     pieces = _gram_pieces(len(rows), symmetric)
     r, c = np.indices(grid.shape, sparse=True)
     entries, targets, offset = [], [], 0
@@ -188,26 +187,29 @@ def _top_block(k, a, grid):
         entries.append(np.repeat(offset + np.flatnonzero(wanted), times[wanted]))
         targets.append(np.repeat(piece[wanted], times[wanted]))
         offset += piece.size
-    full_entries = np.flatnonzero(grid >= 0) if k == ORDER else np.zeros(0, dtype=np.int64)
+    full_entries = np.flatnonzero(grid >= 0) if first_layer else np.zeros(0, dtype=np.int64)
     return {"rows": rows, "cols": cols, "pieces": pieces, "size": offset, "entries": np.concatenate(entries),
             "targets": np.concatenate(targets), "full_entries": full_entries,
-            "full_targets": grid.ravel()[full_entries]}
+            "full_targets": grid.ravel()[full_entries], "symmetric": symmetric, "first_layer": first_layer}
 
 
 def _top_blocks():
-    """(k, scale, block) for every block of the top order. For k = 2 the Gram matrix is
-    symmetric in its factors (P_1 = Z), so block (a, ORDER - a) stands for its mirror too."""
-    blocks, grids = [], {}
-    if ORDER >= 2:
-        for k in _VERTEX_ORDERS:
-            orders = range(1, ORDER // 2 + 1) if k == 2 else range(k - 1, ORDER)
-            for a in orders:
-                scale = 2.0 if k == 2 and 2 * a != ORDER else 1.0
-                if a not in grids:
-                    grids[a] = _product_columns(_monomial_array(a), _monomial_array(ORDER - a))
-                block = _top_block(k, a, grids[a])
-                if len(block["entries"]):
-                    blocks.append((k, scale, block))
+    """One block per order a = 1..ORDER-1 of the left factor. sigma^(k)/k! Z^k = sigma^(k)/k! P_(k-1) Z
+    adds its term to block a through P_(k-1)'s order-a part (k - 1 <= a), so each block is one
+    Gram matrix however many k share it. For k = 2 (P_1 = Z) block (a, ORDER - a) stands for
+    its mirror too: the term is in blocks a <= ORDER / 2 only, twice below the middle."""
+    blocks = []
+    for a in range(1, ORDER):
+        terms = tuple(
+            (k, 2.0 if k == 2 and 2 * a < ORDER else 1.0)
+            for k in _VERTEX_ORDERS if k - 1 <= a and (k != 2 or 2 * a <= ORDER)
+        )
+        if not terms:
+            continue
+        grid = _product_columns(_monomial_array(a), _monomial_array(ORDER - a))
+        block = _top_block(a, terms == ((2, 1.0),), grid, first_layer=terms[-1][0] == ORDER)
+        if len(block["entries"]):
+            blocks.append(dict(block, terms=terms))
     return blocks
 
 
@@ -235,7 +237,7 @@ def _group_by_count(left, right, target):
 _POWER_TABLES = {k: _power_table(k) for k in range(2, min(max(_VERTEX_ORDERS, default=1), ORDER - 1) + 1)}
 _TOP_BLOCKS = _top_blocks()
 # The block non-zero at layer 1, (k, a) = (ORDER, ORDER - 1), folded into one matrix from a batch of 8.
-_FIRST_LAYER_BLOCK = next((i for i, (k, _, _) in enumerate(_TOP_BLOCKS) if k == ORDER), None)
+_FIRST_LAYER_BLOCK = next((i for i, block in enumerate(_TOP_BLOCKS) if block["first_layer"]), None)
 _FOLD_FROM_BATCH = 8
 
 
@@ -244,9 +246,9 @@ def _top_sums():
     in groups (_group_by_count). The top order is kept in the order the groups make it
     (coefficients no block reaches come last, as zeros): _TOP_POSITION maps it back."""
     none = np.zeros(0, dtype=np.int64)
-    offsets = np.cumsum([0] + [block["size"] for _, _, block in _TOP_BLOCKS])
-    entries = np.concatenate([none] + [start + block["entries"] for start, (_, _, block) in zip(offsets, _TOP_BLOCKS)])
-    targets = np.concatenate([none] + [block["targets"] for _, _, block in _TOP_BLOCKS])
+    offsets = np.cumsum([0] + [block["size"] for block in _TOP_BLOCKS])
+    entries = np.concatenate([none] + [start + block["entries"] for start, block in zip(offsets, _TOP_BLOCKS)])
+    targets = np.concatenate([none] + [block["targets"] for block in _TOP_BLOCKS])
     groups = _group_by_count(entries, None, targets)
     reached = np.concatenate([none] + [group for _, group, _, _ in groups])
     unreached = np.setdiff1d(np.arange(len(_SERIES) - _LOW), reached, assume_unique=True)
@@ -265,7 +267,7 @@ _OUTPUT_COLUMNS = np.concatenate([[0], 1 + np.arange(_LOW), 1 + _LOW + _TOP_POSI
 def _chunk_size(elements):
     """Points per chunk of a call: about `elements` numbers in its series and Gram matrices
     keep it in cache, and bound a call's memory whatever its batch (a power of 2, at least 1)."""
-    per_point = _LOW * max(LAYER_SIZES[1:-1], default=1) + OUTPUTS * sum(block["size"] for _, _, block in _TOP_BLOCKS)
+    per_point = _LOW * max(LAYER_SIZES[1:-1], default=1) + OUTPUTS * sum(block["size"] for block in _TOP_BLOCKS)
     return 2 ** max(0, round(math.log2(elements / max(per_point, 1))))
 
 
@@ -287,8 +289,8 @@ def _multiply_adds():
         if layer == 0:
             gemm += OUTPUTS * (len(_SERIES) - _LOW) * w if _FIRST_LAYER_BLOCK is not None else 0
             continue
-        for _, _, block in _TOP_BLOCKS:
-            elementwise += OUTPUTS * (1 + len(block["rows"])) * w
+        for block in _TOP_BLOCKS:
+            elementwise += (len(block["terms"]) + OUTPUTS) * len(block["rows"]) * w
             gemm += OUTPUTS * block["size"] * w
         if _TOP_BLOCKS:
             gemm += OUTPUTS * w * w_prev
@@ -368,10 +370,11 @@ def _build_tables(index):
             }
             for k, (left, right, target, squares) in _POWER_TABLES.items()
         },
-        "top": [
-            (k, scale, slice(block["rows"].start, block["rows"].stop), slice(block["cols"].start, block["cols"].stop),
-             block["pieces"])
-            for k, scale, block in _TOP_BLOCKS
+        "top": [  # per block: its terms (k, scale, rows of P_(k-1)), columns of Z, pieces
+            (tuple((k, scale, slice(block["rows"].start - _START[k - 1], block["rows"].stop - _START[k - 1]))
+                   for k, scale in block["terms"]),
+             slice(block["cols"].start, block["cols"].stop), block["pieces"])
+            for block in _TOP_BLOCKS
         ],
         # term-major (term i of every target, then term i + 1): the sum runs over long rows
         "top_sums": [{"terms": count, "left": index(lefts.reshape(-1, count).T.ravel()),
@@ -379,8 +382,8 @@ def _build_tables(index):
                      for start, (count, group, lefts, _) in zip(_TOP_GROUP_ENDS, _TOP_GROUPS)],
         "top_unreached": slice(_TOP_GROUP_ENDS[-1] if _TOP_GROUPS else 0, len(_TOP_ORDER)),
         "first_layer_sums": None if _FIRST_LAYER_BLOCK is None else _buckets(
-            index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_entries"], None,
-            _TOP_BLOCKS[_FIRST_LAYER_BLOCK][2]["full_targets"], _TOP_POSITION),
+            index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK]["full_entries"], None,
+            _TOP_BLOCKS[_FIRST_LAYER_BLOCK]["full_targets"], _TOP_POSITION),
         "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
         "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
@@ -488,21 +491,31 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     whose u @ K.T it is.
 
     Every diagram's root vertex contracts its lower-order subtrees against the output
-    line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse): per block, a Gram
-    matrix G[alpha, gamma] = sum_j t_j P_(k-1)[alpha, j] Z[gamma, j], summed over the
-    layers, whose entries are then summed onto alpha * gamma. A symmetric block is made in
-    pieces on and above its diagonal. At layer 1 only _FIRST_LAYER_BLOCK is non-zero: t @ K.T.
+    line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse). Per block (the order
+    a of the left factor), a Gram matrix G[alpha, gamma] = sum_j g_j L[alpha, j] Z[gamma, j]
+    with L = sum_k sigma^(k)/k! P_(k-1) at order a, summed over the layers; its entries are
+    then summed onto alpha * gamma. A symmetric block is made in pieces on and above its
+    diagonal. At layer 1 only _FIRST_LAYER_BLOCK's k = ORDER term is non-zero: t @ K.T.
     """
-    grams = [[None] * len(pieces) for _, _, _, _, pieces in tables["top"]]
+    grams = [[None] * len(pieces) for _, _, pieces in tables["top"]]
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
     u = None
     for layer in reversed(range(len(vertices))):
         factors, powers = vertices[layer]
-        for i, (k, scale, rows, cols, pieces) in enumerate(tables["top"]):
-            if layer == 0 and (i != _FIRST_LAYER_BLOCK or fold):
-                continue
-            t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
-            left = t[:, :, None, :] * powers[k - 2][rows].swapaxes(0, 1)[:, None]  # P_(k-1): (batch, OUTPUTS, rows, width)
+        for i, (terms, cols, pieces) in enumerate(tables["top"]):
+            if layer == 0:  # Z is first order there: only P_(ORDER-1) reaches order ORDER - 1
+                if i != _FIRST_LAYER_BLOCK or fold:
+                    continue
+                terms = terms[-1:]
+            left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
+            for k, scale, rows in terms:
+                t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
+                term = t[None] * powers[k - 2][rows][:, :, None, :]  # P_(k-1) at order a
+                if left is None:
+                    left = term
+                else:
+                    left += term  # in place: autograd records it (nothing saved left)
+            left = left.swapaxes(0, 1).swapaxes(1, 2)  # (batch, OUTPUTS, rows, width), a view
             right = powers[0][cols].swapaxes(0, 1).swapaxes(1, 2)[:, None]  # Z: (batch or 1, 1, width, cols)
             for p, (r0, r1, c0) in enumerate(pieces):
                 gram = left[:, :, r0:r1] @ right[..., c0:]
@@ -514,7 +527,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     entries = [  # zeros for a block no layer reaches (one hidden layer, folded)
         _zeros(weights[0], (batch, OUTPUTS, (r1 - r0) * (cols.stop - cols.start - c0))) if gram is None
         else gram.reshape(batch, OUTPUTS, -1)
-        for (_, _, _, cols, pieces), block in zip(tables["top"], grams) for gram, (r0, r1, c0) in zip(block, pieces)
+        for (_, cols, pieces), block in zip(tables["top"], grams) for gram, (r0, r1, c0) in zip(block, pieces)
     ]
     entries = entries[0] if len(entries) == 1 else _cat(entries, -1) if entries else None
     for group in tables["top_sums"]:  # term-major: term i of every target, then term i + 1
@@ -538,7 +551,8 @@ def _first_layer(params, tables):
 
 def _first_layer_matrix(powers, tables):
     """K[target, j]: layer 1's Gram entries of _FIRST_LAYER_BLOCK without t, summed (rows in _TOP_ORDER)."""
-    k, scale, rows, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
+    terms, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
+    k, scale, rows = terms[-1]  # k = ORDER
     left = powers[k - 2][rows][:, 0]  # (rows, width)
     entries = (scale * left[:, None] * powers[0][cols][None, :, 0]).reshape(-1, left.shape[1])
     K = _zeros(entries, (len(_SERIES) - _LOW, entries.shape[1]))
@@ -593,7 +607,8 @@ def _folds(params, tables, batch):
     (its rows x cols x width grid at once) would take more than _FOLD_MAX_NUMBERS numbers."""
     if _FIRST_LAYER_BLOCK is None or batch < _FOLD_FROM_BATCH:
         return False
-    _, _, rows, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
+    terms, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
+    rows = terms[-1][2]
     return (rows.stop - rows.start) * (cols.stop - cols.start) * params[0].shape[0] <= _FOLD_MAX_NUMBERS
 
 
@@ -617,4 +632,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: ef8115e180e8eff845bdadef9817acb73cbf3a682c5dfcb23f930868537c329a
+# sha256 of all lines above: 31aba2389fa82bec6314dcfa1e6cc34e024fadf01b7eaab7e9aa7e5e8effc9aa

@@ -21,6 +21,7 @@ TORCH_ACTIVATIONS = {
     "relu": torch.relu,
     "x*tanh(x)": lambda z: z * torch.tanh(z),
     "exp(-x**2)*x + sin(2*x)/3": lambda z: torch.exp(-(z**2)) * z + torch.sin(2 * z) / 3,
+    "x + x**2/4": lambda z: z + z**2 / 4,  # vertices of order 2 only
 }
 
 
