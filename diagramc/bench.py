@@ -110,12 +110,14 @@ class Settings:
     jax_jacfwd_max_order: int  # nested jacfwd compiles for minutes at high order
     jax_jacfwd_max_entries: float  # and is skipped above batch * d^n dense entries
     cold_compile_subprocess: bool
+    rounds: int  # interleaved rounds: every fast method once per round, in turn
+    round_max_s: float  # a method slower than this per call sits the rounds out
 
     @classmethod
     def make(cls, quick: bool) -> "Settings":
         if quick:
-            return cls(True, 0.3, 7, 3, 5.0, 5.0, 2e5, 5, 3e5, False)
-        return cls(False, 2.0, 50, 5, 30.0, 60.0, math.inf, 99, math.inf, True)
+            return cls(True, 0.3, 7, 3, 5.0, 5.0, 2e5, 5, 3e5, False, 9, 0.5)
+        return cls(False, 2.0, 50, 5, 30.0, 60.0, math.inf, 99, math.inf, True, 25, 3.0)
 
 
 # ----------------------------------------------------------------------------- the problem
@@ -189,14 +191,32 @@ def _repeat(run: Callable[[], object], settings: Settings, first: float | None =
     return times, result
 
 
-def _result(times=None, packed=None, **extra) -> dict:
+def _result(times=None, packed=None, call=None, **extra) -> dict:
+    """A method's result; `call` (one timed run) is kept for the interleaved rounds, then dropped."""
     out = {"status": "ok"}
     if times:
         out.update(median_s=statistics.median(times), min_s=min(times), reps=len(times), times_s=times)
     out.update(extra)
     if packed is not None:
         out["_packed"] = packed
+    if call is not None:
+        out["_call"] = call
     return out
+
+
+def _interleaved(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Wall times of every call in `rounds` rounds, each call once per round, the order
+    rotating from round to round. On a shared machine whose speed drifts by 1.5x within
+    minutes, a ratio of two methods' times in the same round is far steadier than a ratio
+    of medians taken minutes apart."""
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def _skipped(status: str, note: str, **extra) -> dict:
@@ -425,14 +445,15 @@ def bench_ours(cell: Cell, backend: str, settings: Settings, kernel_dir: Path, d
         raise RuntimeError(f"{module.__file__}: MULTI_INDICES are not all of orders 0..{cell.order} in canonical order")
     params, x = _our_inputs(cell, backend, device if backend == "torch" else "cpu")
     dev = device if backend == "torch" else "cpu"
-    times, out = _repeat(lambda: _sync(module.derivatives(params, x), dev), settings)
+    call = lambda: _sync(module.derivatives(params, x), dev)  # noqa: E731
+    times, out = _repeat(call, settings)
     packed = (out.cpu().numpy() if backend == "torch" else np.asarray(out))[:, 0, :]
     macs = kernel_multiply_adds(module)
     if macs is not None and backend == "torch":
         macs["gemm_counted_by_torch"] = _counted_gemm_macs(module, params, x)
     memory = call_memory(module, params, x, backend)
     source = Path(module.__file__).read_bytes()
-    return _result(times, packed, compile_s=cold["cold_total_s"], cold_compile=cold, memory=memory,
+    return _result(times, packed, call, compile_s=cold["cold_total_s"], cold_compile=cold, memory=memory,
                    multiply_adds_per_sample=macs, module=str(module.__file__),
                    module_sha256=hashlib.sha256(source).hexdigest())
 
@@ -526,7 +547,7 @@ def bench_torch_func(cell: Cell, settings: Settings, device: str) -> dict:
         }
     times, out = _repeat(lambda: call(tx), settings, first=estimate or None)
     packed = pack_dense([t.cpu().numpy() for t in out], cell.d)
-    return _result(times, packed, probes=probes)
+    return _result(times, packed, lambda: call(tx), probes=probes)
 
 
 # ----------------------------------------------------------------------------- JAX
@@ -556,7 +577,7 @@ def _jax_mlp(params):
 
 
 def _jit_timed(fn, args, settings: Settings):
-    """(times, compile seconds, output) of a jitted function; compile = lowering + XLA compile."""
+    """(times, compile seconds, output, one timed run) of a jitted function; compile = lowering + XLA compile."""
     import jax
 
     t0 = time.perf_counter()
@@ -567,7 +588,7 @@ def _jit_timed(fn, args, settings: Settings):
         return jax.block_until_ready(compiled(*args))
 
     times, out = _repeat(call, settings)
-    return times, compile_s, out
+    return times, compile_s, out, call
 
 
 def bench_jax_jacfwd(cell: Cell, settings: Settings) -> dict:
@@ -580,8 +601,8 @@ def bench_jax_jacfwd(cell: Cell, settings: Settings) -> dict:
         return _skipped("skipped", f"quick mode: {cell.batch} x {cell.d}^{cell.order} dense entries")
     params, x = make_problem(cell)
     fn = jax.vmap(_all_orders(jax.jacfwd, _jax_mlp(params), cell.order))
-    times, compile_s, out = _jit_timed(fn, (jax.numpy.asarray(x),), settings)
-    return _result(times, pack_dense([np.asarray(t) for t in out], cell.d), compile_s=compile_s)
+    times, compile_s, out, call = _jit_timed(fn, (jax.numpy.asarray(x),), settings)
+    return _result(times, pack_dense([np.asarray(t) for t in out], cell.d), call, compile_s=compile_s)
 
 
 def bench_jax_hessian(cell: Cell, settings: Settings) -> dict:
@@ -602,8 +623,8 @@ def bench_jax_hessian(cell: Cell, settings: Settings) -> dict:
         hessian, (value, gradient) = jax.jacfwd(vg, has_aux=True)(v)
         return value, gradient, hessian
 
-    times, compile_s, out = _jit_timed(jax.vmap(value_gradient_hessian), (jax.numpy.asarray(x),), settings)
-    return _result(times, pack_dense([np.asarray(t) for t in out], cell.d), compile_s=compile_s)
+    times, compile_s, out, call = _jit_timed(jax.vmap(value_gradient_hessian), (jax.numpy.asarray(x),), settings)
+    return _result(times, pack_dense([np.asarray(t) for t in out], cell.d), call, compile_s=compile_s)
 
 
 @functools.lru_cache(maxsize=None)
@@ -682,8 +703,8 @@ def bench_jax_jet(cell: Cell, settings: Settings) -> dict:
             out.append(jax.ops.segment_sum(contributions, rows, num_segments=mi.count_of_order(cell.d, k)).T)
         return jnp.concatenate([out[0][:, None]] + out[1:], axis=1)
 
-    times, compile_s, out = _jit_timed(all_orders, (jnp.asarray(x),), settings)
-    return _result(times, np.asarray(out), compile_s=compile_s, directions=int(directions.shape[0]))
+    times, compile_s, out, call = _jit_timed(all_orders, (jnp.asarray(x),), settings)
+    return _result(times, np.asarray(out), call, compile_s=compile_s, directions=int(directions.shape[0]))
 
 
 # ----------------------------------------------------------------------------- memory check
@@ -879,25 +900,43 @@ def _run_cell(cell: Cell, settings: Settings, backends, device: str, kernel_dir:
         agreement[name] = {"max_rel_error": max(errors.values()), "by_order": errors, "rows": len(ref)}
     agree = reference is not None and all(a["max_rel_error"] <= AGREEMENT_TOL for a in agreement.values())
 
-    ours = {name: methods[name]["median_s"] for name in methods if name in OURS and methods[name].get("median_s")}
+    calls = {name: result.pop("_call") for name, result in methods.items() if "_call" in result}
+    fast = {name: call for name, call in calls.items() if methods[name]["median_s"] <= settings.round_max_s}
+    if any(name in OURS for name in fast) and any(name in ANCHORS for name in fast):
+        for name, times in _interleaved(fast, settings.rounds).items():
+            methods[name]["interleaved_s"] = times
+            methods[name]["interleaved_median_s"] = statistics.median(times)
+
+    def seconds(name):  # the interleaved median where the method took part in the rounds
+        result = methods[name]
+        return result.get("interleaved_median_s") or result.get("median_s") or result.get("estimate_s")
+
+    def ratio(anchor, our):
+        """anchor / ours: the median of the ratios within rounds where both took part in them."""
+        a, o = methods[anchor].get("interleaved_s"), methods[our].get("interleaved_s")
+        if a and o:
+            return statistics.median(ta / to for ta, to in zip(a, o)), True
+        return seconds(anchor) / seconds(our), False
+
+    ours = {name: seconds(name) for name in methods if name in OURS and methods[name].get("median_s")}
     best_ours = min(ours, key=ours.get) if ours else None
     ratios = {}
     for name in ANCHORS:
-        t = methods[name].get("median_s") or methods[name].get("estimate_s")
-        if t and best_ours:
-            ratios[name] = {our: t / ours[our] for our in ours}
-            ratios[name]["best_ours"] = t / ours[best_ours]
-    timed = {n: methods[n]["median_s"] for n in ANCHORS if methods[n].get("median_s")}
+        if seconds(name) and best_ours:
+            ratios[name] = {our: ratio(name, our)[0] for our in ours}
+            ratios[name]["best_ours"], ratios[name]["paired"] = ratio(name, best_ours)
+    timed = {n: seconds(n) for n in ANCHORS if methods[n].get("median_s")}
     best_anchor = min(timed, key=timed.get) if timed else None
     summary = {
         "best_ours": best_ours,
         "best_anchor": best_anchor,
-        "best_anchor_over_best_ours": (timed[best_anchor] / ours[best_ours]) if best_anchor and best_ours else None,
+        "best_anchor_over_best_ours": ratio(best_anchor, best_ours)[0] if best_anchor and best_ours else None,
+        "paired_rounds": settings.rounds if best_anchor and best_ours and ratio(best_anchor, best_ours)[1] else 0,
     }
     for name, result in methods.items():
         macs = result.get("multiply_adds_per_sample")
         if macs and result.get("median_s"):
-            result["gflops"] = 2.0 * macs["total"] * cell.batch / result["median_s"] / 1e9
+            result["gflops"] = 2.0 * macs["total"] * cell.batch / seconds(name) / 1e9
     return {
         "d": cell.d, "order": cell.order, "batch": cell.batch,
         "multi_indices": mi.count_of_order(cell.d + 1, cell.order),
@@ -945,7 +984,7 @@ def format_table(report: dict) -> str:
         for m in present:
             r = c["methods"].get(m, {})
             if r.get("median_s") is not None:
-                text = _ms(r["median_s"])
+                text = _ms(r.get("interleaved_median_s") or r["median_s"])
                 if r.get("compile_s") is not None:
                     text += f" (c {r['compile_s']:.2g}s)"
             elif r.get("status") == "estimated":
@@ -961,8 +1000,10 @@ def format_table(report: dict) -> str:
     widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in [head] + rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("times: median ms of repeated runs; (c X s) = cold compile (ours) or jit compile (JAX); "
-                 "est = estimated from a small batch; ratio > 1: our kernel is faster")
+    lines.append("times: median ms of repeated runs (of the interleaved rounds for methods fast enough to take "
+                 "part); (c X s) = cold compile (ours) or jit compile (JAX); est = estimated from a small batch")
+    lines.append("best anchor / ours: the median, over the rounds, of the ratio within a round (where both took "
+                 "part); ratio > 1: our kernel is faster")
     ratio_lines = ["anchor time / our time (best of our backends):"]
     for c in cells:
         parts = [f"{SHORT_NAMES[a]} {v['best_ours']:.3g}" + (" (est)" if c["methods"][a]["status"] == "estimated" else "")
@@ -1011,7 +1052,7 @@ def plot(report: dict, path: Path) -> None:
     for c in report["cells"]:
         marker = markers.setdefault(c["d"], "osD^vp*h"[len(markers) % 8])
         for m, r in c["methods"].items():
-            t = r.get("median_s") or r.get("estimate_s")
+            t = r.get("interleaved_median_s") or r.get("median_s") or r.get("estimate_s")
             if not t:
                 continue
             hollow = c["batch"] != 256 or r.get("status") == "estimated"

@@ -43,6 +43,20 @@ def test_bench_smoke(tmp_path):
     assert set(cell["agreement"]) == compared
     assert cell["agree"] and stored["agree"] and report["agree"]
     assert set(cell["ratios_anchor_over_ours"]) == compared - {"diagramc_numpy"}
+    # every method here is fast: all took part in the interleaved rounds, and the ratio is
+    # the median of the within-round ratios
+    rounds = bench.Settings.make(True).rounds
+    assert cell["paired_rounds"] == rounds
+    assert all(len(methods[m]["interleaved_s"]) == rounds for m in compared | {"diagramc_torch"})
+    anchor, ours = methods[cell["best_anchor"]]["interleaved_s"], methods[cell["best_ours"]]["interleaved_s"]
+    assert cell["best_anchor_over_best_ours"] == pytest.approx(float(np.median(np.divide(anchor, ours))))
+
+
+def test_interleaved_rounds_rotate_the_order():
+    seen = []
+    times = bench._interleaved({name: (lambda name=name: seen.append(name)) for name in "abc"}, 4)
+    assert seen == list("abc" "bca" "cab" "abc")
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}
 
 
 @pytest.mark.skipif(not HAS_JAX, reason="JAX not installed")
