@@ -50,6 +50,8 @@ def test_bench_smoke(tmp_path):
     assert all(len(methods[m]["interleaved_s"]) == rounds for m in compared | {"diagramc_torch"})
     anchor, ours = methods[cell["best_anchor"]]["interleaved_s"], methods[cell["best_ours"]]["interleaved_s"]
     assert cell["best_anchor_over_best_ours"] == pytest.approx(float(np.median(np.divide(anchor, ours))))
+    fastest = [min(methods[cell[k]]["times_s"] + methods[cell[k]]["interleaved_s"]) for k in ("best_anchor", "best_ours")]
+    assert cell["best_anchor_over_best_ours_of_minima"] == pytest.approx(fastest[0] / fastest[1])
 
 
 def test_interleaved_rounds_rotate_the_order():
