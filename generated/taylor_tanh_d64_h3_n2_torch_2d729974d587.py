@@ -437,6 +437,11 @@ def _take_last(a, index):
     return torch.gather(a, -1, index.expand(a.shape[:-1] + index.shape))  # faster than index_select on the last axis
 
 
+def _add_scaled(H, start, f, P):
+    """H[start:] += f * P, in place: autograd records it (nothing saved H)."""
+    H[start:] += f[None] * P
+
+
 def _batch_major(a, batch):
     """(columns, batch or 1, OUTPUTS) -> (batch, OUTPUTS, columns)."""
     return a.expand(a.shape[0], batch, a.shape[2]).permute(1, 2, 0)
@@ -482,8 +487,12 @@ def _summed(terms, bucket):
 
 
 def _product(A, Z, table):
-    """Low-order part of the truncated product of two series, A * Z, by dense blocks."""
-    out = _zeros(Z, (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2]))
+    """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
+    one fused loop where the tables carry one: NumPy with numba)."""
+    shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
+    if table.get("fused") is not None:
+        return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
+    out = _zeros(Z, shape)
     for bucket in table["buckets"]:
         terms = _summed(_gather(A, bucket["left"]) * _gather(Z, bucket["right"]), bucket)
         out[bucket["targets"]] = terms if table["scale"] == 1.0 else table["scale"] * terms
@@ -505,7 +514,7 @@ def _through_activation(factors, powers, tables):
     H = factors[0][None] * powers[0]
     for k, P in zip(tables["powers"], powers[1:]):
         if factors[k - 1] is not None:
-            H[_START[k] :] += factors[k - 1][None] * P  # in place: autograd records it (nothing saved H)
+            _add_scaled(H, _START[k], factors[k - 1], P)
     return H
 
 
@@ -656,4 +665,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 371eb010b81de1104298119ee87a198199bb5a25eb21b769d94f046b8c54dae5
+# sha256 of all lines above: 33f7d80ac93b36f61e0479cac68eac4a4445e55e8c12dc4b16dc8910e2b9ed53

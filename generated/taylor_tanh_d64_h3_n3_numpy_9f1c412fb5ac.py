@@ -24,6 +24,11 @@ import math
 
 import numpy as np
 
+try:  # optional (pip install diagramc[fast]): fused loops for the truncated products
+    import numba
+except Exception:  # not installed, or not built for this NumPy: the NumPy operations below serve
+    numba = None
+
 _REGENERATE = 'diagramc compile --order 3 --layer-sizes 64,64,64,64,1 --activation tanh --backend numpy -o generated'
 
 
@@ -410,6 +415,51 @@ _TABLES = _build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
 _CHUNK = _chunk_size(2**16)  # a series of 512 kB: the size of a core's L2 cache
 
 
+def _fused_table(k):
+    """P_k's product table as rows sorted by target, for _fused_product: each target's first row
+    (and one past the last), and per row the columns of P_(k-1) and Z and a weight (2 for a pair
+    standing for its mirror, 1 for a square or where k > 2)."""
+    left, right, target, squares = _POWER_TABLES[k]
+    left = np.array(list(left) + [column for column, _ in squares], dtype=np.int64)
+    right = np.array(list(right) + [column for column, _ in squares], dtype=np.int64)
+    target = np.array(list(target) + [t for _, t in squares], dtype=np.int64)
+    weight = np.where(np.arange(len(target)) < len(target) - len(squares), 2.0 if k == 2 else 1.0, 1.0)
+    rows = np.argsort(target, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(target, minlength=max(_LOW - _START[k], 0)))])
+    return starts, left[rows], right[rows], weight[rows]
+
+
+if numba is not None:
+    # A truncated product as NumPy operations makes several passes over memory per multiply-add
+    # (gather, gather, multiply, sum, store); these loops make one, and keep each target's row in cache.
+
+    @numba.njit(cache=True)
+    def _fused_product(A, Z, starts, left, right, weight, out):
+        """out[t] = sum over t's rows q of weight[q] * A[left[q]] * Z[right[q]] (batch axes 1 or out's)."""
+        for t in range(len(starts) - 1):
+            out[t] = 0.0
+            for q in range(starts[t], starts[t + 1]):
+                a, z, w = A[left[q]], Z[right[q]], weight[q]
+                for b in range(out.shape[1]):
+                    ab = b if a.shape[0] > 1 else 0
+                    zb = b if z.shape[0] > 1 else 0
+                    for j in range(out.shape[2]):
+                        out[t, b, j] += w * a[ab, j] * z[zb, j]
+        return out
+
+    @numba.njit(cache=True)
+    def _fused_add_scaled(H, start, f, P):
+        """H[start + c] += f * P[c] (P's batch axis 1 or H's)."""
+        for c in range(P.shape[0]):
+            for b in range(H.shape[1]):
+                pb = b if P.shape[1] > 1 else 0
+                for j in range(H.shape[2]):
+                    H[start + c, b, j] += f[b, j] * P[c, pb, j]
+
+    for _k, _table in _TABLES["powers"].items():
+        _table["fused"] = _fused_table(_k)
+
+
 def _zeros(like, shape):
     return np.zeros(shape, dtype=like.dtype)
 
@@ -436,6 +486,14 @@ def _broadcast(a, shape):
 
 def _take_last(a, index):
     return a.take(index, axis=-1)
+
+
+def _add_scaled(H, start, f, P):
+    """H[start:] += f * P, in place."""
+    if numba is not None:
+        _fused_add_scaled(H, start, f, P)
+    else:
+        H[start:] += f[None] * P
 
 
 def _batch_major(a, batch):
@@ -471,8 +529,12 @@ def _summed(terms, bucket):
 
 
 def _product(A, Z, table):
-    """Low-order part of the truncated product of two series, A * Z, by dense blocks."""
-    out = _zeros(Z, (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2]))
+    """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
+    one fused loop where the tables carry one: NumPy with numba)."""
+    shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
+    if table.get("fused") is not None:
+        return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
+    out = _zeros(Z, shape)
     for bucket in table["buckets"]:
         terms = _summed(_gather(A, bucket["left"]) * _gather(Z, bucket["right"]), bucket)
         out[bucket["targets"]] = terms if table["scale"] == 1.0 else table["scale"] * terms
@@ -494,7 +556,7 @@ def _through_activation(factors, powers, tables):
     H = factors[0][None] * powers[0]
     for k, P in zip(tables["powers"], powers[1:]):
         if factors[k - 1] is not None:
-            H[_START[k] :] += factors[k - 1][None] * P  # in place: autograd records it (nothing saved H)
+            _add_scaled(H, _START[k], factors[k - 1], P)
     return H
 
 
@@ -645,4 +707,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: b8ab8aad9dce3f3ab4d9b8d6b377e2b8a1158c85b5c9bb2e779ad8c6cf9ef6d4
+# sha256 of all lines above: 012c60108fece10012e695a3cdf3442c41550f46b7d8e334b150d70837dd4737

@@ -439,6 +439,11 @@ def _take_last(a, index):
     return torch.gather(a, -1, index.expand(a.shape[:-1] + index.shape))  # faster than index_select on the last axis
 
 
+def _add_scaled(H, start, f, P):
+    """H[start:] += f * P, in place: autograd records it (nothing saved H)."""
+    H[start:] += f[None] * P
+
+
 def _batch_major(a, batch):
     """(columns, batch or 1, OUTPUTS) -> (batch, OUTPUTS, columns)."""
     return a.expand(a.shape[0], batch, a.shape[2]).permute(1, 2, 0)
@@ -484,8 +489,12 @@ def _summed(terms, bucket):
 
 
 def _product(A, Z, table):
-    """Low-order part of the truncated product of two series, A * Z, by dense blocks."""
-    out = _zeros(Z, (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2]))
+    """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
+    one fused loop where the tables carry one: NumPy with numba)."""
+    shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
+    if table.get("fused") is not None:
+        return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
+    out = _zeros(Z, shape)
     for bucket in table["buckets"]:
         terms = _summed(_gather(A, bucket["left"]) * _gather(Z, bucket["right"]), bucket)
         out[bucket["targets"]] = terms if table["scale"] == 1.0 else table["scale"] * terms
@@ -507,7 +516,7 @@ def _through_activation(factors, powers, tables):
     H = factors[0][None] * powers[0]
     for k, P in zip(tables["powers"], powers[1:]):
         if factors[k - 1] is not None:
-            H[_START[k] :] += factors[k - 1][None] * P  # in place: autograd records it (nothing saved H)
+            _add_scaled(H, _START[k], factors[k - 1], P)
     return H
 
 
@@ -658,4 +667,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: a7c8a4318ad525a62ede11d98e99b0876fbb35a7311aeb557eee4ae984be5ba0
+# sha256 of all lines above: 32c7934892d0b325b865e913af06a3c8e1c02d86937c239c716c9c990da906c3

@@ -6,7 +6,9 @@ subsets of multi-indices, float32, and gradients through the torch kernel.
 """
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,9 @@ import diagramc
 from diagramc import multi_index as mi
 
 from .reference import TORCH_ACTIVATIONS, random_params, reference_derivatives
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+QUADRATIC = "x + x**2/4"  # its third derivative vanishes: vertices of order 2 only
 
 
 def _case(seed, activation, order, d=None, hidden=None):
@@ -209,6 +214,44 @@ def test_no_fold_where_k_would_be_too_large(backend, kernel_dir, monkeypatch):
     _assert_matches(mod.derivatives(p, xx), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
 
 
+def _without_numba(path, monkeypatch):
+    """The module at path imported anew where `import numba` fails: its NumPy-operations path."""
+    with monkeypatch.context() as patch:  # only while it is imported: numba itself imports lazily
+        patch.setitem(sys.modules, "numba", None)
+        spec = importlib.util.spec_from_file_location("kernel_without_numba", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "activation,order,d,hidden,subset",
+    [("tanh", 4, 3, 3, None), ("sin", 5, 2, 2, None), (QUADRATIC, 4, 3, 2, None), ("gelu", 3, 4, 1, None),
+     ("softplus", 4, 3, 2, [(0, 0, 0), (2, 1, 0), (0, 2, 2), (1, 1, 1)])],
+)
+def test_fused_loops_and_numpy_operations_agree(activation, order, d, hidden, subset, kernel_dir, monkeypatch):
+    """With numba the truncated products and the activation's sums run as fused loops, without
+    it as NumPy operations: both match jacfwd and each other, in float64 and float32, for one
+    point (layer 1 unfolded) and nine (folded)."""
+    arch, params, _ = _case(53, activation, order, d=d, hidden=hidden)
+    fused = diagramc.compile(arch, order, "numpy", multi_indices=subset, out_dir=kernel_dir)
+    plain = _without_numba(fused.__file__, monkeypatch)
+    assert plain.numba is None and not any("fused" in table for table in plain._TABLES["powers"].values())
+    if HAS_NUMBA:
+        assert fused.numba is not None and all("fused" in table for table in fused._TABLES["powers"].values())
+    for batch in (1, 9):
+        x = torch.randn(batch, d, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
+        want = reference_derivatives(params, x, activation, fused.MULTI_INDICES)
+        p = [q.numpy() for q in params]
+        got = fused.derivatives(p, x.numpy())
+        _assert_matches(got, want)
+        np.testing.assert_allclose(plain.derivatives(p, x.numpy()), got, rtol=1e-13, atol=1e-13)
+        single = [fused.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32)),
+                  plain.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))]
+        assert all(s.dtype == np.float32 for s in single)
+        np.testing.assert_allclose(single[0], single[1], rtol=1e-4, atol=1e-4 * float(np.abs(got).max()))
+
+
 def test_layer_one_matrix_is_kept_only_while_w1_is_unchanged(kernel_dir):
     """NumPy keeps layer 1's K between calls while W1 is equal entry by entry: a W1 changed
     in place, or the same values in another dtype, get a K of their own."""
@@ -240,9 +283,6 @@ def test_batches_split_into_chunks_agree_point_by_point(backend, kernel_dir):
     whole = np.asarray(mod.derivatives(p, xx))
     rows = np.concatenate([np.asarray(mod.derivatives(p, xx[i : i + 1])) for i in range(0, batch, 97)])
     np.testing.assert_allclose(whole[::97], rows, rtol=1e-12, atol=1e-12)
-
-
-QUADRATIC = "x + x**2/4"  # its third derivative vanishes: vertices of order 2 only
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
