@@ -429,9 +429,11 @@ def _fused_table(k):
 
 if numba is not None:
     # A truncated product as NumPy operations makes several passes over memory per multiply-add
-    # (gather, gather, multiply, sum, store); these loops make one, and keep each target's row in cache.
+    # (gather, gather, multiply, sum, store); these loops make one, and keep each target's row in
+    # cache. They compile at the first call in each process (about a second), not from a disk
+    # cache: numba's would tie them to the name this file was imported under.
 
-    @numba.njit(cache=True)
+    @numba.njit
     def _fused_product(A, Z, starts, left, right, weight, out):
         """out[t] = sum over t's rows q of weight[q] * A[left[q]] * Z[right[q]] (batch axes 1 or out's)."""
         for t in range(len(starts) - 1):
@@ -445,7 +447,7 @@ if numba is not None:
                         out[t, b, j] += w * a[ab, j] * z[zb, j]
         return out
 
-    @numba.njit(cache=True)
+    @numba.njit
     def _fused_add_scaled(H, start, f, P):
         """H[start + c] += f * P[c] (P's batch axis 1 or H's)."""
         for c in range(P.shape[0]):
@@ -453,6 +455,21 @@ if numba is not None:
                 pb = b if P.shape[1] > 1 else 0
                 for j in range(H.shape[2]):
                     H[start + c, b, j] += f[b, j] * P[c, pb, j]
+
+    @numba.njit
+    def _fused_scaled_rows(out, t, P, accumulate):
+        """out[r, b, o] (+)= t[b, o] * P[r, b] over the width (P's batch axis 1 or out's)."""
+        for r in range(out.shape[0]):
+            for b in range(out.shape[1]):
+                p = P[r, b if P.shape[1] > 1 else 0]
+                for o in range(out.shape[2]):
+                    row, tb = out[r, b, o], t[b, o]
+                    if accumulate:
+                        for j in range(row.shape[0]):
+                            row[j] += tb[j] * p[j]
+                    else:
+                        for j in range(row.shape[0]):
+                            row[j] = tb[j] * p[j]
 
     for _k, _table in _TABLES["powers"].items():
         _table["fused"] = _fused_table(_k)
@@ -484,6 +501,19 @@ def _broadcast(a, shape):
 
 def _take_last(a, index):
     return a.take(index, axis=-1)
+
+
+def _add_scaled_rows(left, t, P):
+    """left + t * P[r] for every row r: (rows, batch, OUTPUTS, width), in place where left is given."""
+    if numba is not None:
+        out = np.empty((P.shape[0],) + t.shape, dtype=t.dtype) if left is None else left
+        _fused_scaled_rows(out, t, P, left is not None)
+        return out
+    term = t[None] * P[:, :, None, :]
+    if left is None:
+        return term
+    left += term
+    return left
 
 
 def _add_scaled(H, start, f, P):
@@ -583,11 +613,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
             left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
             for k, scale, rows in terms:
                 t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
-                term = t[None] * powers[k - 2][rows][:, :, None, :]  # P_(k-1) at order a
-                if left is None:
-                    left = term
-                else:
-                    left += term  # in place: autograd records it (nothing saved left)
+                left = _add_scaled_rows(left, t, powers[k - 2][rows])  # P_(k-1) at order a
             left = left.swapaxes(0, 1).swapaxes(1, 2)  # (batch, OUTPUTS, rows, width), a view
             right = powers[0][cols].swapaxes(0, 1).swapaxes(1, 2)[:, None]  # Z: (batch or 1, 1, width, cols)
             for p, (r0, r1, c0) in enumerate(pieces):
@@ -705,4 +731,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 0d3415cbebc9a96a087ccd9b02c86a7a581f11217f8de8fe8cff2c65a7ba4313
+# sha256 of all lines above: de47e3443f63a264387c88ad634e160921851898089cd30ed662ce2f4ac92ea2

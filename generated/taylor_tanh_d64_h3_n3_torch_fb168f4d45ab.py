@@ -444,6 +444,16 @@ def _add_scaled(H, start, f, P):
     H[start:] += f[None] * P
 
 
+def _add_scaled_rows(left, t, P):
+    """left + t * P[r] for every row r: (rows, batch, OUTPUTS, width), in place where left is given
+    (autograd records it: nothing saved left)."""
+    term = t[None] * P[:, :, None, :]
+    if left is None:
+        return term
+    left += term
+    return left
+
+
 def _batch_major(a, batch):
     """(columns, batch or 1, OUTPUTS) -> (batch, OUTPUTS, columns)."""
     return a.expand(a.shape[0], batch, a.shape[2]).permute(1, 2, 0)
@@ -545,11 +555,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
             left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
             for k, scale, rows in terms:
                 t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
-                term = t[None] * powers[k - 2][rows][:, :, None, :]  # P_(k-1) at order a
-                if left is None:
-                    left = term
-                else:
-                    left += term  # in place: autograd records it (nothing saved left)
+                left = _add_scaled_rows(left, t, powers[k - 2][rows])  # P_(k-1) at order a
             left = left.swapaxes(0, 1).swapaxes(1, 2)  # (batch, OUTPUTS, rows, width), a view
             right = powers[0][cols].swapaxes(0, 1).swapaxes(1, 2)[:, None]  # Z: (batch or 1, 1, width, cols)
             for p, (r0, r1, c0) in enumerate(pieces):
@@ -667,4 +673,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 32c7934892d0b325b865e913af06a3c8e1c02d86937c239c716c9c990da906c3
+# sha256 of all lines above: 79ee0eead8e6054e4c1a078a527428ca79a6bf7b96448c6f2ca7b7daf568944f
