@@ -457,19 +457,22 @@ if numba is not None:
                     H[start + c, b, j] += f[b, j] * P[c, pb, j]
 
     @numba.njit
-    def _fused_scaled_rows(out, t, P, accumulate):
-        """out[r, b, o] (+)= t[b, o] * P[r, b] over the width (P's batch axis 1 or out's)."""
-        for r in range(out.shape[0]):
-            for b in range(out.shape[1]):
-                p = P[r, b if P.shape[1] > 1 else 0]
-                for o in range(out.shape[2]):
-                    row, tb = out[r, b, o], t[b, o]
+    def _fused_scaled_rows(out, g, scale, f, P, accumulate):
+        """out[r, b, o] (+)= scale f[b] g[b, o] P[r, b] over the width (g's and P's batch axes 1 or out's)."""
+        t = np.empty(out.shape[3], dtype=out.dtype)
+        for b in range(out.shape[1]):
+            for o in range(out.shape[2]):
+                gb = g[b if g.shape[0] > 1 else 0, o]
+                for j in range(t.shape[0]):
+                    t[j] = scale * f[b, j] * gb[j]
+                for r in range(out.shape[0]):
+                    row, p = out[r, b, o], P[r, b if P.shape[1] > 1 else 0]
                     if accumulate:
                         for j in range(row.shape[0]):
-                            row[j] += tb[j] * p[j]
+                            row[j] += t[j] * p[j]
                     else:
                         for j in range(row.shape[0]):
-                            row[j] = tb[j] * p[j]
+                            row[j] = t[j] * p[j]
 
     for _k, _table in _TABLES["powers"].items():
         _table["fused"] = _fused_table(_k)
@@ -503,13 +506,14 @@ def _take_last(a, index):
     return a.take(index, axis=-1)
 
 
-def _add_scaled_rows(left, t, P):
-    """left + t * P[r] for every row r: (rows, batch, OUTPUTS, width), in place where left is given."""
+def _add_scaled_rows(left, g, scale, f, P):
+    """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
+    and g (batch or 1, OUTPUTS, width); in place where left is given."""
     if numba is not None:
-        out = np.empty((P.shape[0],) + t.shape, dtype=t.dtype) if left is None else left
-        _fused_scaled_rows(out, t, P, left is not None)
+        out = np.empty((P.shape[0], f.shape[0]) + g.shape[1:], dtype=f.dtype) if left is None else left
+        _fused_scaled_rows(out, g, scale, f, P, left is not None)
         return out
-    term = t[None] * P[:, :, None, :]
+    term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
     if left is None:
         return term
     left += term
@@ -611,9 +615,8 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                     continue
                 terms = terms[-1:]
             left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
-            for k, scale, rows in terms:
-                t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
-                left = _add_scaled_rows(left, t, powers[k - 2][rows])  # P_(k-1) at order a
+            for k, scale, rows in terms:  # P_(k-1) at order a, times scale sigma^(k)/k! g
+                left = _add_scaled_rows(left, g, scale, factors[k - 1], powers[k - 2][rows])
             left = left.swapaxes(0, 1).swapaxes(1, 2)  # (batch, OUTPUTS, rows, width), a view
             right = powers[0][cols].swapaxes(0, 1).swapaxes(1, 2)[:, None]  # Z: (batch or 1, 1, width, cols)
             for p, (r0, r1, c0) in enumerate(pieces):
@@ -731,4 +734,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: de47e3443f63a264387c88ad634e160921851898089cd30ed662ce2f4ac92ea2
+# sha256 of all lines above: aaeaef24cc8409833bd0fa3b78577c3bb0177dc75e57cea95f479fa8563712a0

@@ -442,10 +442,11 @@ def _add_scaled(H, start, f, P):
     H[start:] += f[None] * P
 
 
-def _add_scaled_rows(left, t, P):
-    """left + t * P[r] for every row r: (rows, batch, OUTPUTS, width), in place where left is given
-    (autograd records it: nothing saved left)."""
-    term = t[None] * P[:, :, None, :]
+def _add_scaled_rows(left, g, scale, f, P):
+    """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
+    and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
+    nothing saved left)."""
+    term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
     if left is None:
         return term
     left += term
@@ -551,9 +552,8 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                     continue
                 terms = terms[-1:]
             left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
-            for k, scale, rows in terms:
-                t = g * (scale * factors[k - 1])[:, None, :]  # (batch, OUTPUTS, width)
-                left = _add_scaled_rows(left, t, powers[k - 2][rows])  # P_(k-1) at order a
+            for k, scale, rows in terms:  # P_(k-1) at order a, times scale sigma^(k)/k! g
+                left = _add_scaled_rows(left, g, scale, factors[k - 1], powers[k - 2][rows])
             left = left.swapaxes(0, 1).swapaxes(1, 2)  # (batch, OUTPUTS, rows, width), a view
             right = powers[0][cols].swapaxes(0, 1).swapaxes(1, 2)[:, None]  # Z: (batch or 1, 1, width, cols)
             for p, (r0, r1, c0) in enumerate(pieces):
@@ -671,4 +671,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 6003f9b41269685fbd0091383d2086075093ab99d158d1d354f68b08c23355a2
+# sha256 of all lines above: b307e8ea4146fcfb52213ba193549d2c2b42e21312934e488b958570ebf1142f
