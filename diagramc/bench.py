@@ -455,6 +455,7 @@ def bench_ours(cell: Cell, backend: str, settings: Settings, kernel_dir: Path, d
     source = Path(module.__file__).read_bytes()
     return _result(times, packed, call, compile_s=cold["cold_total_s"], cold_compile=cold, memory=memory,
                    multiply_adds_per_sample=macs, module=str(module.__file__),
+                   fused_loops=getattr(module, "numba", None) is not None,
                    module_sha256=hashlib.sha256(source).hexdigest())
 
 
@@ -1009,6 +1010,10 @@ def format_table(report: dict) -> str:
                  "part); (c X s) = cold compile (ours) or jit compile (JAX); est = estimated from a small batch")
     lines.append("best anchor / ours: the median, over the rounds, of the ratio within a round (where both took "
                  "part); ratio > 1: our kernel is faster")
+    fused = {c["methods"].get("diagramc_numpy", {}).get("fused_loops") for c in cells} - {None}
+    if fused:
+        lines.append("ours numpy: " + ("fused loops (numba)" if fused == {True} else "NumPy operations only "
+                     "(pip install diagramc[fast] for fused loops)" if fused == {False} else "mixed"))
     ratio_lines = ["anchor time / our time (best of our backends):"]
     for c in cells:
         parts = [f"{SHORT_NAMES[a]} {v['best_ours']:.3g}" + (" (est)" if c["methods"][a]["status"] == "estimated" else "")

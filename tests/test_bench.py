@@ -26,6 +26,8 @@ def test_bench_smoke(tmp_path):
     for name in ("diagramc_torch", "diagramc_numpy", "torch_func_jacfwd"):
         assert methods[name]["status"] == "ok", methods[name]
         assert methods[name]["median_s"] > 0
+    assert methods["diagramc_numpy"]["fused_loops"] == (importlib.util.find_spec("numba") is not None)
+    assert not methods["diagramc_torch"]["fused_loops"]
     for name in ("diagramc_torch", "diagramc_numpy"):
         assert methods[name]["compile_s"] > 0
         assert methods[name]["multiply_adds_per_sample"]["total"] > 0
