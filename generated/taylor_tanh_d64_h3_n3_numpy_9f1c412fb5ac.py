@@ -24,10 +24,11 @@ import math
 
 import numpy as np
 
-try:  # optional (pip install diagramc[fast]): fused loops for the truncated products
+try:  # optional (pip install diagramc[fast]): fused loops for the products of series
     import numba
-except Exception:  # not installed, or not built for this NumPy: the NumPy operations below serve
+except Exception:  # not installed, or not built for this NumPy: the kernel's NumPy operations serve
     numba = None
+_FUSED = numba is not None
 
 _REGENERATE = 'diagramc compile --order 3 --layer-sizes 64,64,64,64,1 --activation tanh --backend numpy -o generated'
 
@@ -429,7 +430,7 @@ def _fused_table(k):
     return starts, left[rows], right[rows], weight[rows]
 
 
-if numba is not None:
+if _FUSED:
     # A truncated product as NumPy operations makes several passes over memory per multiply-add
     # (gather, gather, multiply, sum, store); these loops make one, and keep each target's row in
     # cache. They compile at the first call in each process (about a second), not from a disk
@@ -508,28 +509,6 @@ def _take_last(a, index):
     return a.take(index, axis=-1)
 
 
-def _add_scaled_rows(left, g, scale, f, P):
-    """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
-    and g (batch or 1, OUTPUTS, width); in place where left is given."""
-    if numba is not None:
-        out = np.empty((P.shape[0], f.shape[0]) + g.shape[1:], dtype=f.dtype) if left is None else left
-        _fused_scaled_rows(out, g, scale, f, P, left is not None)
-        return out
-    term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
-    if left is None:
-        return term
-    left += term
-    return left
-
-
-def _add_scaled(H, start, f, P):
-    """H[start:] += f * P, in place."""
-    if numba is not None:
-        _fused_add_scaled(H, start, f, P)
-    else:
-        H[start:] += f[None] * P
-
-
 def _batch_major(a, batch):
     """(columns, batch or 1, OUTPUTS) -> (batch, OUTPUTS, columns)."""
     return (a if a.shape[1] == batch else np.broadcast_to(a, (a.shape[0], batch, a.shape[2]))).transpose(1, 2, 0)
@@ -564,9 +543,9 @@ def _summed(terms, bucket):
 
 def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
-    one fused loop where the tables carry one: NumPy with numba)."""
+    one fused loop: NumPy with numba)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if table.get("fused") is not None:
+    if _FUSED:
         return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
@@ -583,6 +562,29 @@ def _powers(Z, tables):
     for table in tables["powers"].values():
         powers.append(_product(powers[-1], Z, table))
     return powers
+
+
+def _add_scaled(H, start, f, P):
+    """H[start:] += f * P, in place (autograd records it: nothing saved H)."""
+    if _FUSED:
+        _fused_add_scaled(H, start, f, P)
+    else:
+        H[start:] += f[None] * P
+
+
+def _add_scaled_rows(left, g, scale, f, P):
+    """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
+    and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
+    nothing saved left)."""
+    if _FUSED:
+        out = _empty(f, (P.shape[0], f.shape[0]) + g.shape[1:]) if left is None else left
+        _fused_scaled_rows(out, g, scale, f, P, left is not None)
+        return out
+    term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
+    if left is None:
+        return term
+    left += term
+    return left
 
 
 def _through_activation(factors, powers, tables):
@@ -736,4 +738,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: af64def496054743b6e086de9541e56f63d5f1984bb1a6331ab7c3043d626cf8
+# sha256 of all lines above: e1b3340ce9e403116e526efee1b6f5f81f54eeed1750a972fd03d31a6f8dec07

@@ -408,6 +408,7 @@ def _build_tables(index):
 # PyTorch primitives: tensors stay on x's device and dtype, and everything is differentiable.
 
 _DEVICE_TABLES = {}
+_FUSED = False  # no fused loops: torch's own operations, differentiable and on any device
 _CHUNK = _chunk_size(2**17)  # twice NumPy's: a torch call costs more
 
 
@@ -437,22 +438,6 @@ def _broadcast(a, shape):
 
 def _take_last(a, index):
     return torch.gather(a, -1, index.expand(a.shape[:-1] + index.shape))  # faster than index_select on the last axis
-
-
-def _add_scaled(H, start, f, P):
-    """H[start:] += f * P, in place: autograd records it (nothing saved H)."""
-    H[start:] += f[None] * P
-
-
-def _add_scaled_rows(left, g, scale, f, P):
-    """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
-    and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
-    nothing saved left)."""
-    term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
-    if left is None:
-        return term
-    left += term
-    return left
 
 
 def _batch_major(a, batch):
@@ -501,9 +486,9 @@ def _summed(terms, bucket):
 
 def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
-    one fused loop where the tables carry one: NumPy with numba)."""
+    one fused loop: NumPy with numba)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if table.get("fused") is not None:
+    if _FUSED:
         return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
@@ -520,6 +505,29 @@ def _powers(Z, tables):
     for table in tables["powers"].values():
         powers.append(_product(powers[-1], Z, table))
     return powers
+
+
+def _add_scaled(H, start, f, P):
+    """H[start:] += f * P, in place (autograd records it: nothing saved H)."""
+    if _FUSED:
+        _fused_add_scaled(H, start, f, P)
+    else:
+        H[start:] += f[None] * P
+
+
+def _add_scaled_rows(left, g, scale, f, P):
+    """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
+    and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
+    nothing saved left)."""
+    if _FUSED:
+        out = _empty(f, (P.shape[0], f.shape[0]) + g.shape[1:]) if left is None else left
+        _fused_scaled_rows(out, g, scale, f, P, left is not None)
+        return out
+    term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
+    if left is None:
+        return term
+    left += term
+    return left
 
 
 def _through_activation(factors, powers, tables):
@@ -673,4 +681,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: d7ac2909a51714d0dabc279350e1bb4d03c1566d4a07fb4086497d6f24aba850
+# sha256 of all lines above: ae963a60613df2eb12527f10039c840d44cce0252d0fbedce503ee22bda48b1e
