@@ -479,6 +479,12 @@ if _FUSED:
         _table["fused"] = _fused_table(_k)
 
 
+def _fuses(*arrays):
+    """Whether the fused loops take these arrays' dtypes (float64 and float32 in this machine's
+    byte order; others get NumPy operations)."""
+    return _FUSED and all(a.dtype.char in "df" and a.dtype.isnative for a in arrays)
+
+
 def _zeros(like, shape):
     return np.zeros(shape, dtype=like.dtype)
 
@@ -543,7 +549,7 @@ def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
     one fused loop: NumPy with numba)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if _FUSED:
+    if _fuses(A, Z):
         return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
@@ -564,7 +570,7 @@ def _powers(Z, tables):
 
 def _add_scaled(H, start, f, P):
     """H[start:] += f * P, in place (autograd records it: nothing saved H)."""
-    if _FUSED:
+    if _fuses(H, f, P):
         _fused_add_scaled(H, start, f, P)
     else:
         H[start:] += f[None] * P
@@ -574,7 +580,7 @@ def _add_scaled_rows(left, g, scale, f, P):
     """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
     and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
     nothing saved left)."""
-    if _FUSED:
+    if _fuses(g, f, P) and (left is None or _fuses(left)):
         out = _empty(f, (P.shape[0], f.shape[0]) + g.shape[1:]) if left is None else left
         _fused_scaled_rows(out, g, scale, f, P, left is not None)
         return out
@@ -736,4 +742,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 4003b1e240b6089fe9b778ef1e7d3b593ed802b47a3b595494a096ab57de632a
+# sha256 of all lines above: de4363cf64b30e12beec5cb1d2136de96404a629b93b93c083ce4855388e8bd6

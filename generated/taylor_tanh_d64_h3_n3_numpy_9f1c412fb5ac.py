@@ -481,6 +481,12 @@ if _FUSED:
         _table["fused"] = _fused_table(_k)
 
 
+def _fuses(*arrays):
+    """Whether the fused loops take these arrays' dtypes (float64 and float32 in this machine's
+    byte order; others get NumPy operations)."""
+    return _FUSED and all(a.dtype.char in "df" and a.dtype.isnative for a in arrays)
+
+
 def _zeros(like, shape):
     return np.zeros(shape, dtype=like.dtype)
 
@@ -545,7 +551,7 @@ def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
     one fused loop: NumPy with numba)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if _FUSED:
+    if _fuses(A, Z):
         return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
@@ -566,7 +572,7 @@ def _powers(Z, tables):
 
 def _add_scaled(H, start, f, P):
     """H[start:] += f * P, in place (autograd records it: nothing saved H)."""
-    if _FUSED:
+    if _fuses(H, f, P):
         _fused_add_scaled(H, start, f, P)
     else:
         H[start:] += f[None] * P
@@ -576,7 +582,7 @@ def _add_scaled_rows(left, g, scale, f, P):
     """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
     and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
     nothing saved left)."""
-    if _FUSED:
+    if _fuses(g, f, P) and (left is None or _fuses(left)):
         out = _empty(f, (P.shape[0], f.shape[0]) + g.shape[1:]) if left is None else left
         _fused_scaled_rows(out, g, scale, f, P, left is not None)
         return out
@@ -738,4 +744,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: e1b3340ce9e403116e526efee1b6f5f81f54eeed1750a972fd03d31a6f8dec07
+# sha256 of all lines above: 67d7f23d32483bdc29cdbee900b9a56fd269940a035cc3c9aa6d065a6bba0234

@@ -408,8 +408,12 @@ def _build_tables(index):
 # PyTorch primitives: tensors stay on x's device and dtype, and everything is differentiable.
 
 _DEVICE_TABLES = {}
-_FUSED = False  # no fused loops: torch's own operations, differentiable and on any device
 _CHUNK = _chunk_size(2**17)  # twice NumPy's: a torch call costs more
+
+
+def _fuses(*arrays):
+    """Never: torch's own operations, differentiable and on any device."""
+    return False
 
 
 def _zeros(like, shape):
@@ -488,7 +492,7 @@ def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
     one fused loop: NumPy with numba)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if _FUSED:
+    if _fuses(A, Z):
         return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
@@ -509,7 +513,7 @@ def _powers(Z, tables):
 
 def _add_scaled(H, start, f, P):
     """H[start:] += f * P, in place (autograd records it: nothing saved H)."""
-    if _FUSED:
+    if _fuses(H, f, P):
         _fused_add_scaled(H, start, f, P)
     else:
         H[start:] += f[None] * P
@@ -519,7 +523,7 @@ def _add_scaled_rows(left, g, scale, f, P):
     """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
     and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
     nothing saved left)."""
-    if _FUSED:
+    if _fuses(g, f, P) and (left is None or _fuses(left)):
         out = _empty(f, (P.shape[0], f.shape[0]) + g.shape[1:]) if left is None else left
         _fused_scaled_rows(out, g, scale, f, P, left is not None)
         return out
@@ -681,4 +685,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: ae963a60613df2eb12527f10039c840d44cce0252d0fbedce503ee22bda48b1e
+# sha256 of all lines above: 57ef83e894da6f24a038722732a23f96a7dfd4e0af50a0172d39763d5f2ef2d4

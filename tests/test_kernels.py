@@ -252,6 +252,20 @@ def test_fused_loops_and_numpy_operations_agree(activation, order, d, hidden, su
         np.testing.assert_allclose(single[0], single[1], rtol=1e-4, atol=1e-4 * float(np.abs(got).max()))
 
 
+@pytest.mark.parametrize("dtype,rtol", [(np.float16, 3e-2), (np.longdouble, 1e-12), (np.dtype(">f8"), 1e-12)])
+def test_numpy_dtypes_without_fused_loops(dtype, rtol, kernel_dir):
+    """float16, long double and byte-swapped float64 take the NumPy operations (the fused loops
+    are for float32 and float64 in native byte order) and keep their type."""
+    arch, params, _ = _case(59, "tanh", 4, d=2, hidden=2)
+    mod = diagramc.compile(arch, 4, "numpy", out_dir=kernel_dir)
+    x = torch.randn(9, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES).numpy()
+    got = mod.derivatives([q.numpy().astype(dtype) for q in params], x.numpy().astype(dtype))
+    assert got.dtype == np.dtype(dtype).newbyteorder("=")  # the same type (NumPy's results are native)
+    assert not mod._fuses(x.numpy().astype(dtype))
+    np.testing.assert_allclose(got.astype(np.float64), want, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
 def test_layer_one_matrix_is_kept_only_while_w1_is_unchanged(kernel_dir):
     """NumPy keeps layer 1's K between calls while W1 is equal entry by entry: a W1 changed
     in place, or the same values in another dtype, get a K of their own."""
