@@ -928,11 +928,12 @@ def _run_cell(cell: Cell, settings: Settings, backends, device: str, kernel_dir:
             ratios[name]["best_ours"], ratios[name]["paired"] = ratio(name, best_ours)
     timed = {n: seconds(n) for n in ANCHORS if methods[n].get("median_s")}
     best_anchor = min(timed, key=timed.get) if timed else None
+    best = ratios.get(best_anchor, {})
     summary = {
         "best_ours": best_ours,
         "best_anchor": best_anchor,
-        "best_anchor_over_best_ours": ratio(best_anchor, best_ours)[0] if best_anchor and best_ours else None,
-        "paired_rounds": settings.rounds if best_anchor and best_ours and ratio(best_anchor, best_ours)[1] else 0,
+        "best_anchor_over_best_ours": best.get("best_ours"),
+        "paired_rounds": settings.rounds if best.get("paired") else 0,
         # the fastest run of each over all its runs: what each does when the machine leaves it alone
         "best_anchor_over_best_ours_of_minima": (
             min(methods[best_anchor]["times_s"] + methods[best_anchor].get("interleaved_s", []))
