@@ -416,15 +416,15 @@ _TABLES = _build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
 _CHUNK = _chunk_size(2**16)  # a series of 512 kB: the size of a core's L2 cache
 
 
-def _fused_table(k):
+def _fused_table(k, scale):
     """P_k's product table as rows sorted by target, for _fused_product: each target's first row
-    (and one past the last), and per row the columns of P_(k-1) and Z and a weight (2 for a pair
-    standing for its mirror, 1 for a square or where k > 2)."""
+    (and one past the last), and per row the columns of P_(k-1) and Z and a weight (the table's
+    scale for a pair, 1 for a square)."""
     left, right, target, squares = _POWER_TABLES[k]
+    weight = np.concatenate([np.full(len(left), scale), np.ones(len(squares))])
     left = np.array(list(left) + [column for column, _ in squares], dtype=np.int64)
     right = np.array(list(right) + [column for column, _ in squares], dtype=np.int64)
     target = np.array(list(target) + [t for _, t in squares], dtype=np.int64)
-    weight = np.where(np.arange(len(target)) < len(target) - len(squares), 2.0 if k == 2 else 1.0, 1.0)
     rows = np.argsort(target, kind="stable")
     starts = np.concatenate([[0], np.cumsum(np.bincount(target, minlength=max(_LOW - _START[k], 0)))])
     return starts, left[rows], right[rows], weight[rows]
@@ -478,7 +478,7 @@ if _FUSED:
                             row[j] = t[j] * p[j]
 
     for _k, _table in _TABLES["powers"].items():
-        _table["fused"] = _fused_table(_k)
+        _table["fused"] = _fused_table(_k, _table["scale"])
 
 
 def _fuses(*arrays):
@@ -507,17 +507,8 @@ def _gather(a, index):
     return a.take(index, axis=0)
 
 
-def _broadcast(a, shape):
-    return np.broadcast_to(a, shape)
-
-
 def _take_last(a, index):
     return a.take(index, axis=-1)
-
-
-def _batch_major(a, batch):
-    """(columns, batch or 1, OUTPUTS) -> (batch, OUTPUTS, columns)."""
-    return (a if a.shape[1] == batch else np.broadcast_to(a, (a.shape[0], batch, a.shape[2]))).transpose(1, 2, 0)
 
 
 def _copy_to_keep(a):
@@ -549,7 +540,7 @@ def _summed(terms, bucket):
 
 def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
-    one fused loop: NumPy with numba)."""
+    one fused loop where numba is installed)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
     if _fuses(A, Z):
         return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
@@ -574,8 +565,8 @@ def _add_scaled(H, start, f, P):
     """H[start:] += f * P, in place (autograd records it: nothing saved H)."""
     if _fuses(H, f, P):
         _fused_add_scaled(H, start, f, P)
-    else:
-        H[start:] += f[None] * P
+        return
+    H[start:] += f[None] * P
 
 
 def _add_scaled_rows(left, g, scale, f, P):
@@ -661,10 +652,16 @@ def _first_layer(params, tables):
     return _powers(Z, tables)
 
 
+def _first_layer_term(tables):
+    """(k, scale, rows of P_(k-1), columns of Z) of the one term non-zero at layer 1:
+    k = ORDER, the last term of _FIRST_LAYER_BLOCK."""
+    terms, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
+    return terms[-1] + (cols,)
+
+
 def _first_layer_matrix(powers, tables):
     """K[target, j]: layer 1's Gram entries of _FIRST_LAYER_BLOCK without t, summed (rows in _TOP_ORDER)."""
-    terms, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
-    k, scale, rows = terms[-1]  # k = ORDER
+    k, scale, rows, cols = _first_layer_term(tables)
     left = powers[k - 2][rows][:, 0]  # (rows, width)
     entries = (scale * left[:, None] * powers[0][cols][None, :, 0]).reshape(-1, left.shape[1])
     K = _zeros(entries, (len(_SERIES) - _LOW, entries.shape[1]))
@@ -707,7 +704,7 @@ def _series(params, x, tables, first_powers, fold, out):
         Z = _rows_times(_through_activation(factors, powers, tables), W.T)
         z = h @ W.T + b
     out[:, :, 0] = z
-    out[:, :, 1 : 1 + _LOW] = _batch_major(Z, batch)
+    out[:, :, 1 : 1 + _LOW] = Z.swapaxes(0, 1).swapaxes(1, 2)  # (batch or 1, OUTPUTS, columns): assigning broadcasts
     return _top_order(vertices, weights, tables, batch, fold, out[:, :, 1 + _LOW :])
 
 
@@ -719,8 +716,7 @@ def _folds(params, tables, batch):
     (its rows x cols x width grid at once) would take more than _FOLD_MAX_NUMBERS numbers."""
     if _FIRST_LAYER_BLOCK is None or batch < _FOLD_FROM_BATCH:
         return False
-    terms, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
-    rows = terms[-1][2]
+    _, _, rows, cols = _first_layer_term(tables)
     return (rows.stop - rows.start) * (cols.stop - cols.start) * params[0].shape[0] <= _FOLD_MAX_NUMBERS
 
 
@@ -744,4 +740,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 67d7f23d32483bdc29cdbee900b9a56fd269940a035cc3c9aa6d065a6bba0234
+# sha256 of all lines above: 8ba5c0645aaddeded315573dc1d936053e2a93d401018b36ef18c7c5ea5da76f

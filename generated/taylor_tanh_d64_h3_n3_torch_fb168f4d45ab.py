@@ -411,11 +411,6 @@ _DEVICE_TABLES = {}
 _CHUNK = _chunk_size(2**17)  # twice NumPy's: a torch call costs more
 
 
-def _fuses(*arrays):
-    """Never: torch's own operations, differentiable and on any device."""
-    return False
-
-
 def _zeros(like, shape):
     return like.new_zeros(shape)
 
@@ -436,17 +431,8 @@ def _gather(a, index):
     return a.index_select(0, index)
 
 
-def _broadcast(a, shape):
-    return a.expand(shape)
-
-
 def _take_last(a, index):
     return torch.gather(a, -1, index.expand(a.shape[:-1] + index.shape))  # faster than index_select on the last axis
-
-
-def _batch_major(a, batch):
-    """(columns, batch or 1, OUTPUTS) -> (batch, OUTPUTS, columns)."""
-    return a.expand(a.shape[0], batch, a.shape[2]).permute(1, 2, 0)
 
 
 def _copy_to_keep(a):
@@ -489,11 +475,8 @@ def _summed(terms, bucket):
 
 
 def _product(A, Z, table):
-    """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
-    one fused loop: NumPy with numba)."""
+    """Low-order part of the truncated product of two series, A * Z, by dense blocks."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if _fuses(A, Z):
-        return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
         terms = _summed(_gather(A, bucket["left"]) * _gather(Z, bucket["right"]), bucket)
@@ -513,20 +496,13 @@ def _powers(Z, tables):
 
 def _add_scaled(H, start, f, P):
     """H[start:] += f * P, in place (autograd records it: nothing saved H)."""
-    if _fuses(H, f, P):
-        _fused_add_scaled(H, start, f, P)
-    else:
-        H[start:] += f[None] * P
+    H[start:] += f[None] * P
 
 
 def _add_scaled_rows(left, g, scale, f, P):
     """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
     and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
     nothing saved left)."""
-    if _fuses(g, f, P) and (left is None or _fuses(left)):
-        out = _empty(f, (P.shape[0], f.shape[0]) + g.shape[1:]) if left is None else left
-        _fused_scaled_rows(out, g, scale, f, P, left is not None)
-        return out
     term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
     if left is None:
         return term
@@ -602,10 +578,16 @@ def _first_layer(params, tables):
     return _powers(Z, tables)
 
 
+def _first_layer_term(tables):
+    """(k, scale, rows of P_(k-1), columns of Z) of the one term non-zero at layer 1:
+    k = ORDER, the last term of _FIRST_LAYER_BLOCK."""
+    terms, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
+    return terms[-1] + (cols,)
+
+
 def _first_layer_matrix(powers, tables):
     """K[target, j]: layer 1's Gram entries of _FIRST_LAYER_BLOCK without t, summed (rows in _TOP_ORDER)."""
-    terms, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
-    k, scale, rows = terms[-1]  # k = ORDER
+    k, scale, rows, cols = _first_layer_term(tables)
     left = powers[k - 2][rows][:, 0]  # (rows, width)
     entries = (scale * left[:, None] * powers[0][cols][None, :, 0]).reshape(-1, left.shape[1])
     K = _zeros(entries, (len(_SERIES) - _LOW, entries.shape[1]))
@@ -648,7 +630,7 @@ def _series(params, x, tables, first_powers, fold, out):
         Z = _rows_times(_through_activation(factors, powers, tables), W.T)
         z = h @ W.T + b
     out[:, :, 0] = z
-    out[:, :, 1 : 1 + _LOW] = _batch_major(Z, batch)
+    out[:, :, 1 : 1 + _LOW] = Z.swapaxes(0, 1).swapaxes(1, 2)  # (batch or 1, OUTPUTS, columns): assigning broadcasts
     return _top_order(vertices, weights, tables, batch, fold, out[:, :, 1 + _LOW :])
 
 
@@ -660,8 +642,7 @@ def _folds(params, tables, batch):
     (its rows x cols x width grid at once) would take more than _FOLD_MAX_NUMBERS numbers."""
     if _FIRST_LAYER_BLOCK is None or batch < _FOLD_FROM_BATCH:
         return False
-    terms, cols, _ = tables["top"][_FIRST_LAYER_BLOCK]
-    rows = terms[-1][2]
+    _, _, rows, cols = _first_layer_term(tables)
     return (rows.stop - rows.start) * (cols.stop - cols.start) * params[0].shape[0] <= _FOLD_MAX_NUMBERS
 
 
@@ -685,4 +666,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 57ef83e894da6f24a038722732a23f96a7dfd4e0af50a0172d39763d5f2ef2d4
+# sha256 of all lines above: 84d3b48933a1999442bdd42bd64f6bcd46933c695939d7d6e99ef26c875bf655
