@@ -12,6 +12,7 @@ from .compiler import compile, taylor  # noqa: E402
 from .activations import get_activation, ACTIVATIONS  # noqa: E402
 from .combinatorics import diagrams, count, Diagram  # noqa: E402
 from .attribution import contributions  # noqa: E402
+from .graphs import cuda_graphed  # noqa: E402
 
 __all__ = [
     "Architecture",
@@ -19,6 +20,7 @@ __all__ = [
     "compile",
     "contributions",
     "count",
+    "cuda_graphed",
     "Diagram",
     "DiagramcError",
     "diagrams",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -68,6 +69,27 @@ def _layer_sizes_arg(text):
             f"malformed layer sizes {text!r}: expected comma-separated positive integers d,n1,...,nH,m such as 64,32,32,1"
         )
     return tuple(int(p) for p in parts)
+
+
+def _device_arg(text):
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"malformed device {text!r}: expected cpu, cuda or cuda:N")
+    return text
+
+
+def _cell_arg(text):
+    parts = text.split(",")
+    if len(parts) not in (2, 3) or not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"malformed cell {text!r}: expected D,N or D,N,BATCH, positive integers such as 4,5 or 16,3,64")
+    return tuple(int(p) for p in parts)
+
+
+def _backends_arg(text):
+    names = tuple(b.strip() for b in text.split(","))
+    if not names or any(b not in ("torch", "numpy") for b in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"malformed backends {text!r}: expected torch,numpy, torch or numpy")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time our kernels against torch.func and JAX side by side")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and cells")
     p.add_argument("--out", default="bench-out", help="folder for the JSON and the plot")
+    p.add_argument("--device", type=_device_arg, default="cpu",
+                   help="where the torch kernels and torch.func run: cpu or cuda[:N] (JAX uses its default device)")
+    p.add_argument("--threads", type=_int_arg("--threads", 1), help="torch's intra-op threads (default: all cores)")
+    p.add_argument("--cells", nargs="+", type=_cell_arg, metavar="D,N[,BATCH]",
+                   help="cells to time instead of the issue's set, e.g. 4,5 16,3,64 (batch 256 by default)")
+    p.add_argument("--backends", default="torch,numpy", type=_backends_arg,
+                   help="our backends to time: torch,numpy (default), torch or numpy")
     return parser
 
 
@@ -356,7 +385,13 @@ def _demo(args) -> None:
 def _bench(args) -> None:
     from .bench import run_bench
 
-    run_bench(args.out, quick=args.quick)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DiagramcError(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
+    run_bench(args.out, quick=args.quick, cells=args.cells, backends=args.backends, device=args.device,
+              threads=args.threads)
 
 
 COMMANDS = {"count": _count, "diagrams": _diagrams, "compile": _compile, "contributions": _contributions,

@@ -497,8 +497,13 @@ def _cat(arrays, axis):
     return np.concatenate(arrays, axis=axis)
 
 
-def _as_array(values, like):
-    return np.asarray(values, dtype=like.dtype)
+def _chunk(x):
+    return _CHUNK
+
+
+def _factorials(like):
+    """alpha! in like's dtype."""
+    return _FACTORIALS.astype(like.dtype, copy=False)
 
 
 def _gather(a, index):
@@ -726,8 +731,9 @@ def taylor_coefficients(params, x):
     first_powers = _first_layer(params, tables)  # layer 1 is affine: the same for every x
     fold = _folds(params, tables, x.shape[0])
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
-    u = [_series(params, x[i : i + _CHUNK], tables, first_powers, fold, out[i : i + _CHUNK])
-         for i in range(0, x.shape[0], _CHUNK)]
+    chunk = _chunk(x)
+    u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
+         for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         K = _first_layer_matrix_for(params[0], first_powers, tables)
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
@@ -737,5 +743,5 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
-    return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: 33072a774d830e7b336a5fa2dc60083d3c22a29c97bde4f1459188c477cfbcc6
+    return coefficients * _factorials(coefficients)
+# sha256 of all lines above: 3771109bb1256fb7721939661e6d14df45b9d0c8acd3b657eb7b68d0ef9bc24b

@@ -407,6 +407,8 @@ def _build_tables(index):
 
 _DEVICE_TABLES = {}
 _CHUNK = _chunk_size(2**17)  # twice NumPy's: a torch call costs more
+_ACCELERATOR_CHUNK = _chunk_size(2**24)  # a GPU wants the whole batch at once; this still bounds memory
+_FACTORIALS_ON = {}  # (device, dtype) -> alpha! as a tensor there: made once, not copied over each call
 
 
 def _zeros(like, shape):
@@ -421,8 +423,18 @@ def _cat(tensors, dim):
     return torch.cat(tensors, dim)
 
 
-def _as_array(values, like):
-    return torch.as_tensor(values, dtype=like.dtype, device=like.device)  # a NumPy float64 array on CPU: no copy
+def _chunk(x):
+    """Points per chunk: cache-sized on a CPU; on a GPU as many as memory allows, since each
+    chunk launches the same few hundred kernels."""
+    return _CHUNK if x.device.type == "cpu" else _ACCELERATOR_CHUNK
+
+
+def _factorials(like):
+    """alpha! in like's dtype on like's device (kept, so a call copies nothing from the host)."""
+    key = (like.device, like.dtype)
+    if key not in _FACTORIALS_ON:
+        _FACTORIALS_ON[key] = torch.as_tensor(_FACTORIALS, dtype=like.dtype, device=like.device)
+    return _FACTORIALS_ON[key]
 
 
 def _gather(a, index):
@@ -652,8 +664,9 @@ def taylor_coefficients(params, x):
     first_powers = _first_layer(params, tables)  # layer 1 is affine: the same for every x
     fold = _folds(params, tables, x.shape[0])
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
-    u = [_series(params, x[i : i + _CHUNK], tables, first_powers, fold, out[i : i + _CHUNK])
-         for i in range(0, x.shape[0], _CHUNK)]
+    chunk = _chunk(x)
+    u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
+         for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         K = _first_layer_matrix_for(params[0], first_powers, tables)
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
@@ -663,5 +676,5 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
-    return coefficients * _as_array(_FACTORIALS, coefficients)
-# sha256 of all lines above: d43a79c6149825af6bd6c07d09a8d3107462c3999344de46f831fb6b5f95ec40
+    return coefficients * _factorials(coefficients)
+# sha256 of all lines above: 14504db10a2a3cf0a8b8c19437d0dc8ece68926cad44c730fa7fc20c16f85e65

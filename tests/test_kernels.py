@@ -339,3 +339,10 @@ def test_few_multi_indices_of_many_inputs_at_high_order(backend, kernel_dir):
         got = np.asarray(partial.derivatives(*args[0]))[..., mine]
         want = np.asarray(full.derivatives(*args[1]))[..., columns]
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+def test_cuda_graphed_needs_a_cuda_tensor(kernel_dir):
+    arch, params, x = _case(40, "tanh", 2, d=2, hidden=2)
+    mod = diagramc.compile(arch, 2, "torch", out_dir=kernel_dir)
+    with pytest.raises(diagramc.DiagramcError, match="CUDA device"):
+        diagramc.cuda_graphed(mod.derivatives, params, x)

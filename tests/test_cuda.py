@@ -1,0 +1,108 @@
+"""Torch kernels on a CUDA device against nested torch.func.jacfwd (float64).
+
+Skipped where torch sees no CUDA device (CI has none); run on a GPU machine with
+``python -m pytest -q tests/test_cuda.py``. The reference runs on the CPU, so the two
+sides share neither device nor code.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import diagramc
+
+from .reference import random_params, reference_derivatives
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device")
+CUDA = torch.device("cuda")
+
+
+def _network(seed, activation, d, hidden):
+    rng = random.Random(seed)
+    sizes = (d,) + tuple(rng.randint(2, 9) for _ in range(hidden)) + (rng.randint(1, 2),)
+    gen = torch.Generator().manual_seed(seed)
+    params = random_params(sizes, gen)
+    x = torch.randn(5, d, generator=gen, dtype=torch.float64)  # non-zero expansion points
+    return diagramc.Architecture(sizes, activation), params, x
+
+
+def _assert_close(got, want, rtol):
+    scale = want.abs().max().clamp(min=1.0)
+    torch.testing.assert_close(got.cpu(), want, rtol=rtol, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("seed,activation,d,order,hidden", [
+    (0, "tanh", 3, 5, 2),
+    (1, "sigmoid", 2, 6, 3),
+    (2, "gelu", 4, 4, 2),
+    (3, "softplus", 1, 6, 3),
+    (4, "x*tanh(x)", 3, 3, 4),
+    (5, "x + x**2/4", 5, 4, 2),
+])
+def test_cuda_float64_matches_jacfwd(seed, activation, d, order, hidden, kernel_dir):
+    arch, params, x = _network(seed, activation, d, hidden)
+    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
+    got = mod.derivatives([p.to(CUDA) for p in params], x.to(CUDA))
+    assert got.device.type == "cuda" and got.dtype == torch.float64
+    _assert_close(got, reference_derivatives(params, x, activation, mod.MULTI_INDICES), rtol=1e-9)
+
+
+def test_cuda_float32_within_1e4_relative(kernel_dir):
+    arch, params, x = _network(6, "tanh", 3, 2)
+    mod = diagramc.compile(arch, 4, "torch", out_dir=kernel_dir)
+    got = mod.derivatives([p.float().to(CUDA) for p in params], x.float().to(CUDA))
+    assert got.dtype == torch.float32
+    _assert_close(got.double(), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES), rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch", [1, 700, 5000])
+def test_cuda_batches_fold_and_chunk(batch, kernel_dir):
+    """Batch 1, a batch that folds layer 1, and one split into several chunks."""
+    arch, params, _ = _network(7, "tanh", 4, 3)
+    x = torch.randn(batch, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    mod = diagramc.compile(arch, 3, "torch", out_dir=kernel_dir)
+    got = mod.derivatives([p.to(CUDA) for p in params], x.to(CUDA))
+    _assert_close(got, reference_derivatives(params, x, "tanh", mod.MULTI_INDICES), rtol=1e-9)
+
+
+def test_cuda_gradients_equal_double_backward(kernel_dir):
+    arch, params, x = _network(9, "tanh", 2, 2)
+    mod = diagramc.compile(arch, 3, "torch", out_dir=kernel_dir)
+    weights = torch.randn(x.shape[0], arch.outputs, len(mod.MULTI_INDICES), dtype=torch.float64)
+
+    def grads(evaluate, device):
+        ps = [p.to(device).requires_grad_(True) for p in params]
+        xx = x.to(device).requires_grad_(True)
+        loss = (evaluate(ps, xx) * weights.to(device)).sum() ** 2
+        return [g.cpu() for g in torch.autograd.grad(loss, ps + [xx])]
+
+    ours = grads(mod.derivatives, CUDA)
+    ref = grads(lambda ps, xx: reference_derivatives(ps, xx, "tanh", mod.MULTI_INDICES), "cpu")
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_cuda_and_cpu_tensors_are_not_mixed(kernel_dir):
+    arch, params, x = _network(10, "tanh", 2, 2)
+    mod = diagramc.compile(arch, 2, "torch", out_dir=kernel_dir)
+    with pytest.raises(ValueError, match="expected x's"):
+        mod.derivatives(params, x.to(CUDA))
+
+
+def test_cuda_graph_replays_the_kernel_on_new_inputs(kernel_dir):
+    arch, params, x = _network(11, "tanh", 3, 3)
+    mod = diagramc.compile(arch, 4, "torch", out_dir=kernel_dir)
+    on_gpu = [p.to(CUDA) for p in params]
+    evaluate = diagramc.cuda_graphed(mod.derivatives, on_gpu, x.to(CUDA))
+    for seed in (12, 13):  # new points and new weights, recorded buffers refilled each call
+        gen = torch.Generator().manual_seed(seed)
+        new_params = [p + 0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        new_x = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        got = evaluate([p.to(CUDA) for p in new_params], new_x.to(CUDA))
+        _assert_close(got, reference_derivatives(new_params, new_x, "tanh", mod.MULTI_INDICES), rtol=1e-9)
+    with pytest.raises(ValueError, match="recorded with"):
+        evaluate(on_gpu, x[:2].to(CUDA))
+    with pytest.raises(ValueError, match="recorded with"):
+        evaluate(on_gpu, x.float().to(CUDA))
