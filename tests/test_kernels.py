@@ -346,3 +346,15 @@ def test_cuda_graphed_needs_a_cuda_tensor(kernel_dir):
     mod = diagramc.compile(arch, 2, "torch", out_dir=kernel_dir)
     with pytest.raises(diagramc.DiagramcError, match="CUDA device"):
         diagramc.cuda_graphed(mod.derivatives, params, x)
+
+
+@pytest.mark.parametrize("activation,order,d,hidden", [("tanh", 5, 3, 2), ("gelu", 6, 2, 3), (QUADRATIC, 4, 4, 2)])
+def test_torch_scatter_products_match(activation, order, d, hidden, kernel_dir, monkeypatch):
+    """The truncated products as one scatter-add each (what a GPU runs), forced on the CPU."""
+    arch, params, x = _case(50 + order, activation, order, d=d, hidden=hidden)
+    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
+    monkeypatch.setattr(mod, "_scatters", lambda Z: True)
+    _assert_matches(mod.derivatives(params, x), reference_derivatives(params, x, activation, mod.MULTI_INDICES))
+    ps = [p.clone().requires_grad_(True) for p in params]
+    mod.derivatives(ps, x).sum().backward()  # index_add is differentiable
+    assert all(p.grad is not None for p in ps)
