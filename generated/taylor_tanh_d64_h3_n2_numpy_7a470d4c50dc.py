@@ -497,6 +497,14 @@ def _cat(arrays, axis):
     return np.concatenate(arrays, axis=axis)
 
 
+def _add_product(out, a, b):
+    """out + a * b, in place where out is given (a * b where it is None)."""
+    if out is None:
+        return a * b
+    out += a * b
+    return out
+
+
 def _chunk(x):
     return _CHUNK
 
@@ -580,11 +588,8 @@ def _add_scaled_rows(left, g, scale, f, P):
         out = _empty(f, (P.shape[0], f.shape[0]) + g.shape[1:]) if left is None else left
         _fused_scaled_rows(out, g, scale, f, P, left is not None)
         return out
-    term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
-    if left is None:
-        return term
-    left += term
-    return left
+    line = g * (f if scale == 1.0 else scale * f)[:, None, :]  # (batch, OUTPUTS, width): small
+    return _add_product(left, line[None], P[:, :, None, :])
 
 
 def _through_activation(factors, powers, tables):
@@ -744,4 +749,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 3771109bb1256fb7721939661e6d14df45b9d0c8acd3b657eb7b68d0ef9bc24b
+# sha256 of all lines above: 609ef55d62dde27bfb10ab1ac5f3ec5f5420d250083b0e23999d495f90761d14

@@ -423,6 +423,11 @@ def _cat(tensors, dim):
     return torch.cat(tensors, dim)
 
 
+def _add_product(out, a, b):
+    """out + a * b, in place where out is given (one kernel: addcmul_; autograd saves a and b, not out)."""
+    return a * b if out is None else out.addcmul_(a, b)
+
+
 def _chunk(x):
     """Points per chunk: cache-sized on a CPU; on a GPU as many as memory allows, since each
     chunk launches the same few hundred kernels."""
@@ -469,8 +474,24 @@ def _prepare(params, x):
                 f"params[{i}] ({_param_name(i)}) is {p.dtype} on {p.device}; expected x's {x.dtype} on {x.device}"
             )
     if x.device not in _DEVICE_TABLES:
-        _DEVICE_TABLES[x.device] = _build_tables(lambda seq: torch.tensor(seq, dtype=torch.long, device=x.device))
+        _DEVICE_TABLES[x.device] = _tables_on(x.device)
     return list(params), x, _DEVICE_TABLES[x.device]
+
+
+def _tables_on(device):
+    """The index tables as tensors on device, with each product's pairs (left, right, target)
+    for its one scatter-add (_scatters)."""
+    index = lambda seq: torch.tensor(seq, dtype=torch.long, device=device)  # noqa: E731
+    tables = _build_tables(index)
+    for k, table in tables["powers"].items():
+        table["pairs"] = tuple(index(column) for column in _POWER_TABLES[k][:3])
+    return tables
+
+
+def _scatters(Z):
+    """Whether a truncated product is one scatter-add (index_add): on a GPU, where each of
+    the blocks' few kernels costs a launch; on a CPU the blocks are faster."""
+    return Z.device.type != "cpu"
 
 
 # ---------------------------------------------------------------------------------------
@@ -485,8 +506,15 @@ def _summed(terms, bucket):
 
 
 def _product(A, Z, table):
-    """Low-order part of the truncated product of two series, A * Z, by dense blocks."""
+    """Low-order part of the truncated product of two series, A * Z, by dense blocks (or, on a GPU, by one
+    scatter-add: a few kernels instead of a few per block)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
+    if _scatters(Z):
+        left, right, target = table["pairs"]
+        out = _zeros(Z, shape).index_add(0, target, _gather(A, left) * _gather(Z, right), alpha=table["scale"])
+        if len(table["square_targets"]):
+            out = out.index_add(0, table["square_targets"], _gather(Z, table["square_columns"]) ** 2)
+        return out
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
         terms = _summed(_gather(A, bucket["left"]) * _gather(Z, bucket["right"]), bucket)
@@ -513,11 +541,8 @@ def _add_scaled_rows(left, g, scale, f, P):
     """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
     and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
     nothing saved left)."""
-    term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
-    if left is None:
-        return term
-    left += term
-    return left
+    line = g * (f if scale == 1.0 else scale * f)[:, None, :]  # (batch, OUTPUTS, width): small
+    return _add_product(left, line[None], P[:, :, None, :])
 
 
 def _through_activation(factors, powers, tables):
@@ -677,4 +702,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 14504db10a2a3cf0a8b8c19437d0dc8ece68926cad44c730fa7fc20c16f85e65
+# sha256 of all lines above: 45360f9b12b6644f0434380dfed4f432f6b2f94891680607051c0ff34ae52e10

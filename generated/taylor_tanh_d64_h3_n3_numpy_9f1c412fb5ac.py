@@ -499,6 +499,14 @@ def _cat(arrays, axis):
     return np.concatenate(arrays, axis=axis)
 
 
+def _add_product(out, a, b):
+    """out + a * b, in place where out is given (a * b where it is None)."""
+    if out is None:
+        return a * b
+    out += a * b
+    return out
+
+
 def _chunk(x):
     return _CHUNK
 
@@ -582,11 +590,8 @@ def _add_scaled_rows(left, g, scale, f, P):
         out = _empty(f, (P.shape[0], f.shape[0]) + g.shape[1:]) if left is None else left
         _fused_scaled_rows(out, g, scale, f, P, left is not None)
         return out
-    term = (g * (scale * f)[:, None, :])[None] * P[:, :, None, :]
-    if left is None:
-        return term
-    left += term
-    return left
+    line = g * (f if scale == 1.0 else scale * f)[:, None, :]  # (batch, OUTPUTS, width): small
+    return _add_product(left, line[None], P[:, :, None, :])
 
 
 def _through_activation(factors, powers, tables):
@@ -746,4 +751,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: e3f775a9f8a5437b58757596201c886eb8c3c28ee7cff6e319df5d1bc7a68f30
+# sha256 of all lines above: d53f4aba2f4f7f7ffc779158cc3f6a7f3a9a5445741cf6fe590e91aa0c90c5f6
