@@ -10,6 +10,10 @@ Methods
     diagramc_torch, diagramc_numpy   our generated kernels; steady-state median, and compile
                                      time from a cold cache (a fresh process, an empty folder,
                                      ``diagramc.compile`` plus the first call)
+    diagramc_torch_graph             on a GPU (``device="cuda"``): the torch kernel recorded once as a
+                                     CUDA graph (``diagramc.cuda_graphed``) and replayed
+    diagramc_torch_compile           on a GPU: the torch kernel under ``torch.compile(mode=
+                                     "reduce-overhead")``, the opt-in; its compile time reported
     torch_func_jacfwd                ``torch.func``: n nested ``jacfwd`` under ``vmap`` (eager)
     jax_jacfwd_jit                   JAX: n nested ``jacfwd`` under ``vmap`` and ``jit``
     jax_jet_interp                   JAX ``jet`` along the C(d+n-1, n) directions of order n,
@@ -84,11 +88,12 @@ DEFAULT_CELLS = (
     Cell(64, 2, 1),
 )
 
-OURS = ("diagramc_torch", "diagramc_torch_graph", "diagramc_numpy")
+OURS = ("diagramc_torch", "diagramc_torch_graph", "diagramc_torch_compile", "diagramc_numpy")
 ANCHORS = ("torch_func_jacfwd", "jax_jacfwd_jit", "jax_jet_interp", "jax_hessian")
 SHORT_NAMES = {
     "diagramc_torch": "ours torch",
     "diagramc_torch_graph": "ours torch CUDA graph",
+    "diagramc_torch_compile": "ours torch.compile",
     "diagramc_numpy": "ours numpy",
     "torch_func_jacfwd": "torch.func jacfwd",
     "jax_jacfwd_jit": "JAX jacfwd jit",
@@ -477,6 +482,25 @@ def bench_ours_graphed(cell: Cell, kernel_dir: Path, settings: Settings, device:
     call = lambda: _sync(evaluate(params, x), device)  # noqa: E731
     times, out = _repeat(call, settings)
     return _result(times, out.cpu().numpy()[:, 0, :], call, record_s=record_s,
+                   multiply_adds_per_sample=kernel_multiply_adds(module))
+
+
+def bench_ours_compiled(cell: Cell, kernel_dir: Path, settings: Settings, device: str) -> dict:
+    """Our torch kernel under ``torch.compile(mode="reduce-overhead")`` (fused GPU kernels in a
+    CUDA graph): the opt-in for a GPU; its compile time is reported like JAX's jit."""
+    import diagramc
+    import torch
+
+    arch = diagramc.Architecture(layer_sizes=(cell.d, *HIDDEN, 1), activation=ACTIVATION)
+    module = diagramc.compile(arch, cell.order, backend="torch", out_dir=kernel_dir)
+    params, x = _our_inputs(cell, "torch", device)
+    compiled = torch.compile(module.derivatives, mode="reduce-overhead", dynamic=False)
+    t0 = time.perf_counter()
+    _sync(compiled(params, x), device)
+    compile_s = time.perf_counter() - t0
+    call = lambda: _sync(compiled(params, x).clone(), device)  # noqa: E731  (the graph's output is reused)
+    times, out = _repeat(call, settings)
+    return _result(times, out.cpu().numpy()[:, 0, :], call, compile_s=compile_s,
                    multiply_adds_per_sample=kernel_multiply_adds(module))
 
 
@@ -895,6 +919,7 @@ def _run_cell(cell: Cell, settings: Settings, backends, device: str, kernel_dir:
     runs = {f"diagramc_{b}": functools.partial(bench_ours, cell, b, settings, kernel_dir, device) for b in backends}
     if device != "cpu" and "torch" in backends:
         runs["diagramc_torch_graph"] = functools.partial(bench_ours_graphed, cell, kernel_dir, settings, device)
+        runs["diagramc_torch_compile"] = functools.partial(bench_ours_compiled, cell, kernel_dir, settings, device)
     runs["torch_func_jacfwd"] = functools.partial(bench_torch_func, cell, settings, device)
     runs["jax_jacfwd_jit"] = functools.partial(bench_jax_jacfwd, cell, settings)
     runs["jax_jet_interp"] = functools.partial(bench_jax_jet, cell, settings)
