@@ -62,6 +62,8 @@ def render(spec: KernelSpec, out_dir: str) -> str:
     """The module's source: header (version, input hash, regenerate command), tables, kernel."""
     act = spec.architecture.activation
     code = activation_code(act, spec.order, spec.backend)
+    # NumPy kernels: the same functions as scalar code, for one fused (numba) loop over z
+    scalar = activation_code(act, spec.order, "scalar") if spec.backend == "numpy" else None
     vertex_orders = tuple(k for k in range(2, spec.order + 1) if code.factors[k - 1] is not None)
     arch = spec.architecture
     return render_template(
@@ -86,4 +88,16 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         ),
         vertex_orders=vertex_orders,
         activation=code,
+        scalar_activation=scalar,
+        fused_weights=None if scalar is None else _stacked_names(scalar.factors),
     )
+
+
+def _stacked_names(factors) -> tuple[str, ...]:
+    """The vertex weights as the fused activation loop returns them: the non-zero ones stacked
+    in `weights`, in order ("weights[0]", ...), "None" for those that vanish."""
+    names, n = [], 0
+    for f in factors:
+        names.append("None" if f is None else f"weights[{n}]")
+        n += f is not None
+    return tuple(names)

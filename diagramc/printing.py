@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.pycode import PythonCodePrinter
 from sympy.printing.pytorch import TorchPrinter
 
 from .activations import Activation, Softplus, Step, x
@@ -75,7 +76,26 @@ class _TorchKernelPrinter(TorchPrinter):
         return f"torch.full_like({Z_NAME}, {value})"
 
 
-PRINTERS = {"numpy": _NumpyKernelPrinter, "torch": _TorchKernelPrinter}
+class _ScalarKernelPrinter(PythonCodePrinter):
+    """Scalar Python over ``math`` for the NumPy kernels' fused activation loop (numba
+    compiles it): one pass computes sigma and every vertex weight of an entry."""
+
+    def __init__(self):
+        super().__init__({"fully_qualified_modules": True, "allow_unknown_functions": False})
+        self.helpers: set[str] = set()
+
+    def _print_Softplus(self, expr):
+        a = self._print(expr.args[0])
+        return f"(max({a}, 0.0) + math.log1p(math.exp(-abs({a}))))"
+
+    def _print_Step(self, expr):
+        return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
+
+    def constant(self, value: str) -> str:
+        return value
+
+
+PRINTERS = {"numpy": _NumpyKernelPrinter, "torch": _TorchKernelPrinter, "scalar": _ScalarKernelPrinter}
 
 
 @dataclass(frozen=True)

@@ -411,6 +411,9 @@ _ACCELERATOR_CHUNK = _chunk_size(2**22)  # a GPU wants large chunks (each launch
 _FACTORIALS_ON = {}  # (device, dtype) -> alpha! as a tensor there: made once, not copied over each call
 
 
+_vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
+
+
 def _zeros(like, shape):
     return like.new_zeros(shape)
 
@@ -658,7 +661,7 @@ def _series(params, x, tables, first_powers, fold, out):
     Z, powers = first_powers[0], first_powers
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
-        h, factors = _activation(z)
+        h, factors = _vertex_weights(z)
         if vertices:
             powers = _powers(Z, tables)
         vertices.append((factors, powers))
@@ -702,4 +705,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: c5bbdb4bdb9c636fddccc6e9f40d61880324a05b8f7134a194363fef81ee8710
+# sha256 of all lines above: 117897a03e2d542a8158c754042e4fd6f401410895c3669d4902dad3a97fdd4f

@@ -477,6 +477,20 @@ if _FUSED:
                         for j in range(row.shape[0]):
                             row[j] = t[j] * p[j]
 
+    @numba.njit(error_model="numpy")  # x/0 gives inf or nan, as NumPy's operations do
+    def _fused_activation(zs, value, weights):
+        """sigma and the non-zero vertex weights sigma^(k)/k! of every entry of zs, in one pass."""
+        for i in range(zs.shape[0]):
+            for j in range(zs.shape[1]):
+                z = zs[i, j]
+                u = math.tanh(z)
+                t0 = u**2
+                t1 = t0 - 1
+                value[i, j] = u
+                weights[0, i, j] = -t1
+                weights[1, i, j] = t1*u
+                weights[2, i, j] = (4/3)*t0 - u**4 - 1/3
+
     for _k, _table in _TABLES["powers"].items():
         _table["fused"] = _fused_table(_k, _table["scale"])
 
@@ -485,6 +499,17 @@ def _fuses(*arrays):
     """Whether the fused loops take these arrays' dtypes (float64 and float32 in this machine's
     byte order; others get NumPy operations)."""
     return _FUSED and all(a.dtype.char in "df" and a.dtype.isnative for a in arrays)
+
+
+def _vertex_weights(z):
+    """sigma(z) and the vertex weights sigma^(k)/k! (see _activation): in one fused loop where
+    numba takes z's dtype, else as NumPy operations."""
+    if _fuses(z) and z.ndim == 2:
+        value = np.empty_like(z)
+        weights = np.empty((3,) + z.shape, dtype=z.dtype)
+        _fused_activation(z, value, weights)
+        return value, (weights[0], weights[1], weights[2])
+    return _activation(z)
 
 
 def _zeros(like, shape):
@@ -707,7 +732,7 @@ def _series(params, x, tables, first_powers, fold, out):
     Z, powers = first_powers[0], first_powers
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
-        h, factors = _activation(z)
+        h, factors = _vertex_weights(z)
         if vertices:
             powers = _powers(Z, tables)
         vertices.append((factors, powers))
@@ -751,4 +776,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: d53f4aba2f4f7f7ffc779158cc3f6a7f3a9a5445741cf6fe590e91aa0c90c5f6
+# sha256 of all lines above: a3febb7a0433a8a88602b0f658e7b961712b2d0db634a7c3a26f7a4896a8c579

@@ -413,6 +413,9 @@ _ACCELERATOR_CHUNK = _chunk_size(2**22)  # a GPU wants large chunks (each launch
 _FACTORIALS_ON = {}  # (device, dtype) -> alpha! as a tensor there: made once, not copied over each call
 
 
+_vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
+
+
 def _zeros(like, shape):
     return like.new_zeros(shape)
 
@@ -660,7 +663,7 @@ def _series(params, x, tables, first_powers, fold, out):
     Z, powers = first_powers[0], first_powers
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
-        h, factors = _activation(z)
+        h, factors = _vertex_weights(z)
         if vertices:
             powers = _powers(Z, tables)
         vertices.append((factors, powers))
@@ -704,4 +707,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 1682ae5181395b4bb1c0ff1e930d963411a86d7dcd239a2c7e40b85a196d0c7c
+# sha256 of all lines above: a05732ad5e125660bd87678803eb1e4fc5251c1719334ccf06bcf8c786c99764

@@ -358,3 +358,26 @@ def test_torch_scatter_products_match(activation, order, d, hidden, kernel_dir, 
     ps = [p.clone().requires_grad_(True) for p in params]
     mod.derivatives(ps, x).sum().backward()  # index_add is differentiable
     assert all(p.grad is not None for p in ps)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("activation", list(TORCH_ACTIVATIONS))
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+def test_fused_activation_loop_matches_numpy_operations(activation, dtype, rtol, kernel_dir):
+    """The vertex weights as one numba loop over scalar math (printing's "scalar" code) against
+    the NumPy operations in float64, at ordinary and extreme pre-activations (overflow, the
+    kink at 0). In float32 the loop works in float64 inside, so it is checked against float64
+    (NumPy's float32 operations lose more to cancellation in the high-order polynomials)."""
+    arch = diagramc.Architecture((2, 3, 3, 1), activation)
+    mod = diagramc.compile(arch, 6, "numpy", out_dir=kernel_dir)
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(0, 2, (5, 8)), np.array([[0.0, -0.0, 40.0, -40.0, 300.0, -300.0, 1e-8, 3.0]])])
+    with np.errstate(all="ignore"):
+        value, weights = mod._activation(z.astype(dtype).astype(np.float64))
+        fused_value, fused_weights = mod._vertex_weights(z.astype(dtype))
+    assert fused_value.dtype == dtype
+    np.testing.assert_allclose(fused_value, value, rtol=rtol, atol=rtol)
+    assert [w is None for w in fused_weights] == [w is None for w in weights]
+    for w, f in zip(weights, fused_weights):
+        if w is not None:
+            np.testing.assert_allclose(f, np.broadcast_to(w, z.shape), rtol=rtol, atol=rtol * max(1.0, np.abs(w).max()))
