@@ -1,14 +1,16 @@
-"""Replaying a generated torch kernel as one CUDA graph: for inference on a GPU.
+"""Replaying a generated torch kernel as CUDA graphs: for inference and training on a GPU.
 
 A torch kernel launches a few hundred small GPU kernels per call; at the batches of the
 bench each runs for microseconds, so an eager call spends most of its time launching
 them. A CUDA graph records the launches once and replays them as one, which is what
-``torch.cuda.graphs`` is for. The replay is not differentiable (use the eager
-``derivatives`` in a training step that needs gradients), and it runs only on inputs of
-the shapes, dtype and device it was recorded with.
+``torch.cuda.graphs`` is for. A replay runs only on inputs of the shapes, dtypes and
+device it was recorded with.
 
     evaluate = diagramc.cuda_graphed(mod.derivatives, params, x)   # records one call
-    out = evaluate(params, x_new)                                  # replays it
+    out = evaluate(params, x_new)                                  # replays it (no_grad)
+
+    train = diagramc.cuda_graphed(mod.derivatives, params, x, differentiable=True)
+    train(params, x).square().sum().backward()   # forward and backward, each one graph
 """
 from __future__ import annotations
 
@@ -17,19 +19,53 @@ from typing import Callable, Sequence
 from .errors import DiagramcError
 
 
-def cuda_graphed(function: Callable, params: Sequence, x, *, warmup: int = 3) -> Callable:
+def cuda_graphed(function: Callable, params: Sequence, x, *, differentiable: bool = False,
+                 warmup: int = 3) -> Callable:
     """``function(params, x)`` (a generated kernel's ``derivatives`` or ``taylor_coefficients``)
-    recorded as a CUDA graph on x's device; returns ``evaluate(params, x)``.
+    recorded as CUDA graphs on x's device; returns ``evaluate(params, x)``.
 
-    ``evaluate`` copies its arguments into the recorded buffers, replays the graph and returns a new tensor (no_grad). It
-    raises ValueError when a shape, dtype or device differs from the recorded one.
+    Without ``differentiable``, ``evaluate`` copies its arguments into the recorded buffers,
+    replays the graph under no_grad and returns a new tensor. With it, the forward and the
+    backward pass are recorded (``torch.cuda.make_graphed_callables``), and ``evaluate``'s
+    result carries gradients to ``params`` and ``x`` wherever they require grad, as they did
+    when recorded (that state must not change; double backward is not supported).
+    ``evaluate`` raises ValueError when a shape, dtype, device or requires_grad state
+    differs from the recorded one.
     """
     import torch
 
     if not isinstance(x, torch.Tensor) or x.device.type != "cuda":
         raise DiagramcError("cuda_graphed needs x as a torch tensor on a CUDA device")
-    static_params = [p.detach().clone() for p in params]
-    static_x = x.detach().clone()
+    recorded = [p.detach().clone().requires_grad_(p.requires_grad and differentiable) for p in params]
+    recorded.append(x.detach().clone().requires_grad_(x.requires_grad and differentiable))
+
+    def check(args):
+        if len(args) != len(recorded):
+            raise ValueError(f"params has {len(args) - 1} tensors; the graph was recorded with {len(recorded) - 1}")
+        for i, (got, want) in enumerate(zip(args, recorded)):
+            name = "x" if i == len(recorded) - 1 else f"params[{i}]"
+            if not isinstance(got, torch.Tensor):
+                raise ValueError(f"{name} is {type(got).__name__}; the graph was recorded with a tensor")
+            state = (tuple(got.shape), got.dtype, got.device)
+            if state != (tuple(want.shape), want.dtype, want.device):
+                raise ValueError(f"{name} is {state[0]} {state[1]} on {state[2]}; the graph was recorded "
+                                 f"with {tuple(want.shape)} {want.dtype} on {want.device}")
+            if differentiable and got.requires_grad != want.requires_grad:
+                raise ValueError(f"{name} has requires_grad={got.requires_grad}; the graph was recorded "
+                                 f"with requires_grad={want.requires_grad}")
+
+    if differentiable:
+        n = len(recorded) - 1
+        graphed = torch.cuda.make_graphed_callables(
+            lambda *args: function(list(args[:n]), args[n]), tuple(recorded), num_warmup_iters=warmup)
+
+        def evaluate(params, x):
+            check(list(params) + [x])
+            return graphed(*params, x)
+
+        return evaluate
+
+    *static_params, static_x = recorded
     with torch.no_grad():
         side = torch.cuda.Stream(device=x.device)  # warm-up builds the module's device tables off the graph
         side.wait_stream(torch.cuda.current_stream(x.device))
@@ -41,19 +77,8 @@ def cuda_graphed(function: Callable, params: Sequence, x, *, warmup: int = 3) ->
         with torch.cuda.graph(graph):
             static_out = function(static_params, static_x)
 
-    def check(name, got, want):
-        if not isinstance(got, torch.Tensor) or (got.shape, got.dtype, got.device) != (want.shape, want.dtype, want.device):
-            described = (f"{tuple(got.shape)} {got.dtype} on {got.device}" if isinstance(got, torch.Tensor)
-                         else type(got).__name__)
-            raise ValueError(f"{name} is {described}; the graph was recorded with "
-                             f"{tuple(want.shape)} {want.dtype} on {want.device}")
-
-    def evaluate(params, x):
-        if len(params) != len(static_params):
-            raise ValueError(f"params has {len(params)} tensors; the graph was recorded with {len(static_params)}")
-        check("x", x, static_x)
-        for i, (p, s) in enumerate(zip(params, static_params)):
-            check(f"params[{i}]", p, s)
+    def replay(params, x):
+        check(list(params) + [x])
         with torch.no_grad():
             for p, s in zip(params, static_params):
                 s.copy_(p)
@@ -61,5 +86,5 @@ def cuda_graphed(function: Callable, params: Sequence, x, *, warmup: int = 3) ->
             graph.replay()
             return static_out.clone()
 
-    evaluate.graph = graph
-    return evaluate
+    replay.graph = graph
+    return replay

@@ -139,3 +139,24 @@ def test_torch_compile_of_a_kernel_matches_and_differentiates(kernel_dir):
     mod.derivatives(eager, x.to(CUDA)).square().sum().backward()
     for a, b in zip(ps, eager):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_differentiable_cuda_graph_gives_the_eager_gradients(kernel_dir):
+    arch, params, x = _network(17, "tanh", 3, 2)
+    mod = diagramc.compile(arch, 4, "torch", out_dir=kernel_dir)
+    on_gpu = [p.to(CUDA).requires_grad_(True) for p in params]
+    train = diagramc.cuda_graphed(mod.derivatives, on_gpu, x.to(CUDA), differentiable=True)
+    for seed in (18, 19):  # a training step each: new weights, new points
+        gen = torch.Generator().manual_seed(seed)
+        step = [(p + 0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype)).to(CUDA).requires_grad_(True) for p in params]
+        new_x = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(CUDA)
+        out = train(step, new_x)
+        _assert_close(out.detach(), reference_derivatives([p.detach().cpu() for p in step], new_x.cpu(), "tanh",
+                                                          mod.MULTI_INDICES), rtol=1e-9)
+        out.square().sum().backward()
+        eager = [p.detach().clone().requires_grad_(True) for p in step]
+        mod.derivatives(eager, new_x).square().sum().backward()
+        for a, b in zip(step, eager):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="requires_grad"):
+        train([p.detach() for p in on_gpu], x.to(CUDA))
