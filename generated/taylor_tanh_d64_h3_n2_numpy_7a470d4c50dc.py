@@ -600,7 +600,7 @@ def _add_scaled(H, start, f, P):
     if _fuses(H, f, P):
         _fused_add_scaled(H, start, f, P)
         return
-    H[start:] += f[None] * P
+    _add_product(H[start:], f[None], P)
 
 
 def _add_scaled_rows(left, g, scale, f, P):
@@ -772,4 +772,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 11a09208b546b5a25a8181f865122a8a02eb84df3b9133ca2635cdb144ce191a
+# sha256 of all lines above: abc473c60955631eaec0eb5180218732ded2bb70a55e65de5cb833e3f2c2df74

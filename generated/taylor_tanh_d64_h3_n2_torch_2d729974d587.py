@@ -537,7 +537,7 @@ def _powers(Z, tables):
 
 def _add_scaled(H, start, f, P):
     """H[start:] += f * P, in place (autograd records it: nothing saved H)."""
-    H[start:] += f[None] * P
+    _add_product(H[start:], f[None], P)
 
 
 def _add_scaled_rows(left, g, scale, f, P):
@@ -705,4 +705,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 117897a03e2d542a8158c754042e4fd6f401410895c3669d4902dad3a97fdd4f
+# sha256 of all lines above: 383983327aa109c49dc46f50489bd26ecf1db247827aca73498e54ca9007132a

@@ -604,7 +604,7 @@ def _add_scaled(H, start, f, P):
     if _fuses(H, f, P):
         _fused_add_scaled(H, start, f, P)
         return
-    H[start:] += f[None] * P
+    _add_product(H[start:], f[None], P)
 
 
 def _add_scaled_rows(left, g, scale, f, P):
@@ -776,4 +776,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: a3febb7a0433a8a88602b0f658e7b961712b2d0db634a7c3a26f7a4896a8c579
+# sha256 of all lines above: baf98c3450c1573acbe9dbdfa37442e3957a76627065a6fbc8bf8a83f3955f53

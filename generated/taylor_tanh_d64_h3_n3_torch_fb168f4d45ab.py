@@ -539,7 +539,7 @@ def _powers(Z, tables):
 
 def _add_scaled(H, start, f, P):
     """H[start:] += f * P, in place (autograd records it: nothing saved H)."""
-    H[start:] += f[None] * P
+    _add_product(H[start:], f[None], P)
 
 
 def _add_scaled_rows(left, g, scale, f, P):
@@ -707,4 +707,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: a05732ad5e125660bd87678803eb1e4fc5251c1719334ccf06bcf8c786c99764
+# sha256 of all lines above: 16ed374e45821386f04518a33dfa0839ed2c341ec0fa6b158a172fd7be46c3d2
