@@ -388,8 +388,12 @@ def _bench(args) -> None:
     if args.device.startswith("cuda"):
         import torch
 
-        if not torch.cuda.is_available():
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
             raise DiagramcError(f"--device {args.device}: torch sees no CUDA device here; use --device cpu")
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= count:
+            raise DiagramcError(f"--device {args.device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     run_bench(args.out, quick=args.quick, cells=args.cells, backends=args.backends, device=args.device,
               threads=args.threads)
 

@@ -89,15 +89,15 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         vertex_orders=vertex_orders,
         activation=code,
         scalar_activation=scalar,
-        fused_weights=None if scalar is None else _stacked_names(scalar.factors),
+        **({} if scalar is None else _stacked_weights(scalar.factors)),
     )
 
 
-def _stacked_names(factors) -> tuple[str, ...]:
-    """The vertex weights as the fused activation loop returns them: the non-zero ones stacked
-    in `weights`, in order ("weights[0]", ...), "None" for those that vanish."""
-    names, n = [], 0
-    for f in factors:
-        names.append("None" if f is None else f"weights[{n}]")
-        n += f is not None
-    return tuple(names)
+def _stacked_weights(factors) -> dict:
+    """How the fused activation loop stacks the non-zero vertex weights in one array:
+    (slot, expression) per non-zero weight, and the names it returns ("weights[slot]",
+    or "None" where a weight vanishes)."""
+    nonzero = [f for f in factors if f is not None]
+    slots = iter(range(len(nonzero)))
+    names = tuple("None" if f is None else f"weights[{next(slots)}]" for f in factors)
+    return {"fused_weights": tuple(enumerate(nonzero)), "fused_weight_names": names}

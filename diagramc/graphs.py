@@ -14,6 +14,7 @@ device it was recorded with.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Sequence
 
 from .errors import DiagramcError
@@ -28,7 +29,9 @@ def cuda_graphed(function: Callable, params: Sequence, x, *, differentiable: boo
     replays the graph under no_grad and returns a new tensor. With it, the forward and the
     backward pass are recorded (``torch.cuda.make_graphed_callables``), and ``evaluate``'s
     result carries gradients to ``params`` and ``x`` wherever they require grad, as they did
-    when recorded (that state must not change; double backward is not supported).
+    when recorded (that state must not change; double backward is not supported). The
+    graph holds one forward pass at a time: a call while the last result still awaits its
+    backward raises ValueError (its saved tensors would be overwritten).
     ``evaluate`` raises ValueError when a shape, dtype, device or requires_grad state
     differs from the recorded one.
     """
@@ -36,6 +39,9 @@ def cuda_graphed(function: Callable, params: Sequence, x, *, differentiable: boo
 
     if not isinstance(x, torch.Tensor) or x.device.type != "cuda":
         raise DiagramcError("cuda_graphed needs x as a torch tensor on a CUDA device")
+    if warmup < 1:
+        raise DiagramcError(f"cuda_graphed needs warmup >= 1 (the first call builds the module's device "
+                            f"tables, which a graph cannot record), got {warmup}")
     recorded = [p.detach().clone().requires_grad_(p.requires_grad and differentiable) for p in params]
     recorded.append(x.detach().clone().requires_grad_(x.requires_grad and differentiable))
 
@@ -56,17 +62,29 @@ def cuda_graphed(function: Callable, params: Sequence, x, *, differentiable: boo
 
     if differentiable:
         n = len(recorded) - 1
-        graphed = torch.cuda.make_graphed_callables(
-            lambda *args: function(list(args[:n]), args[n]), tuple(recorded), num_warmup_iters=warmup)
+        with torch.cuda.device(x.device):
+            graphed = torch.cuda.make_graphed_callables(
+                lambda *args: function(list(args[:n]), args[n]), tuple(recorded), num_warmup_iters=warmup)
+        pending = []  # the last result's graph node, until its backward has run or it is freed
 
         def evaluate(params, x):
             check(list(params) + [x])
-            return graphed(*params, x)
+            if pending and pending[0]() is not None:
+                raise ValueError("the previous result of this graph still awaits its backward: its saved "
+                                 "tensors live in the graph's buffers, which a new call would overwrite "
+                                 "(run backward first, or drop that result)")
+            pending.clear()
+            out = graphed(*params, x)
+            if out.grad_fn is not None:
+                node = out.grad_fn
+                pending.append(weakref.ref(node))
+                node.register_hook(lambda *_: pending.clear())  # backward has run: the buffers are free
+            return out.clone()  # the output buffer too is the graph's
 
         return evaluate
 
     *static_params, static_x = recorded
-    with torch.no_grad():
+    with torch.no_grad(), torch.cuda.device(x.device):
         side = torch.cuda.Stream(device=x.device)  # warm-up builds the module's device tables off the graph
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):

@@ -91,6 +91,14 @@ class _ScalarKernelPrinter(PythonCodePrinter):
     def _print_Step(self, expr):
         return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
 
+    def _print_Pow(self, expr, rational=False):
+        # numba raises ZeroDivisionError for 0.0**-n whatever its error model; 1.0/0.0 gives
+        # inf (error_model="numpy"), as NumPy's and torch's operations do
+        base, exp = expr.as_base_exp()
+        if exp.is_number and exp.is_negative:
+            return f"(1.0/{self._print(sp.Pow(base, -exp, evaluate=False))})"
+        return super()._print_Pow(expr, rational=rational)
+
     def constant(self, value: str) -> str:
         return value
 

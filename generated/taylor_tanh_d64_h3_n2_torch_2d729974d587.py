@@ -441,7 +441,8 @@ def _factorials(like):
     """alpha! in like's dtype on like's device (kept, so a call copies nothing from the host)."""
     key = (like.device, like.dtype)
     if key not in _FACTORIALS_ON:
-        _FACTORIALS_ON[key] = torch.as_tensor(_FACTORIALS, dtype=like.dtype, device=like.device)
+        with torch.inference_mode(False):  # kept for later calls, which may need autograd
+            _FACTORIALS_ON[key] = torch.as_tensor(_FACTORIALS, dtype=like.dtype, device=like.device)
     return _FACTORIALS_ON[key]
 
 
@@ -477,7 +478,8 @@ def _prepare(params, x):
                 f"params[{i}] ({_param_name(i)}) is {p.dtype} on {p.device}; expected x's {x.dtype} on {x.device}"
             )
     if x.device not in _DEVICE_TABLES:
-        _DEVICE_TABLES[x.device] = _tables_on(x.device)
+        with torch.inference_mode(False):  # kept for later calls, which may need autograd
+            _DEVICE_TABLES[x.device] = _tables_on(x.device)
     return list(params), x, _DEVICE_TABLES[x.device]
 
 
@@ -705,4 +707,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 383983327aa109c49dc46f50489bd26ecf1db247827aca73498e54ca9007132a
+# sha256 of all lines above: b2a2fccde59a137fbb43eb1baf3bf2c78d74a79e017f6e5829e0a57ffaf1c726

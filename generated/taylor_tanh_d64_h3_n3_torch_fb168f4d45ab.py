@@ -443,7 +443,8 @@ def _factorials(like):
     """alpha! in like's dtype on like's device (kept, so a call copies nothing from the host)."""
     key = (like.device, like.dtype)
     if key not in _FACTORIALS_ON:
-        _FACTORIALS_ON[key] = torch.as_tensor(_FACTORIALS, dtype=like.dtype, device=like.device)
+        with torch.inference_mode(False):  # kept for later calls, which may need autograd
+            _FACTORIALS_ON[key] = torch.as_tensor(_FACTORIALS, dtype=like.dtype, device=like.device)
     return _FACTORIALS_ON[key]
 
 
@@ -479,7 +480,8 @@ def _prepare(params, x):
                 f"params[{i}] ({_param_name(i)}) is {p.dtype} on {p.device}; expected x's {x.dtype} on {x.device}"
             )
     if x.device not in _DEVICE_TABLES:
-        _DEVICE_TABLES[x.device] = _tables_on(x.device)
+        with torch.inference_mode(False):  # kept for later calls, which may need autograd
+            _DEVICE_TABLES[x.device] = _tables_on(x.device)
     return list(params), x, _DEVICE_TABLES[x.device]
 
 
@@ -707,4 +709,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 16ed374e45821386f04518a33dfa0839ed2c341ec0fa6b158a172fd7be46c3d2
+# sha256 of all lines above: b874ddfb0bcb82df97155a4313eaf193fc12263cfd2729f8cfe8af75c0114ab4

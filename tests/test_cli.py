@@ -64,6 +64,12 @@ BAD = [
     (["compile", "--order", "2", "--layer-sizes", "2,3,1", "--activation", "tanh", "--multi-index", "1,1,1"], "entries"),
     (["compile", "--order", "2", "--layer-sizes", "2,3,1", "--activation", "__import__('os').system('id')"], "not allowed"),
     (["diagrams", "--multi-index", "1,1", "--hidden-layers", "2", "--format", "html"], "--format"),
+    (["bench", "--device", "gpu"], "malformed device"),
+    (["bench", "--cells", "4,x"], "malformed cell"),
+    (["bench", "--cells", "4,5,6,7"], "malformed cell"),
+    (["bench", "--backends", "torch,jax"], "malformed backends"),
+    (["bench", "--threads", "0"], "--threads"),
+    (["bench", "--device", "cuda:99"], "--device cuda:99"),  # no GPU, or fewer than 100
     (["frobnicate"], "invalid choice"),
     ([], "required"),
 ]
@@ -111,3 +117,14 @@ def test_oversized_diagram_listing_is_refused_with_the_count(capsys):
     assert main(["diagrams", "--multi-index", "1,1,1,1,1,1,1", "--hidden-layers", "4"]) == 2
     err = capsys.readouterr().err
     assert "--force" in err and err.count("\n") == 1
+
+
+def test_bench_options_reach_run_bench(monkeypatch, capsys):
+    import diagramc.bench
+
+    seen = {}
+    monkeypatch.setattr(diagramc.bench, "run_bench", lambda out, **kw: seen.update(out=out, **kw))
+    assert main(["bench", "--quick", "--out", "x", "--cells", "4,5", "16,3,64", "--backends", "numpy",
+                 "--threads", "1"]) == 0
+    assert seen == {"out": "x", "quick": True, "cells": [(4, 5), (16, 3, 64)], "backends": ("numpy",),
+                    "device": "cpu", "threads": 1}

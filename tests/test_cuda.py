@@ -160,3 +160,12 @@ def test_differentiable_cuda_graph_gives_the_eager_gradients(kernel_dir):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="requires_grad"):
         train([p.detach() for p in on_gpu], x.to(CUDA))
+    first = train(on_gpu, x.to(CUDA))  # one forward pass at a time: its saved tensors are the graph's
+    with pytest.raises(ValueError, match="awaits its backward"):
+        train(on_gpu, x.to(CUDA))
+    first.sum().backward()
+    dropped = train(on_gpu, x.to(CUDA)).sum()
+    del dropped  # a result dropped without backward frees the graph for the next call
+    train(on_gpu, x.to(CUDA)).sum().backward()
+    with pytest.raises(diagramc.DiagramcError, match="warmup"):
+        diagramc.cuda_graphed(mod.derivatives, on_gpu, x.to(CUDA), warmup=0)

@@ -353,11 +353,16 @@ def test_torch_scatter_products_match(activation, order, d, hidden, kernel_dir, 
     """The truncated products as one scatter-add each (what a GPU runs), forced on the CPU."""
     arch, params, x = _case(50 + order, activation, order, d=d, hidden=hidden)
     mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
+    def gradients():
+        ps = [p.clone().requires_grad_(True) for p in params]
+        mod.derivatives(ps, x).square().sum().backward()
+        return [p.grad for p in ps]
+
+    blocked = gradients()
     monkeypatch.setattr(mod, "_scatters", lambda Z: True)
     _assert_matches(mod.derivatives(params, x), reference_derivatives(params, x, activation, mod.MULTI_INDICES))
-    ps = [p.clone().requires_grad_(True) for p in params]
-    mod.derivatives(ps, x).sum().backward()  # index_add is differentiable
-    assert all(p.grad is not None for p in ps)
+    for a, b in zip(gradients(), blocked):  # index_add's gradient: the blocks' gradient
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max().clamp(min=1.0)))
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
@@ -371,7 +376,8 @@ def test_fused_activation_loop_matches_numpy_operations(activation, dtype, rtol,
     arch = diagramc.Architecture((2, 3, 3, 1), activation)
     mod = diagramc.compile(arch, 6, "numpy", out_dir=kernel_dir)
     rng = np.random.default_rng(0)
-    z = np.concatenate([rng.normal(0, 2, (5, 8)), np.array([[0.0, -0.0, 40.0, -40.0, 300.0, -300.0, 1e-8, 3.0]])])
+    z = np.concatenate([rng.normal(0, 2, (5, 8)), np.array([[0.0, -0.0, 40.0, -40.0, 300.0, -300.0, 1e-8, 3.0],
+                                                            [np.nan, np.inf, -np.inf, 710.0, -710.0, 0.5, 1.0, 2.0]])])
     with np.errstate(all="ignore"):
         value, weights = mod._activation(z.astype(dtype).astype(np.float64))
         fused_value, fused_weights = mod._vertex_weights(z.astype(dtype))
@@ -381,3 +387,33 @@ def test_fused_activation_loop_matches_numpy_operations(activation, dtype, rtol,
     for w, f in zip(weights, fused_weights):
         if w is not None:
             np.testing.assert_allclose(f, np.broadcast_to(w, z.shape), rtol=rtol, atol=rtol * max(1.0, np.abs(w).max()))
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize("activation", ["sin(x)/x", "x + x**-2"])
+def test_fused_activation_loop_divides_by_zero_as_numpy_does(activation, kernel_dir):
+    """Negative powers at z = 0 give inf or nan in the fused loop, as in NumPy (numba itself
+    would raise ZeroDivisionError for 0.0**-n)."""
+    mod = diagramc.compile(diagramc.Architecture((2, 3, 3, 1), activation), 5, "numpy", out_dir=kernel_dir)
+    z = np.array([[0.0, -0.0, 0.5, 1.0, 2.0, -3.0]])
+    with np.errstate(all="ignore"):
+        value, weights = mod._activation(z)
+        fused_value, fused_weights = mod._vertex_weights(z)
+    for want, got in [(value, fused_value)] + [(w, f) for w, f in zip(weights, fused_weights) if w is not None]:
+        want = np.broadcast_to(want, z.shape)
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], rtol=1e-12)
+
+
+def test_torch_kernel_first_called_in_inference_mode_still_trains(kernel_dir):
+    """Tables and alpha! made during a first call under torch.inference_mode serve later
+    calls that need gradients."""
+    arch, params, x = _case(60, "tanh", 3, d=2, hidden=2)
+    mod = diagramc.compile(arch, 3, "torch", out_dir=kernel_dir)
+    module = _without_numba(mod.__file__, pytest.MonkeyPatch())  # a fresh import: empty caches
+    with torch.inference_mode():
+        module.derivatives(params, x)
+    ps = [p.clone().requires_grad_(True) for p in params]
+    module.derivatives(ps, x).square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ps)
