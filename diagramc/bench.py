@@ -1012,6 +1012,7 @@ def _machine(device: str) -> dict:
         "numpy": np.__version__,
         "torch": torch.__version__,
         "device": device,
+        "device_name": torch.cuda.get_device_name(device) if device != "cpu" else platform.processor() or platform.machine(),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS")},
     }
@@ -1129,7 +1130,9 @@ def plot(report: dict, path: Path) -> None:
     ax.set_xlim(orders[0] - 0.5, orders[-1] + 0.5)
     ax.set_xlabel("order n (all derivatives of orders 0..n)")
     ax.set_ylabel("seconds per call (median)")
-    ax.set_title("tanh MLP d-64-64-64-1, float64, batch 256 (hollow: other batch, or estimated)", fontsize=9)
+    machine = report.get("machine", {})
+    where = f"torch on {machine.get('device', 'cpu')} ({machine.get('device_name') or '?'})"
+    ax.set_title(f"tanh MLP d-64-64-64-1, float64, batch 256 (hollow: other batch, or estimated); {where}", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
