@@ -89,15 +89,15 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         vertex_orders=vertex_orders,
         activation=code,
         scalar_activation=scalar,
-        # the fused loop (NumPy) and the polynomial form (torch) stack the non-zero weights in
-        # one array `weights`; (slot, scalar expression) per non-zero weight for the loop
-        stacked_weight_names=_stacked_names(code.factors),
-        fused_weights=None if scalar is None else tuple(enumerate(f for f in scalar.factors if f is not None)),
+        **({} if scalar is None else _stacked_weights(scalar.factors)),
     )
 
 
-def _stacked_names(factors) -> tuple[str, ...]:
-    """The vertex weights as names into their stacked array: "weights[slot]" for the
-    non-zero ones in order, "None" where a weight vanishes."""
-    slots = iter(range(len(factors)))
-    return tuple("None" if f is None else f"weights[{next(slots)}]" for f in factors)
+def _stacked_weights(factors) -> dict:
+    """How the fused activation loop stacks the non-zero vertex weights in one array:
+    (slot, expression) per non-zero weight, and the names it returns ("weights[slot]",
+    or "None" where a weight vanishes)."""
+    nonzero = [f for f in factors if f is not None]
+    slots = iter(range(len(nonzero)))
+    names = tuple("None" if f is None else f"weights[{next(slots)}]" for f in factors)
+    return {"fused_weights": tuple(enumerate(nonzero)), "fused_weight_names": names}

@@ -114,10 +114,6 @@ class ActivationCode:
     value: str  # expression of sigma(z)
     factors: tuple["str | None", ...]  # index k = 1..n: expression, or None where it vanishes
     helpers: frozenset[str]
-    auxiliary_lines: tuple[str, ...] = ()  # the first lines: the auxiliaries alone (u = tanh(z), ...)
-    # Where every non-zero weight is a polynomial in one auxiliary s and sigma needs no shared
-    # line: (s, one row of coefficients of s^0..s^D per non-zero weight), else None
-    polynomial: "tuple[str, tuple[tuple[str, ...], ...]] | None" = None
 
 
 def _numeric_constants(expr: sp.Expr) -> sp.Expr:
@@ -149,33 +145,12 @@ def activation_code(activation: Activation, order: int, backend: str) -> Activat
     for k, e in zip(nonzero, reduced):
         text = printer.doprint(e)
         printed[k] = printer.constant(text) if not e.free_symbols else text
-    auxiliaries = {aux.symbol for aux in activation.auxiliaries}
     return ActivationCode(
         lines=tuple(lines),
         value=printed[0],
         factors=tuple(printed.get(k) for k in range(1, order + 1)),
         helpers=frozenset(printer.helpers),
-        auxiliary_lines=tuple(lines[: len(activation.auxiliaries)]),
-        polynomial=_polynomial(exprs[1:], auxiliaries) if reduced[0].free_symbols <= auxiliaries | {z} else None,
     )
-
-
-def _polynomial(weights: list, auxiliaries: set):
-    """(s, coefficient rows) where the weights are polynomials in one auxiliary s, of degree 2
-    or more, three weights or more (worth a matrix product), else None."""
-    symbols = set().union(*(w.free_symbols for w in weights)) if weights else set()
-    if len(weights) < 3 or len(symbols) != 1 or not symbols <= auxiliaries:
-        return None
-    (s,) = symbols
-    try:
-        polys = [sp.Poly(w, s) for w in weights]
-    except sp.PolynomialError:  # 1/u, sqrt(u): not a polynomial
-        return None
-    degree = max(p.degree() for p in polys)
-    if degree < 2 or not all(c.is_Rational for p in polys for c in p.all_coeffs()):
-        return None
-    rows = tuple(tuple(repr(float(p.coeff_monomial(s**i))) for i in range(degree + 1)) for p in polys)
-    return s.name, rows
 
 
 __all__ = ["activation_code", "ActivationCode", "Softplus", "Step"]

@@ -408,7 +408,7 @@ def _build_tables(index):
 _DEVICE_TABLES = {}
 _CHUNK = _chunk_size(2**17)  # twice NumPy's: a torch call costs more
 _ACCELERATOR_CHUNK = _chunk_size(2**22)  # a GPU wants large chunks (each launches the same kernels); 32 MB series bound memory
-_CONSTANTS_ON = {}  # (name, device, dtype) -> a constant array as a tensor there: made once, not copied each call
+_FACTORIALS_ON = {}  # (device, dtype) -> alpha! as a tensor there: made once, not copied over each call
 
 
 _vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
@@ -437,19 +437,13 @@ def _chunk(x):
     return _CHUNK if x.device.type == "cpu" else _ACCELERATOR_CHUNK
 
 
-def _constant(name, values, like):
-    """A module constant (a NumPy array) in like's dtype on like's device, kept so that a call
-    copies nothing from the host."""
-    key = (name, like.device, like.dtype)
-    if key not in _CONSTANTS_ON:
-        with torch.inference_mode(False):  # kept for later calls, which may need autograd
-            _CONSTANTS_ON[key] = torch.as_tensor(values, dtype=like.dtype, device=like.device)
-    return _CONSTANTS_ON[key]
-
-
 def _factorials(like):
-    """alpha! in like's dtype on like's device."""
-    return _constant("factorials", _FACTORIALS, like)
+    """alpha! in like's dtype on like's device (kept, so a call copies nothing from the host)."""
+    key = (like.device, like.dtype)
+    if key not in _FACTORIALS_ON:
+        with torch.inference_mode(False):  # kept for later calls, which may need autograd
+            _FACTORIALS_ON[key] = torch.as_tensor(_FACTORIALS, dtype=like.dtype, device=like.device)
+    return _FACTORIALS_ON[key]
 
 
 def _gather(a, index):
@@ -713,4 +707,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 67960aa97dc7efc2153a0825f6ecb969335b73d8b385dd8f88fa310cc0a25595
+# sha256 of all lines above: b2a2fccde59a137fbb43eb1baf3bf2c78d74a79e017f6e5829e0a57ffaf1c726

@@ -410,32 +410,10 @@ def _build_tables(index):
 _DEVICE_TABLES = {}
 _CHUNK = _chunk_size(2**17)  # twice NumPy's: a torch call costs more
 _ACCELERATOR_CHUNK = _chunk_size(2**22)  # a GPU wants large chunks (each launches the same kernels); 32 MB series bound memory
-_CONSTANTS_ON = {}  # (name, device, dtype) -> a constant array as a tensor there: made once, not copied each call
+_FACTORIALS_ON = {}  # (device, dtype) -> alpha! as a tensor there: made once, not copied over each call
 
 
-# The non-zero vertex weights as polynomials in u: a row per weight, columns u^0, u^1, ...
-_VERTEX_POLYNOMIALS = np.array([
-    [1.0, 0.0, -1.0, 0.0, 0.0],
-    [0.0, -1.0, 0.0, 1.0, 0.0],
-    [-0.3333333333333333, 0.0, 1.3333333333333333, 0.0, -1.0],
-])
-
-
-def _vertex_weights(z):
-    """sigma(z) and the vertex weights sigma^(k)/k!: on a GPU from the powers of u by one cumprod
-    and one matrix product (3 kernels, not one per term of each polynomial), else as _activation."""
-    if not _polynomial_weights(z):
-        return _activation(z)
-    u = torch.tanh(z)
-    C = _constant("vertex polynomials", _VERTEX_POLYNOMIALS, z)
-    powers = u.unsqueeze(0).expand((C.shape[1] - 1,) + u.shape).cumprod(0)  # u^1, u^2, ...
-    weights = torch.addmm(C[:, :1], C[:, 1:], powers.reshape(C.shape[1] - 1, -1)).reshape((C.shape[0],) + u.shape)
-    return u, (weights[0], weights[1], weights[2])
-
-
-def _polynomial_weights(z):
-    """Whether the vertex weights come from the polynomials: on a GPU, where each kernel costs a launch."""
-    return z.device.type != "cpu"
+_vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
 
 
 def _zeros(like, shape):
@@ -461,19 +439,13 @@ def _chunk(x):
     return _CHUNK if x.device.type == "cpu" else _ACCELERATOR_CHUNK
 
 
-def _constant(name, values, like):
-    """A module constant (a NumPy array) in like's dtype on like's device, kept so that a call
-    copies nothing from the host."""
-    key = (name, like.device, like.dtype)
-    if key not in _CONSTANTS_ON:
-        with torch.inference_mode(False):  # kept for later calls, which may need autograd
-            _CONSTANTS_ON[key] = torch.as_tensor(values, dtype=like.dtype, device=like.device)
-    return _CONSTANTS_ON[key]
-
-
 def _factorials(like):
-    """alpha! in like's dtype on like's device."""
-    return _constant("factorials", _FACTORIALS, like)
+    """alpha! in like's dtype on like's device (kept, so a call copies nothing from the host)."""
+    key = (like.device, like.dtype)
+    if key not in _FACTORIALS_ON:
+        with torch.inference_mode(False):  # kept for later calls, which may need autograd
+            _FACTORIALS_ON[key] = torch.as_tensor(_FACTORIALS, dtype=like.dtype, device=like.device)
+    return _FACTORIALS_ON[key]
 
 
 def _gather(a, index):
@@ -737,4 +709,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: ca3de3b0a59b4b788ab152eb256c2e119fe85fea86dc564bc3a4c2611b530f8a
+# sha256 of all lines above: b874ddfb0bcb82df97155a4313eaf193fc12263cfd2729f8cfe8af75c0114ab4

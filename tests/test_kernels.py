@@ -417,35 +417,3 @@ def test_torch_kernel_first_called_in_inference_mode_still_trains(kernel_dir):
     ps = [p.clone().requires_grad_(True) for p in params]
     module.derivatives(ps, x).square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ps)
-
-
-@pytest.mark.parametrize("activation,order", [("tanh", 6), ("sigmoid", 5), ("softplus", 5)])
-def test_torch_polynomial_vertex_weights_match(activation, order, kernel_dir, monkeypatch):
-    """The vertex weights as polynomials in the auxiliary (one cumprod and one matrix product,
-    what a GPU runs), forced on the CPU: the same weights as _activation, even at extreme
-    pre-activations, and the same derivatives and gradients."""
-    arch, params, x = _case(70 + order, activation, order, d=2, hidden=2)
-    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
-    assert hasattr(mod, "_VERTEX_POLYNOMIALS")
-    z = torch.cat([torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 3,
-                   torch.tensor([[0.0, 40.0, -40.0, 300.0, -300.0, 1e-9]], dtype=torch.float64)])
-    want_value, want = mod._activation(z)
-    monkeypatch.setattr(mod, "_polynomial_weights", lambda z: True)
-    value, got = mod._vertex_weights(z)
-    torch.testing.assert_close(value, want_value, rtol=1e-14, atol=1e-14)
-    assert [g is None for g in got] == [w is None for w in want]
-    for g, w in zip(got, want):
-        if w is not None:
-            torch.testing.assert_close(g, torch.broadcast_to(w, z.shape), rtol=1e-12, atol=1e-13)
-
-    def gradients(polynomial):
-        monkeypatch.setattr(mod, "_polynomial_weights", lambda z: polynomial)
-        ps = [p.clone().requires_grad_(True) for p in params]
-        out = mod.derivatives(ps, x)
-        out.square().sum().backward()
-        return out.detach(), [p.grad for p in ps]
-
-    out, grads = gradients(True)
-    _assert_matches(out, reference_derivatives(params, x, activation, mod.MULTI_INDICES))
-    for a, b in zip(grads, gradients(False)[1]):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max().clamp(min=1.0)))
