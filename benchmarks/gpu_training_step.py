@@ -33,8 +33,7 @@ def median_ms(step, reps=50):
 def main(cells):
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     for d, n, batch in cells:
-        arch = diagramc.Architecture(layer_sizes=(d, *bench.HIDDEN, 1), activation=bench.ACTIVATION)
-        mod = diagramc.compile(arch, n, backend="torch")
+        mod = bench.compile_cell(bench.Cell(d, n, batch), "torch")
         params, x = bench._our_inputs(bench.Cell(d, n, batch), "torch", "cuda")
         params = [p.requires_grad_(True) for p in params]
 

@@ -405,13 +405,10 @@ def _cold_compile(cell: Cell, backend: str, device: str) -> dict:
     Every cache of compiled modules is keyed by the module's path, so a new folder misses them;
     in a process that compiled before, sympy's own caches may still be warm.
     """
-    import diagramc
-
     params, x = _our_inputs(cell, backend, device)
-    arch = diagramc.Architecture(layer_sizes=(cell.d, *HIDDEN, 1), activation=ACTIVATION)
     with tempfile.TemporaryDirectory() as folder:
         t0 = time.perf_counter()
-        module = diagramc.compile(arch, cell.order, backend=backend, out_dir=folder)
+        module = compile_cell(cell, backend, folder)
         t1 = time.perf_counter()
         _sync(module.derivatives(params, x), device)
         t2 = time.perf_counter()
@@ -444,12 +441,17 @@ def _our_inputs(cell: Cell, backend: str, device: str):
     return params, x
 
 
-def bench_ours(cell: Cell, backend: str, settings: Settings, kernel_dir: Path, device: str) -> dict:
+def compile_cell(cell: Cell, backend: str, out_dir=None):
+    """Our kernel of a cell's network (d-64-64-64-1, tanh) at its order: ``diagramc.compile``."""
     import diagramc
 
     arch = diagramc.Architecture(layer_sizes=(cell.d, *HIDDEN, 1), activation=ACTIVATION)
+    return diagramc.compile(arch, cell.order, backend=backend, out_dir=out_dir)
+
+
+def bench_ours(cell: Cell, backend: str, settings: Settings, kernel_dir: Path, device: str) -> dict:
     cold = _cold_compile_timed(cell, backend, device if backend == "torch" else "cpu", settings)
-    module = diagramc.compile(arch, cell.order, backend=backend, out_dir=kernel_dir)
+    module = compile_cell(cell, backend, kernel_dir)
     expected = tuple(mi.up_to_order(cell.d, cell.order))
     if tuple(map(tuple, module.MULTI_INDICES)) != expected:
         raise RuntimeError(f"{module.__file__}: MULTI_INDICES are not all of orders 0..{cell.order} in canonical order")
@@ -473,8 +475,7 @@ def bench_ours_graphed(cell: Cell, kernel_dir: Path, settings: Settings, device:
     """Our torch kernel recorded once as a CUDA graph (diagramc.cuda_graphed) and replayed."""
     import diagramc
 
-    arch = diagramc.Architecture(layer_sizes=(cell.d, *HIDDEN, 1), activation=ACTIVATION)
-    module = diagramc.compile(arch, cell.order, backend="torch", out_dir=kernel_dir)
+    module = compile_cell(cell, "torch", kernel_dir)
     params, x = _our_inputs(cell, "torch", device)
     t0 = time.perf_counter()
     evaluate = diagramc.cuda_graphed(module.derivatives, params, x)
@@ -488,11 +489,9 @@ def bench_ours_graphed(cell: Cell, kernel_dir: Path, settings: Settings, device:
 def bench_ours_compiled(cell: Cell, kernel_dir: Path, settings: Settings, device: str) -> dict:
     """Our torch kernel under ``torch.compile(mode="reduce-overhead")`` (fused GPU kernels in a
     CUDA graph): the opt-in for a GPU; its compile time is reported like JAX's jit."""
-    import diagramc
     import torch
 
-    arch = diagramc.Architecture(layer_sizes=(cell.d, *HIDDEN, 1), activation=ACTIVATION)
-    module = diagramc.compile(arch, cell.order, backend="torch", out_dir=kernel_dir)
+    module = compile_cell(cell, "torch", kernel_dir)
     params, x = _our_inputs(cell, "torch", device)
     compiled = torch.compile(module.derivatives, mode="reduce-overhead", dynamic=False)
     t0 = time.perf_counter()

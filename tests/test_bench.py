@@ -91,11 +91,8 @@ def test_pack_dense_canonical_order():
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_call_memory_tiny_cell(tmp_path, backend):
     """Peak of one call on a tiny cell: at least the output it returns, and a stated ratio to output + weights."""
-    import diagramc
-
     cell = bench.Cell(2, 2, 8)
-    arch = diagramc.Architecture(layer_sizes=(cell.d, *bench.HIDDEN, 1), activation=bench.ACTIVATION)
-    module = diagramc.compile(arch, cell.order, backend=backend, out_dir=tmp_path)
+    module = bench.compile_cell(cell, backend, tmp_path)
     params, x = bench._our_inputs(cell, backend, "cpu")
     module.derivatives(params, x)  # warm
     mem = bench.call_memory(module, params, x, backend)
