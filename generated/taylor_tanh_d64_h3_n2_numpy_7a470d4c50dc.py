@@ -498,9 +498,9 @@ def _fuses(*arrays):
 
 
 def _vertex_weights(z):
-    """sigma(z) and the vertex weights sigma^(k)/k! (see _activation): in one fused loop where
-    numba takes z's dtype, else as NumPy operations."""
-    if _fuses(z) and z.ndim == 2:
+    """sigma(z) and the vertex weights sigma^(k)/k! (see _activation) of z, (batch, width): in
+    one fused loop where numba takes z's dtype, else as NumPy operations."""
+    if _fuses(z):
         value = np.empty_like(z)
         weights = np.empty((2,) + z.shape, dtype=z.dtype)
         _fused_activation(z, value, weights)
@@ -772,4 +772,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: abc473c60955631eaec0eb5180218732ded2bb70a55e65de5cb833e3f2c2df74
+# sha256 of all lines above: 03c0f75b52bbd086e31432ca16731a4338caf5560f601c39aa0438d66221244c

@@ -502,9 +502,9 @@ def _fuses(*arrays):
 
 
 def _vertex_weights(z):
-    """sigma(z) and the vertex weights sigma^(k)/k! (see _activation): in one fused loop where
-    numba takes z's dtype, else as NumPy operations."""
-    if _fuses(z) and z.ndim == 2:
+    """sigma(z) and the vertex weights sigma^(k)/k! (see _activation) of z, (batch, width): in
+    one fused loop where numba takes z's dtype, else as NumPy operations."""
+    if _fuses(z):
         value = np.empty_like(z)
         weights = np.empty((3,) + z.shape, dtype=z.dtype)
         _fused_activation(z, value, weights)
@@ -776,4 +776,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: baf98c3450c1573acbe9dbdfa37442e3957a76627065a6fbc8bf8a83f3955f53
+# sha256 of all lines above: ce5a49c89b963aa2af780e9ef78e97d9f3eceef262a8daab627ed26cdc01cc04
