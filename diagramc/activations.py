@@ -106,6 +106,24 @@ class Activation:
             e = e.subs(aux.symbol, aux.definition)
         return e
 
+    def quadratic_equation(self) -> tuple[float, float, float] | None:
+        """(c0, c1, c2) where sigma' = c0 + c1 sigma + c2 sigma^2 with c2 != 0 (tanh, sigmoid), else None.
+
+        Such an activation's Taylor series through a series can follow the equation degree by
+        degree (Taylor mode, as JAX's jet does): two truncated products of series in all, where
+        the vertex sum needs one per power of the series.
+        """
+        if len(self.auxiliaries) != 1 or self.value != self.auxiliaries[0].symbol:
+            return None
+        u = self.auxiliaries[0].symbol
+        p = self.auxiliaries[0].derivative
+        if p.free_symbols - {u} or not p.is_polynomial(u):
+            return None
+        coeffs = sp.Poly(p, u).all_coeffs()[::-1]
+        if len(coeffs) != 3 or not all(c.is_number for c in coeffs):
+            return None
+        return tuple(float(c) for c in coeffs)
+
     def vanishing_vertices(self, n: int) -> bool:
         """True when every vertex sigma^(k), 2 <= k <= n, is identically zero (relu, identity)."""
         return all(self.derivative(k) == 0 for k in range(2, n + 1))

@@ -270,6 +270,48 @@ _OUTPUT_COLUMNS = np.concatenate([[0], 1 + np.arange(_LOW), 1 + _LOW + _TOP_POSI
 ]
 
 
+# sigma' = p(sigma) with p(s) = c0 + c1 s + c2 s^2 (tanh, sigmoid). From layer 2 on, where it
+# is cheaper (_BY_EQUATION), the series S of sigma(z + Z) follows that equation degree by
+# degree, as Taylor mode (JAX's jet) does. With Q = p(S), the series of sigma'(z + Z):
+#     m S_m = sum_(j=1..m) j Z_j Q_(m-j)     Q_m = p'(sigma) S_m + c2 (S S)_m
+# (the Euler operator, E S = Q E Z, taken degree by degree): two truncated products in all,
+# where the vertex sum needs one per power Z^k. The top order's blocks then weight Q:
+# S_ORDER = sigma' Z_ORDER + sum_a (ORDER - a)/ORDER Q_a Z_(ORDER-a).
+_EQUATION = (1.0, 0.0, -1.0)  # (c0, c1, c2)
+
+
+def _equation_rows():
+    """The two products' rows (target, left, right, weight), for every low-order target t:
+    S[t] gets weight Z[left] Q[right] over t's splits alpha * gamma (weight |alpha| / |t|);
+    Q[t] gets weight S[left] S[right] over its unordered splits (c2, twice off the diagonal)."""
+    s_rows, q_rows = [], []
+    for t, beta in enumerate(_SERIES[:_LOW]):
+        for alpha, gamma in _splits(beta):
+            s_rows.append((t, _COLUMN[alpha], _COLUMN[gamma], len(alpha) / len(beta)))
+            if _COLUMN[alpha] <= _COLUMN[gamma]:
+                q_rows.append((t, _COLUMN[alpha], _COLUMN[gamma], _EQUATION[2] * (1.0 if alpha == gamma else 2.0)))
+    return s_rows, q_rows
+
+
+_EQUATION_ROWS = _equation_rows()
+
+
+def _layer_work(by_equation):
+    """Elementwise multiply-adds per unit of width at a hidden layer from 2 on, for the
+    activation's series and the top-order blocks' left factors (the rest is the same either way)."""
+    if by_equation:
+        return 2 * _LOW + sum(map(len, _EQUATION_ROWS)) + sum(len(block["rows"]) for block in _TOP_BLOCKS)
+    return (_LOW + sum(len(left) + len(squares) + (max(_LOW - _START[k], 0) if k in _VERTEX_ORDERS else 0)
+                       for k, (left, _, _, squares) in _POWER_TABLES.items())
+            + sum(len(block["terms"]) * len(block["rows"]) for block in _TOP_BLOCKS))
+
+
+# A compile-time choice, made from the tables: the equation does less work from order 5 on
+# (0.85 of the powers' at order 5, about 0.5 at order 8, whatever the inputs), the powers below.
+_BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
+                and _layer_work(True) < _layer_work(False))
+
+
 def _chunk_size(elements):
     """Points per chunk of a call: about `elements` numbers in its series and Gram matrices
     keep it in cache, and bound a call's memory whatever its batch (a power of 2, at least 1)."""
@@ -300,6 +342,8 @@ def _multiply_adds():
             gemm += OUTPUTS * block["size"] * w
         if _TOP_BLOCKS:
             gemm += OUTPUTS * w * w_prev
+    if _BY_EQUATION:  # layers 2.. by the activation's equation (in numba's loops)
+        elementwise -= sum(LAYER_SIZES[2:-1]) * (_layer_work(False) - _layer_work(True))
     return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise}
 
 
@@ -416,18 +460,23 @@ _TABLES = _build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
 _CHUNK = _chunk_size(2**16)  # a series of 512 kB: the size of a core's L2 cache
 
 
-def _fused_table(k, scale):
-    """P_k's product table as rows sorted by target, for _fused_product: each target's first row
-    (and one past the last), and per row the columns of P_(k-1) and Z and a weight (the table's
-    scale for a pair, 1 for a square)."""
-    left, right, target, squares = _POWER_TABLES[k]
-    weight = np.concatenate([np.full(len(left), scale), np.ones(len(squares))])
-    left = np.array(list(left) + [column for column, _ in squares], dtype=np.int64)
-    right = np.array(list(right) + [column for column, _ in squares], dtype=np.int64)
-    target = np.array(list(target) + [t for _, t in squares], dtype=np.int64)
+def _by_target(target, left, right, weight, size):
+    """A product's rows sorted by target, for the fused loops: each of the `size` targets' first
+    row (and one past the last), and per row its two columns and its weight."""
+    target = np.asarray(target, dtype=np.int64)
     rows = np.argsort(target, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(np.bincount(target, minlength=max(_LOW - _START[k], 0)))])
-    return starts, left[rows], right[rows], weight[rows]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(target, minlength=size))])
+    return (starts, np.asarray(left, dtype=np.int64)[rows], np.asarray(right, dtype=np.int64)[rows],
+            np.asarray(weight, dtype=np.float64)[rows])
+
+
+def _fused_table(k, scale):
+    """P_k's product table for _fused_product: rows of P_(k-1) and Z, weighted by the table's
+    scale for a pair and 1 for a square."""
+    left, right, target, squares = _POWER_TABLES[k]
+    weight = [scale] * len(left) + [1.0] * len(squares)
+    return _by_target(list(target) + [t for _, t in squares], list(left) + [c for c, _ in squares],
+                      list(right) + [c for c, _ in squares], weight, max(_LOW - _START[k], 0))
 
 
 if _FUSED:
@@ -491,6 +540,39 @@ if _FUSED:
                 weights[1, i, j] = t1*u
                 weights[2, i, j] = (4/3)*t0 - u**4 - 1/3
 
+    @numba.njit
+    def _fused_equation_series(Z, u, q0, s_starts, s_left, s_right, s_weight,
+                               q_starts, q_left, q_right, q_weight, S, Q):
+        """S and Q = p(S) by the activation's equation, target after target in column order (so
+        by degree): S[t] = q0 Z[t] + sum w Z[l] Q[r], then Q[t] = p'(u) S[t] + sum w S[l] S[r]."""
+        for t in range(S.shape[0]):
+            s = S[t]
+            for b in range(s.shape[0]):
+                for j in range(s.shape[1]):
+                    s[b, j] = q0[b, j] * Z[t, b, j]
+            for q in range(s_starts[t], s_starts[t + 1]):
+                a, c, w = Z[s_left[q]], Q[s_right[q]], s_weight[q]
+                for b in range(s.shape[0]):
+                    for j in range(s.shape[1]):
+                        s[b, j] += w * a[b, j] * c[b, j]
+            r = Q[t]
+            for b in range(r.shape[0]):
+                for j in range(r.shape[1]):
+                    r[b, j] = (_EQUATION[1] + 2.0 * _EQUATION[2] * u[b, j]) * s[b, j]
+            for q in range(q_starts[t], q_starts[t + 1]):
+                a, c, w = S[q_left[q]], S[q_right[q]], q_weight[q]
+                for b in range(r.shape[0]):
+                    for j in range(r.shape[1]):
+                        r[b, j] += w * a[b, j] * c[b, j]
+
+    if _BY_EQUATION:
+        _TABLES["equation"] = {
+            "products": _by_target(*zip(*_EQUATION_ROWS[0]), _LOW) + _by_target(*zip(*_EQUATION_ROWS[1]), _LOW),
+            # per top-order block (rows of order a): the weight (ORDER - a)/ORDER of Q's rows
+            "top": [((ORDER - len(_SERIES[block["rows"].start])) / ORDER, slice(block["rows"].start, block["rows"].stop))
+                    for block in _TOP_BLOCKS],
+        }
+
     for _k, _table in _TABLES["powers"].items():
         _table["fused"] = _fused_table(_k, _table["scale"])
 
@@ -510,6 +592,20 @@ def _vertex_weights(z):
         _fused_activation(z, value, weights)
         return value, (weights[0], weights[1], weights[2])
     return _activation(z)
+
+
+def _by_equation(Z, h, factors):
+    """Whether a layer from 2 on follows the activation's equation: where that is cheaper
+    and numba's loops take the dtype."""
+    return _BY_EQUATION and _fuses(Z, h, factors[0])
+
+
+def _equation_series(Z, h, factors, tables):
+    """(S, Q): the low-order series of sigma(z + Z) (as _through_activation's) and of
+    sigma'(z + Z), by the activation's equation in one fused loop."""
+    S, Q = np.empty_like(Z), np.empty_like(Z)
+    _fused_equation_series(Z, h, factors[0], *tables["equation"]["products"], S, Q)
+    return S, Q
 
 
 def _zeros(like, shape):
@@ -644,13 +740,18 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
     u = None
     for layer in reversed(range(len(vertices))):
-        factors, powers = vertices[layer]
+        factors, powers, Q = vertices[layer]
+        one = None if Q is None else np.ones_like(factors[0])
         for i, (terms, cols, pieces) in enumerate(tables["top"]):
             if layer == 0:  # Z is first order there: only P_(ORDER-1) reaches order ORDER - 1
                 if i != _FIRST_LAYER_BLOCK or fold:
                     continue
                 terms = terms[-1:]
             left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
+            if Q is not None:  # by the equation: L = (ORDER - a)/ORDER Q at order a, times g
+                scale, rows = tables["equation"]["top"][i]
+                left = _add_scaled_rows(None, g, scale, one, Q[rows])
+                terms = ()
             for k, scale, rows in terms:  # P_(k-1) at order a, times scale sigma^(k)/k! g
                 left = _add_scaled_rows(left, g, scale, factors[k - 1], powers[k - 2][rows])
             left = left.swapaxes(0, 1).swapaxes(1, 2)  # (batch, OUTPUTS, rows, width), a view
@@ -733,10 +834,15 @@ def _series(params, x, tables, first_powers, fold, out):
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _vertex_weights(z)
-        if vertices:
-            powers = _powers(Z, tables)
-        vertices.append((factors, powers))
-        Z = _rows_times(_through_activation(factors, powers, tables), W.T)
+        if vertices and _by_equation(Z, h, factors):  # the activation's own equation (see _EQUATION)
+            H, Q = _equation_series(Z, h, factors, tables)
+            vertices.append((factors, [Z], Q))
+        else:
+            if vertices:
+                powers = _powers(Z, tables)
+            vertices.append((factors, powers, None))
+            H = _through_activation(factors, powers, tables)
+        Z = _rows_times(H, W.T)
         z = h @ W.T + b
     out[:, :, 0] = z
     out[:, :, 1 : 1 + _LOW] = Z.swapaxes(0, 1).swapaxes(1, 2)  # (batch or 1, OUTPUTS, columns): assigning broadcasts
@@ -776,4 +882,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: ce5a49c89b963aa2af780e9ef78e97d9f3eceef262a8daab627ed26cdc01cc04
+# sha256 of all lines above: 7c5f2b093313f6d26e1b9cccdbd9be6870abe3652bb95b9f226363049c84395e

@@ -82,3 +82,11 @@ def test_no_code_ran(tmp_path):
         with pytest.raises(DiagramcError):
             get_activation(text)
     assert not os.path.exists("/tmp/diagramc_pwned")
+
+
+def test_quadratic_equation_of_tanh_and_sigmoid_only():
+    """sigma' = c0 + c1 sigma + c2 sigma^2 is recognised where sigma is its one auxiliary."""
+    assert get_activation("tanh").quadratic_equation() == (1.0, 0.0, -1.0)
+    assert get_activation("sigmoid").quadratic_equation() == (0.0, 1.0, -1.0)
+    for name in ("softplus", "sin", "gelu", "silu", "identity", "relu", "tanh(x)", "x*tanh(x)"):
+        assert get_activation(name).quadratic_equation() is None

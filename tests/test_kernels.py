@@ -417,3 +417,50 @@ def test_torch_kernel_first_called_in_inference_mode_still_trains(kernel_dir):
     ps = [p.clone().requires_grad_(True) for p in params]
     module.derivatives(ps, x).square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ps)
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+@pytest.mark.parametrize(
+    "activation,order,d,hidden,subset",
+    [("tanh", 7, 2, 3, None), ("sigmoid", 6, 2, 2, None), ("tanh", 5, 4, 2, None), ("sigmoid", 5, 3, 4, None),
+     ("tanh", 6, 3, 2, [(0, 0, 6), (3, 2, 1), (1, 4, 0), (2, 2, 0), (0, 1, 0)])],
+)
+def test_series_by_the_activation_equation(activation, order, d, hidden, subset, kernel_dir, monkeypatch):
+    """tanh and sigmoid at high orders follow their own equation sigma' = p(sigma) from layer 2
+    on (Taylor mode): it runs, matches jacfwd, and matches the powers of Z (the NumPy-operations
+    path without numba) to 1e-13, for one point (layer 1 unfolded) and nine (folded), and in float32."""
+    arch, params, _ = _case(71 + order, activation, order, d=d, hidden=hidden)
+    fused = diagramc.compile(arch, order, "numpy", multi_indices=subset, out_dir=kernel_dir)
+    assert fused._BY_EQUATION and "equation" in fused._TABLES
+    plain = _without_numba(fused.__file__, monkeypatch)
+    calls, by_equation = [], fused._equation_series
+    monkeypatch.setattr(fused, "_equation_series", lambda *args: calls.append(1) or by_equation(*args))
+    for batch in (1, 9):
+        x = torch.randn(batch, d, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
+        want = reference_derivatives(params, x, activation, fused.MULTI_INDICES)
+        p = [q.numpy() for q in params]
+        got = fused.derivatives(p, x.numpy())
+        _assert_matches(got, want)
+        np.testing.assert_allclose(plain.derivatives(p, x.numpy()), got, rtol=1e-13, atol=1e-13 * np.abs(got).max())
+    single = fused.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))
+    assert single.dtype == np.float32
+    np.testing.assert_allclose(single, got, rtol=1e-3, atol=1e-4 * np.abs(got).max())
+    assert len(calls) == 3 * (hidden - 1)  # layers 2.. of each call
+
+
+@pytest.mark.parametrize(
+    "activation,d,order,by_equation",
+    [("tanh", 2, 8, True), ("sigmoid", 4, 5, True), ("tanh", 16, 3, False), ("tanh", 64, 2, False),
+     ("softplus", 2, 8, False), ("x*tanh(x)", 2, 8, False)],
+)
+def test_the_equation_is_taken_where_it_does_less_work(activation, d, order, by_equation, kernel_dir):
+    """The choice is made from the tables' work counts, for activations with sigma' = p(sigma),
+    p quadratic; MULTIPLY_ADDS counts the path taken, and torch kernels keep the powers."""
+    arch = diagramc.Architecture((d, 64, 64, 64, 1), activation)
+    mod = diagramc.compile(arch, order, "numpy", out_dir=kernel_dir)
+    assert getattr(mod, "_BY_EQUATION", False) == by_equation
+    if by_equation:
+        assert mod._layer_work(True) < mod._layer_work(False)
+        saved = 2 * 64 * (mod._layer_work(False) - mod._layer_work(True))
+        assert mod.MULTIPLY_ADDS["elementwise"] + saved == diagramc.compile(arch, order, "torch", out_dir=kernel_dir).MULTIPLY_ADDS["elementwise"]
+    assert not hasattr(diagramc.compile(arch, order, "torch", out_dir=kernel_dir), "_BY_EQUATION")
