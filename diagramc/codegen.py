@@ -89,8 +89,8 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         vertex_orders=vertex_orders,
         activation=code,
         scalar_activation=scalar,
-        # NumPy kernels (numba's loops): the series through tanh or sigmoid by its own equation
-        equation=act.quadratic_equation() if spec.backend == "numpy" else None,
+        # the series through tanh or sigmoid by its own equation (NumPy: numba's loops; torch: a CPU)
+        equation=act.quadratic_equation(),
         **({} if scalar is None else _stacked_weights(scalar.factors)),
     )
 

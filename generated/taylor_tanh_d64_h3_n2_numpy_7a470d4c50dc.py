@@ -308,8 +308,9 @@ def _layer_work(by_equation):
 
 # A compile-time choice, made from the tables. The equation does less work from order 5 on
 # (0.85 of the powers' at order 5, about 0.5 at order 8, whatever the inputs), as much at
-# order 4 (1.00-1.07), more at order 3 (1.3-1.5). Its one loop per layer replaces several
-# calls, so it is taken up to 1.1x the powers' work: at order 4 it measured 1.03-1.07x faster.
+# order 4 (1.00-1.07), more at order 3 (1.3-1.5). It is taken below this backend's threshold
+# of that ratio (1.1: its one numba loop per layer replaces several calls; from order 4 on,
+# where it measured 1.03-1.07x faster at order 4).
 _BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
                 and _layer_work(True) < 1.1 * _layer_work(False))
 
@@ -450,6 +451,10 @@ def _build_tables(index):
         "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
         "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
+        # per top-order block (rows of order a) where layers follow the equation: the weight
+        # (ORDER - a)/ORDER of Q's rows, and those rows
+        "equation_top": [((ORDER - len(_SERIES[block["rows"].start])) / ORDER,
+                          slice(block["rows"].start, block["rows"].stop)) for block in _TOP_BLOCKS],
     }
 
 
@@ -564,12 +569,7 @@ if _FUSED:
                         r[b, j] += w * a[b, j] * c[b, j]
 
     if _BY_EQUATION:
-        _TABLES["equation"] = {
-            "products": _by_target(*zip(*_EQUATION_ROWS[0]), _LOW) + _by_target(*zip(*_EQUATION_ROWS[1]), _LOW),
-            # per top-order block (rows of order a): the weight (ORDER - a)/ORDER of Q's rows
-            "top": [((ORDER - len(_SERIES[block["rows"].start])) / ORDER, slice(block["rows"].start, block["rows"].stop))
-                    for block in _TOP_BLOCKS],
-        }
+        _TABLES["equation"] = _by_target(*zip(*_EQUATION_ROWS[0]), _LOW) + _by_target(*zip(*_EQUATION_ROWS[1]), _LOW)
 
     for _k, _table in _TABLES["powers"].items():
         _table["fused"] = _fused_table(_k, _table["scale"])
@@ -602,12 +602,16 @@ def _equation_series(Z, h, factors, tables):
     """(S, Q): the low-order series of sigma(z + Z) (as _through_activation's) and of
     sigma'(z + Z), by the activation's equation in one fused loop."""
     S, Q = np.empty_like(Z), np.empty_like(Z)
-    _fused_equation_series(Z, h, factors[0], *tables["equation"]["products"], S, Q)
+    _fused_equation_series(Z, h, factors[0], *tables["equation"], S, Q)
     return S, Q
 
 
 def _zeros(like, shape):
     return np.zeros(shape, dtype=like.dtype)
+
+
+def _ones(like):
+    return np.ones_like(like)
 
 
 def _empty(like, shape):
@@ -739,7 +743,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     u = None
     for layer in reversed(range(len(vertices))):
         factors, powers, Q = vertices[layer]
-        one = None if Q is None else np.ones_like(factors[0])
+        one = None if Q is None else _ones(factors[0])
         for i, (terms, cols, pieces) in enumerate(tables["top"]):
             if layer == 0:  # Z is first order there: only P_(ORDER-1) reaches order ORDER - 1
                 if i != _FIRST_LAYER_BLOCK or fold:
@@ -747,7 +751,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                 terms = terms[-1:]
             left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
             if Q is not None:  # by the equation: L = (ORDER - a)/ORDER Q at order a, times g
-                scale, rows = tables["equation"]["top"][i]
+                scale, rows = tables["equation_top"][i]
                 left = _add_scaled_rows(None, g, scale, one, Q[rows])
                 terms = ()
             for k, scale, rows in terms:  # P_(k-1) at order a, times scale sigma^(k)/k! g
@@ -880,4 +884,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: c4741801f718c2414eb6d4c4657c10cfefed05872d73615cc85be6e68fcef28b
+# sha256 of all lines above: 75cd709bdff61b6fb7d2457fb21fbe68129d3fb772831bcc7696172d1c8b6301

@@ -265,6 +265,51 @@ _OUTPUT_COLUMNS = np.concatenate([[0], 1 + np.arange(_LOW), 1 + _LOW + _TOP_POSI
 ]
 
 
+# sigma' = p(sigma) with p(s) = c0 + c1 s + c2 s^2 (tanh, sigmoid). From layer 2 on, where it
+# is cheaper (_BY_EQUATION), the series S of sigma(z + Z) follows that equation degree by
+# degree, as Taylor mode (JAX's jet) does. With Q = p(S), the series of sigma'(z + Z):
+#     m S_m = sum_(j=1..m) j Z_j Q_(m-j)     Q_m = p'(sigma) S_m + c2 (S S)_m
+# (the Euler operator, E S = Q E Z, taken degree by degree): two truncated products in all,
+# where the vertex sum needs one per power Z^k. The top order's blocks then weight Q:
+# S_ORDER = sigma' Z_ORDER + sum_a (ORDER - a)/ORDER Q_a Z_(ORDER-a).
+_EQUATION = (1.0, 0.0, -1.0)  # (c0, c1, c2)
+
+
+def _equation_rows():
+    """The two products' rows (target, left, right, weight), for every low-order target t:
+    S[t] gets weight Z[left] Q[right] over t's splits alpha * gamma (weight |alpha| / |t|);
+    Q[t] gets weight S[left] S[right] over its unordered splits (c2, twice off the diagonal)."""
+    s_rows, q_rows = [], []
+    for t, beta in enumerate(_SERIES[:_LOW]):
+        for alpha, gamma in _splits(beta):
+            s_rows.append((t, _COLUMN[alpha], _COLUMN[gamma], len(alpha) / len(beta)))
+            if _COLUMN[alpha] <= _COLUMN[gamma]:
+                q_rows.append((t, _COLUMN[alpha], _COLUMN[gamma], _EQUATION[2] * (1.0 if alpha == gamma else 2.0)))
+    return s_rows, q_rows
+
+
+_EQUATION_ROWS = _equation_rows()
+
+
+def _layer_work(by_equation):
+    """Elementwise multiply-adds per unit of width at a hidden layer from 2 on, for the
+    activation's series and the top-order blocks' left factors (the rest is the same either way)."""
+    if by_equation:
+        return 2 * _LOW + sum(map(len, _EQUATION_ROWS)) + sum(len(block["rows"]) for block in _TOP_BLOCKS)
+    return (_LOW + sum(len(left) + len(squares) + (max(_LOW - _START[k], 0) if k in _VERTEX_ORDERS else 0)
+                       for k, (left, _, _, squares) in _POWER_TABLES.items())
+            + sum(len(block["terms"]) * len(block["rows"]) for block in _TOP_BLOCKS))
+
+
+# A compile-time choice, made from the tables. The equation does less work from order 5 on
+# (0.85 of the powers' at order 5, about 0.5 at order 8, whatever the inputs), as much at
+# order 4 (1.00-1.07), more at order 3 (1.3-1.5). It is taken below this backend's threshold
+# of that ratio (0.65: its gathers and index_adds per degree cost more calls than the powers'
+# products; from order 7 on, where it measured 1.4x faster at (2, 8), 0.94-1.19x at order 6).
+_BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
+                and _layer_work(True) < 0.65 * _layer_work(False))
+
+
 def _chunk_size(elements):
     """Points per chunk of a call: about `elements` numbers in its series and Gram matrices
     keep it in cache, and bound a call's memory whatever its batch (a power of 2, at least 1)."""
@@ -295,6 +340,8 @@ def _multiply_adds():
             gemm += OUTPUTS * block["size"] * w
         if _TOP_BLOCKS:
             gemm += OUTPUTS * w * w_prev
+    if _BY_EQUATION:  # layers 2.. by the activation's equation (in numba's loops)
+        elementwise -= sum(LAYER_SIZES[2:-1]) * (_layer_work(False) - _layer_work(True))
     return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise}
 
 
@@ -399,6 +446,10 @@ def _build_tables(index):
         "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
         "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
+        # per top-order block (rows of order a) where layers follow the equation: the weight
+        # (ORDER - a)/ORDER of Q's rows, and those rows
+        "equation_top": [((ORDER - len(_SERIES[block["rows"].start])) / ORDER,
+                          slice(block["rows"].start, block["rows"].stop)) for block in _TOP_BLOCKS],
     }
 
 
@@ -408,7 +459,7 @@ def _build_tables(index):
 _DEVICE_TABLES = {}
 _CHUNK = _chunk_size(2**17)  # twice NumPy's: a torch call costs more
 _ACCELERATOR_CHUNK = _chunk_size(2**22)  # a GPU wants large chunks (each launches the same kernels); 32 MB series bound memory
-_FACTORIALS_ON = {}  # (device, dtype) -> alpha! as a tensor there: made once, not copied over each call
+_CONSTANTS_ON = {}  # (name, device, dtype) -> a constant as a tensor there: made once, not copied over each call
 
 
 _vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
@@ -416,6 +467,10 @@ _vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
 
 def _zeros(like, shape):
     return like.new_zeros(shape)
+
+
+def _ones(like):
+    return torch.ones_like(like)
 
 
 def _empty(like, shape):
@@ -437,13 +492,18 @@ def _chunk(x):
     return _CHUNK if x.device.type == "cpu" else _ACCELERATOR_CHUNK
 
 
-def _factorials(like):
-    """alpha! in like's dtype on like's device (kept, so a call copies nothing from the host)."""
-    key = (like.device, like.dtype)
-    if key not in _FACTORIALS_ON:
+def _constant(name, values, like):
+    """values in like's dtype on like's device, kept under name (a call copies nothing from the host)."""
+    key = (name, like.device, like.dtype)
+    if key not in _CONSTANTS_ON:
         with torch.inference_mode(False):  # kept for later calls, which may need autograd
-            _FACTORIALS_ON[key] = torch.as_tensor(_FACTORIALS, dtype=like.dtype, device=like.device)
-    return _FACTORIALS_ON[key]
+            _CONSTANTS_ON[key] = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+    return _CONSTANTS_ON[key]
+
+
+def _factorials(like):
+    """alpha! in like's dtype on like's device."""
+    return _constant("factorials", _FACTORIALS, like)
 
 
 def _gather(a, index):
@@ -490,7 +550,54 @@ def _tables_on(device):
     tables = _build_tables(index)
     for k, table in tables["powers"].items():
         table["pairs"] = tuple(index(column) for column in _POWER_TABLES[k][:3])
+    if _BY_EQUATION:
+        tables["equation"] = [_equation_degree(m, index) for m in range(1, ORDER)]
     return tables
+
+
+def _equation_degree(m, index):
+    """Degree m of _EQUATION_ROWS: its columns, and per product (S's, Q's) the rows onto them as
+    (left, right, target from the degree's first column, weights), or None where there are none."""
+    columns = slice(_START[m], _START[m + 1])
+    products = []
+    for rows in _EQUATION_ROWS:
+        rows = [row for row in rows if columns.start <= row[0] < columns.stop]
+        target, left, right, weight = zip(*rows) if rows else ((),) * 4
+        products.append((index(left), index(right), index([t - columns.start for t in target]), weight) if rows else None)
+    return {"degree": m, "columns": columns, "s": products[0], "q": products[1]}
+
+
+def _by_equation(Z, h, factors):
+    """Whether a layer from 2 on follows the activation's equation: where that is cheaper, on
+    a CPU (on a GPU the powers' one-kernel products serve, as measured there)."""
+    return _BY_EQUATION and not _scatters(Z)
+
+
+def _weighted_rows(A, C, rows, name, base):
+    """base + the rows' weight * A[left] * C[right], summed onto their targets (one index_add)."""
+    left, right, target, weight = rows
+    terms = (_gather(A, left) * _gather(C, right)).mul_(_constant(name, weight, A)[:, None, None])
+    return base.index_add(0, target, terms)
+
+
+def _equation_series(Z, h, factors, tables):
+    """(S, Q): the low-order series of sigma(z + Z) (as _through_activation's) and of
+    sigma'(z + Z), by the activation's equation, degree after degree: each degree's S from Z
+    and Q's lower degrees, then its Q from S (writes into S and Q are recorded by autograd;
+    the gathers that read them keep no values)."""
+    slope = _EQUATION[1] + 2.0 * _EQUATION[2] * h  # p'(sigma)
+    S, Q = torch.empty_like(Z), torch.empty_like(Z)
+    for degree in tables["equation"]:
+        columns, m = degree["columns"], degree["degree"]
+        s = factors[0] * Z[columns]
+        if degree["s"] is not None:
+            s = _weighted_rows(Z, Q, degree["s"], ("equation S", m), s)
+        S[columns] = s
+        q = slope * s
+        if degree["q"] is not None:
+            q = _weighted_rows(S, S, degree["q"], ("equation Q", m), q)
+        Q[columns] = q
+    return S, Q
 
 
 def _scatters(Z):
@@ -575,13 +682,18 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
     u = None
     for layer in reversed(range(len(vertices))):
-        factors, powers = vertices[layer]
+        factors, powers, Q = vertices[layer]
+        one = None if Q is None else _ones(factors[0])
         for i, (terms, cols, pieces) in enumerate(tables["top"]):
             if layer == 0:  # Z is first order there: only P_(ORDER-1) reaches order ORDER - 1
                 if i != _FIRST_LAYER_BLOCK or fold:
                     continue
                 terms = terms[-1:]
             left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
+            if Q is not None:  # by the equation: L = (ORDER - a)/ORDER Q at order a, times g
+                scale, rows = tables["equation_top"][i]
+                left = _add_scaled_rows(None, g, scale, one, Q[rows])
+                terms = ()
             for k, scale, rows in terms:  # P_(k-1) at order a, times scale sigma^(k)/k! g
                 left = _add_scaled_rows(left, g, scale, factors[k - 1], powers[k - 2][rows])
             left = left.swapaxes(0, 1).swapaxes(1, 2)  # (batch, OUTPUTS, rows, width), a view
@@ -664,10 +776,15 @@ def _series(params, x, tables, first_powers, fold, out):
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _vertex_weights(z)
-        if vertices:
-            powers = _powers(Z, tables)
-        vertices.append((factors, powers))
-        Z = _rows_times(_through_activation(factors, powers, tables), W.T)
+        if vertices and _by_equation(Z, h, factors):  # the activation's own equation (see _EQUATION)
+            H, Q = _equation_series(Z, h, factors, tables)
+            vertices.append((factors, [Z], Q))
+        else:
+            if vertices:
+                powers = _powers(Z, tables)
+            vertices.append((factors, powers, None))
+            H = _through_activation(factors, powers, tables)
+        Z = _rows_times(H, W.T)
         z = h @ W.T + b
     out[:, :, 0] = z
     out[:, :, 1 : 1 + _LOW] = Z.swapaxes(0, 1).swapaxes(1, 2)  # (batch or 1, OUTPUTS, columns): assigning broadcasts
@@ -707,4 +824,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: b2a2fccde59a137fbb43eb1baf3bf2c78d74a79e017f6e5829e0a57ffaf1c726
+# sha256 of all lines above: 1e95a1942306be6a449bad75cf2b052ae5e73e580cd1ddf3c34a44031cfd7f32
