@@ -227,16 +227,27 @@ def _without_numba(path, monkeypatch):
 @pytest.mark.parametrize(
     "activation,order,d,hidden,subset",
     [("tanh", 4, 3, 3, None), ("sin", 5, 2, 2, None), (QUADRATIC, 4, 3, 2, None), ("gelu", 3, 4, 1, None),
-     ("softplus", 4, 3, 2, [(0, 0, 0), (2, 1, 0), (0, 2, 2), (1, 1, 1)])],
+     ("softplus", 4, 3, 2, [(0, 0, 0), (2, 1, 0), (0, 2, 2), (1, 1, 1)]),
+     # with numba these follow the activation's equation from layer 2 on, without it the powers of Z
+     ("tanh", 7, 2, 3, None), ("sigmoid", 6, 2, 2, None), ("tanh", 5, 4, 2, None), ("sigmoid", 5, 3, 4, None),
+     ("tanh", 6, 3, 2, [(0, 0, 6), (3, 2, 1), (1, 4, 0), (2, 2, 0), (0, 1, 0)])],
 )
 def test_fused_loops_and_numpy_operations_agree(activation, order, d, hidden, subset, kernel_dir, monkeypatch):
-    """With numba the truncated products and the activation's sums run as fused loops, without
-    it as NumPy operations: both match jacfwd and each other, in float64 and float32, for one
-    point (layer 1 unfolded) and nine (folded)."""
+    """With numba the truncated products and the activation's sums run as fused loops (for tanh
+    and sigmoid from order 4 the activation's equation sigma' = p(sigma), Taylor mode), without
+    it as NumPy operations on the powers of Z: both match jacfwd and each other, in float64 and
+    float32, for one point (layer 1 unfolded) and nine (folded)."""
     arch, params, _ = _case(53, activation, order, d=d, hidden=hidden)
     fused = diagramc.compile(arch, order, "numpy", multi_indices=subset, out_dir=kernel_dir)
     plain = _without_numba(fused.__file__, monkeypatch)
     assert not plain._FUSED and not any("fused" in table for table in plain._TABLES["powers"].values())
+    by_equation = HAS_NUMBA and activation in ("tanh", "sigmoid") and order >= 4
+    assert getattr(fused, "_BY_EQUATION", False) == (activation in ("tanh", "sigmoid") and order >= 4)
+    calls = []
+    if by_equation:
+        assert "equation" in fused._TABLES and "equation" not in plain._TABLES
+        equation_series = fused._equation_series
+        monkeypatch.setattr(fused, "_equation_series", lambda *args: calls.append(1) or equation_series(*args))
     if HAS_NUMBA:
         assert fused._FUSED and all("fused" in table for table in fused._TABLES["powers"].values())
     for batch in (1, 9):
@@ -245,11 +256,12 @@ def test_fused_loops_and_numpy_operations_agree(activation, order, d, hidden, su
         p = [q.numpy() for q in params]
         got = fused.derivatives(p, x.numpy())
         _assert_matches(got, want)
-        np.testing.assert_allclose(plain.derivatives(p, x.numpy()), got, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(plain.derivatives(p, x.numpy()), got, rtol=1e-13, atol=1e-13 * float(np.abs(got).max()))
         single = [fused.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32)),
                   plain.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))]
         assert all(s.dtype == np.float32 for s in single)
         np.testing.assert_allclose(single[0], single[1], rtol=1e-4, atol=1e-4 * float(np.abs(got).max()))
+    assert len(calls) == (4 * (hidden - 1) if by_equation else 0)  # layers 2.. of each fused call
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float16, 3e-2), (np.longdouble, 1e-12), (np.dtype(">f8"), 1e-12)])
@@ -417,35 +429,6 @@ def test_torch_kernel_first_called_in_inference_mode_still_trains(kernel_dir):
     ps = [p.clone().requires_grad_(True) for p in params]
     module.derivatives(ps, x).square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ps)
-
-
-@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
-@pytest.mark.parametrize(
-    "activation,order,d,hidden,subset",
-    [("tanh", 7, 2, 3, None), ("sigmoid", 6, 2, 2, None), ("tanh", 5, 4, 2, None), ("sigmoid", 5, 3, 4, None),
-     ("tanh", 6, 3, 2, [(0, 0, 6), (3, 2, 1), (1, 4, 0), (2, 2, 0), (0, 1, 0)])],
-)
-def test_series_by_the_activation_equation(activation, order, d, hidden, subset, kernel_dir, monkeypatch):
-    """tanh and sigmoid at high orders follow their own equation sigma' = p(sigma) from layer 2
-    on (Taylor mode): it runs, matches jacfwd, and matches the powers of Z (the NumPy-operations
-    path without numba) to 1e-13, for one point (layer 1 unfolded) and nine (folded), and in float32."""
-    arch, params, _ = _case(71 + order, activation, order, d=d, hidden=hidden)
-    fused = diagramc.compile(arch, order, "numpy", multi_indices=subset, out_dir=kernel_dir)
-    assert fused._BY_EQUATION and "equation" in fused._TABLES
-    plain = _without_numba(fused.__file__, monkeypatch)
-    calls, by_equation = [], fused._equation_series
-    monkeypatch.setattr(fused, "_equation_series", lambda *args: calls.append(1) or by_equation(*args))
-    for batch in (1, 9):
-        x = torch.randn(batch, d, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
-        want = reference_derivatives(params, x, activation, fused.MULTI_INDICES)
-        p = [q.numpy() for q in params]
-        got = fused.derivatives(p, x.numpy())
-        _assert_matches(got, want)
-        np.testing.assert_allclose(plain.derivatives(p, x.numpy()), got, rtol=1e-13, atol=1e-13 * np.abs(got).max())
-    single = fused.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))
-    assert single.dtype == np.float32
-    np.testing.assert_allclose(single, got, rtol=1e-3, atol=1e-4 * np.abs(got).max())
-    assert len(calls) == 3 * (hidden - 1)  # layers 2.. of each call
 
 
 @pytest.mark.parametrize(
