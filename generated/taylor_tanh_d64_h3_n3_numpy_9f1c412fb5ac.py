@@ -464,7 +464,9 @@ def _build_tables(index):
 # NumPy primitives.
 
 _TABLES = _build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
-_CHUNK = _chunk_size(2**16)  # a series of 512 kB: the size of a core's L2 cache
+# A series of 1 MB, twice a core's L2 cache (512 kB here): the per-chunk calls are paid over
+# twice the points; measured 1.00-1.10x faster than 512 kB across the bench's cells.
+_CHUNK = _chunk_size(2**17)
 
 
 def _by_target(target, left, right, weight, size):
@@ -888,4 +890,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 46bc001a1319524c72f9ff080d74fa780c98d438079e6a81230f91accedf03bb
+# sha256 of all lines above: 7ef15f53481048ad4df6b3a8b4cb0f886bd41f521e4943f2ffba752138693db1
