@@ -307,8 +307,8 @@ def _layer_work(by_equation):
 
 
 # A compile-time choice, made from the tables. The equation does less work from order 5 on
-# (0.85 of the powers' at order 5, about 0.5 at order 8, whatever the inputs), as much at
-# order 4 (1.00-1.07), more at order 3 (1.3-1.5). It is taken below this backend's threshold
+# (0.85 of the powers' at order 5, about 0.5 at order 8, whatever the inputs), about as much
+# at order 4 (1.00-1.09, toward 12/11 for many inputs), more at order 3 (1.3-1.5). It is taken below this backend's threshold
 # of that ratio (1.1: its one numba loop per layer replaces several calls; from order 4 on,
 # where it measured 1.03-1.07x faster at order 4).
 _BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
@@ -316,8 +316,9 @@ _BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
 
 
 def _chunk_size(elements):
-    """Points per chunk of a call: about `elements` numbers in its series and Gram matrices
-    keep it in cache, and bound a call's memory whatever its batch (a power of 2, at least 1)."""
+    """Points per chunk of a call: about `elements` numbers in its series and Gram matrices,
+    a cache-sized working set that bounds a call's memory whatever its batch (a power of 2,
+    at least 1)."""
     per_point = _LOW * max(LAYER_SIZES[1:-1], default=1) + OUTPUTS * sum(block["size"] for block in _TOP_BLOCKS)
     return 2 ** max(0, round(math.log2(elements / max(per_point, 1))))
 
@@ -345,12 +346,17 @@ def _multiply_adds():
             gemm += OUTPUTS * block["size"] * w
         if _TOP_BLOCKS:
             gemm += OUTPUTS * w * w_prev
-    if _BY_EQUATION:  # layers 2.. by the activation's equation (in numba's loops)
-        elementwise -= sum(LAYER_SIZES[2:-1]) * (_layer_work(False) - _layer_work(True))
     return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise}
 
 
 MULTIPLY_ADDS = _multiply_adds()
+# MULTIPLY_ADDS counts the path a CPU takes: from layer 2 on the activation's equation where
+# _BY_EQUATION (in numba's fused loops). _MULTIPLY_ADDS_BY_POWERS counts the powers of Z, which run
+# instead without numba, or for dtypes other than float32 and float64.
+_MULTIPLY_ADDS_BY_POWERS = MULTIPLY_ADDS
+if _BY_EQUATION:
+    _elementwise = MULTIPLY_ADDS["elementwise"] - sum(LAYER_SIZES[2:-1]) * (_layer_work(False) - _layer_work(True))
+    MULTIPLY_ADDS = {"gemm": MULTIPLY_ADDS["gemm"], "elementwise": _elementwise, "total": MULTIPLY_ADDS["gemm"] + _elementwise}
 
 
 def _keep_freed_memory_in_the_heap():
@@ -736,7 +742,8 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     Every diagram's root vertex contracts its lower-order subtrees against the output
     line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse). Per block (the order
     a of the left factor), a Gram matrix G[alpha, gamma] = sum_j g_j L[alpha, j] Z[gamma, j]
-    with L = sum_k sigma^(k)/k! P_(k-1) at order a, summed over the layers; its entries are
+    with L = sum_k sigma^(k)/k! P_(k-1) at order a (or (ORDER - a)/ORDER Q at order a, by the
+    activation's equation), summed over the layers; its entries are
     then summed onto alpha * gamma. A symmetric block is made in pieces on and above its
     diagonal. At layer 1 only _FIRST_LAYER_BLOCK's k = ORDER term is non-zero: t @ K.T.
     """
@@ -886,4 +893,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 613856b0bb391a4c8940a7212e63e7cadad77bcf742581cef0c2509b1d6432d2
+# sha256 of all lines above: 0bc82be90f508226f368bfa0b8e8d098fe0845aa6d3b5d28f63334923544fda0
