@@ -355,6 +355,10 @@ def _activation_lines(act, order, fmt):
         aux = "; ".join(f"{a.symbol} = {sp.sstr(a.definition)}, {a.symbol}' = {sp.sstr(a.derivative)}"
                         for a in act.auxiliaries)
         lines.append(f"{comment}auxiliary functions (the compiler differentiates polynomials in them): {aux}")
+    if act.quadratic_equation():
+        p = sp.sstr(act.auxiliaries[0].derivative.subs(act.auxiliaries[0].symbol, sp.Symbol("sigma")))
+        lines.append(f"{comment}Taylor mode: sigma' = {p}, so the kernels carry series through this equation "
+                     "from layer 2 on where that does less work (NumPy from order 4, torch on a CPU from order 7)")
     if order >= 2 and act.vanishing_vertices(order):
         lines.append(f"{comment}every vertex sigma^(k), k >= 2, vanishes identically: "
                      "derivatives of order >= 2 of the network are zero")

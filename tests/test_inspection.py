@@ -169,6 +169,7 @@ def test_activation_prints_the_vertex_functions(capsys):
     assert main(["activation", "tanh", "--order", "4"]) == 0
     out = capsys.readouterr().out
     assert "u = tanh(x), u' = 1 - u**2" in out
+    assert "Taylor mode: sigma' = 1 - sigma**2" in out  # the kernels' series follow it (test_kernels)
     for k in range(1, 5):
         assert f"σ{f'({k})'.translate(str.maketrans('0123456789()', '⁰¹²³⁴⁵⁶⁷⁸⁹⁽⁾'))}(x) = " in out
     assert "σ⁽⁵⁾" not in out and "24⋅u" in out  # sigma'''' = 24u^5 - 40u^3 + 16u
@@ -178,7 +179,10 @@ def test_activation_prints_the_vertex_functions(capsys):
     assert main(["activation", "relu", "--order", "3"]) == 0
     assert "vanishes identically" in capsys.readouterr().out
     assert main(["activation", "x*exp(-x)", "--order", "1"]) == 0
-    assert "σ⁽¹⁾(x) = " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "σ⁽¹⁾(x) = " in out and "Taylor mode" not in out
+    assert main(["activation", "sigmoid", "--order", "1"]) == 0
+    assert "Taylor mode: sigma' = sigma*(1 - sigma)" in capsys.readouterr().out
 
 
 def test_activation_printed_forms_are_the_derivatives():
