@@ -486,3 +486,19 @@ def test_torch_series_by_the_activation_equation(activation, subset, kernel_dir,
     for a, b in zip(torch.autograd.grad(powers.square().sum(), ps), grads):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11 * float(b.abs().max()))
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("order", [4, 7])  # the powers of Z, and (from order 7) the activation's equation
+def test_torch_func_transforms_over_x(order, kernel_dir):
+    """torch.func over x works on the torch kernels: vmap gives the batched call's values, and
+    jacrev and jacfwd of the value give its first-order coefficients. (vmap over stacked
+    parameters does not: the kernels write into their outputs in place; the README says so.)"""
+    arch, params, x = _case(90, "tanh", order, d=2, hidden=3)
+    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
+    assert mod._BY_EQUATION == (order == 7)
+    want = mod.derivatives(params, x)
+    got = torch.func.vmap(lambda xi: mod.derivatives(params, xi[None])[0])(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    value = lambda xi: mod.derivatives(params, xi[None])[0, 0, 0]  # noqa: E731
+    for jacobian in (torch.func.jacrev, torch.func.jacfwd):
+        torch.testing.assert_close(jacobian(value)(x[0]), want[0, 0, 1:3], rtol=1e-12, atol=1e-12)
