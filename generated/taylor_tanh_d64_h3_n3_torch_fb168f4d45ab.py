@@ -265,6 +265,15 @@ _OUTPUT_COLUMNS = np.concatenate([[0], 1 + np.arange(_LOW), 1 + _LOW + _TOP_POSI
 ]
 
 
+def _powers_work():
+    """Elementwise multiply-adds per unit of width of a hidden layer by the powers of Z: (its
+    series through the activation: products and weighted sums; the top-order blocks' weighted
+    terms, per output)."""
+    series = _LOW + sum(len(left) + len(squares) + (max(_LOW - _START[k], 0) if k in _VERTEX_ORDERS else 0)
+                        for k, (left, _, _, squares) in _POWER_TABLES.items())
+    return series, sum(len(block["terms"]) * len(block["rows"]) for block in _TOP_BLOCKS)
+
+
 # sigma' = p(sigma) with p(s) = c0 + c1 s + c2 s^2 (tanh, sigmoid). From layer 2 on, where it
 # is cheaper (_BY_EQUATION), the series S of sigma(z + Z) follows that equation degree by
 # degree, as Taylor mode (JAX's jet) does. With Q = p(S), the series of sigma'(z + Z):
@@ -296,15 +305,13 @@ def _layer_work(by_equation):
     activation's series and the top-order blocks' left factors (the rest is the same either way)."""
     if by_equation:
         return 2 * _LOW + sum(map(len, _EQUATION_ROWS)) + sum(len(block["rows"]) for block in _TOP_BLOCKS)
-    return (_LOW + sum(len(left) + len(squares) + (max(_LOW - _START[k], 0) if k in _VERTEX_ORDERS else 0)
-                       for k, (left, _, _, squares) in _POWER_TABLES.items())
-            + sum(len(block["terms"]) * len(block["rows"]) for block in _TOP_BLOCKS))
+    return sum(_powers_work())
 
 
 # A compile-time choice, made from the tables. The equation does less work from order 5 on
 # (0.85 of the powers' at order 5, about 0.5 at order 8, whatever the inputs), about as much
-# at order 4 (1.00-1.09, toward 12/11 for many inputs), more at order 3 (1.3-1.5). It is taken below this backend's threshold
-# of that ratio (0.65: its gathers and index_adds per degree cost more calls than the powers'
+# at order 4 (1.00-1.09, toward 12/11 for many inputs), more at order 3 (1.3-1.5). It is
+# taken below this backend's threshold of that ratio (0.65: its gathers and index_adds per degree cost more calls than the powers'
 # products; from order 7 on, where it measured 1.4x faster at (2, 8), 0.94-1.19x at order 6).
 _BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
                 and _layer_work(True) < 0.65 * _layer_work(False))
@@ -326,18 +333,16 @@ def _multiply_adds():
     the reverse sweep, at layer 1 only t @ K.T (K is made once per call).
     """
     gemm, elementwise = LAYER_SIZES[0] * LAYER_SIZES[1], 0
+    series, top_terms = _powers_work()
+    top_rows = sum(len(block["rows"]) for block in _TOP_BLOCKS)
     for layer, (w_prev, w, w_next) in enumerate(zip(LAYER_SIZES[:-2], LAYER_SIZES[1:-1], LAYER_SIZES[2:])):
-        elementwise += _LOW * w
-        for k, (left, _, _, squares) in _POWER_TABLES.items():
-            elementwise += (len(left) + len(squares)) * w
-            if k in _VERTEX_ORDERS:
-                elementwise += max(_LOW - _START[k], 0) * w
+        elementwise += series * w
         gemm += _LOW * w * w_next + w * w_next
         if layer == 0:
             gemm += OUTPUTS * (len(_SERIES) - _LOW) * w if _FIRST_LAYER_BLOCK is not None else 0
             continue
+        elementwise += (top_terms + OUTPUTS * top_rows) * w
         for block in _TOP_BLOCKS:
-            elementwise += (len(block["terms"]) + OUTPUTS) * len(block["rows"]) * w
             gemm += OUTPUTS * block["size"] * w
         if _TOP_BLOCKS:
             gemm += OUTPUTS * w * w_prev
@@ -785,14 +790,15 @@ def _series(params, x, tables, first_powers, fold, out):
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _vertex_weights(z)
-        if vertices and _by_equation(Z, h, factors):  # the activation's own equation (see _EQUATION)
+        Q = None  # sigma'(z + Z)'s series, where the activation's equation gives the layer's
+        if vertices and _by_equation(Z, h, factors):  # (see _EQUATION)
             H, Q = _equation_series(Z, h, factors, tables)
-            vertices.append((factors, [Z], Q))
-        else:
+            powers = [Z]
+        if Q is None:
             if vertices:
                 powers = _powers(Z, tables)
-            vertices.append((factors, powers, None))
             H = _through_activation(factors, powers, tables)
+        vertices.append((factors, powers, Q))
         Z = _rows_times(H, W.T)
         z = h @ W.T + b
     out[:, :, 0] = z
@@ -833,4 +839,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: c3d3dc164d80e8c502fb067b613dea7fe4fe90d31273c9569d6857bb7247b3c2
+# sha256 of all lines above: 51051652717a5dc40cc31d5899933f34b2bc64b1e236eb4512502e9ea85ae5f0
