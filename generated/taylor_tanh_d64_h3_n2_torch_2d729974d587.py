@@ -695,8 +695,9 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     u = None
     for layer in reversed(range(len(vertices))):
         factors, powers, Q = vertices[layer]
+        blocks = tables["top"]
         one = None if Q is None else _ones(factors[0])
-        for i, (terms, cols, pieces) in enumerate(tables["top"]):
+        for i, (terms, cols, pieces) in enumerate(blocks):
             if layer == 0:  # Z is first order there: only P_(ORDER-1) reaches order ORDER - 1
                 if i != _FIRST_LAYER_BLOCK or fold:
                     continue
@@ -725,7 +726,8 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     entries = entries[0] if len(entries) == 1 else _cat(entries, -1) if entries else None
     for group in tables["top_sums"]:  # term-major: term i of every target, then term i + 1
         terms = _take_last(entries, group["left"])
-        top[:, :, group["targets"]] = terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
+        terms = terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
+        top[:, :, group["targets"]] = terms
     top[:, :, tables["top_unreached"]] = 0.0  # coefficients no diagram reaches
     return u
 
@@ -837,4 +839,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: ecf04e3c41c22744bdc28e457abc8a5b2ddaf685c60e9dea5e33c27f981840ea
+# sha256 of all lines above: 5c18f708b52f88f7a26fde165f8666084afa311167c190d6808fa2163ce71262

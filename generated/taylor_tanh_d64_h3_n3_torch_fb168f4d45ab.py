@@ -697,8 +697,9 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     u = None
     for layer in reversed(range(len(vertices))):
         factors, powers, Q = vertices[layer]
+        blocks = tables["top"]
         one = None if Q is None else _ones(factors[0])
-        for i, (terms, cols, pieces) in enumerate(tables["top"]):
+        for i, (terms, cols, pieces) in enumerate(blocks):
             if layer == 0:  # Z is first order there: only P_(ORDER-1) reaches order ORDER - 1
                 if i != _FIRST_LAYER_BLOCK or fold:
                     continue
@@ -727,7 +728,8 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     entries = entries[0] if len(entries) == 1 else _cat(entries, -1) if entries else None
     for group in tables["top_sums"]:  # term-major: term i of every target, then term i + 1
         terms = _take_last(entries, group["left"])
-        top[:, :, group["targets"]] = terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
+        terms = terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
+        top[:, :, group["targets"]] = terms
     top[:, :, tables["top_unreached"]] = 0.0  # coefficients no diagram reaches
     return u
 
@@ -839,4 +841,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 51051652717a5dc40cc31d5899933f34b2bc64b1e236eb4512502e9ea85ae5f0
+# sha256 of all lines above: 386c3c4669e23f9c031b546ae22b465fc61e3cc0a9508dbc20993e3b93fbf957

@@ -264,10 +264,30 @@ def test_fused_loops_and_numpy_operations_agree(activation, order, d, hidden, su
     assert len(calls) == (4 * (hidden - 1) if by_equation else 0)  # layers 2.. of each fused call
 
 
+@pytest.mark.skipif(not HAS_NUMBA, reason="the equation's loops need numba")
+@pytest.mark.parametrize("batch", [40, 5])
+def test_equation_loops_over_tiles_and_onto_the_top_order(batch, kernel_dir, monkeypatch):
+    """The equation's series loop takes rows in tiles: rows of 40 x 16 numbers span a whole
+    tile and part of one. Its top-order loop writes every block's Gram entries onto the top
+    order, alone (40 points: layer 1 folded) or onto layer 1's Gram (5 points)."""
+    sizes = (3, 16, 16, 2)
+    params = random_params(sizes, torch.Generator().manual_seed(7))
+    mod = diagramc.compile(diagramc.Architecture(sizes, "tanh"), 5, "numpy", out_dir=kernel_dir)
+    assert mod._BY_EQUATION and 40 * 16 % mod._EQUATION_TILE and 40 * 16 > mod._EQUATION_TILE
+    calls = []
+    top = mod._fused_equation_top
+    monkeypatch.setattr(mod, "_fused_equation_top", lambda *args: calls.append(args[-1]) or top(*args))
+    x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()),
+                    reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
+    assert calls == [False]  # one equation layer (layer 2), the first to reach the top order
+
+
 @pytest.mark.parametrize("dtype,rtol", [(np.float16, 3e-2), (np.longdouble, 1e-12), (np.dtype(">f8"), 1e-12)])
 def test_numpy_dtypes_without_fused_loops(dtype, rtol, kernel_dir):
-    """float16, long double and byte-swapped float64 take the NumPy operations (the fused loops
-    are for float32 and float64 in native byte order) and keep their type."""
+    """float16 and long double take the NumPy operations (the fused loops are for float32 and
+    float64 in native byte order) and keep their type; byte-swapped float64 is worked in
+    native order, as NumPy returns results."""
     arch, params, _ = _case(59, "tanh", 4, d=2, hidden=2)
     mod = diagramc.compile(arch, 4, "numpy", out_dir=kernel_dir)
     x = torch.randn(9, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
