@@ -754,7 +754,7 @@ def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
     one fused loop where numba is installed)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if _fuses(A, Z):
+    if _fuses(A, Z) and shape[1] > 1:  # not for layer 1's one point: too little work to compile a loop for
         return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
@@ -969,4 +969,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: bea25f04b49a928a35570d56bf51a4445c81833a9fd4ce6e231fa5740009868f
+# sha256 of all lines above: bbe17c85e704abbc7a3dea6331b112f17a9a48c9391a840a1715d24d02e2f1e3

@@ -758,7 +758,7 @@ def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
     one fused loop where numba is installed)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if _fuses(A, Z):
+    if _fuses(A, Z) and shape[1] > 1:  # not for layer 1's one point: too little work to compile a loop for
         return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
@@ -973,4 +973,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: ef6b816243f8e8ae324cf999b02cca66946bee1006683ec3bb33220ccd554f40
+# sha256 of all lines above: 428b31cd2cb565e163c3a106e91f2ca73d0fd88fe24d24839fdbad4523c6a286
