@@ -758,7 +758,7 @@ def _product(A, Z, table):
     """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
     one fused loop where numba is installed)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if _fuses(A, Z) and shape[1] > 1:  # not for layer 1's one point: too little work to compile a loop for
+    if _fuses(A, Z) and shape[1] > 1:  # not for layer 1's one point, kept between calls (_first_layer_for)
         return _fused_product(A, Z, *table["fused"], _empty(Z, shape))
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
@@ -896,21 +896,27 @@ def _first_layer_matrix(powers, tables):
     return K
 
 
-_KEPT_FIRST_LAYER_MATRIX = [None]  # [(copy of W1, K)] from the last call whose K could be kept
+_KEPT_FIRST_LAYER = [None]  # [(copy of W1, layer 1's powers, K or None)] from the last call that could keep them
 
 
-def _first_layer_matrix_for(W1, powers, tables):
-    """K for this W1, kept from the last call while W1 is unchanged (a copy of W1 is far
-    smaller than K and comparing it cheaper than making K); made anew when W1 has changed,
-    as in every training step, or when K must carry a gradient (_copy_to_keep gives None)."""
-    kept = _KEPT_FIRST_LAYER_MATRIX[0]
-    if kept is not None and _unchanged(kept[0], W1):
-        return kept[1]
-    K = _first_layer_matrix(powers, tables)
-    copy = _copy_to_keep(W1)
+def _first_layer_for(params, tables, fold):
+    """Layer 1's powers and, with `fold`, K (else None) for this W1: kept from the last call
+    while W1 is unchanged (a copy of W1 is far smaller than they are, and comparing it cheaper
+    than making them); made anew when W1 has changed, as in every training step, or when they
+    must carry a gradient (_copy_to_keep gives None)."""
+    kept = _KEPT_FIRST_LAYER[0]
+    if kept is not None and _unchanged(kept[0], params[0]):
+        _, powers, K = kept
+        if K is not None or not fold:
+            return powers, K
+    else:
+        powers, K = _first_layer(params, tables), None
+    if fold:
+        K = _first_layer_matrix(powers, tables)
+    copy = _copy_to_keep(params[0])
     if copy is not None:
-        _KEPT_FIRST_LAYER_MATRIX[0] = (copy, K)  # one assignment: a pair is never half-updated
-    return K
+        _KEPT_FIRST_LAYER[0] = (copy, powers, K)  # one assignment: never half-updated
+    return powers, K
 
 
 def _series(params, x, tables, first_powers, fold, out):
@@ -957,14 +963,13 @@ def taylor_coefficients(params, x):
     params, x, tables = _prepare(params, x)
     if x.shape[0] == 0:
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
-    first_powers = _first_layer(params, tables)  # layer 1 is affine: the same for every x
     fold = _folds(params, tables, x.shape[0])
+    first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
     chunk = _chunk(x)
     u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
-        K = _first_layer_matrix_for(params[0], first_powers, tables)
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     return _take_last(out, tables["outputs"])
 
@@ -973,4 +978,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 428b31cd2cb565e163c3a106e91f2ca73d0fd88fe24d24839fdbad4523c6a286
+# sha256 of all lines above: f7668e271472fbfeed177989df1701fee66c33eaae090992997838e36fbe9338

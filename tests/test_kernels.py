@@ -298,24 +298,29 @@ def test_numpy_dtypes_without_fused_loops(dtype, rtol, kernel_dir):
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=rtol, atol=rtol * np.abs(want).max())
 
 
-def test_layer_one_matrix_is_kept_only_while_w1_is_unchanged(kernel_dir):
-    """NumPy keeps layer 1's K between calls while W1 is equal entry by entry: a W1 changed
-    in place, or the same values in another dtype, get a K of their own."""
+def test_layer_one_is_kept_only_while_w1_is_unchanged(kernel_dir):
+    """NumPy keeps layer 1's powers and K between calls while W1 is equal entry by entry (K
+    made at the first call that folds): a W1 changed in place, or the same values in another
+    dtype, get their own."""
     arch, params, _ = _case(41, "tanh", 4, d=3, hidden=3)
     x = torch.randn(9, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     mod = diagramc.compile(arch, 4, "numpy", out_dir=kernel_dir)
     p = [q.numpy().copy() for q in params]
+    mod._KEPT_FIRST_LAYER[0] = None  # as after import (another test may have called this module)
+    _assert_matches(mod.derivatives(p, x.numpy()[:2]), reference_derivatives(params, x[:2], "tanh", mod.MULTI_INDICES))
+    kept = mod._KEPT_FIRST_LAYER[0]  # two points: layer 1 unfolded, no K yet
+    assert kept is not None and np.array_equal(kept[0], p[0]) and kept[2] is None
     _assert_matches(mod.derivatives(p, x.numpy()), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
-    kept = mod._KEPT_FIRST_LAYER_MATRIX[0]
-    assert kept is not None and np.array_equal(kept[0], p[0])
+    powers, kept = kept[1], mod._KEPT_FIRST_LAYER[0]
+    assert kept[2] is not None and kept[1] is powers  # K made from the kept powers
     mod.derivatives(p, x.numpy())
-    assert mod._KEPT_FIRST_LAYER_MATRIX[0][1] is kept[1]  # reused, not made again
+    assert mod._KEPT_FIRST_LAYER[0] is kept  # reused, not made again
     p[0] *= 1.5  # changed in place, as an optimiser step does
     params[0].mul_(1.5)
     _assert_matches(mod.derivatives(p, x.numpy()), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
-    assert mod._KEPT_FIRST_LAYER_MATRIX[0][1] is not kept[1]
+    assert mod._KEPT_FIRST_LAYER[0][1][0] is not kept[1][0] and mod._KEPT_FIRST_LAYER[0][2] is not kept[2]
     single = mod.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))
-    assert single.dtype == np.float32 and mod._KEPT_FIRST_LAYER_MATRIX[0][1].dtype == np.float32
+    assert single.dtype == np.float32 and mod._KEPT_FIRST_LAYER[0][2].dtype == np.float32
     _assert_matches(single.astype(np.float64), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES), 1e-4)
 
 
