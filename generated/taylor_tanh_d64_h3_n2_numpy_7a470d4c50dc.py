@@ -589,7 +589,9 @@ if _FUSED:
     def _fused_equation_top(g, Q, Z, pieces, size, starts, entries, weight, top, accumulate):
         """top[b, o, t] (+)= sum over t's entries of weight G[entry]: the Gram entries
         G[r, c] = sum_j g[b, o, j] Q[r, b, j] Z[c, b, j] of every top-order block's pieces, made
-        point by point (where a point's rows stay in cache), four columns of Z per pass over a row."""
+        point by point (where a point's rows stay in cache), two rows by four columns at a time
+        (each loaded row serves four or two dot products; at a piece's edge the last row or
+        column is taken again, and its repeats are not stored)."""
         width = Q.shape[2]
         gq = np.empty((Q.shape[0], width), dtype=Q.dtype)
         gram = np.empty(size, dtype=top.dtype)
@@ -601,23 +603,30 @@ if _FUSED:
                         gq[r, j] = gb[j] * Q[r, b, j]
                 for p in range(pieces.shape[0]):
                     r0, r1, c0, c1, offset = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3], pieces[p, 4]
-                    for r in range(r0, r1):
-                        a, e, c = gq[r], offset + (r - r0) * (c1 - c0) - c0, c0
-                        while c + 4 <= c1:
-                            z0, z1, z2, z3 = Z[c, b], Z[c + 1, b], Z[c + 2, b], Z[c + 3, b]
-                            s0 = s1 = s2 = s3 = 0.0
+                    for r in range(r0, r1, 2):
+                        r2 = min(r + 1, r1 - 1)
+                        a, a2 = gq[r], gq[r2]
+                        e, e2 = offset + (r - r0) * (c1 - c0) - c0, offset + (r2 - r0) * (c1 - c0) - c0
+                        for c in range(c0, c1, 4):
+                            z0, z1 = Z[c, b], Z[min(c + 1, c1 - 1), b]
+                            z2, z3 = Z[min(c + 2, c1 - 1), b], Z[min(c + 3, c1 - 1), b]
+                            s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = 0.0
                             for j in range(width):
                                 s0 += a[j] * z0[j]
                                 s1 += a[j] * z1[j]
                                 s2 += a[j] * z2[j]
                                 s3 += a[j] * z3[j]
-                            gram[e + c], gram[e + c + 1], gram[e + c + 2], gram[e + c + 3] = s0, s1, s2, s3
-                            c += 4
-                        for c in range(c, c1):
-                            z0, s0 = Z[c, b], 0.0
-                            for j in range(width):
-                                s0 += a[j] * z0[j]
-                            gram[e + c] = s0
+                                t0 += a2[j] * z0[j]
+                                t1 += a2[j] * z1[j]
+                                t2 += a2[j] * z2[j]
+                                t3 += a2[j] * z3[j]
+                            gram[e + c], gram[e2 + c] = s0, t0
+                            if c + 1 < c1:
+                                gram[e + c + 1], gram[e2 + c + 1] = s1, t1
+                            if c + 2 < c1:
+                                gram[e + c + 2], gram[e2 + c + 2] = s2, t2
+                            if c + 3 < c1:
+                                gram[e + c + 3], gram[e2 + c + 3] = s3, t3
                 for t in range(top.shape[2]):
                     total = 0.0
                     for q in range(starts[t], starts[t + 1]):
@@ -974,4 +983,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: f45204d4ef4ee3d7e46a8aee9df00829650c72d1c2e6cc2854ff904feecf46d7
+# sha256 of all lines above: 0dc57357bf1d7be02f90c64617ff87877f1a8b7b786764c791d7ff462819a46f
