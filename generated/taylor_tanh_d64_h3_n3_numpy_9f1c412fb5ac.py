@@ -303,6 +303,8 @@ def _equation_rows():
 
 
 _EQUATION_ROWS = _equation_rows()
+# Per top-order block (rows of order a): the weight (ORDER - a)/ORDER of Q's rows in its left factor.
+_EQUATION_TOP_WEIGHTS = [(ORDER - len(_SERIES[block["rows"].start])) / ORDER for block in _TOP_BLOCKS]
 
 
 def _layer_work(by_equation):
@@ -464,10 +466,6 @@ def _build_tables(index):
         "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
         "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
-        # per top-order block (rows of order a) where layers follow the equation: the weight
-        # (ORDER - a)/ORDER of Q's rows, and those rows
-        "equation_top": [((ORDER - len(_SERIES[block["rows"].start])) / ORDER,
-                          slice(block["rows"].start, block["rows"].stop)) for block in _TOP_BLOCKS],
     }
 
 
@@ -643,11 +641,11 @@ if _FUSED:
         top-order coefficient (in _TOP_ORDER) its entries, weighted (ORDER - a)/ORDER, twice
         above a symmetric block's diagonal (an entry listed twice)."""
         pieces, targets, entries, weights, offset = [], [], [], [], 0
-        for block in _TOP_BLOCKS:
+        for weight, block in zip(_EQUATION_TOP_WEIGHTS, _TOP_BLOCKS):
             rows, cols = block["rows"], block["cols"]
             entries += (offset + block["entries"]).tolist()
             targets += _TOP_POSITION[block["targets"]].tolist()
-            weights += [(ORDER - len(_SERIES[rows.start])) / ORDER] * len(block["entries"])
+            weights += [weight] * len(block["entries"])
             for r0, r1, c0 in block["pieces"]:
                 pieces.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.stop, offset))
                 offset += (r1 - r0) * (cols.stop - cols.start - c0)
@@ -698,7 +696,6 @@ def _equation_series(Z, h, factors, tables):
 
 def _zeros(like, shape):
     return np.zeros(shape, dtype=like.dtype)
-
 
 
 def _empty(like, shape):
@@ -796,13 +793,13 @@ def _add_scaled(H, start, f, P):
 
 def _add_scaled_rows(left, g, scale, f, P):
     """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
-    and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
-    nothing saved left)."""
-    if _fuses(g, f, P) and (left is None or _fuses(left)):
+    or None for 1 and g (batch or 1, OUTPUTS, width); in place where left is given (autograd
+    records it: nothing saved left)."""
+    if f is not None and _fuses(g, f, P) and (left is None or _fuses(left)):
         out = _empty(f, (P.shape[0], f.shape[0]) + g.shape[1:]) if left is None else left
         _fused_scaled_rows(out, g, scale, f, P, left is not None)
         return out
-    line = g * (f if scale == 1.0 else scale * f)[:, None, :]  # (batch, OUTPUTS, width): small
+    line = scale * g if f is None else g * (f if scale == 1.0 else scale * f)[:, None, :]  # (batch, OUTPUTS, width): small
     return _add_product(left, line[None], P[:, :, None, :])
 
 
@@ -987,4 +984,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: b5c4be77a29234af9267de9aaf9ad7b29d3d6979effcf3d69a9913872c8c46a9
+# sha256 of all lines above: e5edce68e4fc295dc44b600aa6cd714326e20f7adfbbb5420095daa8f6b5490f

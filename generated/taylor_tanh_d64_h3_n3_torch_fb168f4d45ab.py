@@ -298,6 +298,8 @@ def _equation_rows():
 
 
 _EQUATION_ROWS = _equation_rows()
+# Per top-order block (rows of order a): the weight (ORDER - a)/ORDER of Q's rows in its left factor.
+_EQUATION_TOP_WEIGHTS = [(ORDER - len(_SERIES[block["rows"].start])) / ORDER for block in _TOP_BLOCKS]
 
 
 def _layer_work(by_equation):
@@ -459,10 +461,6 @@ def _build_tables(index):
         "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
         "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
-        # per top-order block (rows of order a) where layers follow the equation: the weight
-        # (ORDER - a)/ORDER of Q's rows, and those rows
-        "equation_top": [((ORDER - len(_SERIES[block["rows"].start])) / ORDER,
-                          slice(block["rows"].start, block["rows"].stop)) for block in _TOP_BLOCKS],
     }
 
 
@@ -481,9 +479,6 @@ _vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
 def _zeros(like, shape):
     return like.new_zeros(shape)
 
-
-def _ones(like):
-    return torch.ones_like(like)
 
 
 def _empty(like, shape):
@@ -565,6 +560,9 @@ def _tables_on(device):
         table["pairs"] = tuple(index(column) for column in _POWER_TABLES[k][:3])
     if _BY_EQUATION:
         tables["equation"] = [_equation_degree(m, index) for m in range(1, ORDER)]
+        # per top-order block: the weight of Q's rows of order a, and those rows
+        tables["equation_top"] = [(weight, slice(block["rows"].start, block["rows"].stop))
+                                  for weight, block in zip(_EQUATION_TOP_WEIGHTS, _TOP_BLOCKS)]
     return tables
 
 
@@ -664,9 +662,9 @@ def _add_scaled(H, start, f, P):
 
 def _add_scaled_rows(left, g, scale, f, P):
     """left + scale f g P[r] for every row r: (rows, batch, OUTPUTS, width), with f (batch, width)
-    and g (batch or 1, OUTPUTS, width); in place where left is given (autograd records it:
-    nothing saved left)."""
-    line = g * (f if scale == 1.0 else scale * f)[:, None, :]  # (batch, OUTPUTS, width): small
+    or None for 1 and g (batch or 1, OUTPUTS, width); in place where left is given (autograd
+    records it: nothing saved left)."""
+    line = scale * g if f is None else g * (f if scale == 1.0 else scale * f)[:, None, :]  # (batch, OUTPUTS, width): small
     return _add_product(left, line[None], P[:, :, None, :])
 
 
@@ -698,7 +696,6 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     for layer in reversed(range(len(vertices))):
         factors, powers, Q = vertices[layer]
         blocks = tables["top"]
-        one = None if Q is None else _ones(factors[0])
         for i, (terms, cols, pieces) in enumerate(blocks):
             if layer == 0:  # Z is first order there: only P_(ORDER-1) reaches order ORDER - 1
                 if i != _FIRST_LAYER_BLOCK or fold:
@@ -707,7 +704,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
             left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
             if Q is not None:  # by the equation: L = (ORDER - a)/ORDER Q at order a, times g
                 scale, rows = tables["equation_top"][i]
-                left = _add_scaled_rows(None, g, scale, one, Q[rows])
+                left = _add_scaled_rows(None, g, scale, None, Q[rows])
                 terms = ()
             for k, scale, rows in terms:  # P_(k-1) at order a, times scale sigma^(k)/k! g
                 left = _add_scaled_rows(left, g, scale, factors[k - 1], powers[k - 2][rows])
@@ -846,4 +843,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: f2b7d47b098f9201070fed466ada7f560f2e00883f1b385302398bbdbf874b3d
+# sha256 of all lines above: b0c6b831ff1a5d5296267139ec319d47e06e9762c3177cdcd4521390db7c9835
