@@ -91,6 +91,8 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         scalar_activation=scalar,
         # the series through tanh or sigmoid by its own equation (NumPy: numba's loops; torch: a CPU)
         equation=act.quadratic_equation(),
+        # order 2 point by point in one numba loop calling BLAS (NumPy)
+        by_points=spec.backend == "numpy" and spec.order == 2 and 2 in vertex_orders,
         **({} if scalar is None else _stacked_weights(scalar.factors)),
     )
 

@@ -19,6 +19,7 @@ activation multiplies out powers of the series (truncated products, driven by in
 tables built once at import) weighted by the vertex functions sigma^(k)(z)/k!; passing
 it through a Linear layer is one matrix product over all coefficients at once.
 """
+import ctypes
 import itertools
 import math
 
@@ -558,6 +559,106 @@ if _FUSED:
                 weights[1, i, j] = t0*u
 
     @numba.njit
+    def _fused_sum_entries(top, gram, starts, entries, weight, accumulate):
+        """top[t] (+)= sum over t's entries q of weight[q] gram[entries[q]], for one point and output."""
+        for t in range(top.shape[0]):
+            total = 0.0
+            for q in range(starts[t], starts[t + 1]):
+                total += weight[q] * gram[entries[q]]
+            top[t] = top[t] + total if accumulate else total
+
+    def _blas(name):
+        """SciPy's BLAS routine `name` (its 13 arguments by reference) as a function numba calls,
+        or None without SciPy."""
+        try:
+            from numba.extending import get_cython_function_address
+            address = get_cython_function_address("scipy.linalg.cython_blas", name)
+        except Exception:
+            return None
+        return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(address)
+
+    _DGEMM, _SGEMM = _blas("dgemm"), _blas("sgemm")
+
+    @numba.njit
+    def _row_stride(M):
+        """M's row stride in items (BLAS's leading dimension): a lone row's may be anything, so its length."""
+        return M.strides[0] // M.itemsize if M.shape[0] > 1 else max(M.shape[1], 1)
+
+    @numba.njit
+    def _gemm(A, B, C, transposed, accumulate, ints, consts):
+        """C (+)= A @ B, or A @ B.T when `transposed`, by BLAS's gemm (SciPy's, called directly:
+        numba's np.dot would take seconds more to compile): float64 or float32 matrices with rows
+        of unit stride, seen by Fortran as their transposes, C.T = B.T @ A.T. ints: 8 int32s of
+        scratch; consts: [1, 0, 1] in the matrices' dtype (alpha, then beta for = or +=)."""
+        size = C.itemsize
+        ints[0], ints[1], ints[2] = C.shape[1], C.shape[0], A.shape[1]
+        ints[3], ints[4], ints[5] = _row_stride(B), _row_stride(A), _row_stride(C)
+        ints[6], ints[7] = 84 if transposed else 78, 78  # 'T', 'N'
+        beta = consts[2:] if accumulate else consts[1:]
+        args = (ints[6:].ctypes, ints[7:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes, consts.ctypes,
+                B.ctypes, ints[3:].ctypes, A.ctypes, ints[4:].ctypes, beta.ctypes, C.ctypes, ints[5:].ctypes)
+        if size == 8:
+            _DGEMM(*args)
+        else:
+            _SGEMM(*args)
+
+    @numba.njit
+    def _fused_order_two(J, weights_t, slopes, lines, first, low, top, pieces, size, starts, entries, weight):
+        """Order 2, point by point, in cache. Layer by layer the first-order series Z (columns x
+        width) goes on as Z <- (sigma' Z) W^T, one BLAS product; at each layer from 2 on (from 1
+        unless folded) its Gram matrix L Z^T with L = g sigma''/2 Z, a BLAS product per piece on
+        and above the diagonal, adds to the point's; which is then summed onto top
+        (_fused_sum_entries). J: layer 1's Z; weights_t: the W^T from layer 2 on; slopes, lines:
+        sigma' (batch, width) and g sigma''/2 (batch, OUTPUTS, width) per hidden layer; low, top:
+        the first orders (batch, OUTPUTS, columns) and the top order (in _TOP_ORDER)."""
+        columns, outputs, l0 = J.shape[0], top.shape[1], 0 if first else 1  # l0: the first layer with a Gram
+        widest = outputs
+        for l in range(len(slopes)):
+            widest = max(widest, slopes[l].shape[1])
+        Z = np.empty(columns * widest, dtype=J.dtype)  # Z, H and L: reshaped to each layer's width
+        H, L = np.empty_like(Z), np.empty_like(Z)
+        gram, ints = np.empty((outputs, size), dtype=J.dtype), np.empty(8, dtype=np.int32)
+        consts = np.array([1.0, 0.0, 1.0], dtype=J.dtype)
+        for b in range(top.shape[0]):
+            Zl = J
+            for l in range(len(slopes)):  # (explicit loops: array assignments compile slowly)
+                slope, width = slopes[l][b], slopes[l].shape[1]
+                Hl, Ll = H[: columns * width].reshape((columns, width)), L[: columns * width].reshape((columns, width))
+                for c in range(columns):
+                    for j in range(width):
+                        Hl[c, j] = slope[j] * Zl[c, j]
+                for o in range(outputs if l >= l0 else 0):
+                    line = lines[l][b, o]
+                    for c in range(columns):
+                        for j in range(width):
+                            Ll[c, j] = line[j] * Zl[c, j]
+                    for p in range(pieces.shape[0]):
+                        r0, r1, c0, at = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
+                        piece = gram[o, at : at + (r1 - r0) * (columns - c0)].reshape((r1 - r0, columns - c0))
+                        _gemm(Ll[r0:r1], Zl[c0:], piece, True, l > l0, ints, consts)
+                Zl = Z[: columns * weights_t[l].shape[1]].reshape((columns, -1))
+                _gemm(Hl, weights_t[l], Zl, False, False, ints, consts)
+            for o in range(outputs):
+                for c in range(columns):
+                    low[b, o, c] = Zl[c, o]
+                _fused_sum_entries(top[b, o], gram[o], starts, entries, weight, False)
+
+    def _order_two_table():
+        """_fused_order_two's tables: the Gram block's pieces (first row, end row, first column,
+        first entry), its entries' count, and per top-order coefficient (in _TOP_ORDER) its
+        entries, weighted by the term's scale (as _top_sums, twice above the diagonal)."""
+        block, pieces, offset = _TOP_BLOCKS[0], [], 0
+        for r0, r1, c0 in block["pieces"]:
+            pieces.append((r0, r1, c0, offset))
+            offset += (r1 - r0) * (len(block["cols"]) - c0)
+        entries = block["entries"]
+        starts, entries, _, weights = _by_target(_TOP_POSITION[block["targets"]], entries, entries,
+                                                 [block["terms"][-1][1]] * len(entries), len(_TOP_ORDER))
+        return np.asarray(pieces, dtype=np.int64).reshape(-1, 4), offset, starts, entries, weights
+
+    _TABLES["order_two"] = _order_two_table()
+
+    @numba.njit
     def _fused_equation_series(Z, slope, q0, s_starts, s_left, s_right, s_weight,
                                q_starts, q_left, q_right, q_weight, S, Q):
         """S and Q = p(S) by the activation's equation, target after target in column order (so
@@ -625,11 +726,7 @@ if _FUSED:
                                 gram[e + c + 2], gram[e2 + c + 2] = s2, t2
                             if c + 3 < c1:
                                 gram[e + c + 3], gram[e2 + c + 3] = s3, t3
-                for t in range(top.shape[2]):
-                    total = 0.0
-                    for q in range(starts[t], starts[t + 1]):
-                        total += weight[q] * gram[entries[q]]
-                    top[b, o, t] = top[b, o, t] + total if accumulate else total
+                _fused_sum_entries(top[b, o], gram, starts, entries, weight, accumulate)
 
     def _equation_top_table():
         """_fused_equation_top's tables: per piece of a top-order block its rows of Q, columns
@@ -688,6 +785,41 @@ def _equation_series(Z, h, factors, tables):
                            np.ascontiguousarray(factors[0]).ravel(), *tables["equation"],
                            S.reshape(len(S), -1), Q.reshape(len(Q), -1))
     return S, Q
+
+
+# Order 2 goes point by point where numba can call BLAS (SciPy's) and its one Gram block spans
+# all columns.
+_BY_POINTS = (_FUSED and _DGEMM is not None and _SGEMM is not None and len(_TOP_BLOCKS) == 1
+              and _TOP_BLOCKS[0]["rows"] == _TOP_BLOCKS[0]["cols"] == range(_LOW))
+
+
+def _by_points(x):
+    """Whether this call goes point by point (_fused_order_two): numba takes x's dtype."""
+    return _BY_POINTS and _fuses(x)
+
+
+def _series_by_points(params, x, tables, first_powers, fold, out):
+    """_series at order 2, point by point: the values, sigma' and sigma''/2 layer by layer and
+    the output lines g back, each a product over the batch, then _fused_order_two per point."""
+    weights, biases = params[0::2], params[1::2]
+    z = x @ weights[0].T + biases[0]
+    slopes, curvatures = [], []
+    for W, b in zip(weights[1:], biases[1:]):
+        h, factors = _activation(z)  # as NumPy operations: small here, and no loop to compile (0.7 s)
+        slopes.append(factors[0])
+        curvatures.append(factors[1])
+        z = h @ W.T + b
+    out[:, :, 0] = z
+    g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
+    lines = [None] * len(slopes)
+    for layer in reversed(range(len(slopes))):
+        lines[layer] = g * curvatures[layer][:, None, :]
+        if layer > 0:
+            g = _rows_times(g * slopes[layer][:, None, :], weights[layer])  # df/dh^(layer)
+    weights_t = tuple(np.ascontiguousarray(W.T) for W in weights[1:])
+    _fused_order_two(np.ascontiguousarray(first_powers[0][:, 0]), weights_t, tuple(slopes), tuple(lines),
+                     not fold, out[:, :, 1 : 1 + _LOW], out[:, :, 1 + _LOW :], *tables["order_two"])
+    return lines[0] if fold else None  # u = g sigma''/2 at layer 1, as _top_order's
 
 
 def _zeros(like, shape):
@@ -968,8 +1100,8 @@ def taylor_coefficients(params, x):
     fold = _folds(params, tables, x.shape[0])
     first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
-    chunk = _chunk(x)
-    u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
+    series, chunk = (_series_by_points, x.shape[0]) if _by_points(x) else (_series, _chunk(x))
+    u = [series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
@@ -980,4 +1112,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 417a899af1fb78cc02be2a913f0929b0d13d47236d1953a1bb1cd6b29d4a398d
+# sha256 of all lines above: 92f13b8fe6b86ef5e3386fa511c07414385206cfd293912abaa5b679f7f75611

@@ -829,8 +829,8 @@ def taylor_coefficients(params, x):
     fold = _folds(params, tables, x.shape[0])
     first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
-    chunk = _chunk(x)
-    u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
+    series, chunk = _series, _chunk(x)
+    u = [series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
@@ -841,4 +841,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 1f62cd2a149dab4bc58d6179761b02f024e157fed57c5a40eafab641988dee8e
+# sha256 of all lines above: fd9edf6733031aa3a91aa565cf5064732a0cd64ed82943bd32633ffa6b55c6f2

@@ -562,6 +562,15 @@ if _FUSED:
                 weights[2, i, j] = (4/3)*t0 - u**4 - 1/3
 
     @numba.njit
+    def _fused_sum_entries(top, gram, starts, entries, weight, accumulate):
+        """top[t] (+)= sum over t's entries q of weight[q] gram[entries[q]], for one point and output."""
+        for t in range(top.shape[0]):
+            total = 0.0
+            for q in range(starts[t], starts[t + 1]):
+                total += weight[q] * gram[entries[q]]
+            top[t] = top[t] + total if accumulate else total
+
+    @numba.njit
     def _fused_equation_series(Z, slope, q0, s_starts, s_left, s_right, s_weight,
                                q_starts, q_left, q_right, q_weight, S, Q):
         """S and Q = p(S) by the activation's equation, target after target in column order (so
@@ -629,11 +638,7 @@ if _FUSED:
                                 gram[e + c + 2], gram[e2 + c + 2] = s2, t2
                             if c + 3 < c1:
                                 gram[e + c + 3], gram[e2 + c + 3] = s3, t3
-                for t in range(top.shape[2]):
-                    total = 0.0
-                    for q in range(starts[t], starts[t + 1]):
-                        total += weight[q] * gram[entries[q]]
-                    top[b, o, t] = top[b, o, t] + total if accumulate else total
+                _fused_sum_entries(top[b, o], gram, starts, entries, weight, accumulate)
 
     def _equation_top_table():
         """_fused_equation_top's tables: per piece of a top-order block its rows of Q, columns
@@ -972,8 +977,8 @@ def taylor_coefficients(params, x):
     fold = _folds(params, tables, x.shape[0])
     first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
-    chunk = _chunk(x)
-    u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
+    series, chunk = _series, _chunk(x)
+    u = [series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
@@ -984,4 +989,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: e5edce68e4fc295dc44b600aa6cd714326e20f7adfbbb5420095daa8f6b5490f
+# sha256 of all lines above: 96af573015f73d38207960b9ecc7faa2b04195974d8057a244a3080bc763f97e

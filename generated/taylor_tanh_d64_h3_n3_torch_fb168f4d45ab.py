@@ -831,8 +831,8 @@ def taylor_coefficients(params, x):
     fold = _folds(params, tables, x.shape[0])
     first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
-    chunk = _chunk(x)
-    u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
+    series, chunk = _series, _chunk(x)
+    u = [series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
@@ -843,4 +843,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: b0c6b831ff1a5d5296267139ec319d47e06e9762c3177cdcd4521390db7c9835
+# sha256 of all lines above: e2e9758357cf3192c61dd10040889ec8acbbd0c48d2a161aad596a56290c7fd2

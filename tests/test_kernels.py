@@ -283,6 +283,44 @@ def test_equation_loops_over_tiles_and_onto_the_top_order(batch, kernel_dir, mon
     assert calls == [False]  # one equation layer (layer 2), the first to reach the top order
 
 
+HAS_SCIPY = importlib.util.find_spec("scipy") is not None
+
+
+@pytest.mark.parametrize("seed,activation", [(0, "tanh"), (1, "gelu"), (2, "x*tanh(x)"), (3, "relu"), (4, QUADRATIC)])
+def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, monkeypatch):
+    """At order 2 the NumPy kernel goes point by point where numba can call SciPy's BLAS
+    (_fused_order_two): random widths (1 to 9, so lone rows and columns), 2 to 4 hidden
+    layers, 1 to 3 outputs, one point and five (layer 1's Gram in the loop) and eleven
+    (layer 1 folded); float64 against jacfwd and against the chunked path, float32 against float64."""
+    rng = random.Random(100 + seed)
+    d, hidden = rng.randint(1, 6), rng.randint(2, 4)
+    sizes = (d,) + tuple(rng.randint(1, 9) for _ in range(hidden)) + (rng.randint(1, 3),)
+    params = random_params(sizes, torch.Generator().manual_seed(seed))
+    mod = diagramc.compile(diagramc.Architecture(sizes, activation), 2, "numpy", out_dir=kernel_dir)
+    expected = HAS_NUMBA and HAS_SCIPY and 2 in mod._VERTEX_ORDERS
+    assert getattr(mod, "_BY_POINTS", False) == expected
+    calls = []
+    if expected:
+        loop = mod._fused_order_two
+        monkeypatch.setattr(mod, "_fused_order_two", lambda *args: calls.append(args[4]) or loop(*args))
+    p = [q.numpy() for q in params]
+    for batch in (1, 5, 11):
+        x = torch.randn(batch, d, generator=torch.Generator().manual_seed(batch), dtype=torch.float64) * 1.5
+        want = reference_derivatives(params, x, activation, mod.MULTI_INDICES)
+        got = mod.derivatives(p, x.numpy())
+        _assert_matches(got, want)
+        with monkeypatch.context() as patch:
+            patch.setattr(mod, "_BY_POINTS", False, raising=False)
+            chunked = mod.derivatives(p, x.numpy())
+        scale = float(np.abs(got).max())
+        np.testing.assert_allclose(chunked, got, rtol=1e-12, atol=1e-12 * scale)
+        single = mod.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))
+        assert single.dtype == np.float32
+        np.testing.assert_allclose(single, got, rtol=1e-4, atol=1e-4 * scale)
+    # per batch, float64 then float32: layer 1's Gram in the loop (1 and 5 points), folded (11)
+    assert calls == ([True, True, True, True, False, False] if expected else [])
+
+
 @pytest.mark.parametrize("dtype,rtol", [(np.float16, 3e-2), (np.longdouble, 1e-12), (np.dtype(">f8"), 1e-12)])
 def test_numpy_dtypes_without_fused_loops(dtype, rtol, kernel_dir):
     """float16 and long double take the NumPy operations (the fused loops are for float32 and
