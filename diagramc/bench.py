@@ -38,6 +38,7 @@ Output: a table on stdout, ``bench.json`` and ``bench.png`` in ``out_dir``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -1025,6 +1026,41 @@ def _machine(device: str) -> dict:
     return info
 
 
+def _process_threads() -> list[int]:
+    """Ids of this process's threads (Linux), or [0] (the calling thread) elsewhere."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
+@contextlib.contextmanager
+def _pinned(threads: int | None):
+    """Pin the process, every thread it has and those it starts (subprocesses too), to `threads`
+    of its cores for the run, then restore: every method then gets the same cores whatever its
+    own thread settings. JAX's CPU client ignores XLA_FLAGS' thread limits: unpinned, its matrix
+    products took 1.7 cores of 2 in a run meant to be single-threaded. Yields the cores, or None
+    (no pinning asked, or an OS without affinity: then only the libraries' own settings apply)."""
+    if threads is None or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    before = os.sched_getaffinity(0)
+    cores = set(sorted(before)[:threads])
+
+    def pin(mask):
+        for tid in _process_threads():
+            try:
+                os.sched_setaffinity(tid, mask)
+            except OSError:  # a thread that has ended since it was listed
+                pass
+
+    pin(cores)
+    try:
+        yield sorted(cores)
+    finally:
+        pin(before)
+
+
 def _ms(t) -> str:
     if t is None:
         return "-"
@@ -1062,6 +1098,9 @@ def format_table(report: dict) -> str:
                  "part); (c X s) = cold compile (ours) or jit compile (JAX); est = estimated from a small batch")
     lines.append("best anchor / ours: the median, over the rounds, of the ratio within a round (where both took "
                  "part); ratio > 1: our kernel is faster")
+    pinned = report.get("settings", {}).get("pinned_cores")
+    if pinned is not None:
+        lines.append(f"every method ran pinned to core(s) {', '.join(map(str, pinned))} (--threads {len(pinned)})")
     fused = {c["methods"].get("diagramc_numpy", {}).get("fused_loops") for c in cells} - {None}
     if fused:
         lines.append("ours numpy: " + ("fused loops (numba)" if fused == {True} else "NumPy operations only "
@@ -1153,9 +1192,15 @@ def run_bench(
     """Run the benchmark; print the table; write ``bench.json`` and ``bench.png`` in ``out_dir``.
 
     ``cells``: (d, order) or (d, order, batch) tuples or Cell objects; the default set when None.
-    ``threads``: torch's intra-op threads, the machine's cores by default. Progress goes to
-    stderr. Returns the report (the JSON's content).
+    ``threads``: torch's intra-op threads, the machine's cores by default; given, the whole
+    run is also pinned to that many cores (see _pinned). Progress goes to stderr. Returns the
+    report (the JSON's content).
     """
+    with _pinned(threads) as pinned_cores:
+        return _run_bench(out_dir, quick, cells, backends, device, threads, pinned_cores)
+
+
+def _run_bench(out_dir, quick, cells, backends, device, threads, pinned_cores) -> dict:
     import torch
 
     out_dir = Path(out_dir)
@@ -1171,7 +1216,8 @@ def run_bench(
     report = {
         "machine": _machine(device),
         "settings": {**dataclasses.asdict(settings), "dtype": "float64", "activation": ACTIVATION,
-                     "hidden": list(HIDDEN), "agreement_tol": AGREEMENT_TOL, "seed": SEED},
+                     "hidden": list(HIDDEN), "agreement_tol": AGREEMENT_TOL, "seed": SEED,
+                     "pinned_cores": pinned_cores},
         "note": "wall-clock medians; a shared machine makes them noisy (see loadavg)",
     }
     log("matmul rate ...")

@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench-out", help="folder for the JSON and the plot")
     p.add_argument("--device", type=_device_arg, default="cpu",
                    help="where the torch kernels and torch.func run: cpu or cuda[:N] (JAX uses its default device)")
-    p.add_argument("--threads", type=_int_arg("--threads", 1), help="torch's intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=_int_arg("--threads", 1),
+                   help="run every method on N cores (the process pinned to them) with N torch threads "
+                        "(default: all cores, each library's own threads)")
     p.add_argument("--cells", nargs="+", type=_cell_arg, metavar="D,N[,BATCH]",
                    help="cells to time instead of the issue's set, e.g. 4,5 16,3,64 (batch 256 by default)")
     p.add_argument("--backends", default="torch,numpy", type=_backends_arg,

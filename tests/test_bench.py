@@ -2,6 +2,8 @@
 import importlib.util
 import json
 import math
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from diagramc import bench
 from diagramc import multi_index as mi
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
+AFFINITY = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
 
 def test_bench_smoke(tmp_path):
@@ -44,6 +47,9 @@ def test_bench_smoke(tmp_path):
     compared = {"diagramc_numpy", "torch_func_jacfwd"} | (set(jax_methods) if HAS_JAX else set())
     assert set(cell["agreement"]) == compared
     assert cell["agree"] and stored["agree"] and report["agree"]
+    if hasattr(os, "sched_getaffinity"):  # pinned to one core for the run, and unpinned after it
+        assert len(stored["settings"]["pinned_cores"]) == 1
+        assert os.sched_getaffinity(0) == AFFINITY
     assert set(cell["ratios_anchor_over_ours"]) == compared - {"diagramc_numpy"}
     # every method here is fast: all took part in the interleaved rounds, and the ratio is
     # the median of the within-round ratios
@@ -127,3 +133,29 @@ def test_memory_check_subprocess_tiny(tmp_path):
     for b in report["batches"]:
         assert b["call_s"] > 0 and b["memory"]["peak_bytes"] >= b["memory"]["output_bytes"]
     assert json.loads((tmp_path / "memory_check.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_pinning_covers_threads_started_before_and_after_and_is_undone():
+    """_pinned pins every thread of the process, those already running (as JAX's pool would
+    be) and those started inside, then gives each its cores back."""
+    before = os.sched_getaffinity(0)
+    seen, go = {}, threading.Event()
+
+    def worker(name):
+        go.wait()
+        seen[name] = os.sched_getaffinity(0)
+
+    early = threading.Thread(target=worker, args=("early",))
+    early.start()
+    with bench._pinned(1) as cores:
+        assert cores == sorted(before)[:1] and os.sched_getaffinity(0) == set(cores)
+        late = threading.Thread(target=worker, args=("late",))
+        late.start()
+        go.set()
+        early.join()
+        late.join()
+    assert seen == {"early": set(cores), "late": set(cores)}
+    assert os.sched_getaffinity(0) == before
+    with bench._pinned(None) as cores:
+        assert cores is None and os.sched_getaffinity(0) == before
