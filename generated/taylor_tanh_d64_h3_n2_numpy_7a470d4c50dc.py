@@ -603,12 +603,12 @@ if _FUSED:
             _SGEMM(*args)
 
     @numba.njit
-    def _fused_order_two(J, weights_t, slopes, lines, first, low, top, pieces, size, starts, entries, weight):
+    def _fused_order_two(J, weights, slopes, lines, first, low, top, pieces, size, starts, entries, weight):
         """Order 2, point by point, in cache. Layer by layer the first-order series Z (columns x
         width) goes on as Z <- (sigma' Z) W^T, one BLAS product; at each layer from 2 on (from 1
         unless folded) its Gram matrix L Z^T with L = g sigma''/2 Z, a BLAS product per piece on
         and above the diagonal, adds to the point's; which is then summed onto top
-        (_fused_sum_entries). J: layer 1's Z; weights_t: the W^T from layer 2 on; slopes, lines:
+        (_fused_sum_entries). J: layer 1's Z; weights: the W from layer 2 on; slopes, lines:
         sigma' (batch, width) and g sigma''/2 (batch, OUTPUTS, width) per hidden layer; low, top:
         the first orders (batch, OUTPUTS, columns) and the top order (in _TOP_ORDER)."""
         columns, outputs, l0 = J.shape[0], top.shape[1], 0 if first else 1  # l0: the first layer with a Gram
@@ -636,8 +636,8 @@ if _FUSED:
                         r0, r1, c0, at = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
                         piece = gram[o, at : at + (r1 - r0) * (columns - c0)].reshape((r1 - r0, columns - c0))
                         _gemm(Ll[r0:r1], Zl[c0:], piece, True, l > l0, ints, consts)
-                Zl = Z[: columns * weights_t[l].shape[1]].reshape((columns, -1))
-                _gemm(Hl, weights_t[l], Zl, False, False, ints, consts)
+                Zl = Z[: columns * weights[l].shape[0]].reshape((columns, -1))
+                _gemm(Hl, weights[l], Zl, True, False, ints, consts)
             for o in range(outputs):
                 for c in range(columns):
                     low[b, o, c] = Zl[c, o]
@@ -816,9 +816,9 @@ def _series_by_points(params, x, tables, first_powers, fold, out):
         lines[layer] = g * curvatures[layer][:, None, :]
         if layer > 0:
             g = _rows_times(g * slopes[layer][:, None, :], weights[layer])  # df/dh^(layer)
-    weights_t = tuple(np.ascontiguousarray(W.T) for W in weights[1:])
-    _fused_order_two(np.ascontiguousarray(first_powers[0][:, 0]), weights_t, tuple(slopes), tuple(lines),
-                     not fold, out[:, :, 1 : 1 + _LOW], out[:, :, 1 + _LOW :], *tables["order_two"])
+    _fused_order_two(np.ascontiguousarray(first_powers[0][:, 0]), tuple(np.ascontiguousarray(W) for W in weights[1:]),
+                     tuple(slopes), tuple(lines), not fold, out[:, :, 1 : 1 + _LOW], out[:, :, 1 + _LOW :],
+                     *tables["order_two"])
     return lines[0] if fold else None  # u = g sigma''/2 at layer 1, as _top_order's
 
 
@@ -1112,4 +1112,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 92f13b8fe6b86ef5e3386fa511c07414385206cfd293912abaa5b679f7f75611
+# sha256 of all lines above: ff7593700d76f4769a64079f90de41007127be1193e9991215126f6c1690e3c6
