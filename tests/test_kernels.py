@@ -321,6 +321,27 @@ def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, m
     assert calls == ([True, True, True, True, False, False] if expected else [])
 
 
+@pytest.mark.skipif(not HAS_NUMBA, reason="the point-by-point loop needs numba")
+def test_order_two_without_scipy_and_with_strided_arrays(kernel_dir, monkeypatch):
+    """Without SciPy's BLAS the order-2 module keeps the chunked path (same numbers); with it,
+    Fortran-ordered weights and a strided x give the same numbers as contiguous ones."""
+    sizes = (5, 7, 6, 2)
+    params = [q.numpy() for q in random_params(sizes, torch.Generator().manual_seed(3))]
+    mod = diagramc.compile(diagramc.Architecture(sizes, "softplus"), 2, "numpy", out_dir=kernel_dir)
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "scipy.linalg.cython_blas", None)  # its import fails
+        spec = importlib.util.spec_from_file_location("kernel_without_scipy", mod.__file__)
+        plain = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(plain)
+    assert mod._BY_POINTS == HAS_SCIPY and not plain._BY_POINTS
+    x = np.random.default_rng(4).normal(size=(12, 10))[:, ::2]  # every other column: strided
+    got = mod.derivatives([np.asfortranarray(q) for q in params], x)
+    want = plain.derivatives(params, np.ascontiguousarray(x))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * float(np.abs(want).max()))
+    _assert_matches(want, reference_derivatives([torch.from_numpy(q) for q in params], torch.from_numpy(
+        np.ascontiguousarray(x)), "softplus", mod.MULTI_INDICES))
+
+
 @pytest.mark.parametrize("dtype,rtol", [(np.float16, 3e-2), (np.longdouble, 1e-12), (np.dtype(">f8"), 1e-12)])
 def test_numpy_dtypes_without_fused_loops(dtype, rtol, kernel_dir):
     """float16 and long double take the NumPy operations (the fused loops are for float32 and
