@@ -585,19 +585,17 @@ if _FUSED:
         return M.strides[0] // M.itemsize if M.shape[0] > 1 else max(M.shape[1], 1)
 
     @numba.njit
-    def _gemm(A, B, C, transposed, accumulate, ints, consts):
-        """C (+)= A @ B, or A @ B.T when `transposed`, by BLAS's gemm (SciPy's, called directly:
-        numba's np.dot would take seconds more to compile): float64 or float32 matrices with rows
-        of unit stride, seen by Fortran as their transposes, C.T = B.T @ A.T. ints: 8 int32s of
-        scratch; consts: [1, 0, 1] in the matrices' dtype (alpha, then beta for = or +=)."""
-        size = C.itemsize
+    def _gemm(A, B, C, beta, ints, one):
+        """C = A @ B.T + beta C by BLAS's gemm (SciPy's, called directly: numba's np.dot would take
+        seconds more to compile): float64 or float32 matrices with rows of unit stride, seen by
+        Fortran as their transposes, C.T = B @ A.T. beta: [0] or [1] and one: [1], in the
+        matrices' dtype (arrays, not flags: one compiled version serves every call); ints: scratch."""
         ints[0], ints[1], ints[2] = C.shape[1], C.shape[0], A.shape[1]
         ints[3], ints[4], ints[5] = _row_stride(B), _row_stride(A), _row_stride(C)
-        ints[6], ints[7] = 84 if transposed else 78, 78  # 'T', 'N'
-        beta = consts[2:] if accumulate else consts[1:]
-        args = (ints[6:].ctypes, ints[7:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes, consts.ctypes,
+        ints[6], ints[7] = 84, 78  # 'T', 'N'
+        args = (ints[6:].ctypes, ints[7:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes, one.ctypes,
                 B.ctypes, ints[3:].ctypes, A.ctypes, ints[4:].ctypes, beta.ctypes, C.ctypes, ints[5:].ctypes)
-        if size == 8:
+        if C.itemsize == 8:
             _DGEMM(*args)
         else:
             _SGEMM(*args)
@@ -618,7 +616,7 @@ if _FUSED:
         Z = np.empty(columns * widest, dtype=J.dtype)  # Z, H and L: reshaped to each layer's width
         H, L = np.empty_like(Z), np.empty_like(Z)
         gram, ints = np.empty((outputs, size), dtype=J.dtype), np.empty(8, dtype=np.int32)
-        consts = np.array([1.0, 0.0, 1.0], dtype=J.dtype)
+        one, zero = np.ones(1, dtype=J.dtype), np.zeros(1, dtype=J.dtype)
         for b in range(top.shape[0]):
             Zl = J
             for l in range(len(slopes)):  # (explicit loops: array assignments compile slowly)
@@ -635,9 +633,9 @@ if _FUSED:
                     for p in range(pieces.shape[0]):
                         r0, r1, c0, at = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
                         piece = gram[o, at : at + (r1 - r0) * (columns - c0)].reshape((r1 - r0, columns - c0))
-                        _gemm(Ll[r0:r1], Zl[c0:], piece, True, l > l0, ints, consts)
+                        _gemm(Ll[r0:r1], Zl[c0:], piece, one if l > l0 else zero, ints, one)  # summed over layers
                 Zl = Z[: columns * weights[l].shape[0]].reshape((columns, -1))
-                _gemm(Hl, weights[l], Zl, True, False, ints, consts)
+                _gemm(Hl, weights[l], Zl, zero, ints, one)
             for o in range(outputs):
                 for c in range(columns):
                     low[b, o, c] = Zl[c, o]
@@ -656,7 +654,7 @@ if _FUSED:
                                                  [block["terms"][-1][1]] * len(entries), len(_TOP_ORDER))
         return np.asarray(pieces, dtype=np.int64).reshape(-1, 4), offset, starts, entries, weights
 
-    _TABLES["order_two"] = _order_two_table()
+    _TABLES["order_two"] = _order_two_table() if len(_TOP_BLOCKS) == 1 else None
 
     @numba.njit
     def _fused_equation_series(Z, slope, q0, s_starts, s_left, s_right, s_weight,
@@ -789,7 +787,7 @@ def _equation_series(Z, h, factors, tables):
 
 # Order 2 goes point by point where numba can call BLAS (SciPy's) and its one Gram block spans
 # all columns.
-_BY_POINTS = (_FUSED and _DGEMM is not None and _SGEMM is not None and len(_TOP_BLOCKS) == 1
+_BY_POINTS = (_FUSED and _DGEMM is not None and _SGEMM is not None and _TABLES["order_two"] is not None
               and _TOP_BLOCKS[0]["rows"] == _TOP_BLOCKS[0]["cols"] == range(_LOW))
 
 
@@ -1113,4 +1111,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: cbc27785a5c60d3a4231b57e0106ddd64a20508d4e64e949364229af124e92b5
+# sha256 of all lines above: 5054521a31462f2c6fb8e686ae8f32576166d55854af78cd1107c05f42b868a3

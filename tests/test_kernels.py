@@ -321,6 +321,21 @@ def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, m
     assert calls == ([True, True, True, True, False, False] if expected else [])
 
 
+@pytest.mark.parametrize("subset,by_points", [([(2, 0, 0), (0, 1, 1), (0, 0, 0)], True), ([(0, 2, 0)], True),
+                                               ([(1, 0, 0), (0, 0, 1)], False)])  # the last: no top order
+def test_order_two_subsets(subset, by_points, kernel_dir):
+    """Subsets of multi-indices at order 2: point by point where a top order is asked for,
+    the chunked path where none is (the module still imports and matches)."""
+    sizes = (3, 5, 4, 2)
+    params = random_params(sizes, torch.Generator().manual_seed(1))
+    mod = diagramc.compile(diagramc.Architecture(sizes, "tanh"), 2, "numpy", multi_indices=subset, out_dir=kernel_dir)
+    assert mod._BY_POINTS == (by_points and HAS_NUMBA and HAS_SCIPY)
+    for batch in (1, 9):
+        x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
+        _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()),
+                        reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
+
+
 @pytest.mark.skipif(not HAS_NUMBA, reason="the point-by-point loop needs numba")
 def test_order_two_without_scipy_and_with_strided_arrays(kernel_dir, monkeypatch):
     """Without SciPy's BLAS the order-2 module keeps the chunked path (same numbers); with it,
