@@ -1037,6 +1037,8 @@ def _first_layer_for(params, tables, fold):
     while W1 is unchanged (a copy of W1 is far smaller than they are, and comparing it cheaper
     than making them); made anew when W1 has changed, as in every training step, or when they
     must carry a gradient (_copy_to_keep gives None)."""
+    if not fold and not _POWER_TABLES:  # the powers are Z alone, W1's columns: made faster than compared
+        return _first_layer(params, tables), None
     kept = _KEPT_FIRST_LAYER[0]
     if kept is not None and _unchanged(kept[0], params[0]):
         _, powers, K = kept
@@ -1111,4 +1113,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 5054521a31462f2c6fb8e686ae8f32576166d55854af78cd1107c05f42b868a3
+# sha256 of all lines above: 5c8ecfa16778a0dfe3b2566f8a9fc2142a515b7e583e745103d4dea8b842e1b9

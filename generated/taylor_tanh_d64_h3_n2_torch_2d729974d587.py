@@ -767,6 +767,8 @@ def _first_layer_for(params, tables, fold):
     while W1 is unchanged (a copy of W1 is far smaller than they are, and comparing it cheaper
     than making them); made anew when W1 has changed, as in every training step, or when they
     must carry a gradient (_copy_to_keep gives None)."""
+    if not fold and not _POWER_TABLES:  # the powers are Z alone, W1's columns: made faster than compared
+        return _first_layer(params, tables), None
     kept = _KEPT_FIRST_LAYER[0]
     if kept is not None and _unchanged(kept[0], params[0]):
         _, powers, K = kept
@@ -841,4 +843,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: fd9edf6733031aa3a91aa565cf5064732a0cd64ed82943bd32633ffa6b55c6f2
+# sha256 of all lines above: 158dcefccafb805e9a51fffe4f556ffdc1e542c15f33802ea97cce38b2040749

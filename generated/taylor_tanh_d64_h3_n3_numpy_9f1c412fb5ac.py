@@ -915,6 +915,8 @@ def _first_layer_for(params, tables, fold):
     while W1 is unchanged (a copy of W1 is far smaller than they are, and comparing it cheaper
     than making them); made anew when W1 has changed, as in every training step, or when they
     must carry a gradient (_copy_to_keep gives None)."""
+    if not fold and not _POWER_TABLES:  # the powers are Z alone, W1's columns: made faster than compared
+        return _first_layer(params, tables), None
     kept = _KEPT_FIRST_LAYER[0]
     if kept is not None and _unchanged(kept[0], params[0]):
         _, powers, K = kept
@@ -989,4 +991,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 96af573015f73d38207960b9ecc7faa2b04195974d8057a244a3080bc763f97e
+# sha256 of all lines above: bebbcbf7beaab448439ab399c7b1004f3ca3af5910c5e766494f05ad73a4f8a0

@@ -769,6 +769,8 @@ def _first_layer_for(params, tables, fold):
     while W1 is unchanged (a copy of W1 is far smaller than they are, and comparing it cheaper
     than making them); made anew when W1 has changed, as in every training step, or when they
     must carry a gradient (_copy_to_keep gives None)."""
+    if not fold and not _POWER_TABLES:  # the powers are Z alone, W1's columns: made faster than compared
+        return _first_layer(params, tables), None
     kept = _KEPT_FIRST_LAYER[0]
     if kept is not None and _unchanged(kept[0], params[0]):
         _, powers, K = kept
@@ -843,4 +845,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: e2e9758357cf3192c61dd10040889ec8acbbd0c48d2a161aad596a56290c7fd2
+# sha256 of all lines above: 32b2782504b9eaa315210ead1cb05843c771b58ab13d7e8ad1b4fbf30a45b2a0
