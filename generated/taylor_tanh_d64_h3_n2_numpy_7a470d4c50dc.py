@@ -644,14 +644,15 @@ if _FUSED:
     def _order_two_table():
         """_fused_order_two's tables: the Gram block's pieces (first row, end row, first column,
         first entry), its entries' count, and per top-order coefficient (in _TOP_ORDER) its
-        entries, weighted by the term's scale (as _top_sums, twice above the diagonal)."""
+        entries, weighted by the term's scale, once each (an entry _top_sums lists twice, above
+        the diagonal, weighted twice: half the gathers)."""
         block, pieces, offset = _TOP_BLOCKS[0], [], 0
         for r0, r1, c0 in block["pieces"]:
             pieces.append((r0, r1, c0, offset))
             offset += (r1 - r0) * (len(block["cols"]) - c0)
-        entries = block["entries"]
-        starts, entries, _, weights = _by_target(_TOP_POSITION[block["targets"]], entries, entries,
-                                                 [block["terms"][-1][1]] * len(entries), len(_TOP_ORDER))
+        entries, first, times = np.unique(block["entries"], return_index=True, return_counts=True)
+        targets = _TOP_POSITION[block["targets"][first]]  # an entry adds to one target
+        starts, entries, _, weights = _by_target(targets, entries, entries, block["terms"][-1][1] * times, len(_TOP_ORDER))
         return np.asarray(pieces, dtype=np.int64).reshape(-1, 4), offset, starts, entries, weights
 
     _TABLES["order_two"] = _order_two_table() if len(_TOP_BLOCKS) == 1 else None
@@ -1113,4 +1114,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 5c8ecfa16778a0dfe3b2566f8a9fc2142a515b7e583e745103d4dea8b842e1b9
+# sha256 of all lines above: 41fad3cb0c021cc2a251795c4486e7a59786c59708a11eb57d13f4e37997dcf4
