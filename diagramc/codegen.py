@@ -89,8 +89,9 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         vertex_orders=vertex_orders,
         activation=code,
         scalar_activation=scalar,
-        # the series through tanh or sigmoid by its own equation (NumPy: numba's loops; torch: a CPU)
-        equation=act.quadratic_equation(),
+        # the series through tanh or sigmoid by its own equation (NumPy: numba's loops; torch: a CPU),
+        # from order 3 (at order 2 the series is first order: the equation has nothing to carry)
+        equation=act.quadratic_equation() if spec.order >= 3 else None,
         # order 2 point by point in one numba loop calling BLAS (NumPy)
         by_points=spec.backend == "numpy" and spec.order == 2 and 2 in vertex_orders,
         **({} if scalar is None else _stacked_weights(scalar.factors)),

@@ -175,7 +175,7 @@ def _top_block(a, symmetric, grid, first_layer):
     2a = ORDER) is computed on and above its diagonal only, an entry above counting twice.
 
     Returns the rows (order a) and columns (order ORDER - a) as ranges of series columns,
-    the pieces computed, and for the wanted entries of the pieces (numbered piece after
+    the pieces computed and each one's first entry, and for the wanted entries of the pieces (numbered piece after
     piece) the coefficient each adds to (from _LOW); for layer 1's block `full_entries`
     number the whole rows x cols grid instead, as K needs them. `grid` is
     _product_columns of the rows and columns."""
@@ -183,7 +183,7 @@ def _top_block(a, symmetric, grid, first_layer):
     cols = range(_START[ORDER - a], _START[ORDER - a + 1])
     pieces = _gram_pieces(len(rows), symmetric)
     r, c = np.indices(grid.shape, sparse=True)
-    entries, targets, offset = [], [], 0
+    entries, targets, starts, offset = [], [], [], 0
     for r0, r1, c0 in pieces:
         piece = grid[r0:r1, c0:]
         wanted = piece >= 0
@@ -193,9 +193,11 @@ def _top_block(a, symmetric, grid, first_layer):
             times += c[:, c0:] > r[r0:r1]
         entries.append(np.repeat(offset + np.flatnonzero(wanted), times[wanted]))
         targets.append(np.repeat(piece[wanted], times[wanted]))
+        starts.append(offset)
         offset += piece.size
     full_entries = np.flatnonzero(grid >= 0) if first_layer else np.zeros(0, dtype=np.int64)
-    return {"rows": rows, "cols": cols, "pieces": pieces, "size": offset, "entries": np.concatenate(entries),
+    return {"rows": rows, "cols": cols, "pieces": pieces, "piece_starts": tuple(starts), "size": offset,
+            "entries": np.concatenate(entries),
             "targets": np.concatenate(targets), "full_entries": full_entries,
             "full_targets": grid.ravel()[full_entries], "symmetric": symmetric, "first_layer": first_layer}
 
@@ -280,51 +282,6 @@ def _powers_work():
     return series, sum(len(block["terms"]) * len(block["rows"]) for block in _TOP_BLOCKS)
 
 
-# sigma' = p(sigma) with p(s) = c0 + c1 s + c2 s^2 (tanh, sigmoid). From layer 2 on, where it
-# is cheaper (_BY_EQUATION), the series S of sigma(z + Z) follows that equation degree by
-# degree, as Taylor mode (JAX's jet) does. With Q = p(S), the series of sigma'(z + Z):
-#     m S_m = sum_(j=1..m) j Z_j Q_(m-j)     Q_m = p'(sigma) S_m + c2 (S S)_m
-# (the Euler operator, E S = Q E Z, taken degree by degree): two truncated products in all,
-# where the vertex sum needs one per power Z^k. The top order's blocks then weight Q:
-# S_ORDER = sigma' Z_ORDER + sum_a (ORDER - a)/ORDER Q_a Z_(ORDER-a).
-_EQUATION = (1.0, 0.0, -1.0)  # (c0, c1, c2)
-
-
-def _equation_rows():
-    """The two products' rows (target, left, right, weight), for every low-order target t:
-    S[t] gets weight Z[left] Q[right] over t's splits alpha * gamma (weight |alpha| / |t|);
-    Q[t] gets weight S[left] S[right] over its unordered splits (c2, twice off the diagonal)."""
-    s_rows, q_rows = [], []
-    for t, beta in enumerate(_SERIES[:_LOW]):
-        for alpha, gamma in _splits(beta):
-            s_rows.append((t, _COLUMN[alpha], _COLUMN[gamma], len(alpha) / len(beta)))
-            if _COLUMN[alpha] <= _COLUMN[gamma]:
-                q_rows.append((t, _COLUMN[alpha], _COLUMN[gamma], _EQUATION[2] * (1.0 if alpha == gamma else 2.0)))
-    return s_rows, q_rows
-
-
-_EQUATION_ROWS = _equation_rows()
-# Per top-order block (rows of order a): the weight (ORDER - a)/ORDER of Q's rows in its left factor.
-_EQUATION_TOP_WEIGHTS = [(ORDER - len(_SERIES[block["rows"].start])) / ORDER for block in _TOP_BLOCKS]
-
-
-def _layer_work(by_equation):
-    """Elementwise multiply-adds per unit of width at a hidden layer from 2 on, for the
-    activation's series and the top-order blocks' left factors (the rest is the same either way)."""
-    if by_equation:
-        return 2 * _LOW + sum(map(len, _EQUATION_ROWS)) + sum(len(block["rows"]) for block in _TOP_BLOCKS)
-    return sum(_powers_work())
-
-
-# A compile-time choice, made from the tables. The equation does less work from order 5 on
-# (0.85 of the powers' at order 5, about 0.5 at order 8, whatever the inputs), about as much
-# at order 4 (1.00-1.09, toward 12/11 for many inputs), more at order 3 (1.3-1.5). It is
-# taken below this backend's threshold of that ratio (1.1: its one numba loop per layer replaces several calls; from order 4 on,
-# where it measured 1.03-1.07x faster at order 4).
-_BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
-                and _layer_work(True) < 1.1 * _layer_work(False))
-
-
 def _chunk_size(elements):
     """Points per chunk of a call: about `elements` numbers in its series and Gram matrices,
     a cache-sized working set that bounds a call's memory whatever its batch (a power of 2,
@@ -358,13 +315,6 @@ def _multiply_adds():
 
 
 MULTIPLY_ADDS = _multiply_adds()
-# MULTIPLY_ADDS counts the path a CPU takes: from layer 2 on the activation's equation where
-# _BY_EQUATION (in numba's fused loops). _MULTIPLY_ADDS_BY_POWERS counts the powers of Z, which run
-# instead without numba, or for dtypes other than float32 and float64.
-_MULTIPLY_ADDS_BY_POWERS = MULTIPLY_ADDS
-if _BY_EQUATION:
-    _elementwise = MULTIPLY_ADDS["elementwise"] - sum(LAYER_SIZES[2:-1]) * (_layer_work(False) - _layer_work(True))
-    MULTIPLY_ADDS = {"gemm": MULTIPLY_ADDS["gemm"], "elementwise": _elementwise, "total": MULTIPLY_ADDS["gemm"] + _elementwise}
 
 
 def _keep_freed_memory_in_the_heap():
@@ -475,9 +425,6 @@ _TABLES = _build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
 # A series of 1 MB, twice a core's L2 cache (512 kB here): the per-chunk calls are paid over
 # twice the points; measured 1.00-1.10x faster than 512 kB across the bench's cells.
 _CHUNK = _chunk_size(2**17)
-# The equation's loop takes its rows 512 numbers (4 kB) at a time: measured 1.09-1.23x faster
-# than whole rows at orders 4-8.
-_EQUATION_TILE = 512
 
 
 def _by_target(target, left, right, weight, size):
@@ -646,107 +593,14 @@ if _FUSED:
         first entry), its entries' count, and per top-order coefficient (in _TOP_ORDER) its
         entries, weighted by the term's scale, once each (an entry _top_sums lists twice, above
         the diagonal, weighted twice: half the gathers)."""
-        block, pieces, offset = _TOP_BLOCKS[0], [], 0
-        for r0, r1, c0 in block["pieces"]:
-            pieces.append((r0, r1, c0, offset))
-            offset += (r1 - r0) * (len(block["cols"]) - c0)
+        block = _TOP_BLOCKS[0]
+        pieces = [piece + (start,) for piece, start in zip(block["pieces"], block["piece_starts"])]
         entries, first, times = np.unique(block["entries"], return_index=True, return_counts=True)
         targets = _TOP_POSITION[block["targets"][first]]  # an entry adds to one target
         starts, entries, _, weights = _by_target(targets, entries, entries, block["terms"][-1][1] * times, len(_TOP_ORDER))
-        return np.asarray(pieces, dtype=np.int64).reshape(-1, 4), offset, starts, entries, weights
+        return np.asarray(pieces, dtype=np.int64).reshape(-1, 4), block["size"], starts, entries, weights
 
     _TABLES["order_two"] = _order_two_table() if len(_TOP_BLOCKS) == 1 else None
-
-    @numba.njit
-    def _fused_equation_series(Z, slope, q0, s_starts, s_left, s_right, s_weight,
-                               q_starts, q_left, q_right, q_weight, S, Q):
-        """S and Q = p(S) by the activation's equation, target after target in column order (so
-        by degree): S[t] = q0 Z[t] + sum w Z[l] Q[r], then Q[t] = slope S[t] + sum w S[l] S[r].
-        Rows are (batch x width) numbers, taken _EQUATION_TILE at a time: a tile of every row
-        stays in cache while its targets are made."""
-        for j0 in range(0, S.shape[1], _EQUATION_TILE):
-            j1 = min(S.shape[1], j0 + _EQUATION_TILE)
-            q, p = q0[j0:j1], slope[j0:j1]
-            for t in range(S.shape[0]):
-                s, z = S[t, j0:j1], Z[t, j0:j1]
-                for j in range(j1 - j0):
-                    s[j] = q[j] * z[j]
-                for i in range(s_starts[t], s_starts[t + 1]):
-                    a, c, w = Z[s_left[i], j0:j1], Q[s_right[i], j0:j1], s_weight[i]
-                    for j in range(j1 - j0):
-                        s[j] += w * a[j] * c[j]
-                r = Q[t, j0:j1]
-                for j in range(j1 - j0):
-                    r[j] = p[j] * s[j]
-                for i in range(q_starts[t], q_starts[t + 1]):
-                    a, c, w = S[q_left[i], j0:j1], S[q_right[i], j0:j1], q_weight[i]
-                    for j in range(j1 - j0):
-                        r[j] += w * a[j] * c[j]
-
-    @numba.njit(fastmath={"reassoc", "contract"})  # a dot product vectorizes only if its sum may be reordered
-    def _fused_equation_top(g, Q, Z, pieces, size, starts, entries, weight, top, accumulate):
-        """top[b, o, t] (+)= sum over t's entries of weight G[entry]: the Gram entries
-        G[r, c] = sum_j g[b, o, j] Q[r, b, j] Z[c, b, j] of every top-order block's pieces, made
-        point by point (where a point's rows stay in cache), two rows by four columns at a time
-        (each loaded row serves four or two dot products; at a piece's edge the last row or
-        column is taken again, and its repeats are not stored)."""
-        width = Q.shape[2]
-        gq = np.empty((Q.shape[0], width), dtype=Q.dtype)
-        gram = np.empty(size, dtype=top.dtype)
-        for b in range(top.shape[0]):
-            for o in range(top.shape[1]):
-                gb = g[b if g.shape[0] > 1 else 0, o]
-                for r in range(Q.shape[0]):
-                    for j in range(width):
-                        gq[r, j] = gb[j] * Q[r, b, j]
-                for p in range(pieces.shape[0]):
-                    r0, r1, c0, c1, offset = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3], pieces[p, 4]
-                    for r in range(r0, r1, 2):
-                        r2 = min(r + 1, r1 - 1)
-                        a, a2 = gq[r], gq[r2]
-                        e, e2 = offset + (r - r0) * (c1 - c0) - c0, offset + (r2 - r0) * (c1 - c0) - c0
-                        for c in range(c0, c1, 4):
-                            z0, z1 = Z[c, b], Z[min(c + 1, c1 - 1), b]
-                            z2, z3 = Z[min(c + 2, c1 - 1), b], Z[min(c + 3, c1 - 1), b]
-                            s0 = s1 = s2 = s3 = t0 = t1 = t2 = t3 = 0.0
-                            for j in range(width):
-                                s0 += a[j] * z0[j]
-                                s1 += a[j] * z1[j]
-                                s2 += a[j] * z2[j]
-                                s3 += a[j] * z3[j]
-                                t0 += a2[j] * z0[j]
-                                t1 += a2[j] * z1[j]
-                                t2 += a2[j] * z2[j]
-                                t3 += a2[j] * z3[j]
-                            gram[e + c], gram[e2 + c] = s0, t0
-                            if c + 1 < c1:
-                                gram[e + c + 1], gram[e2 + c + 1] = s1, t1
-                            if c + 2 < c1:
-                                gram[e + c + 2], gram[e2 + c + 2] = s2, t2
-                            if c + 3 < c1:
-                                gram[e + c + 3], gram[e2 + c + 3] = s3, t3
-                _fused_sum_entries(top[b, o], gram, starts, entries, weight, accumulate)
-
-    def _equation_top_table():
-        """_fused_equation_top's tables: per piece of a top-order block its rows of Q, columns
-        of Z and first entry (pieces laid end to end, as in _top_sums); the entries' count; per
-        top-order coefficient (in _TOP_ORDER) its entries, weighted (ORDER - a)/ORDER, twice
-        above a symmetric block's diagonal (an entry listed twice)."""
-        pieces, targets, entries, weights, offset = [], [], [], [], 0
-        for weight, block in zip(_EQUATION_TOP_WEIGHTS, _TOP_BLOCKS):
-            rows, cols = block["rows"], block["cols"]
-            entries += (offset + block["entries"]).tolist()
-            targets += _TOP_POSITION[block["targets"]].tolist()
-            weights += [weight] * len(block["entries"])
-            for r0, r1, c0 in block["pieces"]:
-                pieces.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.stop, offset))
-                offset += (r1 - r0) * (cols.stop - cols.start - c0)
-        starts, entries, _, weights = _by_target(targets, entries, entries, weights, len(_TOP_ORDER))
-        return np.asarray(pieces, dtype=np.int64).reshape(-1, 5), offset, starts, entries, weights
-
-    if _BY_EQUATION:
-        _TABLES["equation"] = _by_target(*zip(*_EQUATION_ROWS[0]), _LOW) + _by_target(*zip(*_EQUATION_ROWS[1]), _LOW)
-        _TABLES["equation_grams"] = _equation_top_table()
 
     for _k, _table in _TABLES["powers"].items():
         _table["fused"] = _fused_table(_k, _table["scale"])
@@ -767,23 +621,6 @@ def _vertex_weights(z):
         _fused_activation(z, value, weights)
         return value, (weights[0], weights[1])
     return _activation(z)
-
-
-def _by_equation(Z, h, factors):
-    """Whether a layer from 2 on follows the activation's equation: where that is cheaper
-    and numba's loops take the dtype."""
-    return _BY_EQUATION and _fuses(Z, h, factors[0])
-
-
-def _equation_series(Z, h, factors, tables):
-    """(S, Q): the low-order series of sigma(z + Z) (as _through_activation's) and of
-    sigma'(z + Z), by the activation's equation in one fused loop (over rows of batch x width)."""
-    S, Q = np.empty(Z.shape, dtype=Z.dtype), np.empty(Z.shape, dtype=Z.dtype)  # C order: their rows are views
-    slope = _EQUATION[1] + 2.0 * _EQUATION[2] * h  # p'(sigma)
-    _fused_equation_series(np.ascontiguousarray(Z).reshape(len(Z), -1), slope.ravel(),
-                           np.ascontiguousarray(factors[0]).ravel(), *tables["equation"],
-                           S.reshape(len(S), -1), Q.reshape(len(Q), -1))
-    return S, Q
 
 
 # Order 2 goes point by point where numba can call BLAS (SciPy's) and its one Gram block spans
@@ -814,7 +651,7 @@ def _series_by_points(params, x, tables, first_powers, fold, out):
     for layer in reversed(range(len(slopes))):
         lines[layer] = g * curvatures[layer][:, None, :]
         if layer > 0:
-            g = _rows_times(g * slopes[layer][:, None, :], weights[layer])  # df/dh^(layer)
+            g = _line_back(g, slopes[layer], weights[layer])
     C = np.ascontiguousarray  # numba takes C-ordered arrays (one compiled loop); mostly they are already
     _fused_order_two(C(first_powers[0][:, 0]), tuple(map(C, weights[1:])), tuple(map(C, slopes)),
                      tuple(map(C, lines)), not fold, out[:, :, 1 : 1 + _LOW], out[:, :, 1 + _LOW :],
@@ -948,21 +785,16 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     Every diagram's root vertex contracts its lower-order subtrees against the output
     line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse). Per block (the order
     a of the left factor), a Gram matrix G[alpha, gamma] = sum_j g_j L[alpha, j] Z[gamma, j]
-    with L = sum_k sigma^(k)/k! P_(k-1) at order a (or (ORDER - a)/ORDER Q at order a, by the
-    activation's equation), summed over the layers; its entries are
+    with L = sum_k sigma^(k)/k! P_(k-1) at order a, summed over the layers; its entries are
     then summed onto alpha * gamma. A symmetric block is made in pieces on and above its
     diagonal. At layer 1 only _FIRST_LAYER_BLOCK's k = ORDER term is non-zero: t @ K.T.
     """
     grams = [[None] * len(pieces) for _, _, pieces in tables["top"]]
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
     u = None
-    fused = False  # whether a layer's Gram entries went onto top in _fused_equation_top
     for layer in reversed(range(len(vertices))):
         factors, powers, Q = vertices[layer]
         blocks = tables["top"]
-        if Q is not None:  # by the equation, in one loop from Q and Z to top
-            _fused_equation_top(g, Q, powers[0], *tables["equation_grams"], top, fused)
-            fused, blocks = True, ()
         for i, (terms, cols, pieces) in enumerate(blocks):
             if layer == 0:  # Z is first order there: only P_(ORDER-1) reaches order ORDER - 1
                 if i != _FIRST_LAYER_BLOCK or fold:
@@ -977,12 +809,9 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                 gram = left[:, :, r0:r1] @ right[..., c0:]
                 grams[i][p] = gram if grams[i][p] is None else grams[i][p] + gram
         if layer > 0:
-            g = _rows_times(g * factors[0][:, None, :], weights[layer])  # df/dh^(layer) from df/dh^(layer+1)
+            g = _line_back(g, factors[0], weights[layer])
         elif fold:
             u = g * factors[ORDER - 1][:, None, :]
-    if fused and all(gram is None for block in grams for gram in block):  # all made in the fused loop
-        top[:, :, tables["top_unreached"]] = 0.0
-        return u
     entries = [  # zeros for a block no layer reaches (one hidden layer, folded)
         _zeros(weights[0], (batch, OUTPUTS, (r1 - r0) * (cols.stop - cols.start - c0))) if gram is None
         else gram.reshape(batch, OUTPUTS, -1)
@@ -992,9 +821,6 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     for group in tables["top_sums"]:  # term-major: term i of every target, then term i + 1
         terms = _take_last(entries, group["left"])
         terms = terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
-        if fused:  # onto the fused loop's part
-            top[:, :, group["targets"]] += terms
-            continue
         top[:, :, group["targets"]] = terms
     top[:, :, tables["top_unreached"]] = 0.0  # coefficients no diagram reaches
     return u
@@ -1003,6 +829,12 @@ def _top_order(vertices, weights, tables, batch, fold, top):
 def _rows_times(a, matrix):
     """a @ matrix over a's last axis, as one matrix product."""
     return (a.reshape(-1, a.shape[-1]) @ matrix).reshape(a.shape[:-1] + (matrix.shape[-1],))
+
+
+def _line_back(g, slope, W):
+    """The output line one layer down, df/dh^(l) = (sigma' df/dh^(l+1)) W^(l+1): g (batch or 1,
+    OUTPUTS, width), slope sigma'(z) (batch, width)."""
+    return _rows_times(g * slope[:, None, :], W)
 
 
 def _first_layer(params, tables):
@@ -1067,9 +899,6 @@ def _series(params, x, tables, first_powers, fold, out):
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _vertex_weights(z)
         Q = None  # sigma'(z + Z)'s series, where the activation's equation gives the layer's
-        if vertices and _by_equation(Z, h, factors):  # (see _EQUATION)
-            H, Q = _equation_series(Z, h, factors, tables)
-            powers = [Z]
         if Q is None:
             if vertices:
                 powers = _powers(Z, tables)
@@ -1114,4 +943,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 41fad3cb0c021cc2a251795c4486e7a59786c59708a11eb57d13f4e37997dcf4
+# sha256 of all lines above: a23936b93ef5ddf75f3c6bac1120ea5ccc34b6e966065442e12d2f3aa9b055d9

@@ -169,7 +169,7 @@ def _top_block(a, symmetric, grid, first_layer):
     2a = ORDER) is computed on and above its diagonal only, an entry above counting twice.
 
     Returns the rows (order a) and columns (order ORDER - a) as ranges of series columns,
-    the pieces computed, and for the wanted entries of the pieces (numbered piece after
+    the pieces computed and each one's first entry, and for the wanted entries of the pieces (numbered piece after
     piece) the coefficient each adds to (from _LOW); for layer 1's block `full_entries`
     number the whole rows x cols grid instead, as K needs them. `grid` is
     _product_columns of the rows and columns."""
@@ -177,7 +177,7 @@ def _top_block(a, symmetric, grid, first_layer):
     cols = range(_START[ORDER - a], _START[ORDER - a + 1])
     pieces = _gram_pieces(len(rows), symmetric)
     r, c = np.indices(grid.shape, sparse=True)
-    entries, targets, offset = [], [], 0
+    entries, targets, starts, offset = [], [], [], 0
     for r0, r1, c0 in pieces:
         piece = grid[r0:r1, c0:]
         wanted = piece >= 0
@@ -187,9 +187,11 @@ def _top_block(a, symmetric, grid, first_layer):
             times += c[:, c0:] > r[r0:r1]
         entries.append(np.repeat(offset + np.flatnonzero(wanted), times[wanted]))
         targets.append(np.repeat(piece[wanted], times[wanted]))
+        starts.append(offset)
         offset += piece.size
     full_entries = np.flatnonzero(grid >= 0) if first_layer else np.zeros(0, dtype=np.int64)
-    return {"rows": rows, "cols": cols, "pieces": pieces, "size": offset, "entries": np.concatenate(entries),
+    return {"rows": rows, "cols": cols, "pieces": pieces, "piece_starts": tuple(starts), "size": offset,
+            "entries": np.concatenate(entries),
             "targets": np.concatenate(targets), "full_entries": full_entries,
             "full_targets": grid.ravel()[full_entries], "symmetric": symmetric, "first_layer": first_layer}
 
@@ -274,51 +276,6 @@ def _powers_work():
     return series, sum(len(block["terms"]) * len(block["rows"]) for block in _TOP_BLOCKS)
 
 
-# sigma' = p(sigma) with p(s) = c0 + c1 s + c2 s^2 (tanh, sigmoid). From layer 2 on, where it
-# is cheaper (_BY_EQUATION), the series S of sigma(z + Z) follows that equation degree by
-# degree, as Taylor mode (JAX's jet) does. With Q = p(S), the series of sigma'(z + Z):
-#     m S_m = sum_(j=1..m) j Z_j Q_(m-j)     Q_m = p'(sigma) S_m + c2 (S S)_m
-# (the Euler operator, E S = Q E Z, taken degree by degree): two truncated products in all,
-# where the vertex sum needs one per power Z^k. The top order's blocks then weight Q:
-# S_ORDER = sigma' Z_ORDER + sum_a (ORDER - a)/ORDER Q_a Z_(ORDER-a).
-_EQUATION = (1.0, 0.0, -1.0)  # (c0, c1, c2)
-
-
-def _equation_rows():
-    """The two products' rows (target, left, right, weight), for every low-order target t:
-    S[t] gets weight Z[left] Q[right] over t's splits alpha * gamma (weight |alpha| / |t|);
-    Q[t] gets weight S[left] S[right] over its unordered splits (c2, twice off the diagonal)."""
-    s_rows, q_rows = [], []
-    for t, beta in enumerate(_SERIES[:_LOW]):
-        for alpha, gamma in _splits(beta):
-            s_rows.append((t, _COLUMN[alpha], _COLUMN[gamma], len(alpha) / len(beta)))
-            if _COLUMN[alpha] <= _COLUMN[gamma]:
-                q_rows.append((t, _COLUMN[alpha], _COLUMN[gamma], _EQUATION[2] * (1.0 if alpha == gamma else 2.0)))
-    return s_rows, q_rows
-
-
-_EQUATION_ROWS = _equation_rows()
-# Per top-order block (rows of order a): the weight (ORDER - a)/ORDER of Q's rows in its left factor.
-_EQUATION_TOP_WEIGHTS = [(ORDER - len(_SERIES[block["rows"].start])) / ORDER for block in _TOP_BLOCKS]
-
-
-def _layer_work(by_equation):
-    """Elementwise multiply-adds per unit of width at a hidden layer from 2 on, for the
-    activation's series and the top-order blocks' left factors (the rest is the same either way)."""
-    if by_equation:
-        return 2 * _LOW + sum(map(len, _EQUATION_ROWS)) + sum(len(block["rows"]) for block in _TOP_BLOCKS)
-    return sum(_powers_work())
-
-
-# A compile-time choice, made from the tables. The equation does less work from order 5 on
-# (0.85 of the powers' at order 5, about 0.5 at order 8, whatever the inputs), about as much
-# at order 4 (1.00-1.09, toward 12/11 for many inputs), more at order 3 (1.3-1.5). It is
-# taken below this backend's threshold of that ratio (0.65: its gathers and index_adds per degree cost more calls than the powers'
-# products; from order 7 on, where it measured 1.4x faster at (2, 8), 0.94-1.19x at order 6).
-_BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
-                and _layer_work(True) < 0.65 * _layer_work(False))
-
-
 def _chunk_size(elements):
     """Points per chunk of a call: about `elements` numbers in its series and Gram matrices,
     a cache-sized working set that bounds a call's memory whatever its batch (a power of 2,
@@ -352,13 +309,6 @@ def _multiply_adds():
 
 
 MULTIPLY_ADDS = _multiply_adds()
-# MULTIPLY_ADDS counts the path a CPU takes: from layer 2 on the activation's equation where
-# _BY_EQUATION (on a CPU). _MULTIPLY_ADDS_BY_POWERS counts the powers of Z, which run
-# instead on a GPU.
-_MULTIPLY_ADDS_BY_POWERS = MULTIPLY_ADDS
-if _BY_EQUATION:
-    _elementwise = MULTIPLY_ADDS["elementwise"] - sum(LAYER_SIZES[2:-1]) * (_layer_work(False) - _layer_work(True))
-    MULTIPLY_ADDS = {"gemm": MULTIPLY_ADDS["gemm"], "elementwise": _elementwise, "total": MULTIPLY_ADDS["gemm"] + _elementwise}
 
 
 def _keep_freed_memory_in_the_heap():
@@ -478,7 +428,6 @@ def _zeros(like, shape):
     return like.new_zeros(shape)
 
 
-
 def _empty(like, shape):
     return like.new_empty(shape)
 
@@ -556,57 +505,7 @@ def _tables_on(device):
     tables = _build_tables(index)
     for k, table in tables["powers"].items():
         table["pairs"] = tuple(index(column) for column in _POWER_TABLES[k][:3])
-    if _BY_EQUATION:
-        tables["equation"] = [_equation_degree(m, index) for m in range(1, ORDER)]
-        # per top-order block: the weight of Q's rows of order a, and those rows
-        tables["equation_top"] = [(weight, slice(block["rows"].start, block["rows"].stop))
-                                  for weight, block in zip(_EQUATION_TOP_WEIGHTS, _TOP_BLOCKS)]
     return tables
-
-
-def _equation_degree(m, index):
-    """Degree m of _EQUATION_ROWS: its columns, and per product (S's, Q's) the rows onto them as
-    (left, right, target from the degree's first column, weights), or None where there are none."""
-    columns = slice(_START[m], _START[m + 1])
-    products = []
-    for rows in _EQUATION_ROWS:
-        rows = [row for row in rows if columns.start <= row[0] < columns.stop]
-        target, left, right, weight = zip(*rows) if rows else ((),) * 4
-        products.append((index(left), index(right), index([t - columns.start for t in target]), weight) if rows else None)
-    return {"degree": m, "columns": columns, "s": products[0], "q": products[1]}
-
-
-def _by_equation(Z, h, factors):
-    """Whether a layer from 2 on follows the activation's equation: where that is cheaper, on
-    a CPU (on a GPU the powers' one-kernel products serve, as measured there)."""
-    return _BY_EQUATION and not _scatters(Z)
-
-
-def _weighted_rows(A, C, rows, name, base):
-    """base + the rows' weight * A[left] * C[right], summed onto their targets (one index_add)."""
-    left, right, target, weight = rows
-    terms = (_gather(A, left) * _gather(C, right)).mul_(_constant(name, weight, A)[:, None, None])
-    return base.index_add(0, target, terms)
-
-
-def _equation_series(Z, h, factors, tables):
-    """(S, Q): the low-order series of sigma(z + Z) (as _through_activation's) and of
-    sigma'(z + Z), by the activation's equation, degree after degree: each degree's S from Z
-    and Q's lower degrees, then its Q from S (writes into S and Q are recorded by autograd;
-    the gathers that read them keep no values)."""
-    slope = _EQUATION[1] + 2.0 * _EQUATION[2] * h  # p'(sigma)
-    S, Q = torch.empty_like(Z), torch.empty_like(Z)
-    for degree in tables["equation"]:
-        columns, m = degree["columns"], degree["degree"]
-        s = factors[0] * Z[columns]
-        if degree["s"] is not None:
-            s = _weighted_rows(Z, Q, degree["s"], ("equation S", m), s)
-        S[columns] = s
-        q = slope * s
-        if degree["q"] is not None:
-            q = _weighted_rows(S, S, degree["q"], ("equation Q", m), q)
-        Q[columns] = q
-    return S, Q
 
 
 def _scatters(Z):
@@ -683,8 +582,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     Every diagram's root vertex contracts its lower-order subtrees against the output
     line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse). Per block (the order
     a of the left factor), a Gram matrix G[alpha, gamma] = sum_j g_j L[alpha, j] Z[gamma, j]
-    with L = sum_k sigma^(k)/k! P_(k-1) at order a (or (ORDER - a)/ORDER Q at order a, by the
-    activation's equation), summed over the layers; its entries are
+    with L = sum_k sigma^(k)/k! P_(k-1) at order a, summed over the layers; its entries are
     then summed onto alpha * gamma. A symmetric block is made in pieces on and above its
     diagonal. At layer 1 only _FIRST_LAYER_BLOCK's k = ORDER term is non-zero: t @ K.T.
     """
@@ -700,10 +598,6 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                     continue
                 terms = terms[-1:]
             left = None  # (rows, batch, OUTPUTS, width): a Gram matrix's rows are strided, not copied
-            if Q is not None:  # by the equation: L = (ORDER - a)/ORDER Q at order a, times g
-                scale, rows = tables["equation_top"][i]
-                left = _add_scaled_rows(None, g, scale, None, Q[rows])
-                terms = ()
             for k, scale, rows in terms:  # P_(k-1) at order a, times scale sigma^(k)/k! g
                 left = _add_scaled_rows(left, g, scale, factors[k - 1], powers[k - 2][rows])
             left = left.swapaxes(0, 1).swapaxes(1, 2)  # (batch, OUTPUTS, rows, width), a view
@@ -712,7 +606,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                 gram = left[:, :, r0:r1] @ right[..., c0:]
                 grams[i][p] = gram if grams[i][p] is None else grams[i][p] + gram
         if layer > 0:
-            g = _rows_times(g * factors[0][:, None, :], weights[layer])  # df/dh^(layer) from df/dh^(layer+1)
+            g = _line_back(g, factors[0], weights[layer])
         elif fold:
             u = g * factors[ORDER - 1][:, None, :]
     entries = [  # zeros for a block no layer reaches (one hidden layer, folded)
@@ -732,6 +626,12 @@ def _top_order(vertices, weights, tables, batch, fold, top):
 def _rows_times(a, matrix):
     """a @ matrix over a's last axis, as one matrix product."""
     return (a.reshape(-1, a.shape[-1]) @ matrix).reshape(a.shape[:-1] + (matrix.shape[-1],))
+
+
+def _line_back(g, slope, W):
+    """The output line one layer down, df/dh^(l) = (sigma' df/dh^(l+1)) W^(l+1): g (batch or 1,
+    OUTPUTS, width), slope sigma'(z) (batch, width)."""
+    return _rows_times(g * slope[:, None, :], W)
 
 
 def _first_layer(params, tables):
@@ -796,9 +696,6 @@ def _series(params, x, tables, first_powers, fold, out):
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _vertex_weights(z)
         Q = None  # sigma'(z + Z)'s series, where the activation's equation gives the layer's
-        if vertices and _by_equation(Z, h, factors):  # (see _EQUATION)
-            H, Q = _equation_series(Z, h, factors, tables)
-            powers = [Z]
         if Q is None:
             if vertices:
                 powers = _powers(Z, tables)
@@ -843,4 +740,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 158dcefccafb805e9a51fffe4f556ffdc1e542c15f33802ea97cce38b2040749
+# sha256 of all lines above: cad16d134921ff9fc58fe0660a23e51752b85cdf736ef394deec7ba8847620d5

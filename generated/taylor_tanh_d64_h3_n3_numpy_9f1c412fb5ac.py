@@ -174,7 +174,7 @@ def _top_block(a, symmetric, grid, first_layer):
     2a = ORDER) is computed on and above its diagonal only, an entry above counting twice.
 
     Returns the rows (order a) and columns (order ORDER - a) as ranges of series columns,
-    the pieces computed, and for the wanted entries of the pieces (numbered piece after
+    the pieces computed and each one's first entry, and for the wanted entries of the pieces (numbered piece after
     piece) the coefficient each adds to (from _LOW); for layer 1's block `full_entries`
     number the whole rows x cols grid instead, as K needs them. `grid` is
     _product_columns of the rows and columns."""
@@ -182,7 +182,7 @@ def _top_block(a, symmetric, grid, first_layer):
     cols = range(_START[ORDER - a], _START[ORDER - a + 1])
     pieces = _gram_pieces(len(rows), symmetric)
     r, c = np.indices(grid.shape, sparse=True)
-    entries, targets, offset = [], [], 0
+    entries, targets, starts, offset = [], [], [], 0
     for r0, r1, c0 in pieces:
         piece = grid[r0:r1, c0:]
         wanted = piece >= 0
@@ -192,9 +192,11 @@ def _top_block(a, symmetric, grid, first_layer):
             times += c[:, c0:] > r[r0:r1]
         entries.append(np.repeat(offset + np.flatnonzero(wanted), times[wanted]))
         targets.append(np.repeat(piece[wanted], times[wanted]))
+        starts.append(offset)
         offset += piece.size
     full_entries = np.flatnonzero(grid >= 0) if first_layer else np.zeros(0, dtype=np.int64)
-    return {"rows": rows, "cols": cols, "pieces": pieces, "size": offset, "entries": np.concatenate(entries),
+    return {"rows": rows, "cols": cols, "pieces": pieces, "piece_starts": tuple(starts), "size": offset,
+            "entries": np.concatenate(entries),
             "targets": np.concatenate(targets), "full_entries": full_entries,
             "full_targets": grid.ravel()[full_entries], "symmetric": symmetric, "first_layer": first_layer}
 
@@ -320,7 +322,7 @@ def _layer_work(by_equation):
 # at order 4 (1.00-1.09, toward 12/11 for many inputs), more at order 3 (1.3-1.5). It is
 # taken below this backend's threshold of that ratio (1.1: its one numba loop per layer replaces several calls; from order 4 on,
 # where it measured 1.03-1.07x faster at order 4).
-_BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
+_BY_EQUATION = (_VERTEX_ORDERS == tuple(range(2, ORDER + 1))
                 and _layer_work(True) < 1.1 * _layer_work(False))
 
 
@@ -584,17 +586,19 @@ if _FUSED:
                 s, z = S[t, j0:j1], Z[t, j0:j1]
                 for j in range(j1 - j0):
                     s[j] = q[j] * z[j]
-                for i in range(s_starts[t], s_starts[t + 1]):
-                    a, c, w = Z[s_left[i], j0:j1], Q[s_right[i], j0:j1], s_weight[i]
-                    for j in range(j1 - j0):
-                        s[j] += w * a[j] * c[j]
+                _fused_add_pairs(s, Z, Q, s_starts[t], s_starts[t + 1], s_left, s_right, s_weight, j0)
                 r = Q[t, j0:j1]
                 for j in range(j1 - j0):
                     r[j] = p[j] * s[j]
-                for i in range(q_starts[t], q_starts[t + 1]):
-                    a, c, w = S[q_left[i], j0:j1], S[q_right[i], j0:j1], q_weight[i]
-                    for j in range(j1 - j0):
-                        r[j] += w * a[j] * c[j]
+                _fused_add_pairs(r, S, S, q_starts[t], q_starts[t + 1], q_left, q_right, q_weight, j0)
+
+    @numba.njit
+    def _fused_add_pairs(out, A, B, first, end, left, right, weight, j0):
+        """out += sum over rows i in [first, end) of weight[i] A[left[i]] B[right[i]], columns from j0 on."""
+        for i in range(first, end):
+            a, c, w = A[left[i], j0 : j0 + len(out)], B[right[i], j0 : j0 + len(out)], weight[i]
+            for j in range(len(out)):
+                out[j] += w * a[j] * c[j]
 
     @numba.njit(fastmath={"reassoc", "contract"})  # a dot product vectorizes only if its sum may be reordered
     def _fused_equation_top(g, Q, Z, pieces, size, starts, entries, weight, top, accumulate):
@@ -651,9 +655,9 @@ if _FUSED:
             entries += (offset + block["entries"]).tolist()
             targets += _TOP_POSITION[block["targets"]].tolist()
             weights += [weight] * len(block["entries"])
-            for r0, r1, c0 in block["pieces"]:
-                pieces.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.stop, offset))
-                offset += (r1 - r0) * (cols.stop - cols.start - c0)
+            for (r0, r1, c0), start in zip(block["pieces"], block["piece_starts"]):
+                pieces.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.stop, offset + start))
+            offset += block["size"]
         starts, entries, _, weights = _by_target(targets, entries, entries, weights, len(_TOP_ORDER))
         return np.asarray(pieces, dtype=np.int64).reshape(-1, 5), offset, starts, entries, weights
 
@@ -854,7 +858,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                 gram = left[:, :, r0:r1] @ right[..., c0:]
                 grams[i][p] = gram if grams[i][p] is None else grams[i][p] + gram
         if layer > 0:
-            g = _rows_times(g * factors[0][:, None, :], weights[layer])  # df/dh^(layer) from df/dh^(layer+1)
+            g = _line_back(g, factors[0], weights[layer])
         elif fold:
             u = g * factors[ORDER - 1][:, None, :]
     if fused and all(gram is None for block in grams for gram in block):  # all made in the fused loop
@@ -880,6 +884,12 @@ def _top_order(vertices, weights, tables, batch, fold, top):
 def _rows_times(a, matrix):
     """a @ matrix over a's last axis, as one matrix product."""
     return (a.reshape(-1, a.shape[-1]) @ matrix).reshape(a.shape[:-1] + (matrix.shape[-1],))
+
+
+def _line_back(g, slope, W):
+    """The output line one layer down, df/dh^(l) = (sigma' df/dh^(l+1)) W^(l+1): g (batch or 1,
+    OUTPUTS, width), slope sigma'(z) (batch, width)."""
+    return _rows_times(g * slope[:, None, :], W)
 
 
 def _first_layer(params, tables):
@@ -991,4 +1001,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: bebbcbf7beaab448439ab399c7b1004f3ca3af5910c5e766494f05ad73a4f8a0
+# sha256 of all lines above: 8aef715e5cc243444a501bf46f3fe31fd2680f4812f89d750fed7bafaea56540

@@ -169,7 +169,7 @@ def _top_block(a, symmetric, grid, first_layer):
     2a = ORDER) is computed on and above its diagonal only, an entry above counting twice.
 
     Returns the rows (order a) and columns (order ORDER - a) as ranges of series columns,
-    the pieces computed, and for the wanted entries of the pieces (numbered piece after
+    the pieces computed and each one's first entry, and for the wanted entries of the pieces (numbered piece after
     piece) the coefficient each adds to (from _LOW); for layer 1's block `full_entries`
     number the whole rows x cols grid instead, as K needs them. `grid` is
     _product_columns of the rows and columns."""
@@ -177,7 +177,7 @@ def _top_block(a, symmetric, grid, first_layer):
     cols = range(_START[ORDER - a], _START[ORDER - a + 1])
     pieces = _gram_pieces(len(rows), symmetric)
     r, c = np.indices(grid.shape, sparse=True)
-    entries, targets, offset = [], [], 0
+    entries, targets, starts, offset = [], [], [], 0
     for r0, r1, c0 in pieces:
         piece = grid[r0:r1, c0:]
         wanted = piece >= 0
@@ -187,9 +187,11 @@ def _top_block(a, symmetric, grid, first_layer):
             times += c[:, c0:] > r[r0:r1]
         entries.append(np.repeat(offset + np.flatnonzero(wanted), times[wanted]))
         targets.append(np.repeat(piece[wanted], times[wanted]))
+        starts.append(offset)
         offset += piece.size
     full_entries = np.flatnonzero(grid >= 0) if first_layer else np.zeros(0, dtype=np.int64)
-    return {"rows": rows, "cols": cols, "pieces": pieces, "size": offset, "entries": np.concatenate(entries),
+    return {"rows": rows, "cols": cols, "pieces": pieces, "piece_starts": tuple(starts), "size": offset,
+            "entries": np.concatenate(entries),
             "targets": np.concatenate(targets), "full_entries": full_entries,
             "full_targets": grid.ravel()[full_entries], "symmetric": symmetric, "first_layer": first_layer}
 
@@ -315,7 +317,7 @@ def _layer_work(by_equation):
 # at order 4 (1.00-1.09, toward 12/11 for many inputs), more at order 3 (1.3-1.5). It is
 # taken below this backend's threshold of that ratio (0.65: its gathers and index_adds per degree cost more calls than the powers'
 # products; from order 7 on, where it measured 1.4x faster at (2, 8), 0.94-1.19x at order 6).
-_BY_EQUATION = (ORDER >= 3 and _VERTEX_ORDERS == tuple(range(2, ORDER + 1))
+_BY_EQUATION = (_VERTEX_ORDERS == tuple(range(2, ORDER + 1))
                 and _layer_work(True) < 0.65 * _layer_work(False))
 
 
@@ -478,7 +480,6 @@ _vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
 
 def _zeros(like, shape):
     return like.new_zeros(shape)
-
 
 
 def _empty(like, shape):
@@ -714,7 +715,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                 gram = left[:, :, r0:r1] @ right[..., c0:]
                 grams[i][p] = gram if grams[i][p] is None else grams[i][p] + gram
         if layer > 0:
-            g = _rows_times(g * factors[0][:, None, :], weights[layer])  # df/dh^(layer) from df/dh^(layer+1)
+            g = _line_back(g, factors[0], weights[layer])
         elif fold:
             u = g * factors[ORDER - 1][:, None, :]
     entries = [  # zeros for a block no layer reaches (one hidden layer, folded)
@@ -734,6 +735,12 @@ def _top_order(vertices, weights, tables, batch, fold, top):
 def _rows_times(a, matrix):
     """a @ matrix over a's last axis, as one matrix product."""
     return (a.reshape(-1, a.shape[-1]) @ matrix).reshape(a.shape[:-1] + (matrix.shape[-1],))
+
+
+def _line_back(g, slope, W):
+    """The output line one layer down, df/dh^(l) = (sigma' df/dh^(l+1)) W^(l+1): g (batch or 1,
+    OUTPUTS, width), slope sigma'(z) (batch, width)."""
+    return _rows_times(g * slope[:, None, :], W)
 
 
 def _first_layer(params, tables):
@@ -845,4 +852,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 32b2782504b9eaa315210ead1cb05843c771b58ab13d7e8ad1b4fbf30a45b2a0
+# sha256 of all lines above: ab08dcc55b48a72a7177659890bfd6ef762e694c31278b39ac8e38821802a392
