@@ -124,6 +124,24 @@ class Activation:
             return None
         return tuple(float(c) for c in coeffs)
 
+    def vertex_polynomials(self, n: int) -> tuple[tuple[float, ...] | None, ...] | None:
+        """sigma^(k)/k! for k = 1..n as polynomials in the one auxiliary u (tanh, sigmoid, ...):
+        per k its coefficients of u^0, u^1, ... (None where it vanishes); None when sigma is
+        not u itself with u' a polynomial in u alone.
+
+        A GPU kernel then makes every vertex weight at once: the powers of u in one kernel,
+        their combinations in one matrix product, instead of a few kernels per weight.
+        """
+        if len(self.auxiliaries) != 1 or self.value != self.auxiliaries[0].symbol:
+            return None
+        u = self.auxiliaries[0].symbol
+        factors = self.taylor_factors(n)[1:]
+        if any(f.free_symbols - {u} or not f.is_polynomial(u) for f in factors):
+            return None
+        return tuple(
+            None if f == 0 else tuple(float(c) for c in sp.Poly(f, u).all_coeffs()[::-1]) for f in factors
+        )
+
     def vanishing_vertices(self, n: int) -> bool:
         """True when every vertex sigma^(k), 2 <= k <= n, is identically zero (relu, identity)."""
         return all(self.derivative(k) == 0 for k in range(2, n + 1))

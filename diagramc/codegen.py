@@ -94,8 +94,25 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         equation=act.quadratic_equation() if spec.order >= 3 else None,
         # order 2 point by point in one numba loop calling BLAS (NumPy)
         by_points=spec.backend == "numpy" and spec.order == 2 and 2 in vertex_orders,
+        # torch on a GPU: every vertex weight as a polynomial in the auxiliary u, one matrix product
+        vertex_polynomials=_vertex_polynomials(act, spec.order, code) if spec.backend == "torch" else None,
         **({} if scalar is None else _stacked_weights(scalar.factors)),
     )
+
+
+def _vertex_polynomials(act, order: int, code) -> dict | None:
+    """The auxiliary's line (u = ...) and, per non-zero vertex weight sigma^(k)/k!, its slot
+    and coefficients of u^0..u^degree (zero-padded), where the activation allows it."""
+    polynomials = act.vertex_polynomials(max(order, 1))
+    if polynomials is None:
+        return None
+    degree = max(len(c) for c in polynomials if c is not None) - 1
+    return {
+        "aux_line": code.lines[0],
+        "degree": degree,
+        "coefficients": tuple(tuple(c) + (0.0,) * (degree + 1 - len(c)) for c in polynomials if c is not None),
+        "names": _slot_names(polynomials, "F"),
+    }
 
 
 def _stacked_weights(factors) -> dict:
@@ -103,6 +120,10 @@ def _stacked_weights(factors) -> dict:
     (slot, expression) per non-zero weight, and the names it returns ("weights[slot]",
     or "None" where a weight vanishes)."""
     nonzero = [f for f in factors if f is not None]
-    slots = iter(range(len(nonzero)))
-    names = tuple("None" if f is None else f"weights[{next(slots)}]" for f in factors)
-    return {"fused_weights": tuple(enumerate(nonzero)), "fused_weight_names": names}
+    return {"fused_weights": tuple(enumerate(nonzero)), "fused_weight_names": _slot_names(factors, "weights")}
+
+
+def _slot_names(items, array: str) -> tuple[str, ...]:
+    """Per item, "array[slot]" with slots counting the items that are not None, or "None"."""
+    slots = iter(range(len(items)))
+    return tuple("None" if item is None else f"{array}[{next(slots)}]" for item in items)

@@ -459,9 +459,11 @@ def test_cuda_graphed_needs_a_cuda_tensor(kernel_dir):
         diagramc.cuda_graphed(mod.derivatives, params, x)
 
 
-@pytest.mark.parametrize("activation,order,d,hidden", [("tanh", 5, 3, 2), ("gelu", 6, 2, 3), (QUADRATIC, 4, 4, 2)])
+@pytest.mark.parametrize("activation,order,d,hidden", [("tanh", 5, 3, 2), ("gelu", 6, 2, 3), (QUADRATIC, 4, 4, 2),
+                                                        ("sigmoid", 7, 2, 2)])
 def test_torch_scatter_products_match(activation, order, d, hidden, kernel_dir, monkeypatch):
-    """The truncated products as one scatter-add each (what a GPU runs), forced on the CPU."""
+    """What a GPU runs, forced on the CPU: the truncated products as one scatter-add each, and
+    tanh's and sigmoid's vertex weights as polynomials in the activation (one matrix product)."""
     arch, params, x = _case(50 + order, activation, order, d=d, hidden=hidden)
     mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
     def gradients():
