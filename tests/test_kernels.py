@@ -113,13 +113,15 @@ def test_subsets_of_multi_indices(subset, backend, kernel_dir):
 
 
 @pytest.mark.parametrize("subset", SUBSETS + [None])
-@pytest.mark.parametrize("activation", ["tanh", "gelu"])
-def test_torch_gpu_path_subsets_and_one_point(subset, activation, kernel_dir, monkeypatch):
-    """What a GPU runs, forced on the CPU, for subsets (products off the series are dropped)
-    and at one point (every product then one outer product, _power_classes(k, one_point))."""
+@pytest.mark.parametrize("activation,line_rows", [("tanh", True), ("tanh", False), ("gelu", True)])
+def test_torch_gpu_path_subsets_and_one_point(subset, activation, line_rows, kernel_dir, monkeypatch):
+    """What a GPU runs, forced on the CPU, for subsets (products off the series are dropped),
+    at one point (every product then one outer product, _power_classes(k, one_point)), and
+    with the top order's left factors by block and term or from one series (_line_rows)."""
     arch, params, x = _case(12, activation, 5, d=3, hidden=3)
     mod = diagramc.compile(arch, 5, "torch", multi_indices=subset, out_dir=kernel_dir)
     monkeypatch.setattr(mod, "_scatters", lambda Z: True)
+    monkeypatch.setattr(mod, "_LINE_ROWS", line_rows)
     for points in (x[:1], x):
         _assert_matches(mod.derivatives(params, points), reference_derivatives(params, points, activation,
                                                                               mod.MULTI_INDICES))
