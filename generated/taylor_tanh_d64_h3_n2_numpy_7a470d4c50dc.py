@@ -158,13 +158,14 @@ def _keys(monomials):
 _TOP_KEYS = _keys(_monomial_array(ORDER)) if ORDER >= 2 else np.zeros(0, dtype=np.int64)
 
 
-def _product_columns(alpha, gamma):
-    """Top-order column (from _LOW) of the product of each row of alpha with each row of
-    gamma, (len(alpha), len(gamma)); -1 where the product is no column (not requested)."""
+def _product_columns(alpha, gamma, order_keys=_TOP_KEYS):
+    """Column, counted from the first of its order, of the product of each row of alpha with
+    each row of gamma, (len(alpha), len(gamma)); -1 where the product is no column (not
+    requested). order_keys: _keys of the product's order (the top order by default)."""
     products = np.concatenate([np.repeat(alpha, len(gamma), axis=0), np.tile(gamma, (len(alpha), 1))], axis=1)
     keys = _keys(np.sort(products, axis=1))
-    position = np.searchsorted(_TOP_KEYS, keys)
-    columns = np.where(np.append(_TOP_KEYS, -1)[position] == keys, position, -1)
+    position = np.searchsorted(order_keys, keys)
+    columns = np.where(np.append(order_keys, -1)[position] == keys, position, -1)
     return columns.reshape(len(alpha), len(gamma))
 
 
@@ -638,13 +639,13 @@ def _series_by_points(params, x, tables, first_powers, fold, out):
     """_series at order 2, point by point: the values, sigma' and sigma''/2 layer by layer and
     the output lines g back, each a product over the batch, then _fused_order_two per point."""
     weights, biases = params[0::2], params[1::2]
-    z = x @ weights[0].T + biases[0]
+    z = _affine(x, weights[0], biases[0])
     slopes, curvatures = [], []
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _activation(z)  # as NumPy operations: small here, and no loop to compile (0.7 s)
         slopes.append(factors[0])
         curvatures.append(factors[1])
-        z = h @ W.T + b
+        z = _affine(h, W, b)
     out[:, :, 0] = z
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
     lines = [None] * len(slopes)
@@ -669,6 +670,11 @@ def _empty(like, shape):
 
 def _cat(arrays, axis):
     return np.concatenate(arrays, axis=axis)
+
+
+def _affine(h, W, b):
+    """h @ W.T + b."""
+    return h @ W.T + b
 
 
 def _add_product(out, a, b):
@@ -893,7 +899,7 @@ def _series(params, x, tables, first_powers, fold, out):
     u @ K.T is layer 1's top-order part, still to be added."""
     weights, biases = params[0::2], params[1::2]
     batch = x.shape[0]
-    z = x @ weights[0].T + biases[0]
+    z = _affine(x, weights[0], biases[0])
     Z, powers = first_powers[0], first_powers
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
@@ -905,7 +911,7 @@ def _series(params, x, tables, first_powers, fold, out):
             H = _through_activation(factors, powers, tables)
         vertices.append((factors, powers, Q))
         Z = _rows_times(H, W.T)
-        z = h @ W.T + b
+        z = _affine(h, W, b)
     out[:, :, 0] = z
     out[:, :, 1 : 1 + _LOW] = Z.swapaxes(0, 1).swapaxes(1, 2)  # (batch or 1, OUTPUTS, columns): assigning broadcasts
     return _top_order(vertices, weights, tables, batch, fold, out[:, :, 1 + _LOW :])
@@ -943,4 +949,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: a23936b93ef5ddf75f3c6bac1120ea5ccc34b6e966065442e12d2f3aa9b055d9
+# sha256 of all lines above: 1ce7b3a4ae7d3cfb2f81d23a35d68463337312932c52eebb01fe7be40e8c4679

@@ -157,13 +157,14 @@ def _keys(monomials):
 _TOP_KEYS = _keys(_monomial_array(ORDER)) if ORDER >= 2 else np.zeros(0, dtype=np.int64)
 
 
-def _product_columns(alpha, gamma):
-    """Top-order column (from _LOW) of the product of each row of alpha with each row of
-    gamma, (len(alpha), len(gamma)); -1 where the product is no column (not requested)."""
+def _product_columns(alpha, gamma, order_keys=_TOP_KEYS):
+    """Column, counted from the first of its order, of the product of each row of alpha with
+    each row of gamma, (len(alpha), len(gamma)); -1 where the product is no column (not
+    requested). order_keys: _keys of the product's order (the top order by default)."""
     products = np.concatenate([np.repeat(alpha, len(gamma), axis=0), np.tile(gamma, (len(alpha), 1))], axis=1)
     keys = _keys(np.sort(products, axis=1))
-    position = np.searchsorted(_TOP_KEYS, keys)
-    columns = np.where(np.append(_TOP_KEYS, -1)[position] == keys, position, -1)
+    position = np.searchsorted(order_keys, keys)
+    columns = np.where(np.append(order_keys, -1)[position] == keys, position, -1)
     return columns.reshape(len(alpha), len(gamma))
 
 
@@ -715,6 +716,11 @@ def _cat(arrays, axis):
     return np.concatenate(arrays, axis=axis)
 
 
+def _affine(h, W, b):
+    """h @ W.T + b."""
+    return h @ W.T + b
+
+
 def _add_product(out, a, b):
     """out + a * b, in place where out is given (a * b where it is None)."""
     if out is None:
@@ -948,7 +954,7 @@ def _series(params, x, tables, first_powers, fold, out):
     u @ K.T is layer 1's top-order part, still to be added."""
     weights, biases = params[0::2], params[1::2]
     batch = x.shape[0]
-    z = x @ weights[0].T + biases[0]
+    z = _affine(x, weights[0], biases[0])
     Z, powers = first_powers[0], first_powers
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
@@ -963,7 +969,7 @@ def _series(params, x, tables, first_powers, fold, out):
             H = _through_activation(factors, powers, tables)
         vertices.append((factors, powers, Q))
         Z = _rows_times(H, W.T)
-        z = h @ W.T + b
+        z = _affine(h, W, b)
     out[:, :, 0] = z
     out[:, :, 1 : 1 + _LOW] = Z.swapaxes(0, 1).swapaxes(1, 2)  # (batch or 1, OUTPUTS, columns): assigning broadcasts
     return _top_order(vertices, weights, tables, batch, fold, out[:, :, 1 + _LOW :])
@@ -1001,4 +1007,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 8aef715e5cc243444a501bf46f3fe31fd2680f4812f89d750fed7bafaea56540
+# sha256 of all lines above: f09216223bb4f972518872468a2a3512e48c223abd5994b32557085832926e31

@@ -152,13 +152,14 @@ def _keys(monomials):
 _TOP_KEYS = _keys(_monomial_array(ORDER)) if ORDER >= 2 else np.zeros(0, dtype=np.int64)
 
 
-def _product_columns(alpha, gamma):
-    """Top-order column (from _LOW) of the product of each row of alpha with each row of
-    gamma, (len(alpha), len(gamma)); -1 where the product is no column (not requested)."""
+def _product_columns(alpha, gamma, order_keys=_TOP_KEYS):
+    """Column, counted from the first of its order, of the product of each row of alpha with
+    each row of gamma, (len(alpha), len(gamma)); -1 where the product is no column (not
+    requested). order_keys: _keys of the product's order (the top order by default)."""
     products = np.concatenate([np.repeat(alpha, len(gamma), axis=0), np.tile(gamma, (len(alpha), 1))], axis=1)
     keys = _keys(np.sort(products, axis=1))
-    position = np.searchsorted(_TOP_KEYS, keys)
-    columns = np.where(np.append(_TOP_KEYS, -1)[position] == keys, position, -1)
+    position = np.searchsorted(order_keys, keys)
+    columns = np.where(np.append(order_keys, -1)[position] == keys, position, -1)
     return columns.reshape(len(alpha), len(gamma))
 
 
@@ -475,7 +476,22 @@ _ACCELERATOR_CHUNK = _chunk_size(2**22)  # a GPU wants large chunks (each launch
 _CONSTANTS_ON = {}  # (name, device, dtype) -> a constant as a tensor there: made once, not copied over each call
 
 
-_vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
+# sigma^(k)(z)/k! = sum_j c[k, j] u^j with u = sigma(z), for the non-zero weights (rows)
+_VERTEX_COEFFICIENTS = ((1.0, 0.0, -1.0, 0.0, 0.0), (0.0, -1.0, 0.0, 1.0, 0.0), (-0.3333333333333333, 0.0, 1.3333333333333333, 0.0, -1.0))
+_VERTEX_EXPONENTS = tuple((j,) for j in range(1, 5))
+
+
+def _vertex_weights(z):
+    """sigma(z) and the vertex weights sigma^(k)/k!: on a GPU as polynomials in u = sigma(z),
+    all at once (the powers of u in one kernel, their combinations in one matrix product,
+    where _activation takes a few kernels per weight); on a CPU as _activation."""
+    if not _scatters(z):
+        return _activation(z)
+    u = torch.tanh(z)
+    U = u[None] ** _constant("vertex exponents", _VERTEX_EXPONENTS, u)[..., None]  # (degree, batch, width)
+    C = _constant("vertex coefficients", _VERTEX_COEFFICIENTS, u)
+    F = torch.addmm(C[:, :1], C[:, 1:], U.reshape(U.shape[0], -1)).reshape((-1,) + u.shape)
+    return u, (F[0], F[1], F[2],)
 
 
 def _zeros(like, shape):
@@ -488,6 +504,11 @@ def _empty(like, shape):
 
 def _cat(tensors, dim):
     return torch.cat(tensors, dim)
+
+
+def _affine(h, W, b):
+    """h @ W.T + b, one kernel (addmm)."""
+    return torch.addmm(b, h, W.T)
 
 
 def _add_product(out, a, b):
@@ -558,13 +579,80 @@ def _tables_on(device):
     index = lambda seq: torch.tensor(seq, dtype=torch.long, device=device)  # noqa: E731
     tables = _build_tables(index)
     for k, table in tables["powers"].items():
-        table["pairs"] = tuple(index(column) for column in _POWER_TABLES[k][:3])
+        for name, one_point in (("classes", False), ("one point", True)):
+            table[name] = [(rows, columns, index(target)) for rows, columns, target in _power_classes(k, one_point)]
+    tables["top_rows"] = [slice(block["rows"].start, block["rows"].stop) for block in _TOP_BLOCKS]
     if _BY_EQUATION:
         tables["equation"] = [_equation_degree(m, index) for m in range(1, ORDER)]
         # per top-order block: the weight of Q's rows of order a, and those rows
         tables["equation_top"] = [(weight, slice(block["rows"].start, block["rows"].stop))
                                   for weight, block in zip(_EQUATION_TOP_WEIGHTS, _TOP_BLOCKS)]
     return tables
+
+
+# the k = 2 term's weight on Z's rows in R (_line_rows): 2 below half the order, 1 at it, 0 above
+_LINE_WEIGHTS = tuple(((2.0 if 2 * len(m) < ORDER else 1.0 if 2 * len(m) == ORDER else 0.0,),) for m in _SERIES[:_LOW])
+
+
+
+def _line_rows_pay():
+    """Whether _line_rows costs less than the blocks' terms one by one, counting passes over
+    one row of the series and a kernel launch as 16 of them (about so for 256 x 64 numbers
+    on an H100): R takes fewer launches but passes over every row for every k. It pays
+    where the terms are many and the rows few (measured: 1.24x at (2, 8); 0.96x at (8, 4)
+    and at order 2, d = 64)."""
+    launch = 16
+    by_terms = sum((2 if scale == 1.0 else 3) * launch + len(block["rows"])
+                   for block in _TOP_BLOCKS for _, scale in block["terms"])
+    orders = [k for k in range(3, ORDER + 1) if k in _VERTEX_ORDERS]
+    by_series = (3 + len(orders)) * launch + 3 * _LOW + sum(_LOW - _START[k - 1] for k in orders)
+    return by_series < by_terms
+
+
+_LINE_ROWS = _line_rows_pay()
+
+
+def _line_rows(factors, powers, g):
+    """Every top-order block's left factor at once, on a GPU (_scatters): g R with
+    R = sum_k c sigma^(k)/k! P_(k-1) over the series' low rows, block a reading R's rows of
+    order a (its terms, _top_blocks: c = 1, and for k = 2 c = 2, 1 or 0 by the order,
+    _LINE_WEIGHTS). A few kernels per layer instead of a few per block and term, where
+    that pays (_LINE_ROWS).
+    Returns (_LOW, batch, OUTPUTS, width)."""
+    Z = powers[0]
+    R = _zeros(Z, Z.shape) if factors[1] is None else (Z * _constant("line weights", _LINE_WEIGHTS, Z)).mul_(factors[1])
+    for k in range(3, ORDER + 1):
+        if factors[k - 1] is not None:
+            _add_scaled(R, _START[k - 1], factors[k - 1], powers[k - 2])
+    return g[None] * R[:, :, None, :]
+
+
+def _power_classes(k, one_point=False):
+    """P_k = P_(k-1) * Z for scatter-adds (_scatters): per order m of Z's columns (or, for
+    `one_point`, all orders in one), (rows of P_(k-1), columns of Z, target of each product
+    of one row with one column, row-major). The rows are every order of P_(k-1) whose product
+    with order m is still below ORDER, a run of rows as the columns are: the products form an
+    outer product of two slices, no gathers. A product that is no column of the series (not
+    requested, or, with `one_point`, of order ORDER or more) goes to row _LOW - _START[k],
+    which is dropped: at one point (layer 1) the waste costs less than a kernel launch."""
+    dropped = _LOW - _START[k]
+
+    def targets(a, m):  # of the rows of order a times the columns of order m
+        if a + m >= ORDER:
+            return np.full((_START[a + 1] - _START[a], _START[m + 1] - _START[m]), dropped)
+        position = _product_columns(_monomial_array(a), _monomial_array(m), _keys(_monomial_array(a + m)))
+        return np.where(position < 0, dropped, _START[a + m] + position - _START[k])
+
+    orders = range(1, ORDER - k + 1)
+    classes = []
+    for group in [orders] if one_point else [[m] for m in orders]:
+        row_orders = range(k - 1, ORDER - group[0])
+        rows = slice(0, _START[row_orders.stop] - _START[k - 1])
+        columns = slice(_START[group[0]], _START[group[-1] + 1])
+        if rows.stop > rows.start and columns.stop > columns.start:
+            grid = np.block([[targets(a, m) for m in group] for a in row_orders])
+            classes.append((rows, columns, grid.ravel().tolist()))
+    return classes
 
 
 def _equation_degree(m, index):
@@ -630,15 +718,14 @@ def _summed(terms, bucket):
 
 
 def _product(A, Z, table):
-    """Low-order part of the truncated product of two series, A * Z, by dense blocks (or, on a GPU, by one
-    scatter-add: a few kernels instead of a few per block)."""
+    """Low-order part of the truncated product of two series, A * Z, by dense blocks (or, on a GPU, by a
+    scatter-add per order of Z: a few kernels instead of a few per block)."""
     shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
-    if _scatters(Z):
-        left, right, target = table["pairs"]
-        out = _zeros(Z, shape).index_add(0, target, _gather(A, left) * _gather(Z, right), alpha=table["scale"])
-        if len(table["square_targets"]):
-            out = out.index_add(0, table["square_targets"], _gather(Z, table["square_columns"]) ** 2)
-        return out
+    if _scatters(Z):  # per order of Z's columns, an outer product of two slices, scattered (_power_classes)
+        out = _zeros(Z, (shape[0] + 1,) + shape[1:])  # the last row takes the products that are dropped
+        for rows, columns, target in table["classes" if shape[1] > 1 else "one point"]:
+            out.index_add_(0, target, (A[rows, None] * Z[columns][None]).reshape((-1,) + shape[1:]))
+        return out[:-1]
     out = _zeros(Z, shape)
     for bucket in table["buckets"]:
         terms = _summed(_gather(A, bucket["left"]) * _gather(Z, bucket["right"]), bucket)
@@ -697,6 +784,7 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     for layer in reversed(range(len(vertices))):
         factors, powers, Q = vertices[layer]
         blocks = tables["top"]
+        lines = _line_rows(factors, powers, g) if _LINE_ROWS and layer > 0 and Q is None and _scatters(powers[0]) else None
         for i, (terms, cols, pieces) in enumerate(blocks):
             if layer == 0:  # Z is first order there: only P_(ORDER-1) reaches order ORDER - 1
                 if i != _FIRST_LAYER_BLOCK or fold:
@@ -707,6 +795,8 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                 scale, rows = tables["equation_top"][i]
                 left = _add_scaled_rows(None, g, scale, None, Q[rows])
                 terms = ()
+            if lines is not None:  # on a GPU, all blocks' L at once
+                left, terms = lines[tables["top_rows"][i]], ()
             for k, scale, rows in terms:  # P_(k-1) at order a, times scale sigma^(k)/k! g
                 left = _add_scaled_rows(left, g, scale, factors[k - 1], powers[k - 2][rows])
             left = left.swapaxes(0, 1).swapaxes(1, 2)  # (batch, OUTPUTS, rows, width), a view
@@ -799,7 +889,7 @@ def _series(params, x, tables, first_powers, fold, out):
     u @ K.T is layer 1's top-order part, still to be added."""
     weights, biases = params[0::2], params[1::2]
     batch = x.shape[0]
-    z = x @ weights[0].T + biases[0]
+    z = _affine(x, weights[0], biases[0])
     Z, powers = first_powers[0], first_powers
     vertices = []
     for W, b in zip(weights[1:], biases[1:]):
@@ -814,7 +904,7 @@ def _series(params, x, tables, first_powers, fold, out):
             H = _through_activation(factors, powers, tables)
         vertices.append((factors, powers, Q))
         Z = _rows_times(H, W.T)
-        z = h @ W.T + b
+        z = _affine(h, W, b)
     out[:, :, 0] = z
     out[:, :, 1 : 1 + _LOW] = Z.swapaxes(0, 1).swapaxes(1, 2)  # (batch or 1, OUTPUTS, columns): assigning broadcasts
     return _top_order(vertices, weights, tables, batch, fold, out[:, :, 1 + _LOW :])
@@ -852,4 +942,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: ab08dcc55b48a72a7177659890bfd6ef762e694c31278b39ac8e38821802a392
+# sha256 of all lines above: 7c4e4a62847a85cc3049a6f46a47bcdfe2c114912cf96f6029b2d5630e2cdec3
