@@ -116,13 +116,14 @@ def test_subsets_of_multi_indices(subset, backend, kernel_dir):
 @pytest.mark.parametrize("activation,line_rows", [("tanh", True), ("tanh", False), ("gelu", True)])
 def test_torch_gpu_path_subsets_and_one_point(subset, activation, line_rows, kernel_dir, monkeypatch):
     """What a GPU runs, forced on the CPU, for subsets (products off the series are dropped),
-    at one point (every product then one outer product, _power_classes(k, one_point)), and
-    with the top order's left factors by block and term or from one series (_line_rows)."""
+    at one point (every product then one outer product, _power_classes(k, one_point)), with
+    layer 1 folded (K by one scatter-add), and with the top order's left factors by block
+    and term or from one series (_line_rows)."""
     arch, params, x = _case(12, activation, 5, d=3, hidden=3)
     mod = diagramc.compile(arch, 5, "torch", multi_indices=subset, out_dir=kernel_dir)
     monkeypatch.setattr(mod, "_scatters", lambda Z: True)
     monkeypatch.setattr(mod, "_LINE_ROWS", line_rows)
-    for points in (x[:1], x):
+    for points in (x[:1], x, torch.cat([x, 0.5 * x, -x])):  # 9 points: layer 1 folded into K
         _assert_matches(mod.derivatives(params, points), reference_derivatives(params, points, activation,
                                                                               mod.MULTI_INDICES))
 
