@@ -528,6 +528,11 @@ def _tables_on(device):
         for name, one_point in (("classes", False), ("one point", True)):
             table[name] = [(rows, columns, index(target)) for rows, columns, target in _power_classes(k, one_point)]
     tables["top_rows"] = [slice(block["rows"].start, block["rows"].stop) for block in _TOP_BLOCKS]
+    tables["top_scatter"] = _top_scatter(index)
+    if _FIRST_LAYER_BLOCK is not None:  # K's entries and their rows (_first_layer_matrix)
+        block = _TOP_BLOCKS[_FIRST_LAYER_BLOCK]
+        tables["first_layer_scatter"] = (index(block["full_entries"].tolist()),
+                                         index(_TOP_POSITION[block["full_targets"]].tolist()))
     return tables
 
 
@@ -566,6 +571,17 @@ def _line_rows(factors, powers, g):
         if factors[k - 1] is not None:
             _add_scaled(R, _START[k - 1], factors[k - 1], powers[k - 2])
     return g[None] * R[:, :, None, :]
+
+
+def _top_scatter(index):
+    """The top order's sums as one scatter-add, on a GPU: every Gram entry that adds to a
+    coefficient (target-major, an entry counted twice listed twice), and that coefficient's
+    position in _TOP_ORDER; _TOP_GROUPS's tables, flattened."""
+    lefts, targets = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for end, (count, group, left, _) in zip(_TOP_GROUP_ENDS, _TOP_GROUPS):
+        lefts.append(np.asarray(left, dtype=np.int64))
+        targets.append(np.repeat(np.arange(end - len(group), end), count))
+    return index(np.concatenate(lefts).tolist()), index(np.concatenate(targets).tolist())
 
 
 def _power_classes(k, one_point=False):
@@ -705,6 +721,10 @@ def _top_order(vertices, weights, tables, batch, fold, top):
         for (_, cols, pieces), block in zip(tables["top"], grams) for gram, (r0, r1, c0) in zip(block, pieces)
     ]
     entries = entries[0] if len(entries) == 1 else _cat(entries, -1) if entries else None
+    if entries is not None and _scatters(entries):  # on a GPU, one gather and one scatter-add for all
+        lefts, targets = tables["top_scatter"]
+        top.zero_().index_add_(-1, targets, entries.index_select(-1, lefts))
+        return u
     for group in tables["top_sums"]:  # term-major: term i of every target, then term i + 1
         terms = _take_last(entries, group["left"])
         terms = terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
@@ -744,6 +764,9 @@ def _first_layer_matrix(powers, tables):
     left = powers[k - 2][rows][:, 0]  # (rows, width)
     entries = (scale * left[:, None] * powers[0][cols][None, :, 0]).reshape(-1, left.shape[1])
     K = _zeros(entries, (len(_SERIES) - _LOW, entries.shape[1]))
+    if _scatters(entries):  # on a GPU, one gather and one scatter-add
+        lefts, targets = tables["first_layer_scatter"]
+        return K.index_add_(0, targets, entries.index_select(0, lefts))
     for bucket in tables["first_layer_sums"]:
         K[bucket["targets"]] = _summed(_gather(entries, bucket["left"]), bucket)
     return K
@@ -830,4 +853,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 0865aabbe9fae4583375bc59305ce661c7195cf53836a2d1f992cdf9a7835365
+# sha256 of all lines above: 35682f45f8924178db2db5dd6f5e10624d7bb4ef69af84531bc4d8cb64155288
