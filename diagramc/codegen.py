@@ -108,7 +108,8 @@ def _vertex_polynomials(act, order: int, code) -> dict | None:
         return None
     degree = max(len(c) for c in polynomials if c is not None) - 1
     return {
-        "aux_line": code.lines[0],
+        "aux_line": code.lines[0],  # the auxiliary first (printing.activation_code)
+        "aux_name": act.auxiliaries[0].symbol.name,
         "degree": degree,
         "coefficients": tuple(tuple(c) + (0.0,) * (degree + 1 - len(c)) for c in polynomials if c is not None),
         "names": _slot_names(polynomials, "F"),

@@ -537,8 +537,8 @@ def _tables_on(device):
 
 
 # the k = 2 term's weight on Z's rows in R (_line_rows): 2 below half the order, 1 at it, 0 above
-_LINE_WEIGHTS = tuple(((2.0 if 2 * len(m) < ORDER else 1.0 if 2 * len(m) == ORDER else 0.0,),) for m in _SERIES[:_LOW])
-
+_LINE_WEIGHTS = tuple(((2.0 if 2 * len(m) < ORDER else 1.0 if 2 * len(m) == ORDER else 0.0,),)
+                      for m in _SERIES[:_LOW])
 
 
 def _line_rows_pay():
@@ -853,4 +853,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 35682f45f8924178db2db5dd6f5e10624d7bb4ef69af84531bc4d8cb64155288
+# sha256 of all lines above: 0d02d812325ba07d0d00f100dfb19f7c0eefb62c101b0fe571f6d3ed0a02ce58

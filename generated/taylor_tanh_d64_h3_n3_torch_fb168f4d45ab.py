@@ -596,8 +596,8 @@ def _tables_on(device):
 
 
 # the k = 2 term's weight on Z's rows in R (_line_rows): 2 below half the order, 1 at it, 0 above
-_LINE_WEIGHTS = tuple(((2.0 if 2 * len(m) < ORDER else 1.0 if 2 * len(m) == ORDER else 0.0,),) for m in _SERIES[:_LOW])
-
+_LINE_WEIGHTS = tuple(((2.0 if 2 * len(m) < ORDER else 1.0 if 2 * len(m) == ORDER else 0.0,),)
+                      for m in _SERIES[:_LOW])
 
 
 def _line_rows_pay():
@@ -965,4 +965,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 54ec12d992571514ee2b909ed9196ecba0f1e4dee7cbeff7a12a241ff760d101
+# sha256 of all lines above: 7b9b8eadee0449135f7308d8e6c2ade97f69efabf8409e81b46115e1385c2b26

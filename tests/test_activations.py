@@ -90,3 +90,23 @@ def test_quadratic_equation_of_tanh_and_sigmoid_only():
     assert get_activation("sigmoid").quadratic_equation() == (0.0, 1.0, -1.0)
     for name in ("softplus", "sin", "gelu", "silu", "identity", "relu", "tanh(x)", "x*tanh(x)"):
         assert get_activation(name).quadratic_equation() is None
+
+
+@pytest.mark.parametrize("name", ["tanh", "sigmoid"])
+def test_vertex_polynomials_give_the_derivatives(name):
+    """sigma^(k)/k! as polynomials in sigma itself (the GPU's vertex weights) equal sympy's
+    plain derivatives of sigma in x, at points of both signs."""
+    act = get_activation(name)
+    polynomials = act.vertex_polynomials(7)
+    assert len(polynomials) == 7 and all(c is not None for c in polynomials)
+    for point in (-1.7, 0.3, 2.5):
+        u = float(act.expr.subs(x, point).evalf(30))
+        for k, coefficients in enumerate(polynomials, start=1):
+            want = float(sp.diff(act.expr, x, k).subs(x, point).evalf(30)) / math.factorial(k)
+            assert sum(c * u**j for j, c in enumerate(coefficients)) == pytest.approx(want, rel=1e-12, abs=1e-14)
+
+
+def test_vertex_polynomials_only_where_sigma_is_its_auxiliary():
+    assert get_activation("x + x**2/4").vertex_polynomials(3) is None
+    for name in ("softplus", "sin", "gelu", "silu", "identity", "relu", "x*tanh(x)"):
+        assert get_activation(name).vertex_polynomials(4) is None, name
