@@ -478,8 +478,8 @@ def test_cuda_graphed_needs_a_cuda_tensor(kernel_dir):
 @pytest.mark.parametrize("activation,order,d,hidden", [("tanh", 5, 3, 2), ("gelu", 6, 2, 3), (QUADRATIC, 4, 4, 2),
                                                         ("sigmoid", 7, 2, 2)])
 def test_torch_scatter_products_match(activation, order, d, hidden, kernel_dir, monkeypatch):
-    """What a GPU runs, forced on the CPU: the truncated products as one scatter-add each, and
-    tanh's and sigmoid's vertex weights as polynomials in the activation (one matrix product)."""
+    """What a GPU runs, forced on the CPU: tanh's and sigmoid's vertex weights as polynomials
+    in the activation (one matrix product), the top order's sums as one scatter-add."""
     arch, params, x = _case(50 + order, activation, order, d=d, hidden=hidden)
     mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
     def gradients():
