@@ -386,10 +386,9 @@ def _build_tables(index):
         "powers": {
             k: {
                 "size": max(_LOW - _START[k], 0),
-                "scale": 2.0 if k == 2 else 1.0,
-                "buckets": _buckets(index, left, right, target),
-                "square_columns": index([c for c, _ in squares]),
-                "square_targets": index([t for _, t in squares]),
+                # outer products of slices per order of Z (_power_classes): at many points, at one
+                **{name: [(rows, columns, index(target)) for rows, columns, target in _power_classes(k, one_point)]
+                   for name, one_point in (("classes", False), ("one point", True))},
             }
             for k, (left, right, target, squares) in _POWER_TABLES.items()
         },
@@ -520,13 +519,10 @@ def _prepare(params, x):
 
 
 def _tables_on(device):
-    """The index tables as tensors on device, with each product's pairs (left, right, target)
-    for its one scatter-add (_scatters)."""
+    """The index tables as tensors on device, with the GPU's: each top-order block's rows, and
+    the top order's and K's sums as one scatter-add each (_scatters)."""
     index = lambda seq: torch.tensor(seq, dtype=torch.long, device=device)  # noqa: E731
     tables = _build_tables(index)
-    for k, table in tables["powers"].items():
-        for name, one_point in (("classes", False), ("one point", True)):
-            table[name] = [(rows, columns, index(target)) for rows, columns, target in _power_classes(k, one_point)]
     tables["top_rows"] = [slice(block["rows"].start, block["rows"].stop) for block in _TOP_BLOCKS]
     tables["top_scatter"] = _top_scatter(index)
     if _FIRST_LAYER_BLOCK is not None:  # K's entries and their rows (_first_layer_matrix)
@@ -847,4 +843,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: de488004fccabbb39314f2c68321590bdf14b191745925fdaf3a7a8d33f2d6ba
+# sha256 of all lines above: b02657dbfa629609ae18807cc9b8b327d635af5610007e973bfb302037baabb7

@@ -440,10 +440,9 @@ def _build_tables(index):
         "powers": {
             k: {
                 "size": max(_LOW - _START[k], 0),
-                "scale": 2.0 if k == 2 else 1.0,
-                "buckets": _buckets(index, left, right, target),
-                "square_columns": index([c for c, _ in squares]),
-                "square_targets": index([t for _, t in squares]),
+                # outer products of slices per order of Z (_power_classes): at many points, at one
+                **{name: [(rows, columns, index(target)) for rows, columns, target in _power_classes(k, one_point)]
+                   for name, one_point in (("classes", False), ("one point", True))},
             }
             for k, (left, right, target, squares) in _POWER_TABLES.items()
         },
@@ -574,13 +573,10 @@ def _prepare(params, x):
 
 
 def _tables_on(device):
-    """The index tables as tensors on device, with each product's pairs (left, right, target)
-    for its one scatter-add (_scatters)."""
+    """The index tables as tensors on device, with the GPU's: each top-order block's rows, and
+    the top order's and K's sums as one scatter-add each (_scatters)."""
     index = lambda seq: torch.tensor(seq, dtype=torch.long, device=device)  # noqa: E731
     tables = _build_tables(index)
-    for k, table in tables["powers"].items():
-        for name, one_point in (("classes", False), ("one point", True)):
-            table[name] = [(rows, columns, index(target)) for rows, columns, target in _power_classes(k, one_point)]
     tables["top_rows"] = [slice(block["rows"].start, block["rows"].stop) for block in _TOP_BLOCKS]
     tables["top_scatter"] = _top_scatter(index)
     if _FIRST_LAYER_BLOCK is not None:  # K's entries and their rows (_first_layer_matrix)
@@ -590,8 +586,7 @@ def _tables_on(device):
     if _BY_EQUATION:
         tables["equation"] = [_equation_degree(m, index) for m in range(1, ORDER)]
         # per top-order block: the weight of Q's rows of order a, and those rows
-        tables["equation_top"] = [(weight, slice(block["rows"].start, block["rows"].stop))
-                                  for weight, block in zip(_EQUATION_TOP_WEIGHTS, _TOP_BLOCKS)]
+        tables["equation_top"] = list(zip(_EQUATION_TOP_WEIGHTS, tables["top_rows"]))
     return tables
 
 
@@ -959,4 +954,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: c2c3f68205ac75d049e84dd42e4655bf56074e9abaef443d582d8998ed1c8ace
+# sha256 of all lines above: d924f2522c287545023b8b9df6999e5aac9a3f0200f32a0406fb0c7ecaa836da
