@@ -563,7 +563,8 @@ if _FUSED:
             widest = max(widest, slopes[l].shape[1])
         Z = np.empty(columns * widest, dtype=J.dtype)  # Z, H and L: reshaped to each layer's width
         H, L = np.empty_like(Z), np.empty_like(Z)
-        gram, ints = np.empty((outputs, size), dtype=J.dtype), np.empty(8, dtype=np.int32)
+        # zeros: with layer 1 folded and no hidden layer after it, no layer writes a Gram matrix
+        gram, ints = np.zeros((outputs, size), dtype=J.dtype), np.empty(8, dtype=np.int32)
         one, zero = np.ones(1, dtype=J.dtype), np.zeros(1, dtype=J.dtype)
         for b in range(top.shape[0]):
             Zl = J
@@ -949,4 +950,4 @@ def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     coefficients = taylor_coefficients(params, x)
     return coefficients * _factorials(coefficients)
-# sha256 of all lines above: 1ce7b3a4ae7d3cfb2f81d23a35d68463337312932c52eebb01fe7be40e8c4679
+# sha256 of all lines above: 143cdfda04c4d7cc2b2f44d4ca26b5db42f4ab6b332dd03f9fcbfaca2f152be3

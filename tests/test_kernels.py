@@ -302,6 +302,23 @@ def test_equation_loops_over_tiles_and_onto_the_top_order(batch, kernel_dir, mon
 HAS_SCIPY = importlib.util.find_spec("scipy") is not None
 
 
+@pytest.mark.parametrize("activation", ["tanh", "silu"])
+def test_order_two_one_hidden_layer_folded(activation, kernel_dir):
+    """One hidden layer with layer 1 folded (9 points): no layer after it makes a Gram matrix
+    in _fused_order_two, whose sum must then be zero, not whatever memory it was given (a
+    NaN here once; the heap is filled with NaN before each call to show it)."""
+    sizes = (2, 3, 2)
+    params = random_params(sizes, torch.Generator().manual_seed(7))
+    mod = diagramc.compile(diagramc.Architecture(sizes, activation), 2, "numpy", multi_indices=[(0, 0), (2, 0), (1, 1)],
+                           out_dir=kernel_dir)
+    x = torch.randn(9, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 1.5
+    want = reference_derivatives(params, x, activation, mod.MULTI_INDICES)
+    for _ in range(3):
+        dirty = [np.full(n, np.nan) for n in (4, 8, 16, 32, 64, 256)]
+        del dirty
+        _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()), want)
+
+
 @pytest.mark.parametrize("seed,activation", [(0, "tanh"), (1, "gelu"), (2, "x*tanh(x)"), (3, "relu"), (4, QUADRATIC)])
 def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, monkeypatch):
     """At order 2 the NumPy kernel goes point by point where numba can call SciPy's BLAS
