@@ -533,16 +533,16 @@ if _FUSED:
         return M.strides[0] // M.itemsize if M.shape[0] > 1 else max(M.shape[1], 1)
 
     @numba.njit
-    def _gemm(A, B, C, transpose_a, beta, ints, one):
-        """C = A @ B + beta C, or A.T @ B where transpose_a, by BLAS's gemm (SciPy's, called
-        directly: numba's np.dot would take seconds more to compile): float64 or float32 matrices
-        with rows of unit stride, seen by Fortran as their transposes, C.T = B.T @ A.T (the
-        layouts OpenBLAS runs fastest: A @ B.T measured 1.6x slower at 64 x 64). beta: [0] or [1]
-        and one: [1], in the matrices' dtype (arrays, not flags: one compiled version serves every
-        call); ints: scratch."""
+    def _gemm(A, B, C, transpose_a, transpose_b, beta, ints, one):
+        """C = op(A) @ op(B) + beta C, op(M) = M.T where its flag says so, by BLAS's gemm (SciPy's,
+        called directly: numba's np.dot would take seconds more to compile): float64 or float32
+        matrices with rows of unit stride, seen by Fortran as their transposes, C.T = op(B).T @
+        op(A).T. The Gram and layer products use A @ B and A.T @ B, the layouts OpenBLAS runs
+        fastest (A @ B.T measured 1.6x slower at 64 x 64). beta: [0] or [1] and one: [1], in the
+        matrices' dtype (arrays, not flags: one compiled version serves every call); ints: scratch."""
         ints[0], ints[1], ints[2] = C.shape[1], C.shape[0], A.shape[0] if transpose_a else A.shape[1]
         ints[3], ints[4], ints[5] = _row_stride(B), _row_stride(A), _row_stride(C)
-        ints[6], ints[7] = 78, 84 if transpose_a else 78  # 'N', 'T' or 'N'
+        ints[6], ints[7] = 84 if transpose_b else 78, 84 if transpose_a else 78  # 'T' or 'N'
         args = (ints[6:].ctypes, ints[7:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes, one.ctypes,
                 B.ctypes, ints[3:].ctypes, A.ctypes, ints[4:].ctypes, beta.ctypes, C.ctypes, ints[5:].ctypes)
         if C.itemsize == 8:
@@ -551,60 +551,119 @@ if _FUSED:
             _SGEMM(*args)
 
     @numba.njit
-    def _fused_order_two(J, weights, slopes, lines, first, low, top, pieces, size, starts, entries, weight):
-        """Order 2, point by point, in cache. Layer by layer the first-order series, kept
-        transposed as Z (width x columns), goes on as Z <- W (sigma' Z), one BLAS product; at each
-        layer from 2 on (from 1 unless folded) its Gram matrix L^T Z with L = g sigma''/2 Z, a BLAS
-        product per piece on and above the diagonal, adds to the point's; which is then summed
-        onto top (_fused_sum_entries). J: layer 1's Z (width x columns); weights: the W from layer 2 on; slopes, lines:
-        sigma' (batch, width) and g sigma''/2 (batch, OUTPUTS, width) per hidden layer; low, top:
-        the first orders (batch, OUTPUTS, columns) and the top order (in _TOP_ORDER)."""
-        columns, outputs, l0 = J.shape[1], top.shape[1], 0 if first else 1  # l0: the first layer with a Gram
-        widest = outputs
-        for l in range(len(slopes)):
-            widest = max(widest, slopes[l].shape[1])
+    def _fused_vertices(x, weights, biases, value, slopes, lines):
+        """The point-independent part of order 2 for a batch, without NumPy's per-operation
+        cost (most of a one-point call): layer by layer z = h W^T + b (one BLAS product) and
+        sigma'(z) (_fused_activation) into slopes (hidden layers, batch, widest), the output
+        value into value (batch, OUTPUTS); then the output lines g = df/dh back from the top,
+        each a BLAS product, as g sigma''/2 into lines (hidden layers, batch, OUTPUTS, widest).
+        A layer's entries are the first `width` of the last axis. (Arrays, not lists of them:
+        numba compiles lists of arrays several times slower.)"""
+        batch, outputs = x.shape[0], value.shape[1]
+        ints, one, zero = np.empty(8, dtype=np.int32), np.ones(1, dtype=x.dtype), np.zeros(1, dtype=x.dtype)
+        curvatures = np.empty_like(slopes)
+        h = x
+        for l in range(len(weights)):
+            width = weights[l].shape[0]
+            z = np.empty((batch, width), dtype=x.dtype)
+            for b in range(batch):
+                for j in range(width):
+                    z[b, j] = biases[l][j]
+            _gemm(h, weights[l], z, False, True, one, ints, one)  # z = h W^T + b
+            if l == len(weights) - 1:
+                for b in range(batch):
+                    for o in range(outputs):
+                        value[b, o] = z[b, o]
+                break
+            h, factors = np.empty_like(z), np.empty((2,) + z.shape, dtype=z.dtype)
+            _fused_activation(z, h, factors)
+            for b in range(batch):
+                for j in range(width):
+                    slopes[l, b, j] = factors[0, b, j]
+                    curvatures[l, b, j] = factors[1, b, j]
+        g = np.empty((batch * outputs, weights[-1].shape[1]), dtype=x.dtype)  # df/dh at the last hidden layer
+        for r in range(g.shape[0]):
+            for j in range(g.shape[1]):
+                g[r, j] = weights[-1][r % outputs, j]
+        for l in range(len(weights) - 2, -1, -1):
+            t = np.empty_like(g)
+            for r in range(g.shape[0]):
+                b, o = r // outputs, r % outputs
+                for j in range(g.shape[1]):
+                    lines[l, b, o, j] = g[r, j] * curvatures[l, b, j]
+                    t[r, j] = g[r, j] * slopes[l, b, j]
+            if l > 0:  # g <- (g sigma') W, one layer down
+                g = np.empty((batch * outputs, weights[l].shape[1]), dtype=x.dtype)
+                _gemm(t, weights[l], g, False, False, zero, ints, one)
+
+    @numba.njit
+    def _fused_order_two(x, weights, biases, J, first, KT, out, pieces, size, starts, entries, weight):
+        """Order 2 for a batch, point by point in cache, after _fused_vertices. Layer by layer the
+        first-order series, kept transposed as Z (width x columns), goes on as Z <- W (sigma' Z),
+        one BLAS product; at each layer from 2 on (from 1 unless folded: not first) its Gram
+        matrix L^T Z with L = g sigma''/2 Z, a BLAS product per piece on and above the diagonal,
+        adds to the point's; which is then summed onto the top order (_fused_sum_entries). Where
+        layer 1 is folded, its part is first written for the whole batch as one BLAS product,
+        (g sigma''/2 at layer 1) K^T, KT: K^T with the top order's columns in the series' order
+        (else empty). J: layer 1's Z (width x columns); out: (batch, OUTPUTS, 1 + len(_SERIES)),
+        whole (its slices' layouts would vary with the batch, each a compilation), written in
+        the series' order: the value, the first orders and the top order."""
+        columns, outputs, l0 = J.shape[1], out.shape[1], 0 if first else 1  # l0: the first layer with a Gram
+        low, top, widest = out[:, :, 1 : 1 + columns], out[:, :, 1 + columns :], outputs
+        for l in range(len(weights)):
+            widest = max(widest, weights[l].shape[0])
+        slopes = np.empty((len(weights) - 1, x.shape[0], widest), dtype=x.dtype)
+        lines = np.empty((len(weights) - 1, x.shape[0], outputs, widest), dtype=x.dtype)
+        _fused_vertices(x, weights, biases, out[:, :, 0], slopes, lines)
+        ints, one, zero = np.empty(8, dtype=np.int32), np.ones(1, dtype=J.dtype), np.zeros(1, dtype=J.dtype)
+        if not first:
+            for o in range(outputs):
+                _gemm(lines[0, :, o, : weights[0].shape[0]], KT, top[:, o], False, False, zero, ints, one)
         Z = np.empty(widest * columns, dtype=J.dtype)  # Z, H and L: reshaped to each layer's width
         H, L = np.empty_like(Z), np.empty_like(Z)
         # zeros: with layer 1 folded and no hidden layer after it, no layer writes a Gram matrix
-        gram, ints = np.zeros((outputs, size), dtype=J.dtype), np.empty(8, dtype=np.int32)
-        one, zero = np.ones(1, dtype=J.dtype), np.zeros(1, dtype=J.dtype)
+        gram = np.zeros((outputs, size), dtype=J.dtype)
         for b in range(top.shape[0]):
             Zl = J
             for l in range(len(slopes)):  # (explicit loops: array assignments compile slowly)
-                slope, width = slopes[l][b], slopes[l].shape[1]
+                slope, width = slopes[l, b], weights[l].shape[0]
                 Hl, Ll = H[: width * columns].reshape((width, columns)), L[: width * columns].reshape((width, columns))
                 for j in range(width):
                     for c in range(columns):
                         Hl[j, c] = slope[j] * Zl[j, c]
                 for o in range(outputs if l >= l0 else 0):
-                    line = lines[l][b, o]
+                    line = lines[l, b, o]
                     for j in range(width):
                         for c in range(columns):
                             Ll[j, c] = line[j] * Zl[j, c]
                     for p in range(pieces.shape[0]):
                         r0, r1, c0, at = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
                         piece = gram[o, at : at + (r1 - r0) * (columns - c0)].reshape((r1 - r0, columns - c0))
-                        _gemm(Ll[:, r0:r1], Zl[:, c0:], piece, True, one if l > l0 else zero, ints, one)  # summed over layers
-                Zl = Z[: weights[l].shape[0] * columns].reshape((-1, columns))
-                _gemm(weights[l], Hl, Zl, False, zero, ints, one)
+                        _gemm(Ll[:, r0:r1], Zl[:, c0:], piece, True, False, one if l > l0 else zero, ints, one)  # summed over layers
+                Zl = Z[: weights[l + 1].shape[0] * columns].reshape((-1, columns))
+                _gemm(weights[l + 1], Hl, Zl, False, False, zero, ints, one)
             for o in range(outputs):
                 for c in range(columns):
                     low[b, o, c] = Zl[o, c]
-                _fused_sum_entries(top[b, o], gram[o], starts, entries, weight, False)
+                _fused_sum_entries(top[b, o], gram[o], starts, entries, weight, not first)
 
     def _order_two_table():
         """_fused_order_two's tables: the Gram block's pieces (first row, end row, first column,
-        first entry), its entries' count, and per top-order coefficient (in _TOP_ORDER) its
-        entries, weighted by the term's scale, once each (an entry _top_sums lists twice, above
-        the diagonal, weighted twice: half the gathers)."""
+        first entry), its entries' count, and per top-order coefficient (in the series' order)
+        its entries, weighted by the term's scale, once each (an entry _top_sums lists twice,
+        above the diagonal, weighted twice: half the gathers)."""
         block = _TOP_BLOCKS[0]
         pieces = [piece + (start,) for piece, start in zip(block["pieces"], block["piece_starts"])]
         entries, first, times = np.unique(block["entries"], return_index=True, return_counts=True)
-        targets = _TOP_POSITION[block["targets"][first]]  # an entry adds to one target
+        targets = block["targets"][first]  # an entry adds to one target
         starts, entries, _, weights = _by_target(targets, entries, entries, block["terms"][-1][1] * times, len(_TOP_ORDER))
         return np.asarray(pieces, dtype=np.int64).reshape(-1, 4), block["size"], starts, entries, weights
 
     _TABLES["order_two"] = _order_two_table() if len(_TOP_BLOCKS) == 1 else None
+    # The requested multi-indices' columns in [value, series...] as _fused_order_two writes it;
+    # None where they are all, in order (then the output is that array itself, not a copy).
+    _SERIES_OUTPUTS = np.array([1 + _COLUMN[m] if m else 0 for m in _REQUESTED], dtype=np.int64)
+    _TABLES["series_outputs"] = None if np.array_equal(_SERIES_OUTPUTS, np.arange(1 + len(_SERIES))) else _SERIES_OUTPUTS
 
     for _k, _table in _TABLES["powers"].items():
         _table["fused"] = _fused_table(_k, _table["scale"])
@@ -638,29 +697,27 @@ def _by_points(x):
     return _BY_POINTS and _fuses(x)
 
 
-def _series_by_points(params, x, tables, first_powers, fold, out):
-    """_series at order 2, point by point: the values, sigma' and sigma''/2 layer by layer and
-    the output lines g back, each a product over the batch, then _fused_order_two per point."""
-    weights, biases = params[0::2], params[1::2]
-    z = _affine(x, weights[0], biases[0])
-    slopes, curvatures = [], []
-    for W, b in zip(weights[1:], biases[1:]):
-        h, factors = _activation(z)  # as NumPy operations: small here, and no loop to compile (0.7 s)
-        slopes.append(factors[0])
-        curvatures.append(factors[1])
-        z = _affine(h, W, b)
-    out[:, :, 0] = z
-    g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
-    lines = [None] * len(slopes)
-    for layer in reversed(range(len(slopes))):
-        lines[layer] = g * curvatures[layer][:, None, :]
-        if layer > 0:
-            g = _line_back(g, slopes[layer], weights[layer])
+_KEPT_FOLD_MATRIX = [None]  # [(K, K^T in the series' order)] for the K _first_layer_for keeps
+
+
+def _fold_matrix(K):
+    """K^T (width x top order) with its columns in the series' order, contiguous, as
+    _fused_order_two multiplies by it: made once per K (kept while W1 is unchanged)."""
+    kept = _KEPT_FOLD_MATRIX[0]
+    if kept is None or kept[0] is not K:
+        kept = (K, np.ascontiguousarray(K[_TOP_POSITION].T))
+        _KEPT_FOLD_MATRIX[0] = kept  # one assignment: never half-updated
+    return kept[1]
+
+
+def _series_by_points(params, x, tables, first_powers, K, out):
+    """Order 2 for the whole batch in one fused call (_fused_order_two; the layers' values,
+    sigma', sigma''/2 and output lines made in it too, by _fused_vertices), layer 1's block
+    folded into K unless K is None; out in the series' order, the top order included."""
     C = np.ascontiguousarray  # numba takes C-ordered arrays (one compiled loop); mostly they are already
-    _fused_order_two(C(first_powers[0][:, 0].T), tuple(map(C, weights[1:])), tuple(map(C, slopes)),
-                     tuple(map(C, lines)), not fold, out[:, :, 1 : 1 + _LOW], out[:, :, 1 + _LOW :],
-                     *tables["order_two"])
-    return lines[0] if fold else None  # u = g sigma''/2 at layer 1, as _top_order's
+    KT = _empty(x, (0, 0)) if K is None else _fold_matrix(K)
+    _fused_order_two(C(x), tuple(map(C, params[0::2])), tuple(map(C, params[1::2])), C(first_powers[0][:, 0].T),
+                     K is None, KT, out, *tables["order_two"])
 
 
 def _zeros(like, shape):
@@ -692,9 +749,15 @@ def _chunk(x):
     return _CHUNK
 
 
-def _factorials(like):
-    """alpha! in like's dtype."""
-    return _FACTORIALS.astype(like.dtype, copy=False)
+_SCALED_COLUMNS = np.flatnonzero(_FACTORIALS != 1.0)  # the multi-indices whose alpha! is not 1
+
+
+def _times_factorials(coefficients):
+    """coefficients * alpha!, in place (taylor_coefficients' array is always new): only the
+    columns whose alpha! is not 1 (at order 2 the d squares of 2211 columns: 20x less work
+    than multiplying all, which took 8% of a call at d = 64, batch 256)."""
+    coefficients[..., _SCALED_COLUMNS] *= _FACTORIALS[_SCALED_COLUMNS].astype(coefficients.dtype, copy=False)
+    return coefficients
 
 
 def _gather(a, index):
@@ -940,8 +1003,11 @@ def taylor_coefficients(params, x):
     fold = _folds(params, tables, x.shape[0])
     first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
-    series, chunk = (_series_by_points, x.shape[0]) if _by_points(x) else (_series, _chunk(x))
-    u = [series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
+    if _by_points(x):  # order 2 in one fused call, layer 1's fold included; out in the series' order
+        _series_by_points(params, x, tables, first_powers, K if fold else None, out)
+        return out if tables["series_outputs"] is None else _take_last(out, tables["series_outputs"])
+    chunk = _chunk(x)
+    u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
@@ -950,6 +1016,5 @@ def taylor_coefficients(params, x):
 
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
-    coefficients = taylor_coefficients(params, x)
-    return coefficients * _factorials(coefficients)
-# sha256 of all lines above: c1d60026c56336b8486310dc8e6fa5110b5f4c2520ee19cc6972afdc2bee52d0
+    return _times_factorials(taylor_coefficients(params, x))
+# sha256 of all lines above: 688602545b7a945ee78e8c5600b064a155e395d0016e4bf84219c165a3e3ec9d

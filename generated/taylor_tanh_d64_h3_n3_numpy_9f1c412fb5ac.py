@@ -733,9 +733,15 @@ def _chunk(x):
     return _CHUNK
 
 
-def _factorials(like):
-    """alpha! in like's dtype."""
-    return _FACTORIALS.astype(like.dtype, copy=False)
+_SCALED_COLUMNS = np.flatnonzero(_FACTORIALS != 1.0)  # the multi-indices whose alpha! is not 1
+
+
+def _times_factorials(coefficients):
+    """coefficients * alpha!, in place (taylor_coefficients' array is always new): only the
+    columns whose alpha! is not 1 (at order 2 the d squares of 2211 columns: 20x less work
+    than multiplying all, which took 8% of a call at d = 64, batch 256)."""
+    coefficients[..., _SCALED_COLUMNS] *= _FACTORIALS[_SCALED_COLUMNS].astype(coefficients.dtype, copy=False)
+    return coefficients
 
 
 def _gather(a, index):
@@ -995,8 +1001,8 @@ def taylor_coefficients(params, x):
     fold = _folds(params, tables, x.shape[0])
     first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
-    series, chunk = _series, _chunk(x)
-    u = [series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
+    chunk = _chunk(x)
+    u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
@@ -1005,6 +1011,5 @@ def taylor_coefficients(params, x):
 
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
-    coefficients = taylor_coefficients(params, x)
-    return coefficients * _factorials(coefficients)
-# sha256 of all lines above: f09216223bb4f972518872468a2a3512e48c223abd5994b32557085832926e31
+    return _times_factorials(taylor_coefficients(params, x))
+# sha256 of all lines above: 6d969f5ae5a6b35e9c01ce8f8e7fdcc7348a1fb859e023670dd8cfc746190a2c

@@ -530,9 +530,9 @@ def _constant(name, values, like):
     return _CONSTANTS_ON[key]
 
 
-def _factorials(like):
-    """alpha! in like's dtype on like's device."""
-    return _constant("factorials", _FACTORIALS, like)
+def _times_factorials(coefficients):
+    """coefficients * alpha! (a new tensor: autograd may hold the coefficients)."""
+    return coefficients * _constant("factorials", _FACTORIALS, coefficients)
 
 
 def _gather(a, index):
@@ -942,8 +942,8 @@ def taylor_coefficients(params, x):
     fold = _folds(params, tables, x.shape[0])
     first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
-    series, chunk = _series, _chunk(x)
-    u = [series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
+    chunk = _chunk(x)
+    u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
@@ -952,6 +952,5 @@ def taylor_coefficients(params, x):
 
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
-    coefficients = taylor_coefficients(params, x)
-    return coefficients * _factorials(coefficients)
-# sha256 of all lines above: d924f2522c287545023b8b9df6999e5aac9a3f0200f32a0406fb0c7ecaa836da
+    return _times_factorials(taylor_coefficients(params, x))
+# sha256 of all lines above: 66e6a2ae840d52857d0c2a057e0306096035cb17121e00ac13c87c3fac9d4c7f

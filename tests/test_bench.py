@@ -64,9 +64,22 @@ def test_bench_smoke(tmp_path):
 
 def test_interleaved_rounds_rotate_the_order():
     seen = []
-    times = bench._interleaved({name: (lambda name=name: seen.append(name)) for name in "abc"}, 4)
+    times, first = bench._interleaved({name: (lambda name=name: seen.append(name)) for name in "abc"}, 4, {})
     assert seen == list("abc" "bca" "cab" "abc")
-    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4} == {n: len(t) for n, t in first.items()}
+
+
+def test_interleaved_bursts_count_their_median(monkeypatch):
+    """A method runs its burst in its turn; the round counts the burst's median, and its first
+    call apart: here b's calls take 0, 0.3, 0.1 s (a fake clock) per burst: median 0.1, first 0."""
+    clock = iter(np.cumsum([0.0] + [0.0, 0.0, 0.3, 0.0, 0.1, 0.0] * 2))  # call, gap, call, gap, ...
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+    times, first = bench._interleaved({"b": lambda: None}, 2, {"b": 3})
+    monkeypatch.undo()
+    assert times["b"] == pytest.approx([0.1, 0.1]) and first["b"] == pytest.approx([0.0, 0.0])
+    settings = bench.Settings.make(True)
+    assert bench._burst(1e-4, settings) == settings.max_burst and bench._burst(1.0, settings) == 1
+    assert bench._burst(settings.burst_s / 4, settings) == 4
 
 
 @pytest.mark.skipif(not HAS_JAX, reason="JAX not installed")
