@@ -551,15 +551,15 @@ if _FUSED:
             _SGEMM(*args)
 
     @numba.njit
-    def _fused_vertices(x, weights, biases, value, slopes, lines):
+    def _fused_vertices(x, weights, biases, out, slopes, lines):
         """The point-independent part of order 2 for a batch, without NumPy's per-operation
         cost (most of a one-point call): layer by layer z = h W^T + b (one BLAS product) and
         sigma'(z) (_fused_activation) into slopes (hidden layers, batch, widest), the output
-        value into value (batch, OUTPUTS); then the output lines g = df/dh back from the top,
+        value into out[:, :, 0] (out whole, as _fused_order_two takes it); then the output lines g = df/dh back from the top,
         each a BLAS product, as g sigma''/2 into lines (hidden layers, batch, OUTPUTS, widest).
         A layer's entries are the first `width` of the last axis. (Arrays, not lists of them:
         numba compiles lists of arrays several times slower.)"""
-        batch, outputs = x.shape[0], value.shape[1]
+        batch, outputs, value = x.shape[0], out.shape[1], out[:, :, 0]
         ints, one, zero = np.empty(8, dtype=np.int32), np.ones(1, dtype=x.dtype), np.zeros(1, dtype=x.dtype)
         curvatures = np.empty_like(slopes)
         h = x
@@ -597,8 +597,9 @@ if _FUSED:
                 _gemm(t, weights[l], g, False, False, zero, ints, one)
 
     @numba.njit
-    def _fused_order_two(x, weights, biases, J, first, KT, out, pieces, size, starts, entries, weight):
-        """Order 2 for a batch, point by point in cache, after _fused_vertices. Layer by layer the
+    def _fused_order_two(J, first, KT, slopes, lines, weights, out, pieces, size, starts, entries, weight):
+        """Order 2 for a batch, point by point in cache, after _fused_vertices (called apart: one
+        function of both took 0.55 s longer to compile). Layer by layer the
         first-order series, kept transposed as Z (width x columns), goes on as Z <- W (sigma' Z),
         one BLAS product; at each layer from 2 on (from 1 unless folded: not first) its Gram
         matrix L^T Z with L = g sigma''/2 Z, a BLAS product per piece on and above the diagonal,
@@ -609,12 +610,7 @@ if _FUSED:
         whole (its slices' layouts would vary with the batch, each a compilation), written in
         the series' order: the value, the first orders and the top order."""
         columns, outputs, l0 = J.shape[1], out.shape[1], 0 if first else 1  # l0: the first layer with a Gram
-        low, top, widest = out[:, :, 1 : 1 + columns], out[:, :, 1 + columns :], outputs
-        for l in range(len(weights)):
-            widest = max(widest, weights[l].shape[0])
-        slopes = np.empty((len(weights) - 1, x.shape[0], widest), dtype=x.dtype)
-        lines = np.empty((len(weights) - 1, x.shape[0], outputs, widest), dtype=x.dtype)
-        _fused_vertices(x, weights, biases, out[:, :, 0], slopes, lines)
+        low, top, widest = out[:, :, 1 : 1 + columns], out[:, :, 1 + columns :], slopes.shape[2]
         ints, one, zero = np.empty(8, dtype=np.int32), np.ones(1, dtype=J.dtype), np.zeros(1, dtype=J.dtype)
         if not first:
             for o in range(outputs):
@@ -715,9 +711,13 @@ def _series_by_points(params, x, tables, first_powers, K, out):
     sigma', sigma''/2 and output lines made in it too, by _fused_vertices), layer 1's block
     folded into K unless K is None; out in the series' order, the top order included."""
     C = np.ascontiguousarray  # numba takes C-ordered arrays (one compiled loop); mostly they are already
+    weights, biases = tuple(map(C, params[0::2])), tuple(map(C, params[1::2]))
+    widest = max([OUTPUTS] + [W.shape[0] for W in weights])
+    slopes = _empty(x, (len(weights) - 1, x.shape[0], widest))  # layer l's sigma' in slopes[l, :, :width]
+    lines = _empty(x, (len(weights) - 1, x.shape[0], OUTPUTS, widest))
+    _fused_vertices(C(x), weights, biases, out, slopes, lines)
     KT = _empty(x, (0, 0)) if K is None else _fold_matrix(K)
-    _fused_order_two(C(x), tuple(map(C, params[0::2])), tuple(map(C, params[1::2])), C(first_powers[0][:, 0].T),
-                     K is None, KT, out, *tables["order_two"])
+    _fused_order_two(C(first_powers[0][:, 0].T), K is None, KT, slopes, lines, weights, out, *tables["order_two"])
 
 
 def _zeros(like, shape):
@@ -1017,4 +1017,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 688602545b7a945ee78e8c5600b064a155e395d0016e4bf84219c165a3e3ec9d
+# sha256 of all lines above: 2254a2d453445512665ee315752d89103f456d4f2811cce67bba6338cbbb410a
