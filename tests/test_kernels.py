@@ -405,13 +405,14 @@ def test_numpy_dtypes_without_fused_loops(dtype, rtol, kernel_dir):
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=rtol, atol=rtol * np.abs(want).max())
 
 
-def test_layer_one_is_kept_only_while_w1_is_unchanged(kernel_dir):
+@pytest.mark.parametrize("order", [4, 2])
+def test_layer_one_is_kept_only_while_w1_is_unchanged(order, kernel_dir):
     """NumPy keeps layer 1's powers and K between calls while W1 is equal entry by entry (K
     made at the first call that folds): a W1 changed in place, or the same values in another
-    dtype, get their own."""
-    arch, params, _ = _case(41, "tanh", 4, d=3, hidden=3)
+    dtype, get their own. At order 2 (point by point) K^T in the series' order follows K."""
+    arch, params, _ = _case(41, "tanh", order, d=3, hidden=3)
     x = torch.randn(9, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    mod = diagramc.compile(arch, 4, "numpy", out_dir=kernel_dir)
+    mod = diagramc.compile(arch, order, "numpy", out_dir=kernel_dir)
     p = [q.numpy().copy() for q in params]
     mod._KEPT_FIRST_LAYER[0] = None  # as after import (another test may have called this module)
     _assert_matches(mod.derivatives(p, x.numpy()[:2]), reference_derivatives(params, x[:2], "tanh", mod.MULTI_INDICES))
@@ -429,6 +430,8 @@ def test_layer_one_is_kept_only_while_w1_is_unchanged(kernel_dir):
     single = mod.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))
     assert single.dtype == np.float32 and mod._KEPT_FIRST_LAYER[0][2].dtype == np.float32
     _assert_matches(single.astype(np.float64), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES), 1e-4)
+    if getattr(mod, "_BY_POINTS", False):
+        assert mod._KEPT_FOLD_MATRIX[0][0] is mod._KEPT_FIRST_LAYER[0][2]
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
