@@ -92,8 +92,9 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         # the series through tanh or sigmoid by its own equation (NumPy: numba's loops; torch: a CPU),
         # from order 3 (at order 2 the series is first order: the equation has nothing to carry)
         equation=act.quadratic_equation() if spec.order >= 3 else None,
-        # order 2 point by point in one numba loop calling BLAS (NumPy)
-        by_points=spec.backend == "numpy" and spec.order == 2 and 2 in vertex_orders,
+        # order 2 by each point's Jacobians and Gram matrices: NumPy point by point in one numba
+        # loop calling BLAS, torch as batched matrix products
+        by_points=spec.order == 2 and 2 in vertex_orders,
         # torch on a GPU: every vertex weight as a polynomial in the auxiliary u, one matrix product
         vertex_polynomials=_vertex_polynomials(act, spec.order, code) if spec.backend == "torch" else None,
         **({} if scalar is None else _stacked_weights(scalar.factors)),

@@ -272,6 +272,11 @@ _TOP_POSITION = np.argsort(_TOP_ORDER)  # _TOP_ORDER[_TOP_POSITION[t]] = t
 _OUTPUT_COLUMNS = np.concatenate([[0], 1 + np.arange(_LOW), 1 + _LOW + _TOP_POSITION])[
     [1 + _COLUMN[m] if m else 0 for m in _REQUESTED]
 ]
+# The same columns in [value, series...] as the order-2 path (_series_by_points) writes it, the
+# top order in the series' own order; None where they are all, in order (the output is then
+# that array itself, not a gathered copy).
+_SERIES_OUTPUTS = np.array([1 + _COLUMN[m] if m else 0 for m in _REQUESTED], dtype=np.int64)
+_SERIES_OUTPUTS = None if np.array_equal(_SERIES_OUTPUTS, np.arange(1 + len(_SERIES))) else _SERIES_OUTPUTS
 
 
 def _powers_work():
@@ -416,6 +421,7 @@ def _build_tables(index):
         "first_order_columns": _run_or_index(index, _FIRST_ORDER_COLUMNS),
         "first_order_variables": _run_or_index(index, _FIRST_ORDER_VARIABLES),
         "outputs": index(_OUTPUT_COLUMNS),
+        "series_outputs": None if _SERIES_OUTPUTS is None else index(_SERIES_OUTPUTS),
     }
 
 
@@ -656,10 +662,6 @@ if _FUSED:
         return np.asarray(pieces, dtype=np.int64).reshape(-1, 4), block["size"], starts, entries, weights
 
     _TABLES["order_two"] = _order_two_table() if len(_TOP_BLOCKS) == 1 else None
-    # The requested multi-indices' columns in [value, series...] as _fused_order_two writes it;
-    # None where they are all, in order (then the output is that array itself, not a copy).
-    _SERIES_OUTPUTS = np.array([1 + _COLUMN[m] if m else 0 for m in _REQUESTED], dtype=np.int64)
-    _TABLES["series_outputs"] = None if np.array_equal(_SERIES_OUTPUTS, np.arange(1 + len(_SERIES))) else _SERIES_OUTPUTS
 
     for _k, _table in _TABLES["powers"].items():
         _table["fused"] = _fused_table(_k, _table["scale"])
@@ -1017,4 +1019,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 2254a2d453445512665ee315752d89103f456d4f2811cce67bba6338cbbb410a
+# sha256 of all lines above: b157eef3de21f206defd1f12d8004424637debd48b20d1f7d7b17fc80e8b689c
