@@ -119,10 +119,12 @@ def _vertex_polynomials(act, order: int, code) -> dict | None:
 
 def _stacked_weights(factors) -> dict:
     """How the fused activation loop stacks the non-zero vertex weights in one array:
-    (slot, expression) per non-zero weight, and the names it returns ("weights[slot]",
-    or "None" where a weight vanishes)."""
+    (slot, expression) per non-zero weight, the names it returns ("weights[slot]", or
+    "None" where a weight vanishes), and per weight its slot (None where it vanishes)."""
     nonzero = [f for f in factors if f is not None]
-    return {"fused_weights": tuple(enumerate(nonzero)), "fused_weight_names": _slot_names(factors, "weights")}
+    slots = iter(range(len(nonzero)))
+    return {"fused_weights": tuple(enumerate(nonzero)), "fused_weight_names": _slot_names(factors, "weights"),
+            "fused_weight_slots": tuple(None if f is None else next(slots) for f in factors)}
 
 
 def _slot_names(items, array: str) -> tuple[str, ...]:
