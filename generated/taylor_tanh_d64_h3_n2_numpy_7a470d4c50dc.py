@@ -19,7 +19,6 @@ activation multiplies out powers of the series (truncated products, driven by in
 tables built once at import) weighted by the vertex functions sigma^(k)(z)/k!; passing
 it through a Linear layer is one matrix product over all coefficients at once.
 """
-import ctypes
 import itertools
 import math
 
@@ -27,6 +26,9 @@ import numpy as np
 
 try:  # optional (pip install diagramc[fast]): fused loops for the products of series
     import numba
+    import llvmlite.ir  # numba's own dependency: the code of the calls into SciPy's BLAS (_call_blas)
+    import numba.core.cgutils
+    import numba.extending
 except Exception:  # not installed, or not built for this NumPy: the kernel's NumPy operations serve
     numba = None
 _FUSED = numba is not None
@@ -456,10 +458,36 @@ def _fused_table(k, scale):
 if _FUSED:
     # A truncated product as NumPy operations makes several passes over memory per multiply-add
     # (gather, gather, multiply, sum, store); these loops make one, and keep each target's row in
-    # cache. They compile at the first call in each process (about a second), not from a disk
-    # cache: numba's would tie them to the name this file was imported under.
+    # cache. They compile at the first call in a process (1-5 s) and are kept in numba's cache on
+    # disk (__pycache__ beside this file, or numba's per-user folder where this one is read-only),
+    # so a later process loads them instead (0.4 s at order 5, against 3.1 s compiled).
 
-    @numba.njit
+    def _jit(cache=True, **options):
+        """numba.njit with numba's disk cache where it has a folder to write to (else compiled in
+        each process); a cache it cannot read or write is passed over: the loop is compiled."""
+        def decorate(function):
+            try:
+                loop = numba.njit(cache=cache, **options)(function)
+            except RuntimeError:  # numba found no folder it may write to
+                return numba.njit(**options)(function)
+            store = getattr(loop, "_cache", None)
+            if hasattr(store, "load_overload") and hasattr(store, "save_overload"):
+                store.load_overload = _passed_over(store.load_overload)
+                store.save_overload = _passed_over(store.save_overload)
+            return loop
+        return decorate
+
+    def _passed_over(method):
+        """method, with an error (an unreadable cache file, a full disk) turned into None:
+        nothing loaded (the loop is compiled) or nothing saved (it stays compiled)."""
+        def guarded(*args):
+            try:
+                return method(*args)
+            except Exception:
+                return None
+        return guarded
+
+    @_jit()
     def _fused_product(A, Z, starts, left, right, weight, out):
         """out[t] = sum over t's rows q of weight[q] * A[left[q]] * Z[right[q]] (batch axes 1 or out's)."""
         for t in range(len(starts) - 1):
@@ -473,7 +501,7 @@ if _FUSED:
                         out[t, b, j] += w * a[ab, j] * z[zb, j]
         return out
 
-    @numba.njit
+    @_jit()
     def _fused_add_scaled(H, start, f, P):
         """H[start + c] += f * P[c] (P's batch axis 1 or H's)."""
         for c in range(P.shape[0]):
@@ -482,7 +510,7 @@ if _FUSED:
                 for j in range(H.shape[2]):
                     H[start + c, b, j] += f[b, j] * P[c, pb, j]
 
-    @numba.njit
+    @_jit()
     def _fused_scaled_rows(out, g, scale, f, P, accumulate):
         """out[r, b, o] (+)= scale f[b] g[b, o] P[r, b] over the width (g's and P's batch axes 1 or out's)."""
         t = np.empty(out.shape[3], dtype=out.dtype)
@@ -500,7 +528,7 @@ if _FUSED:
                         for j in range(row.shape[0]):
                             row[j] = t[j] * p[j]
 
-    @numba.njit(error_model="numpy")  # x/0 gives inf or nan, as NumPy's operations do
+    @_jit(error_model="numpy")  # x/0 gives inf or nan, as NumPy's operations do
     def _fused_activation(zs, value, weights):
         """sigma and the non-zero vertex weights sigma^(k)/k! of every entry of zs, in one pass."""
         for i in range(zs.shape[0]):
@@ -512,7 +540,7 @@ if _FUSED:
                 weights[0, i, j] = -t0
                 weights[1, i, j] = t0*u
 
-    @numba.njit
+    @_jit()
     def _fused_sum_entries(top, gram, starts, entries, weight, accumulate):
         """top[t] (+)= sum over t's entries q of weight[q] gram[entries[q]], for one point and output."""
         for t in range(top.shape[0]):
@@ -522,24 +550,37 @@ if _FUSED:
             top[t] = top[t] + total if accumulate else total
 
     def _blas(name):
-        """SciPy's BLAS routine `name` (its 13 arguments by reference) as a function numba calls,
-        or None without SciPy."""
+        """The address of SciPy's BLAS routine `name` (its 13 arguments by reference) in this
+        process, or None without SciPy."""
         try:
             from numba.extending import get_cython_function_address
-            address = get_cython_function_address("scipy.linalg.cython_blas", name)
+            return get_cython_function_address("scipy.linalg.cython_blas", name)
         except Exception:
             return None
-        return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(address)
 
     _DGEMM, _SGEMM = _blas("dgemm"), _blas("sgemm")
 
-    @numba.njit
+    @numba.extending.intrinsic
+    def _call_blas(typingctx, address, pointers):
+        """Calls the BLAS routine at `address` with `pointers`, its arguments' addresses, all
+        integers. An address passed in at run time, not a ctypes function read from a global,
+        which numba would compile in as this process's address: so the loops that call BLAS can
+        be kept in numba's disk cache like the others, and no call pays for a ctypes argument."""
+        def codegen(context, builder, signature, args):
+            pointer = llvmlite.ir.IntType(8).as_pointer()
+            routine = llvmlite.ir.FunctionType(llvmlite.ir.VoidType(), [pointer] * len(pointers))
+            arguments = [builder.inttoptr(a, pointer) for a in numba.core.cgutils.unpack_tuple(builder, args[1])]
+            builder.call(builder.inttoptr(args[0], routine.as_pointer()), arguments)
+            return context.get_dummy_value()
+        return numba.types.void(address, pointers), codegen
+
+    @_jit()
     def _row_stride(M):
         """M's row stride in items (BLAS's leading dimension): a lone row's may be anything, so its length."""
         return M.strides[0] // M.itemsize if M.shape[0] > 1 else max(M.shape[1], 1)
 
-    @numba.njit
-    def _gemm(A, B, C, transpose_a, transpose_b, beta, ints, one):
+    @_jit()
+    def _gemm(blas, A, B, C, transpose_a, transpose_b, beta, ints, one):
         """C = op(A) @ op(B) + beta C, op(M) = M.T where its flag says so, by BLAS's gemm (SciPy's,
         called directly: numba's np.dot would take seconds more to compile): float64 or float32
         matrices with rows of unit stride, seen by Fortran as their transposes, C.T = op(B).T @
@@ -549,15 +590,12 @@ if _FUSED:
         ints[0], ints[1], ints[2] = C.shape[1], C.shape[0], A.shape[0] if transpose_a else A.shape[1]
         ints[3], ints[4], ints[5] = _row_stride(B), _row_stride(A), _row_stride(C)
         ints[6], ints[7] = 84 if transpose_b else 78, 84 if transpose_a else 78  # 'T' or 'N'
-        args = (ints[6:].ctypes, ints[7:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes, one.ctypes,
-                B.ctypes, ints[3:].ctypes, A.ctypes, ints[4:].ctypes, beta.ctypes, C.ctypes, ints[5:].ctypes)
-        if C.itemsize == 8:
-            _DGEMM(*args)
-        else:
-            _SGEMM(*args)
+        _call_blas(blas, (ints[6:].ctypes.data, ints[7:].ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
+                          ints[2:].ctypes.data, one.ctypes.data, B.ctypes.data, ints[3:].ctypes.data, A.ctypes.data,
+                          ints[4:].ctypes.data, beta.ctypes.data, C.ctypes.data, ints[5:].ctypes.data))
 
-    @numba.njit
-    def _fused_vertices(x, weights, biases, out, slopes, lines):
+    @_jit()
+    def _fused_vertices(blas, x, weights, biases, out, slopes, lines):
         """The point-independent part of order 2 for a batch, without NumPy's per-operation
         cost (most of a one-point call): layer by layer z = h W^T + b (one BLAS product) and
         sigma'(z) (_fused_activation) into slopes (hidden layers, batch, widest), the output
@@ -575,7 +613,7 @@ if _FUSED:
             for b in range(batch):
                 for j in range(width):
                     z[b, j] = biases[l][j]
-            _gemm(h, weights[l], z, False, True, one, ints, one)  # z = h W^T + b
+            _gemm(blas, h, weights[l], z, False, True, one, ints, one)  # z = h W^T + b
             if l == len(weights) - 1:
                 for b in range(batch):
                     for o in range(outputs):
@@ -600,10 +638,10 @@ if _FUSED:
                     t[r, j] = g[r, j] * slopes[l, b, j]
             if l > 0:  # g <- (g sigma') W, one layer down
                 g = np.empty((batch * outputs, weights[l].shape[1]), dtype=x.dtype)
-                _gemm(t, weights[l], g, False, False, zero, ints, one)
+                _gemm(blas, t, weights[l], g, False, False, zero, ints, one)
 
-    @numba.njit
-    def _fused_order_two(J, first, KT, slopes, lines, weights, out, pieces, size, starts, entries, weight):
+    @_jit()
+    def _fused_order_two(blas, J, first, KT, slopes, lines, weights, out, pieces, size, starts, entries, weight):
         """Order 2 for a batch, point by point in cache, after _fused_vertices (called apart: one
         function of both took 0.55 s longer to compile). Layer by layer the
         first-order series, kept transposed as Z (width x columns), goes on as Z <- W (sigma' Z),
@@ -620,7 +658,7 @@ if _FUSED:
         ints, one, zero = np.empty(8, dtype=np.int32), np.ones(1, dtype=J.dtype), np.zeros(1, dtype=J.dtype)
         if not first:
             for o in range(outputs):
-                _gemm(lines[0, :, o, : weights[0].shape[0]], KT, top[:, o], False, False, zero, ints, one)
+                _gemm(blas, lines[0, :, o, : weights[0].shape[0]], KT, top[:, o], False, False, zero, ints, one)
         Z = np.empty(widest * columns, dtype=J.dtype)  # Z, H and L: reshaped to each layer's width
         H, L = np.empty_like(Z), np.empty_like(Z)
         # zeros: with layer 1 folded and no hidden layer after it, no layer writes a Gram matrix
@@ -641,9 +679,9 @@ if _FUSED:
                     for p in range(pieces.shape[0]):
                         r0, r1, c0, at = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3]
                         piece = gram[o, at : at + (r1 - r0) * (columns - c0)].reshape((r1 - r0, columns - c0))
-                        _gemm(Ll[:, r0:r1], Zl[:, c0:], piece, True, False, one if l > l0 else zero, ints, one)  # summed over layers
+                        _gemm(blas, Ll[:, r0:r1], Zl[:, c0:], piece, True, False, one if l > l0 else zero, ints, one)  # summed over layers
                 Zl = Z[: weights[l + 1].shape[0] * columns].reshape((-1, columns))
-                _gemm(weights[l + 1], Hl, Zl, False, False, zero, ints, one)
+                _gemm(blas, weights[l + 1], Hl, Zl, False, False, zero, ints, one)
             for o in range(outputs):
                 for c in range(columns):
                     low[b, o, c] = Zl[o, c]
@@ -717,9 +755,10 @@ def _series_by_points(params, x, tables, first_powers, K, out):
     widest = max([OUTPUTS] + [W.shape[0] for W in weights])
     slopes = _empty(x, (len(weights) - 1, x.shape[0], widest))  # layer l's sigma' in slopes[l, :, :width]
     lines = _empty(x, (len(weights) - 1, x.shape[0], OUTPUTS, widest))
-    _fused_vertices(C(x), weights, biases, out, slopes, lines)
+    blas = _DGEMM if x.dtype.itemsize == 8 else _SGEMM
+    _fused_vertices(blas, C(x), weights, biases, out, slopes, lines)
     KT = _empty(x, (0, 0)) if K is None else _fold_matrix(K)
-    _fused_order_two(C(first_powers[0][:, 0].T), K is None, KT, slopes, lines, weights, out, *tables["order_two"])
+    _fused_order_two(blas, C(first_powers[0][:, 0].T), K is None, KT, slopes, lines, weights, out, *tables["order_two"])
 
 
 def _zeros(like, shape):
@@ -1019,4 +1058,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: b157eef3de21f206defd1f12d8004424637debd48b20d1f7d7b17fc80e8b689c
+# sha256 of all lines above: 0b4dc3ede76571d4c8391aac8598adb05a2301aa8d909fddfee906b7adac3169

@@ -1,4 +1,6 @@
 """The cache loses nothing and trusts nothing stale; generated code is deterministic."""
+import importlib.util
+import json
 import subprocess
 from pathlib import Path
 import sys
@@ -133,3 +135,49 @@ def test_empty_batch(backend, tmp_path):
     if backend == "torch":
         params, x = [torch.tensor(p) for p in params], torch.tensor(x)
     assert tuple(mod.derivatives(params, x).shape) == (0, 1, len(mod.MULTI_INDICES))
+
+
+_CACHED_CALL = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from diagramc.cache import import_path
+mod = import_path(Path(sys.argv[1]))
+rng = np.random.default_rng(7)
+sizes = (2, 5, 4, 3, 1)
+params = []
+for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    params += [rng.uniform(-1, 1, (n_out, n_in)), rng.uniform(-1, 1, n_out)]
+out = mod.derivatives(params, rng.uniform(-1, 1, (int(sys.argv[2]), 2)))
+loops = [v for v in vars(mod).values() if hasattr(v, "stats") and hasattr(v, "py_func")]
+count = lambda name: sum(sum(getattr(v.stats, name).values()) for v in loops)
+print(json.dumps({"hits": count("cache_hits"), "misses": count("cache_misses"), "out": out.tolist()}))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
+@pytest.mark.parametrize("order,batch,spoil", [(2, 12, False), (4, 9, True)])  # order 2: the loops that call BLAS
+def test_numba_loops_kept_on_disk(order, batch, spoil, tmp_path):
+    """A NumPy kernel's numba loops compile in the first process and load from numba's disk
+    cache (__pycache__ beside the module) in the next, with the same results; a cache whose
+    files are garbage is passed over (compiled again), never an error."""
+    mod = diagramc.compile(diagramc.Architecture((2, 5, 4, 3, 1), "tanh"), order, "numpy", out_dir=tmp_path)
+
+    def run():
+        done = subprocess.run([sys.executable, "-c", _CACHED_CALL, mod.__file__, str(batch)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    first, second = run(), run()
+    assert first["misses"] > 0 and first["hits"] == 0
+    assert second["hits"] > 0 and second["misses"] == 0
+    assert second["out"] == first["out"]
+    kept = list((tmp_path / "__pycache__").glob("*.nb*"))
+    assert kept
+    if not spoil:
+        return
+    for path in kept:
+        path.write_bytes(b"not a cache file")
+    third = run()
+    assert third["hits"] == 0 and third["out"] == first["out"]
