@@ -30,6 +30,9 @@ def test_bench_smoke(tmp_path):
         assert methods[name]["status"] == "ok", methods[name]
         assert methods[name]["median_s"] > 0
     assert methods["diagramc_numpy"]["fused_loops"] == (importlib.util.find_spec("numba") is not None)
+    later = methods["diagramc_numpy"]["cold_compile"]["later_process"]  # the kernel again, in a fresh process
+    assert later["compile_s"] > 0 and later["first_call_s"] > 0
+    assert "in a later process" in bench.format_table(report)
     assert not methods["diagramc_torch"]["fused_loops"]
     for name in ("diagramc_torch", "diagramc_numpy"):
         assert methods[name]["compile_s"] > 0
