@@ -458,32 +458,28 @@ def _fused_table(k, scale):
 if _FUSED:
     # A truncated product as NumPy operations makes several passes over memory per multiply-add
     # (gather, gather, multiply, sum, store); these loops make one, and keep each target's row in
-    # cache. They compile at the first call in a process (1-5 s) and are kept in numba's cache on
-    # disk (__pycache__ beside this file, or numba's per-user folder where this one is read-only),
-    # so a later process loads them instead (0.4 s at order 5, against 3.1 s compiled).
+    # cache. Compiled at a first call (1-8 s), they stay in numba's disk cache (__pycache__ here,
+    # else numba's per-user folder): a later process loads them (0.4-1 s).
 
-    def _jit(cache=True, **options):
-        """numba.njit with numba's disk cache where it has a folder to write to (else compiled in
-        each process); a cache it cannot read or write is passed over: the loop is compiled."""
+    def _jit(**options):
+        """numba.njit, cached on disk where numba has a folder to write to; a cache that fails
+        to load or save is passed over (the loop is compiled, the call goes on)."""
         def decorate(function):
             try:
-                loop = numba.njit(cache=cache, **options)(function)
-            except RuntimeError:  # numba found no folder it may write to
+                loop = numba.njit(cache=True, **options)(function)
+            except RuntimeError:  # no folder to write to
                 return numba.njit(**options)(function)
             store = getattr(loop, "_cache", None)
             if hasattr(store, "load_overload") and hasattr(store, "save_overload"):
-                store.load_overload = _passed_over(store.load_overload)
-                store.save_overload = _passed_over(store.save_overload)
+                store.load_overload, store.save_overload = map(_passed_over, (store.load_overload, store.save_overload))
             return loop
         return decorate
 
     def _passed_over(method):
-        """method, with an error (an unreadable cache file, a full disk) turned into None:
-        nothing loaded (the loop is compiled) or nothing saved (it stays compiled)."""
         def guarded(*args):
             try:
                 return method(*args)
-            except Exception:
+            except Exception:  # an unreadable cache file, a full disk
                 return None
         return guarded
 
@@ -1058,4 +1054,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 0b4dc3ede76571d4c8391aac8598adb05a2301aa8d909fddfee906b7adac3169
+# sha256 of all lines above: 13198a33392f55787065fc5179388673fbe8f3579d77be000873fcbdc4238199
