@@ -455,29 +455,28 @@ def _later_process_start(cell: Cell, folder: str) -> dict | None:
         "t2 = time.perf_counter()\n"
         "print('LATER ' + json.dumps({'compile_s': t1 - t0, 'first_call_s': t2 - t1, 'total_s': t2 - t0}))\n"
     )
+    return _fresh_process_report(code, "LATER ", timeout=600)[0]
+
+
+def _fresh_process_report(code: str, tag: str, timeout: float) -> tuple[dict | None, str]:
+    """Runs `code` in a fresh Python process that imports this checkout's diagramc: the JSON it
+    printed after `tag` (None if it printed none) and the end of its stderr."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     for line in proc.stdout.splitlines():
-        if line.startswith("LATER "):
-            return json.loads(line[6:])
-    return None
+        if line.startswith(tag):
+            return json.loads(line[len(tag):]), proc.stderr[-2000:]
+    return None, proc.stderr[-2000:]
 
 
 def _cold_compile_timed(cell: Cell, backend: str, device: str, settings: Settings) -> dict:
     if not settings.cold_compile_subprocess:
         return {**_cold_compile(cell, backend, device), "cold_in": "this process (sympy caches may be warm)"}
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, "-c", _cold_compile_code(cell, backend, device)],
-        capture_output=True, text=True, env=env, timeout=1800,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("COLD "):
-            return {**json.loads(line[5:]), "cold_in": "a fresh process"}
-    raise RuntimeError(f"cold compile of {cell.label} ({backend}) failed:\n{proc.stderr[-2000:]}")
+    report, errors = _fresh_process_report(_cold_compile_code(cell, backend, device), "COLD ", timeout=1800)
+    if report is None:
+        raise RuntimeError(f"cold compile of {cell.label} ({backend}) failed:\n{errors}")
+    return {**report, "cold_in": "a fresh process"}
 
 
 def _our_inputs(cell: Cell, backend: str, device: str):
