@@ -471,7 +471,7 @@ def _gram_sums():
     return (r * _LOW + c)[wanted], np.where(c > r, 2.0, 1.0)[wanted] * _TOP_BLOCKS[0]["terms"][-1][1], grid[wanted]
 
 
-def _series_by_points(params, x, tables, first_powers, K, out):
+def _series_by_points(params, x, tables, K, out):
     """Order 2, written into out in the series' order: per point the first-order series,
     transposed as J (width x columns), goes on layer by layer as J <- W (sigma' J), and at
     each layer from 2 on (from 1 where K is None) its Gram matrix (g sigma''/2 J)^T J adds to
@@ -480,7 +480,7 @@ def _series_by_points(params, x, tables, first_powers, K, out):
     layer over a chunk of points (autograd goes through them all), where the general path
     takes truncated products and gathers for what is here a matrix's upper triangle."""
     weights, biases = params[0::2], params[1::2]
-    first = first_powers[0][:, 0].T  # layer 1's J, W1's columns: the same for every point
+    first = weights[0][:, tables["first_order_variables"]]  # layer 1's J, W1's columns: the same for every point
     KT = None if K is None else K.index_select(0, tables["top_position"]).T  # top order in the series' order
     entries, entry_weights, targets = tables["gram_sums"]
     entry_weights = entry_weights.to(x.dtype)
@@ -910,11 +910,11 @@ def taylor_coefficients(params, x):
     if x.shape[0] == 0:
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
     fold = _folds(params, tables, x.shape[0])
-    first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
     if _by_points(x):  # order 2 in one fused call, layer 1's fold included; out in the series' order
-        _series_by_points(params, x, tables, first_powers, K if fold else None, out)
+        _series_by_points(params, x, tables, _first_layer_for(params, tables, True)[1] if fold else None, out)
         return out if tables["series_outputs"] is None else _take_last(out, tables["series_outputs"])
+    first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     chunk = _chunk(x)
     u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
@@ -926,4 +926,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 307a2f241eefc8fd88f9589853f17fd1d3e90fdcf14447aaa456fcef7febac97
+# sha256 of all lines above: 7648d14e45f25e0b0fdb68897ab278dff9b7c92903f492b5f5d4645cfea7471d

@@ -1021,8 +1021,8 @@ def taylor_coefficients(params, x):
     if x.shape[0] == 0:
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
     fold = _folds(params, tables, x.shape[0])
-    first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
+    first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     chunk = _chunk(x)
     u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
@@ -1034,4 +1034,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 947da85f4b7172f6499f21b5bb8b3e81d34e8f8337a7c999c0e8982e0cceb32a
+# sha256 of all lines above: 02dc51c9eb1874435665867e97659d9f02d37b883c944e0436a6e6da90d7add0

@@ -940,8 +940,8 @@ def taylor_coefficients(params, x):
     if x.shape[0] == 0:
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
     fold = _folds(params, tables, x.shape[0])
-    first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
+    first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     chunk = _chunk(x)
     u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
@@ -953,4 +953,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 66e6a2ae840d52857d0c2a057e0306096035cb17121e00ac13c87c3fac9d4c7f
+# sha256 of all lines above: 4faa74cdd2d07856be31d6f2ce4fb0cfb3424c5bc5b723ea397f512813356bf6

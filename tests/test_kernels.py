@@ -335,7 +335,7 @@ def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, m
     calls = []
     if expected:
         loop = mod._fused_order_two
-        monkeypatch.setattr(mod, "_fused_order_two", lambda *args: calls.append(args[2]) or loop(*args))  # (blas, J, first, ...)
+        monkeypatch.setattr(mod, "_fused_order_two", lambda *args: calls.append(args[3]) or loop(*args))  # (blas, syrk, J, first, ...)
     p = [q.numpy() for q in params]
     for batch in (1, 5, 11):
         x = torch.randn(batch, d, generator=torch.Generator().manual_seed(batch), dtype=torch.float64) * 1.5
