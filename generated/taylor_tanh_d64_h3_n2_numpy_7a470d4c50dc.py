@@ -759,6 +759,7 @@ def _vertex_weights(z):
 # all columns.
 _BY_POINTS = (_FUSED and None not in (_DGEMM, _SGEMM, _DSYRK, _SSYRK) and _TABLES["order_two"] is not None
               and _TOP_BLOCKS[0]["rows"] == _TOP_BLOCKS[0]["cols"] == range(_LOW))
+_MULTIPLY_ADDS_BY_STRIPS = MULTIPLY_ADDS  # the chunked path's (and torch's): the Gram matrix in strips
 if _BY_POINTS:  # the Gram matrix by _syrk: its triangle, _LOW (_LOW + 1) / 2 entries, not the strips'
     _SYRK_SAVES = OUTPUTS * (_TOP_BLOCKS[0]["size"] - _LOW * (_LOW + 1) // 2) * sum(LAYER_SIZES[2:-1])
     MULTIPLY_ADDS = {**MULTIPLY_ADDS, "gemm": MULTIPLY_ADDS["gemm"] - _SYRK_SAVES, "total": MULTIPLY_ADDS["total"] - _SYRK_SAVES}
@@ -1097,4 +1098,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 1eb478fbcb1cdde04edda312ba2a07a9857af5d891239f3ddb24e4dc7771be76
+# sha256 of all lines above: d145439bc17252a2f0e915e3df59aecc44f5b6fd9871166a6950b1ce35556e3d
