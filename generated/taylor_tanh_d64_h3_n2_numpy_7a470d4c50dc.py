@@ -253,6 +253,17 @@ _FIRST_LAYER_BLOCK = next((i for i, block in enumerate(_TOP_BLOCKS) if block["fi
 _FOLD_FROM_BATCH = 8
 
 
+def _gram_sums():
+    """(entries, weights, targets): the Gram matrix's entries on and above its diagonal that
+    add to the top order, flat in the _LOW x _LOW matrix, weighted twice above the diagonal
+    (the entry below stands for itself), and the top-order coefficient, in the series' order,
+    each adds to (one entry per coefficient: x_r x_c is made by one pair r <= c)."""
+    grid = _product_columns(_monomial_array(1), _monomial_array(1))
+    r, c = np.indices(grid.shape)
+    wanted = (grid >= 0) & (c >= r)
+    return (r * _LOW + c)[wanted], np.where(c > r, 2.0, 1.0)[wanted] * _TOP_BLOCKS[0]["terms"][-1][1], grid[wanted]
+
+
 def _top_sums():
     """All blocks' Gram entries, laid end to end, summed onto the top-order coefficients
     in groups (_group_by_count). The top order is kept in the order the groups make it
@@ -715,22 +726,13 @@ if _FUSED:
                 _fused_sum_entries(top[b, o], gram.ravel(), starts, entries, weight, not first)
 
     def _order_two_table():
-        """_fused_order_two's tables: per top-order coefficient (in the series' order) the
-        entries of the Gram matrix's lower triangle (C order, as _syrk leaves it: the mirror
-        (c, r) of an entry (r, c) of the block's pieces) that add to it, weighted by the term's
-        scale times the times the block lists them (twice above the diagonal)."""
-        block, n = _TOP_BLOCKS[0], _LOW
-        row, column = np.empty(len(block["entries"]), dtype=np.int64), np.empty(len(block["entries"]), dtype=np.int64)
-        for (r0, r1, c0), at, end in zip(block["pieces"], block["piece_starts"], block["piece_starts"][1:] + (block["size"],)):
-            inside = (block["entries"] >= at) & (block["entries"] < end)
-            row[inside], column[inside] = np.divmod(block["entries"][inside] - at, n - c0)
-            row[inside] += r0
-            column[inside] += c0
-        pairs, times = np.unique(block["targets"] * n * n + np.maximum(row, column) * n + np.minimum(row, column),
-                                 return_counts=True)
-        targets, entries = np.divmod(pairs, n * n)
-        starts, entries, _, weights = _by_target(targets, entries, entries, block["terms"][-1][1] * times, len(_TOP_ORDER))
-        return starts, entries, weights
+        """_fused_order_two's tables: per top-order coefficient (in the series' order) its Gram
+        entry (_gram_sums' (r, c) on and above the diagonal, as its mirror (c, r) in the lower
+        triangle _syrk writes) and the entry's weight."""
+        entries, weights, targets = _gram_sums()
+        lower = (entries % _LOW) * _LOW + entries // _LOW
+        starts, lower, _, weights = _by_target(targets, lower, lower, weights, len(_TOP_ORDER))
+        return starts, lower, weights
 
     _TABLES["order_two"] = _order_two_table() if len(_TOP_BLOCKS) == 1 else None
 
@@ -1098,4 +1100,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: d145439bc17252a2f0e915e3df59aecc44f5b6fd9871166a6950b1ce35556e3d
+# sha256 of all lines above: f5c5a237fd493139578e6b25d214c0fc43145f6113850c02be046ac57698b393

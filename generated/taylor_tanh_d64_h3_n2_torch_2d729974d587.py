@@ -245,6 +245,17 @@ _FIRST_LAYER_BLOCK = next((i for i, block in enumerate(_TOP_BLOCKS) if block["fi
 _FOLD_FROM_BATCH = 8
 
 
+def _gram_sums():
+    """(entries, weights, targets): the Gram matrix's entries on and above its diagonal that
+    add to the top order, flat in the _LOW x _LOW matrix, weighted twice above the diagonal
+    (the entry below stands for itself), and the top-order coefficient, in the series' order,
+    each adds to (one entry per coefficient: x_r x_c is made by one pair r <= c)."""
+    grid = _product_columns(_monomial_array(1), _monomial_array(1))
+    r, c = np.indices(grid.shape)
+    wanted = (grid >= 0) & (c >= r)
+    return (r * _LOW + c)[wanted], np.where(c > r, 2.0, 1.0)[wanted] * _TOP_BLOCKS[0]["terms"][-1][1], grid[wanted]
+
+
 def _top_sums():
     """All blocks' Gram entries, laid end to end, summed onto the top-order coefficients
     in groups (_group_by_count). The top order is kept in the order the groups make it
@@ -458,17 +469,6 @@ _ACCELERATOR_BY_POINTS_NUMBERS = 2**22
 def _by_points(x):
     """Whether this call takes _series_by_points (every device and dtype)."""
     return _BY_POINTS
-
-
-def _gram_sums():
-    """(entries, weights, targets): the Gram matrix's entries on and above its diagonal that
-    add to the top order, flat in the _LOW x _LOW matrix, weighted twice above the diagonal
-    (the entry below stands for itself), and the top-order coefficient, in the series' order,
-    each adds to (one entry per coefficient: x_r x_c is made by one pair r <= c)."""
-    grid = _product_columns(_monomial_array(1), _monomial_array(1))
-    r, c = np.indices(grid.shape)
-    wanted = (grid >= 0) & (c >= r)
-    return (r * _LOW + c)[wanted], np.where(c > r, 2.0, 1.0)[wanted] * _TOP_BLOCKS[0]["terms"][-1][1], grid[wanted]
 
 
 def _series_by_points(params, x, tables, K, out):
@@ -926,4 +926,4 @@ def taylor_coefficients(params, x):
 def derivatives(params, x):
     """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 7648d14e45f25e0b0fdb68897ab278dff9b7c92903f492b5f5d4645cfea7471d
+# sha256 of all lines above: 401d674ecdec5b33130851118df184d59899a7aba99b171ad9597d3b5f7623a6
