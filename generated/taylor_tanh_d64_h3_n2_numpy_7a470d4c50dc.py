@@ -547,15 +547,6 @@ if _FUSED:
                 weights[0, i, j] = -t0
                 weights[1, i, j] = t0*u
 
-    @_jit()
-    def _fused_sum_entries(top, gram, starts, entries, weight, accumulate):
-        """top[t] (+)= sum over t's entries q of weight[q] gram[entries[q]], for one point and output."""
-        for t in range(top.shape[0]):
-            total = 0.0
-            for q in range(starts[t], starts[t + 1]):
-                total += weight[q] * gram[entries[q]]
-            top[t] = top[t] + total if accumulate else total
-
     def _blas(name):
         """The address of SciPy's BLAS routine `name` (its 13 arguments by reference) in this
         process, or None without SciPy."""
@@ -601,10 +592,34 @@ if _FUSED:
                           ints[2:].ctypes.data, one.ctypes.data, B.ctypes.data, ints[3:].ctypes.data, A.ctypes.data,
                           ints[4:].ctypes.data, beta.ctypes.data, C.ctypes.data, ints[5:].ctypes.data))
 
+    _FEW_ROWS = 4  # rows of a product up to which a numba loop beats a BLAS call (~1.5 us each at one point)
+
+    @_jit(fastmath={"reassoc", "contract"})  # a dot product vectorizes only if its sum may be reordered
+    def _add_few_rows_times_transposed(h, W, z):
+        """z += h @ W.T for a few rows of h, as dot products of rows."""
+        for b in range(h.shape[0]):
+            for j in range(W.shape[0]):
+                total = 0.0
+                for k in range(W.shape[1]):
+                    total += h[b, k] * W[j, k]
+                z[b, j] += total
+
+    @_jit()
+    def _few_rows_times(t, W, g):
+        """g = t @ W for a few rows of t: W's rows added, scaled (no sum to reorder)."""
+        for r in range(t.shape[0]):
+            for i in range(W.shape[1]):
+                g[r, i] = 0.0
+            for j in range(W.shape[0]):
+                s = t[r, j]
+                for i in range(W.shape[1]):
+                    g[r, i] += s * W[j, i]
+
     @_jit()
     def _fused_vertices(blas, x, weights, biases, out, slopes, lines):
         """The point-independent part of order 2 for a batch, without NumPy's per-operation
-        cost (most of a one-point call): layer by layer z = h W^T + b (one BLAS product) and
+        cost (most of a one-point call): layer by layer z = h W^T + b (one BLAS product; up to
+        _FEW_ROWS points, a numba loop) and
         sigma'(z) (_fused_activation) into slopes (hidden layers, batch, widest), the output
         value into out[:, :, 0] (out whole, as _fused_order_two takes it); then the output lines g = df/dh back from the top,
         each a BLAS product, as g sigma''/2 into lines (hidden layers, batch, OUTPUTS, widest).
@@ -620,7 +635,10 @@ if _FUSED:
             for b in range(batch):
                 for j in range(width):
                     z[b, j] = biases[l][j]
-            _gemm(blas, h, weights[l], z, False, True, one, ints, one)  # z = h W^T + b
+            if batch <= _FEW_ROWS:
+                _add_few_rows_times_transposed(h, weights[l], z)
+            else:
+                _gemm(blas, h, weights[l], z, False, True, one, ints, one)  # z = h W^T + b
             if l == len(weights) - 1:
                 for b in range(batch):
                     for o in range(outputs):
@@ -645,31 +663,36 @@ if _FUSED:
                     t[r, j] = g[r, j] * slopes[l, b, j]
             if l > 0:  # g <- (g sigma') W, one layer down
                 g = np.empty((batch * outputs, weights[l].shape[1]), dtype=x.dtype)
-                _gemm(blas, t, weights[l], g, False, False, zero, ints, one)
+                if g.shape[0] <= _FEW_ROWS:
+                    _few_rows_times(t, weights[l], g)
+                else:
+                    _gemm(blas, t, weights[l], g, False, False, zero, ints, one)
 
     @_jit()
     def _syrk(syrk, A, C, alpha, beta, ints):
-        """C = alpha A^T A + beta C on and below C's diagonal (C order; above it C is left as it
+        """C = alpha A^T A + beta C on and above C's diagonal (C order; below it C is left as it
         was), by BLAS's syrk: A (k x n, k > 0) with rows of unit stride, seen by Fortran as A^T,
-        so its upper triangle is C's lower. Half the multiply-adds of A^T @ A, and 1.3-1.5x
+        so its lower triangle is C's upper. Half the multiply-adds of A^T @ A, and 1.3-1.5x
         faster than gemm per strip at n = 64 (measured with SciPy's BLAS). alpha, beta: arrays."""
         ints[0], ints[1], ints[2], ints[3] = C.shape[0], A.shape[0], _row_stride(A), _row_stride(C)
-        ints[6], ints[7] = 85, 78  # 'U', 'N'
+        ints[6], ints[7] = 76, 78  # 'L', 'N'
         _call_blas(syrk, (ints[6:].ctypes.data, ints[7:].ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
                           alpha.ctypes.data, A.ctypes.data, ints[2:].ctypes.data, beta.ctypes.data, C.ctypes.data,
                           ints[3:].ctypes.data))
 
     @_jit()
-    def _fused_order_two(blas, syrk, J, first, KT, slopes, lines, weights, out, starts, entries, weight):
-        """Order 2 for a batch, point by point in cache, after _fused_vertices (called apart: one
-        function of both took 0.55 s longer to compile). Layer by layer the first-order series,
-        kept transposed as Z (width x columns), goes on as Z <- W (sigma' Z), one BLAS product.
+    def _fused_order_two(blas, syrk, J, first, KT, slopes, lines, weights, out, entries, weight, scale):
+        """Order 2 for a batch, point by point in cache, after _fused_vertices (both called by
+        _fused_by_points). Layer by layer the first-order series, kept transposed as Z (width x
+        columns), goes on as Z <- W (sigma' Z), one BLAS product (into the output layer, of at
+        most 8 rows, a numba loop of W's rows times sigma').
         The point's Gram matrix, summed over the layers from 2 on (from 1 unless folded: not
         first), is G = sum_j c_j Z_j^T Z_j with c = g sigma''/2 (row j of Z: unit j's gradient):
         each row goes, times sqrt(|c_j|), onto the stack of its sign (a row with c_j = 0 is
         dropped: all of them for ReLU), and G = P^T P - M^T M is two symmetric rank-k updates
-        (_syrk) over all layers at once, half the multiply-adds of a Gram matrix; which is then
-        summed onto the top order (_fused_sum_entries). Where layer 1 is folded, its part is
+        (_syrk) over all layers at once, half the multiply-adds of a Gram matrix; top-order
+        coefficient t is then weight[t] G.flat[entries[t]] (plus layer 1's, folded), times
+        scale[t] (1, or alpha! for the derivatives). Where layer 1 is folded, its part is
         first written for the whole batch as one BLAS product, (g sigma''/2 at layer 1) K^T,
         KT: K^T with the top order's columns in the series' order (else empty). J: layer 1's Z
         (width x columns); out: (batch, OUTPUTS, 1 + len(_SERIES)), whole (its slices' layouts
@@ -708,12 +731,24 @@ if _FUSED:
                             n_plus[o] += 1
                         for k in range(columns):
                             row[k] = s * Zl[j, k]
-                Hl = H[: width * columns].reshape((width, columns))
-                for j in range(width):
-                    for k in range(columns):
-                        Hl[j, k] = slope[j] * Zl[j, k]
-                Zl = Z[: weights[l + 1].shape[0] * columns].reshape((-1, columns))
-                _gemm(blas, weights[l + 1], Hl, Zl, False, False, zero, ints, one)
+                W = weights[l + 1]
+                if l == len(slopes) - 1 and W.shape[0] <= 8:  # into the output layer: W's rows times sigma'
+                    below, Zl = Zl, H[: W.shape[0] * columns].reshape((-1, columns))  # (below: J or Z; H is free)
+                    for r in range(W.shape[0]):
+                        row = Zl[r]
+                        for k in range(columns):
+                            row[k] = 0.0
+                        for j in range(width):
+                            s = W[r, j] * slope[j]
+                            for k in range(columns):
+                                row[k] += s * below[j, k]
+                else:
+                    Hl = H[: width * columns].reshape((width, columns))
+                    for j in range(width):
+                        for k in range(columns):
+                            Hl[j, k] = slope[j] * Zl[j, k]
+                    Zl = Z[: W.shape[0] * columns].reshape((-1, columns))
+                    _gemm(blas, W, Hl, Zl, False, False, zero, ints, one)
             for o in range(outputs):
                 for k in range(columns):
                     low[b, o, k] = Zl[o, k]
@@ -723,16 +758,31 @@ if _FUSED:
                     _syrk(syrk, plus[o, : n_plus[o]], gram, one, zero, ints)
                 if n_minus[o]:
                     _syrk(syrk, minus[o, : n_minus[o]], gram, minus_one, one if n_plus[o] else zero, ints)
-                _fused_sum_entries(top[b, o], gram.ravel(), starts, entries, weight, not first)
+                flat, coefficients = gram.ravel(), top[b, o]
+                for t in range(coefficients.shape[0]):
+                    v = weight[t] * flat[entries[t]]
+                    coefficients[t] = scale[t] * (v if first else coefficients[t] + v)
+
+    @_jit()
+    def _fused_by_points(blas, syrk, x, weights, biases, J, first, KT, out, entries, weight, scale):
+        """_fused_vertices, then _fused_order_two: one call from Python (each call's arguments
+        cost ~0.3 us an array to check), slopes and lines made here."""
+        widest = out.shape[1]
+        for W in weights:
+            widest = max(widest, W.shape[0])
+        slopes = np.empty((len(weights) - 1, x.shape[0], widest), dtype=x.dtype)
+        lines = np.empty((len(weights) - 1, x.shape[0], out.shape[1], widest), dtype=x.dtype)
+        _fused_vertices(blas, x, weights, biases, out, slopes, lines)
+        _fused_order_two(blas, syrk, J, first, KT, slopes, lines, weights, out, entries, weight, scale)
 
     def _order_two_table():
-        """_fused_order_two's tables: per top-order coefficient (in the series' order) its Gram
-        entry (_gram_sums' (r, c) on and above the diagonal, as its mirror (c, r) in the lower
-        triangle _syrk writes) and the entry's weight."""
+        """_fused_order_two's tables, per top-order coefficient in the series' order: its Gram
+        entry (_gram_sums' one (r, c), r <= c: on and above the diagonal, where _syrk writes)
+        and the entry's weight."""
         entries, weights, targets = _gram_sums()
-        lower = (entries % _LOW) * _LOW + entries // _LOW
-        starts, lower, _, weights = _by_target(targets, lower, lower, weights, len(_TOP_ORDER))
-        return starts, lower, weights
+        entry, weight = np.zeros(len(_TOP_ORDER), dtype=np.int64), np.zeros(len(_TOP_ORDER))
+        entry[targets], weight[targets] = entries, weights
+        return entry, weight
 
     _TABLES["order_two"] = _order_two_table() if len(_TOP_BLOCKS) == 1 else None
 
@@ -785,22 +835,26 @@ def _fold_matrix(K):
     return kept[1]
 
 
-def _series_by_points(params, x, tables, K, out):
-    """Order 2 for the whole batch in one fused call (_fused_order_two; the layers' values,
-    sigma', sigma''/2 and output lines made in it too, by _fused_vertices), layer 1's block
-    folded into K unless K is None; out in the series' order, the top order included. Layer
-    1's first-order series is W1's columns of the first-order variables (all of them, in
-    order, unless a subset was asked for: W1 itself)."""
+# alpha! of each top-order coefficient in the series' order: the scale that makes them derivatives
+_SERIES_FACTORIALS = np.ones(1 + len(_SERIES))
+_SERIES_FACTORIALS[np.arange(len(_FACTORIALS)) if _SERIES_OUTPUTS is None else _SERIES_OUTPUTS] = _FACTORIALS
+_TOP_SCALES = {False: np.ones(len(_TOP_ORDER)), True: _SERIES_FACTORIALS[1 + _LOW :].copy()}
+
+
+def _series_by_points(params, x, tables, K, out, derivatives):
+    """Order 2 for the whole batch in one fused call (_fused_by_points: the layers' values,
+    sigma', sigma''/2 and output lines, then point by point the rest), layer 1's block folded
+    into K unless K is None; out in the series' order, the top order included, times alpha!
+    where `derivatives` (returned: whether out holds the derivatives). Layer 1's first-order
+    series is W1's columns of the first-order variables (W1 itself where all are)."""
     C = np.ascontiguousarray  # numba takes C-ordered arrays (one compiled loop); mostly they are already
     weights, biases = tuple(map(C, params[0::2])), tuple(map(C, params[1::2]))
-    widest = max([OUTPUTS] + [W.shape[0] for W in weights])
-    slopes = _empty(x, (len(weights) - 1, x.shape[0], widest))  # layer l's sigma' in slopes[l, :, :width]
-    lines = _empty(x, (len(weights) - 1, x.shape[0], OUTPUTS, widest))
     blas, syrk = (_DGEMM, _DSYRK) if x.dtype.itemsize == 8 else (_SGEMM, _SSYRK)
-    _fused_vertices(blas, C(x), weights, biases, out, slopes, lines)
     KT = _empty(x, (0, 0)) if K is None else _fold_matrix(K)
     J = C(weights[0][:, tables["first_order_variables"]])
-    _fused_order_two(blas, syrk, J, K is None, KT, slopes, lines, weights, out, *tables["order_two"])
+    _fused_by_points(blas, syrk, C(x), weights, biases, J, K is None, KT, out, *tables["order_two"],
+                     _TOP_SCALES[derivatives])
+    return derivatives
 
 
 def _zeros(like, shape):
@@ -1080,24 +1134,32 @@ def _folds(params, tables, batch):
 
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
+    return _coefficients(params, x, False)
+
+
+def derivatives(params, x):
+    """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
+    return _coefficients(params, x, True)
+
+
+def _coefficients(params, x, derivatives):
+    """The Taylor coefficients, times alpha! where `derivatives`."""
     params, x, tables = _prepare(params, x)
     if x.shape[0] == 0:
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
     fold = _folds(params, tables, x.shape[0])
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
     if _by_points(x):  # order 2 in one fused call, layer 1's fold included; out in the series' order
-        _series_by_points(params, x, tables, _first_layer_for(params, tables, True)[1] if fold else None, out)
-        return out if tables["series_outputs"] is None else _take_last(out, tables["series_outputs"])
+        scaled = _series_by_points(params, x, tables, _first_layer_for(params, tables, True)[1] if fold else None,
+                                   out, derivatives)
+        out = out if tables["series_outputs"] is None else _take_last(out, tables["series_outputs"])
+        return _times_factorials(out) if derivatives and not scaled else out
     first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     chunk = _chunk(x)
     u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
-    return _take_last(out, tables["outputs"])
-
-
-def derivatives(params, x):
-    """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
-    return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: f5c5a237fd493139578e6b25d214c0fc43145f6113850c02be046ac57698b393
+    out = _take_last(out, tables["outputs"])
+    return _times_factorials(out) if derivatives else out
+# sha256 of all lines above: f26e45572b3559a18d8337414e4658204cc5f4081c4589bf34cce76e008598ad

@@ -471,8 +471,9 @@ def _by_points(x):
     return _BY_POINTS
 
 
-def _series_by_points(params, x, tables, K, out):
-    """Order 2, written into out in the series' order: per point the first-order series,
+def _series_by_points(params, x, tables, K, out, derivatives):
+    """Order 2, written into out in the series' order (the Taylor coefficients: returns False,
+    alpha! is the caller's to apply): per point the first-order series,
     transposed as J (width x columns), goes on layer by layer as J <- W (sigma' J), and at
     each layer from 2 on (from 1 where K is None) its Gram matrix (g sigma''/2 J)^T J adds to
     the point's, whose entries on and above the diagonal are the top order; layer 1's part,
@@ -513,6 +514,7 @@ def _series_by_points(params, x, tables, K, out):
             sums = gram.flatten(-2).index_select(-1, entries) * entry_weights
             top = top + sums if targets is None else top.index_add(-1, targets, sums)
         out[i : i + chunk, :, 1 + _LOW :] = top
+    return False
 
 
 def _zeros(like, shape):
@@ -906,24 +908,32 @@ def _folds(params, tables, batch):
 
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
+    return _coefficients(params, x, False)
+
+
+def derivatives(params, x):
+    """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
+    return _coefficients(params, x, True)
+
+
+def _coefficients(params, x, derivatives):
+    """The Taylor coefficients, times alpha! where `derivatives`."""
     params, x, tables = _prepare(params, x)
     if x.shape[0] == 0:
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
     fold = _folds(params, tables, x.shape[0])
     out = _empty(x, (x.shape[0], OUTPUTS, 1 + len(_SERIES)))  # every chunk writes its rows
     if _by_points(x):  # order 2 in one fused call, layer 1's fold included; out in the series' order
-        _series_by_points(params, x, tables, _first_layer_for(params, tables, True)[1] if fold else None, out)
-        return out if tables["series_outputs"] is None else _take_last(out, tables["series_outputs"])
+        scaled = _series_by_points(params, x, tables, _first_layer_for(params, tables, True)[1] if fold else None,
+                                   out, derivatives)
+        out = out if tables["series_outputs"] is None else _take_last(out, tables["series_outputs"])
+        return _times_factorials(out) if derivatives and not scaled else out
     first_powers, K = _first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
     chunk = _chunk(x)
     u = [_series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
-    return _take_last(out, tables["outputs"])
-
-
-def derivatives(params, x):
-    """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
-    return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 401d674ecdec5b33130851118df184d59899a7aba99b171ad9597d3b5f7623a6
+    out = _take_last(out, tables["outputs"])
+    return _times_factorials(out) if derivatives else out
+# sha256 of all lines above: 4aeb2476e0eaec55737394ad2b012199b6d39cab60ff9e6491a040414cd9b250

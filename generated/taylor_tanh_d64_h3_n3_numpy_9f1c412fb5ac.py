@@ -1017,6 +1017,16 @@ def _folds(params, tables, batch):
 
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
+    return _coefficients(params, x, False)
+
+
+def derivatives(params, x):
+    """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
+    return _coefficients(params, x, True)
+
+
+def _coefficients(params, x, derivatives):
+    """The Taylor coefficients, times alpha! where `derivatives`."""
     params, x, tables = _prepare(params, x)
     if x.shape[0] == 0:
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
@@ -1028,10 +1038,6 @@ def taylor_coefficients(params, x):
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
-    return _take_last(out, tables["outputs"])
-
-
-def derivatives(params, x):
-    """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
-    return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 02dc51c9eb1874435665867e97659d9f02d37b883c944e0436a6e6da90d7add0
+    out = _take_last(out, tables["outputs"])
+    return _times_factorials(out) if derivatives else out
+# sha256 of all lines above: 48c6b4864a02dadeed1e525046602429862eca82e0241eb100fe3ee58a2a3c89

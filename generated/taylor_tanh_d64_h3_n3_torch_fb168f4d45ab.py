@@ -936,6 +936,16 @@ def _folds(params, tables, batch):
 
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
+    return _coefficients(params, x, False)
+
+
+def derivatives(params, x):
+    """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
+    return _coefficients(params, x, True)
+
+
+def _coefficients(params, x, derivatives):
+    """The Taylor coefficients, times alpha! where `derivatives`."""
     params, x, tables = _prepare(params, x)
     if x.shape[0] == 0:
         return _zeros(x, (0, OUTPUTS, len(MULTI_INDICES)))
@@ -947,10 +957,6 @@ def taylor_coefficients(params, x):
          for i in range(0, x.shape[0], chunk)]
     if fold:  # layer 1's top-order block for the whole batch: one matrix product
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
-    return _take_last(out, tables["outputs"])
-
-
-def derivatives(params, x):
-    """Partial derivatives D^alpha f(x): (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
-    return _times_factorials(taylor_coefficients(params, x))
-# sha256 of all lines above: 4faa74cdd2d07856be31d6f2ce4fb0cfb3424c5bc5b723ea397f512813356bf6
+    out = _take_last(out, tables["outputs"])
+    return _times_factorials(out) if derivatives else out
+# sha256 of all lines above: 3c407e238650dc5e4dbbb4ae7a47a75891eaf8e9b498ec9fc86dd27dbcb3095c
