@@ -882,6 +882,18 @@ def _add_product(out, a, b):
     return out
 
 
+def _stacked_products(pairs):
+    """The products a * b (broadcast) of the pairs, stacked along axis 0: each written in place
+    into its rows of one new array (no concatenation's copy)."""
+    shapes = [np.broadcast_shapes(a.shape, b.shape) for a, b in pairs]
+    out = np.empty((sum(shape[0] for shape in shapes),) + shapes[0][1:], dtype=pairs[0][1].dtype)
+    start = 0
+    for (a, b), shape in zip(pairs, shapes):
+        np.multiply(a, b, out=out[start : start + shape[0]])
+        start += shape[0]
+    return out
+
+
 def _chunk(x):
     return _CHUNK
 
@@ -984,6 +996,25 @@ def _through_activation(factors, powers, tables):
         if factors[k - 1] is not None:
             _add_scaled(H, _START[k], factors[k - 1], P)
     return H
+
+
+# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1).
+_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if _START[k] < _START[k + 1])
+
+
+def _first_layer_series(factors, powers, batch):
+    """Layer 1's low-order series of sigma(z + Z). Z is linear there (layer 1 is affine), so
+    its order-k coefficients are sigma^(k)/k! times the order-k rows of Z^k alone: one product
+    per order, each row written once, where _through_activation adds every power over all its
+    rows above order k too (zeros at layer 1)."""
+    like, pairs = powers[0], []
+    for k in _FIRST_LAYER_ORDERS:
+        rows = _START[k + 1] - _START[k]
+        if factors[k - 1] is None:  # sigma^(k) = 0 (and Z^k may not have been made)
+            pairs.append((_zeros(like, (rows, 1, like.shape[-1])), _zeros(like, (1, batch, like.shape[-1]))))
+        else:
+            pairs.append((factors[k - 1][None], powers[k - 1][:rows]))
+    return _stacked_products(pairs)
 
 
 def _top_order(vertices, weights, tables, batch, fold, top):
@@ -1108,10 +1139,11 @@ def _series(params, x, tables, first_powers, fold, out):
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _vertex_weights(z)
         Q = None  # sigma'(z + Z)'s series, where the activation's equation gives the layer's
-        if Q is None:
-            if vertices:
-                powers = _powers(Z, tables)
+        if Q is None and vertices:
+            powers = _powers(Z, tables)
             H = _through_activation(factors, powers, tables)
+        elif Q is None:
+            H = _first_layer_series(factors, powers, batch)
         vertices.append((factors, powers, Q))
         Z = _rows_times(H, W.T)
         z = _affine(h, W, b)
@@ -1162,4 +1194,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: f26e45572b3559a18d8337414e4658204cc5f4081c4589bf34cce76e008598ad
+# sha256 of all lines above: 2240fd77c9b7b8532c66643c76279377740f49bb3867ae185a8b6b7c0d3e359a

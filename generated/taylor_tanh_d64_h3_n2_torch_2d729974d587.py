@@ -539,6 +539,11 @@ def _add_product(out, a, b):
     return a * b if out is None else out.addcmul_(a, b)
 
 
+def _stacked_products(pairs):
+    """The products a * b (broadcast) of the pairs, stacked along dim 0 (out of place: vmap and autograd take it)."""
+    return torch.cat([a * b for a, b in pairs], 0)
+
+
 def _chunk(x):
     """Points per chunk: cache-sized on a CPU; on a GPU as many as memory allows, since each
     chunk launches the same few hundred kernels."""
@@ -750,6 +755,25 @@ def _through_activation(factors, powers, tables):
     return H
 
 
+# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1).
+_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if _START[k] < _START[k + 1])
+
+
+def _first_layer_series(factors, powers, batch):
+    """Layer 1's low-order series of sigma(z + Z). Z is linear there (layer 1 is affine), so
+    its order-k coefficients are sigma^(k)/k! times the order-k rows of Z^k alone: one product
+    per order, each row written once, where _through_activation adds every power over all its
+    rows above order k too (zeros at layer 1)."""
+    like, pairs = powers[0], []
+    for k in _FIRST_LAYER_ORDERS:
+        rows = _START[k + 1] - _START[k]
+        if factors[k - 1] is None:  # sigma^(k) = 0 (and Z^k may not have been made)
+            pairs.append((_zeros(like, (rows, 1, like.shape[-1])), _zeros(like, (1, batch, like.shape[-1]))))
+        else:
+            pairs.append((factors[k - 1][None], powers[k - 1][:rows]))
+    return _stacked_products(pairs)
+
+
 def _top_order(vertices, weights, tables, batch, fold, top):
     """Writes the coefficients of order ORDER into top, (batch, OUTPUTS, n_top) in _TOP_ORDER,
     made at the vertices, but for layer 1's part when `fold`: then returns u = t at layer 1,
@@ -882,10 +906,11 @@ def _series(params, x, tables, first_powers, fold, out):
     for W, b in zip(weights[1:], biases[1:]):
         h, factors = _vertex_weights(z)
         Q = None  # sigma'(z + Z)'s series, where the activation's equation gives the layer's
-        if Q is None:
-            if vertices:
-                powers = _powers(Z, tables)
+        if Q is None and vertices:
+            powers = _powers(Z, tables)
             H = _through_activation(factors, powers, tables)
+        elif Q is None:
+            H = _first_layer_series(factors, powers, batch)
         vertices.append((factors, powers, Q))
         Z = _rows_times(H, W.T)
         z = _affine(h, W, b)
@@ -936,4 +961,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 4aeb2476e0eaec55737394ad2b012199b6d39cab60ff9e6491a040414cd9b250
+# sha256 of all lines above: df46b057536d5e87724cc5bb1516bc09e42afe042186aabe1e10599c368c3f65
