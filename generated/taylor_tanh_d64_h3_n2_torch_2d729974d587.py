@@ -755,8 +755,8 @@ def _through_activation(factors, powers, tables):
     return H
 
 
-# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1).
-_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if _START[k] < _START[k + 1])
+# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1, none at 0).
+_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if k + 1 < len(_START) and _START[k] < _START[k + 1])
 
 
 def _first_layer_series(factors, powers, batch):
@@ -771,7 +771,7 @@ def _first_layer_series(factors, powers, batch):
             pairs.append((_zeros(like, (rows, 1, like.shape[-1])), _zeros(like, (1, batch, like.shape[-1]))))
         else:
             pairs.append((factors[k - 1][None], powers[k - 1][:rows]))
-    return _stacked_products(pairs)
+    return _stacked_products(pairs) if pairs else _zeros(like, (_LOW, batch, like.shape[-1]))
 
 
 def _top_order(vertices, weights, tables, batch, fold, top):
@@ -961,4 +961,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: df46b057536d5e87724cc5bb1516bc09e42afe042186aabe1e10599c368c3f65
+# sha256 of all lines above: c34f7a44ffd0ffb4cba81a216640b0e28bf3a835e6f1a878124ece54345fe3d1

@@ -867,8 +867,8 @@ def _through_activation(factors, powers, tables):
     return H
 
 
-# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1).
-_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if _START[k] < _START[k + 1])
+# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1, none at 0).
+_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if k + 1 < len(_START) and _START[k] < _START[k + 1])
 
 
 def _first_layer_series(factors, powers, batch):
@@ -883,7 +883,7 @@ def _first_layer_series(factors, powers, batch):
             pairs.append((_zeros(like, (rows, 1, like.shape[-1])), _zeros(like, (1, batch, like.shape[-1]))))
         else:
             pairs.append((factors[k - 1][None], powers[k - 1][:rows]))
-    return _stacked_products(pairs)
+    return _stacked_products(pairs) if pairs else _zeros(like, (_LOW, batch, like.shape[-1]))
 
 
 def _top_order(vertices, weights, tables, batch, fold, top):
@@ -1072,4 +1072,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 41d0c47ab63894ca349d370f1e4ee422fe78d1e80d2e90a8eb124c57856fbcce
+# sha256 of all lines above: d72aa97c197c8d78daf0a31d67142dea3dd0324e72ec3ed60e76db9a7ab1a452
