@@ -884,8 +884,9 @@ def _add_product(out, a, b):
 
 def _stacked_products(pairs):
     """The products a * b (broadcast) of the pairs, stacked along axis 0: each written in place
-    into its rows of one new array (no concatenation's copy)."""
-    shapes = [np.broadcast_shapes(a.shape, b.shape) for a, b in pairs]
+    into its rows of one new array (no concatenation's copy). a and b have as many axes, each
+    of size 1 or the product's."""
+    shapes = [tuple(map(max, a.shape, b.shape)) for a, b in pairs]  # (np.broadcast_shapes: 4 us a pair)
     out = np.empty((sum(shape[0] for shape in shapes),) + shapes[0][1:], dtype=pairs[0][1].dtype)
     start = 0
     for (a, b), shape in zip(pairs, shapes):
@@ -1194,4 +1195,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: be985c476583265a27794c18fb0e79bad4e231034989d884d12226323f417639
+# sha256 of all lines above: 8b35eb948d8d5232d3443de4fcee95742e7204bab77aa8d0de95c7f6b63fec10
