@@ -622,7 +622,7 @@ if _FUSED:
         _FEW_ROWS points, a numba loop) and
         sigma'(z) (_fused_activation) into slopes (hidden layers, batch, widest), the output
         value into out[:, :, 0] (out whole, as _fused_order_two takes it); then the output lines g = df/dh back from the top,
-        each a BLAS product, as g sigma''/2 into lines (hidden layers, batch, OUTPUTS, widest).
+        each a BLAS product (or loop), as g sigma''/2 into lines (hidden layers, batch, OUTPUTS, widest).
         A layer's entries are the first `width` of the last axis. (Arrays, not lists of them:
         numba compiles lists of arrays several times slower.)"""
         batch, outputs, value = x.shape[0], out.shape[1], out[:, :, 0]
@@ -684,8 +684,8 @@ if _FUSED:
     def _fused_order_two(blas, syrk, J, first, KT, slopes, lines, weights, out, entries, weight, scale):
         """Order 2 for a batch, point by point in cache, after _fused_vertices (both called by
         _fused_by_points). Layer by layer the first-order series, kept transposed as Z (width x
-        columns), goes on as Z <- W (sigma' Z), one BLAS product (into the output layer, of at
-        most 8 rows, a numba loop of W's rows times sigma').
+        columns), goes on as Z <- W (sigma' Z), one BLAS product (into an output layer of at
+        most _FEW_ROWS rows, a numba loop of W's rows times sigma').
         The point's Gram matrix, summed over the layers from 2 on (from 1 unless folded: not
         first), is G = sum_j c_j Z_j^T Z_j with c = g sigma''/2 (row j of Z: unit j's gradient):
         each row goes, times sqrt(|c_j|), onto the stack of its sign (a row with c_j = 0 is
@@ -732,7 +732,7 @@ if _FUSED:
                         for k in range(columns):
                             row[k] = s * Zl[j, k]
                 W = weights[l + 1]
-                if l == len(slopes) - 1 and W.shape[0] <= 8:  # into the output layer: W's rows times sigma'
+                if l == len(slopes) - 1 and W.shape[0] <= _FEW_ROWS:  # into the output layer: W's rows times sigma'
                     below, Zl = Zl, H[: W.shape[0] * columns].reshape((-1, columns))  # (below: J or Z; H is free)
                     for r in range(W.shape[0]):
                         row = Zl[r]
@@ -1195,4 +1195,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 8b35eb948d8d5232d3443de4fcee95742e7204bab77aa8d0de95c7f6b63fec10
+# sha256 of all lines above: 6905d135f9507a6cb3c557c993acac3370980e529655c4ea131e41829cdae83d

@@ -81,15 +81,17 @@ def test_four_inputs_order_five_deep(hidden, kernel_dir):
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-def test_taylor_coefficients_are_derivatives_over_factorials(backend, kernel_dir):
-    arch, params, x = _case(3, "silu", 4, d=3, hidden=2)
-    mod = diagramc.compile(arch, 4, backend, out_dir=kernel_dir)
+@pytest.mark.parametrize("order", [2, 4])  # at 2 NumPy goes point by point and applies alpha! there itself
+def test_taylor_coefficients_are_derivatives_over_factorials(backend, order, kernel_dir):
+    arch, params, x = _case(3, "silu", order, d=3, hidden=2)
+    mod = diagramc.compile(arch, order, backend, out_dir=kernel_dir)
     p = params if backend == "torch" else [q.numpy() for q in params]
-    xx = x if backend == "torch" else x.numpy()
     fact = np.array([mi.factorial(a) for a in mod.MULTI_INDICES], dtype=float)
-    np.testing.assert_allclose(
-        np.asarray(mod.taylor_coefficients(p, xx)) * fact, np.asarray(mod.derivatives(p, xx)), rtol=1e-13
-    )
+    for points in (x, x[:1], x.repeat(4, 1)):  # and one point, and layer 1 folded
+        xx = points if backend == "torch" else points.numpy()
+        np.testing.assert_allclose(
+            np.asarray(mod.taylor_coefficients(p, xx)) * fact, np.asarray(mod.derivatives(p, xx)), rtol=1e-13
+        )
 
 
 SUBSETS = [
@@ -352,6 +354,20 @@ def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, m
         np.testing.assert_allclose(single, got, rtol=1e-4, atol=1e-4 * scale)
     # per batch, float64 then float32: layer 1's Gram in the loop (1 and 5 points), folded (11)
     assert calls == ([True, True, True, True, False, False] if expected else [])
+
+
+@pytest.mark.parametrize("batch", [1, 3, 12])
+def test_order_two_point_by_point_with_many_outputs(batch, kernel_dir):
+    """Six outputs at order 2: more rows than the few-row loops take (the output layer's Z and
+    the output lines by BLAS then), one point and a few (layer 1's values by loops) and twelve
+    (folded), against jacfwd."""
+    sizes = (3, 5, 4, 6)
+    params = random_params(sizes, torch.Generator().manual_seed(7))
+    mod = diagramc.compile(diagramc.Architecture(sizes, "tanh"), 2, "numpy", out_dir=kernel_dir)
+    assert getattr(mod, "_BY_POINTS", False) == (HAS_NUMBA and HAS_SCIPY)
+    x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
+    want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES)
+    _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()), want)
 
 
 @pytest.mark.parametrize("subset,by_points", [([(2, 0, 0), (0, 1, 1), (0, 0, 0)], True), ([(0, 2, 0)], True),
