@@ -682,8 +682,9 @@ if _FUSED:
 
     @_jit()
     def _fused_order_two(blas, syrk, J, first, KT, slopes, lines, weights, out, entries, weight, scale):
-        """Order 2 for a batch, point by point in cache, after _fused_vertices (both called by
-        _fused_by_points). Layer by layer the first-order series, kept transposed as Z (width x
+        """Order 2 for a batch, point by point in cache, after _fused_vertices (called apart: one
+        numba function calling both measured 4% faster at one point but took 1.5-2 s longer to
+        compile, as LLVM optimizes the callees again within it). Layer by layer the first-order series, kept transposed as Z (width x
         columns), goes on as Z <- W (sigma' Z), one BLAS product (into an output layer of at
         most _FEW_ROWS rows, a numba loop of W's rows times sigma').
         The point's Gram matrix, summed over the layers from 2 on (from 1 unless folded: not
@@ -763,18 +764,6 @@ if _FUSED:
                     v = weight[t] * flat[entries[t]]
                     coefficients[t] = scale[t] * (v if first else coefficients[t] + v)
 
-    @_jit()
-    def _fused_by_points(blas, syrk, x, weights, biases, J, first, KT, out, entries, weight, scale):
-        """_fused_vertices, then _fused_order_two: one call from Python (each call's arguments
-        cost ~0.3 us an array to check), slopes and lines made here."""
-        widest = out.shape[1]
-        for W in weights:
-            widest = max(widest, W.shape[0])
-        slopes = np.empty((len(weights) - 1, x.shape[0], widest), dtype=x.dtype)
-        lines = np.empty((len(weights) - 1, x.shape[0], out.shape[1], widest), dtype=x.dtype)
-        _fused_vertices(blas, x, weights, biases, out, slopes, lines)
-        _fused_order_two(blas, syrk, J, first, KT, slopes, lines, weights, out, entries, weight, scale)
-
     def _order_two_table():
         """_fused_order_two's tables, per top-order coefficient in the series' order: its Gram
         entry (_gram_sums' one (r, c), r <= c: on and above the diagonal, where _syrk writes)
@@ -842,8 +831,8 @@ _TOP_SCALES = {False: np.ones(len(_TOP_ORDER)), True: _SERIES_FACTORIALS[1 + _LO
 
 
 def _series_by_points(params, x, tables, K, out, derivatives):
-    """Order 2 for the whole batch in one fused call (_fused_by_points: the layers' values,
-    sigma', sigma''/2 and output lines, then point by point the rest), layer 1's block folded
+    """Order 2 for the whole batch in two fused calls (_fused_vertices: the layers' values,
+    sigma', sigma''/2 and output lines; _fused_order_two: point by point the rest), layer 1's block folded
     into K unless K is None; out in the series' order, the top order included, times alpha!
     where `derivatives` (returned: whether out holds the derivatives). Layer 1's first-order
     series is W1's columns of the first-order variables (W1 itself where all are)."""
@@ -852,7 +841,11 @@ def _series_by_points(params, x, tables, K, out, derivatives):
     blas, syrk = (_DGEMM, _DSYRK) if x.dtype.itemsize == 8 else (_SGEMM, _SSYRK)
     KT = _empty(x, (0, 0)) if K is None else _fold_matrix(K)
     J = C(weights[0][:, tables["first_order_variables"]])
-    _fused_by_points(blas, syrk, C(x), weights, biases, J, K is None, KT, out, *tables["order_two"],
+    widest = max([OUTPUTS] + [W.shape[0] for W in weights])
+    slopes = _empty(x, (len(weights) - 1, x.shape[0], widest))  # layer l's sigma' in slopes[l, :, :width]
+    lines = _empty(x, (len(weights) - 1, x.shape[0], OUTPUTS, widest))
+    _fused_vertices(blas, C(x), weights, biases, out, slopes, lines)
+    _fused_order_two(blas, syrk, J, K is None, KT, slopes, lines, weights, out, *tables["order_two"],
                      _TOP_SCALES[derivatives])
     return derivatives
 
@@ -1195,4 +1188,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 6905d135f9507a6cb3c557c993acac3370980e529655c4ea131e41829cdae83d
+# sha256 of all lines above: f1e316b90908f5f69de4b1e1157ef28dddce2e00e3981a5f0511d326fa24face

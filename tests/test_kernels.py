@@ -324,7 +324,7 @@ def test_order_two_one_hidden_layer_folded(activation, kernel_dir):
 @pytest.mark.parametrize("seed,activation", [(0, "tanh"), (1, "gelu"), (2, "x*tanh(x)"), (3, "relu"), (4, QUADRATIC)])
 def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, monkeypatch):
     """At order 2 the NumPy kernel goes point by point where numba can call SciPy's BLAS
-    (_fused_by_points): random widths (1 to 9, so lone rows and columns), 2 to 4 hidden
+    (_fused_order_two): random widths (1 to 9, so lone rows and columns), 2 to 4 hidden
     layers, 1 to 3 outputs, one point and five (layer 1's Gram in the loop) and eleven
     (layer 1 folded); float64 against jacfwd and against the chunked path, float32 against float64."""
     rng = random.Random(100 + seed)
@@ -336,8 +336,8 @@ def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, m
     assert getattr(mod, "_BY_POINTS", False) == expected
     calls = []
     if expected:
-        loop = mod._fused_by_points
-        monkeypatch.setattr(mod, "_fused_by_points", lambda *args: calls.append(args[6]) or loop(*args))  # (blas, syrk, x, weights, biases, J, first, ...)
+        loop = mod._fused_order_two
+        monkeypatch.setattr(mod, "_fused_order_two", lambda *args: calls.append(args[3]) or loop(*args))  # (blas, syrk, J, first, ...)
     p = [q.numpy() for q in params]
     for batch in (1, 5, 11):
         x = torch.randn(batch, d, generator=torch.Generator().manual_seed(batch), dtype=torch.float64) * 1.5
