@@ -684,9 +684,10 @@ if _FUSED:
     def _fused_order_two(blas, syrk, J, first, KT, slopes, lines, weights, out, entries, weight, scale):
         """Order 2 for a batch, point by point in cache, after _fused_vertices (called apart: one
         numba function calling both measured 4% faster at one point but took 1.5-2 s longer to
-        compile, as LLVM optimizes the callees again within it). Layer by layer the first-order series, kept transposed as Z (width x
-        columns), goes on as Z <- W (sigma' Z), one BLAS product (into an output layer of at
-        most _FEW_ROWS rows, a numba loop of W's rows times sigma').
+        compile, as LLVM optimizes the callees again within it). Layer by layer the first-order
+        series, kept transposed as Z (width x columns), goes on as Z <- W (sigma' Z), one BLAS
+        product (into an output layer of at most _FEW_ROWS rows, a numba loop of W's rows times
+        sigma').
         The point's Gram matrix, summed over the layers from 2 on (from 1 unless folded: not
         first), is G = sum_j c_j Z_j^T Z_j with c = g sigma''/2 (row j of Z: unit j's gradient):
         each row goes, times sqrt(|c_j|), onto the stack of its sign (a row with c_j = 0 is
@@ -832,8 +833,8 @@ _TOP_SCALES = {False: np.ones(len(_TOP_ORDER)), True: _SERIES_FACTORIALS[1 + _LO
 
 def _series_by_points(params, x, tables, K, out, derivatives):
     """Order 2 for the whole batch in two fused calls (_fused_vertices: the layers' values,
-    sigma', sigma''/2 and output lines; _fused_order_two: point by point the rest), layer 1's block folded
-    into K unless K is None; out in the series' order, the top order included, times alpha!
+    sigma', sigma''/2 and output lines; _fused_order_two: point by point the rest), layer 1's
+    block folded into K unless K is None; out in the series' order, the top order included, times alpha!
     where `derivatives` (returned: whether out holds the derivatives). Layer 1's first-order
     series is W1's columns of the first-order variables (W1 itself where all are)."""
     C = np.ascontiguousarray  # numba takes C-ordered arrays (one compiled loop); mostly they are already
@@ -992,8 +993,8 @@ def _through_activation(factors, powers, tables):
     return H
 
 
-# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1, none at 0).
-_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if k + 1 < len(_START) and _START[k] < _START[k + 1])
+# The low series' orders that have columns: 1 to ORDER - 1 (order 1 alone at ORDER 1, none at 0).
+_FIRST_LAYER_ORDERS = tuple(k for k in range(1, ORDER if ORDER >= 2 else ORDER + 1) if _START[k] < _START[k + 1])
 
 
 def _first_layer_series(factors, powers, batch):
@@ -1188,4 +1189,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: f1e316b90908f5f69de4b1e1157ef28dddce2e00e3981a5f0511d326fa24face
+# sha256 of all lines above: fbbd7cb1e85599cd4a69b6b00670e9086fd7c9d99180b32c7d198b637977ecec

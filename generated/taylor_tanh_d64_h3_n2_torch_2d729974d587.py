@@ -755,8 +755,8 @@ def _through_activation(factors, powers, tables):
     return H
 
 
-# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1, none at 0).
-_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if k + 1 < len(_START) and _START[k] < _START[k + 1])
+# The low series' orders that have columns: 1 to ORDER - 1 (order 1 alone at ORDER 1, none at 0).
+_FIRST_LAYER_ORDERS = tuple(k for k in range(1, ORDER if ORDER >= 2 else ORDER + 1) if _START[k] < _START[k + 1])
 
 
 def _first_layer_series(factors, powers, batch):
@@ -961,4 +961,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: c34f7a44ffd0ffb4cba81a216640b0e28bf3a835e6f1a878124ece54345fe3d1
+# sha256 of all lines above: 882bb8abf580aa11ce95eaa2afcd16dd2fc5fde5e2a81b7ef7c127056e79a09b

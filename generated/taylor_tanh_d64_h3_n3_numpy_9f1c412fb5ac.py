@@ -868,8 +868,8 @@ def _through_activation(factors, powers, tables):
     return H
 
 
-# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1, none at 0).
-_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if k + 1 < len(_START) and _START[k] < _START[k + 1])
+# The low series' orders that have columns: 1 to ORDER - 1 (order 1 alone at ORDER 1, none at 0).
+_FIRST_LAYER_ORDERS = tuple(k for k in range(1, ORDER if ORDER >= 2 else ORDER + 1) if _START[k] < _START[k + 1])
 
 
 def _first_layer_series(factors, powers, batch):
@@ -1073,4 +1073,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: ca5f1e30155e7c97051b88c0d937bae5467b9e3230e0b0fc6102fa71c9e73262
+# sha256 of all lines above: 7261ed2f1570466f5de56ad7958f3f0f0a32237f36c408af0162efeb1d294310

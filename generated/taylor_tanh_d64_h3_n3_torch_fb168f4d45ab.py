@@ -775,8 +775,8 @@ def _through_activation(factors, powers, tables):
     return H
 
 
-# The low series' orders that have columns (all from 1 to ORDER - 1; order 1 alone at ORDER 1, none at 0).
-_FIRST_LAYER_ORDERS = tuple(k for k in range(1, max(ORDER, 2)) if k + 1 < len(_START) and _START[k] < _START[k + 1])
+# The low series' orders that have columns: 1 to ORDER - 1 (order 1 alone at ORDER 1, none at 0).
+_FIRST_LAYER_ORDERS = tuple(k for k in range(1, ORDER if ORDER >= 2 else ORDER + 1) if _START[k] < _START[k + 1])
 
 
 def _first_layer_series(factors, powers, batch):
@@ -984,4 +984,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 27aa27f0f1ded5d37e38a3b3aee9635c1c9537980a4e1b4f35344852773af34a
+# sha256 of all lines above: 6403c711af2702e3e413dbd56f05a845b324caacefcad971b69933b4529c6546
