@@ -98,6 +98,16 @@ _START = tuple(
 _LOW = _START[ORDER] if ORDER >= 2 else len(_SERIES)
 _FIRST_ORDER_COLUMNS = tuple(j for j, m in enumerate(_SERIES) if len(m) == 1)
 _FIRST_ORDER_VARIABLES = tuple(m[0] for m in _SERIES if len(m) == 1)
+# From order 3 the next-to-top order (ORDER - 1, columns _PUSHED to _LOW) is not pushed
+# through the layers either, where that saves rows: it reaches the top order only times a
+# first-order term (at a vertex, sigma'' Z_(ORDER-1) Z_c), so all it needs is made at the
+# vertices, its own coefficients against the output line g and its part of the top order
+# against the line's first-order series, the tangent d g / d x_c (_tangent_back): OUTPUTS x
+# first-order rows through every layer instead of its rows (forward-over-reverse, one order
+# deeper). Z keeps its rows, as zeros.
+_BY_TANGENT = (ORDER >= 3 and 2 in _VERTEX_ORDERS
+               and OUTPUTS * len(_FIRST_ORDER_COLUMNS) < _START[ORDER] - _START[ORDER - 1])
+_PUSHED = _START[ORDER - 1] if _BY_TANGENT else _LOW
 # alpha! of each multi-index: derivatives are Taylor coefficients times alpha!.
 _FACTORIALS = np.array([float(math.prod(map(math.factorial, filter(None, alpha)))) for alpha in MULTI_INDICES])
 
@@ -203,7 +213,7 @@ def _top_blocks():
     Gram matrix however many k share it. For k = 2 (P_1 = Z) block (a, ORDER - a) stands for
     its mirror too: the term is in blocks a <= ORDER / 2 only, twice below the middle."""
     blocks = []
-    for a in range(1, ORDER):
+    for a in range(1 + _BY_TANGENT, ORDER):  # by the tangent, block 1's columns (Z's next-to-top rows) are zeros
         terms = tuple(
             (k, 2.0 if k == 2 and 2 * a < ORDER else 1.0)
             for k in _VERTEX_ORDERS if k - 1 <= a and (k != 2 or 2 * a <= ORDER)
@@ -243,6 +253,15 @@ _TOP_BLOCKS = _top_blocks()
 # The block non-zero at layer 1, (k, a) = (ORDER, ORDER - 1), folded into one matrix from a batch of 8.
 _FIRST_LAYER_BLOCK = next((i for i, block in enumerate(_TOP_BLOCKS) if block["first_layer"]), None)
 _FOLD_FROM_BATCH = 8
+
+
+def _tangent_sums():
+    """The tangent's Gram entries G[c, a] = sum_j t_c N_a (first-order column c, next-to-top
+    column a, flat in that grid) onto the top-order coefficients x_c a, in groups
+    (_group_by_count; targets as positions in _TOP_ORDER)."""
+    grid = _product_columns(_monomial_array(1), _monomial_array(ORDER - 1)).ravel()
+    entries = np.flatnonzero(grid >= 0)
+    return _group_by_count(entries, None, _TOP_POSITION[grid[entries]])
 
 
 def _top_sums():
@@ -334,15 +353,23 @@ def _multiply_adds():
     """Multiply-adds per batch element of one call, as matrix products and elementwise work.
 
     Per hidden layer of width w: the series (S = _LOW columns) through the activation and
-    the next Linear layer; for the top order each block's weighting and Gram matrix plus
-    the reverse sweep, at layer 1 only t @ K.T (K is made once per call).
+    its _PUSHED columns through the next Linear layer; for the top order each block's
+    weighting and Gram matrix plus the reverse sweep, at layer 1 only t @ K.T (K is made
+    once per call); by the tangent, the next-to-top order against the line, its Gram matrix
+    with the tangent (below the last hidden layer) and the tangent's sweep.
     """
     gemm, elementwise = LAYER_SIZES[0] * LAYER_SIZES[1], 0
     series, top_terms = _powers_work()
     top_rows = sum(len(block["rows"]) for block in _TOP_BLOCKS)
+    tangent_rows, next_columns = OUTPUTS * len(_FIRST_ORDER_COLUMNS), _LOW - _PUSHED
     for layer, (w_prev, w, w_next) in enumerate(zip(LAYER_SIZES[:-2], LAYER_SIZES[1:-1], LAYER_SIZES[2:])):
         elementwise += series * w
-        gemm += _LOW * w * w_next + w * w_next
+        gemm += _PUSHED * w * w_next + w * w_next
+        if _BY_TANGENT:
+            gemm += OUTPUTS * next_columns * w + (tangent_rows * next_columns * w if layer < HIDDEN_LAYERS - 1 else 0)
+            if layer > 0:  # the tangent one layer down: (g sigma'' Z_c (+ t sigma')) W
+                elementwise += (2 if layer == HIDDEN_LAYERS - 1 else 3) * tangent_rows * w
+                gemm += tangent_rows * w * w_prev
         if layer == 0:
             gemm += OUTPUTS * (len(_SERIES) - _LOW) * w if _FIRST_LAYER_BLOCK is not None else 0
             continue
@@ -456,6 +483,8 @@ def _build_tables(index):
         "top_sums": [{"terms": count, "left": index(lefts.reshape(-1, count).T.ravel()),
                       "targets": slice(start - len(group), start)}  # _TOP_ORDER lists the groups' targets in turn
                      for start, (count, group, lefts, _) in zip(_TOP_GROUP_ENDS, _TOP_GROUPS)],
+        "tangent_sums": [{"terms": count, "left": index(lefts.reshape(-1, count).T.ravel()), "targets": index(group)}
+                         for count, group, lefts, _ in (_tangent_sums() if _BY_TANGENT else ())],
         "top_unreached": slice(_TOP_GROUP_ENDS[-1] if _TOP_GROUPS else 0, len(_TOP_ORDER)),
         "first_layer_sums": None if _FIRST_LAYER_BLOCK is None else _buckets(
             index, _TOP_BLOCKS[_FIRST_LAYER_BLOCK]["full_entries"], None,
@@ -513,6 +542,20 @@ def _affine(h, W, b):
 def _add_product(out, a, b):
     """out + a * b, in place where out is given (one kernel: addcmul_; autograd saves a and b, not out)."""
     return a * b if out is None else out.addcmul_(a, b)
+
+
+def _through_layer(H, W):
+    """The next layer's series Z = H W^T: its first _PUSHED rows; the next-to-top order's are
+    zeros by the tangent (made at the vertices, _top_order)."""
+    if _PUSHED == _LOW:
+        return _rows_times(H, W.T)
+    return torch.cat([_rows_times(H[:_PUSHED], W.T), H.new_zeros((_LOW - _PUSHED,) + H.shape[1:-1] + W.shape[:1])], 0)
+
+
+def _add_row_dots(out, a, rows):
+    """out += sum_j a[b, r, j] rows[n, b, j], out (batch, R, n), for a (batch or 1, R, width)
+    and rows (n, batch, width): one batched matrix product (in place: autograd records it)."""
+    out += a @ rows.permute(1, 2, 0)
 
 
 def _stacked_products(pairs):
@@ -794,10 +837,12 @@ def _first_layer_series(factors, powers, batch):
     return _stacked_products(pairs) if pairs else _zeros(like, (_LOW, batch, like.shape[-1]))
 
 
-def _top_order(vertices, weights, tables, batch, fold, top):
-    """Writes the coefficients of order ORDER into top, (batch, OUTPUTS, n_top) in _TOP_ORDER,
-    made at the vertices, but for layer 1's part when `fold`: then returns u = t at layer 1,
-    whose u @ K.T it is.
+def _top_order(vertices, weights, tables, batch, fold, series):
+    """Writes the coefficients of order ORDER into series[:, :, _LOW:], (batch, OUTPUTS, n_top)
+    in _TOP_ORDER, made at the vertices, but for layer 1's part when `fold`; by the tangent
+    (_BY_TANGENT) adds the next-to-top order's onto series[:, :, _PUSHED:_LOW]. Returns u = t
+    at layer 1, whose u @ K.T is layer 1's part when `fold`, and the tangent's Gram entries,
+    still to be summed onto the top order (_add_tangent_part), or None.
 
     Every diagram's root vertex contracts its lower-order subtrees against the output
     line g = df/dh^(l) (one reverse sweep, as in forward-over-reverse). Per block (the order
@@ -806,12 +851,23 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     activation's equation), summed over the layers; its entries are
     then summed onto alpha * gamma. A symmetric block is made in pieces on and above its
     diagonal. At layer 1 only _FIRST_LAYER_BLOCK's k = ORDER term is non-zero: t @ K.T.
+
+    By the tangent, each layer's next-to-top rows N of S (made with Z's zeros there) add
+    g N to their coefficients and, below the last hidden layer, the Gram entries t_c N_a of
+    the tangent t to x_c a: what Z's rows would have carried up (see _BY_TANGENT).
     """
+    top = series[:, :, _LOW:]
     grams = [[None] * len(pieces) for _, _, pieces in tables["top"]]
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
-    u = None
+    u = tangent = tangent_grams = None
     for layer in reversed(range(len(vertices))):
-        factors, powers, Q = vertices[layer]
+        factors, powers, Q, next_rows = vertices[layer]
+        if next_rows is not None:  # by the tangent: S's next-to-top rows
+            _add_row_dots(series[:, :, _PUSHED:_LOW], g, next_rows)
+            if tangent is not None:  # (batch, OUTPUTS x first-order columns, next-to-top columns)
+                if tangent_grams is None:
+                    tangent_grams = _zeros(tangent, (batch, tangent.shape[1], _LOW - _PUSHED))
+                _add_row_dots(tangent_grams, tangent, next_rows)
         blocks = tables["top"]
         lines = _line_rows(factors, powers, g) if _LINE_ROWS and layer > 0 and Q is None and _scatters(powers[0]) else None
         for i, (terms, cols, pieces) in enumerate(blocks):
@@ -834,6 +890,8 @@ def _top_order(vertices, weights, tables, batch, fold, top):
                 gram = left[:, :, r0:r1] @ right[..., c0:]
                 grams[i][p] = gram if grams[i][p] is None else grams[i][p] + gram
         if layer > 0:
+            if next_rows is not None:
+                tangent = _tangent_back(g, tangent, factors, powers[0], weights[layer])
             g = _line_back(g, factors[0], weights[layer])
         elif fold:
             u = g * factors[ORDER - 1][:, None, :]
@@ -846,13 +904,40 @@ def _top_order(vertices, weights, tables, batch, fold, top):
     if entries is not None and _scatters(entries):  # on a GPU, one gather and one scatter-add for all
         lefts, targets = tables["top_scatter"]
         top.zero_().index_add_(-1, targets, entries.index_select(-1, lefts))
-        return u
+        return u, tangent_grams
     for group in tables["top_sums"]:  # term-major: term i of every target, then term i + 1
-        terms = _take_last(entries, group["left"])
-        terms = terms if group["terms"] == 1 else terms.reshape(batch, OUTPUTS, group["terms"], -1).sum(-2)
+        terms = _group_sums(entries, group)
         top[:, :, group["targets"]] = terms
     top[:, :, tables["top_unreached"]] = 0.0  # coefficients no diagram reaches
-    return u
+    return u, tangent_grams
+
+
+def _group_sums(entries, group):
+    """Each target's terms of a group summed: entries (batch, OUTPUTS, n) taken term-major
+    (term i of every target, then term i + 1), group["terms"] terms per target."""
+    terms = _take_last(entries, group["left"])
+    return terms if group["terms"] == 1 else terms.reshape(terms.shape[:2] + (group["terms"], -1)).sum(-2)
+
+
+def _add_tangent_part(top, tangent_grams, tables):
+    """Adds the tangent's Gram entries (summed over the layers; (batch, OUTPUTS x first-order
+    columns, next-to-top columns)) onto the top order they reach."""
+    entries = tangent_grams.reshape(tangent_grams.shape[0], OUTPUTS, -1)  # (batch, OUTPUTS, first-order x next-to-top)
+    for group in tables["tangent_sums"]:
+        top[:, :, group["targets"]] += _group_sums(entries, group)
+
+
+def _tangent_back(g, tangent, factors, Z, W):
+    """The tangent one layer down: t_c = d g / d x_c, the output line's first-order series, of
+    g' = (sigma' g) W is (sigma'' Z_c g + sigma' t_c) W (t = 0 at the last hidden layer: the
+    output layer is linear), with Z_c Z's first-order rows. tangent and the result: (batch,
+    OUTPUTS x first-order columns, width), output-major."""
+    first = _START[2]
+    t = (g * (2.0 * factors[1])[:, None, :])[:, :, None, :] * Z[:first].swapaxes(0, 1)[:, None]  # factors[1] = sigma''/2
+    t = t.reshape(t.shape[0], -1, t.shape[-1])
+    if tangent is not None:
+        t = t + tangent * factors[0][:, None, :]
+    return _rows_times(t, W)
 
 
 def _rows_times(a, matrix):
@@ -939,12 +1024,17 @@ def _series(params, x, tables, first_powers, fold, out):
             H = _through_activation(factors, powers, tables)
         elif Q is None:
             H = _first_layer_series(factors, powers, batch)
-        vertices.append((factors, powers, Q))
-        Z = _rows_times(H, W.T)
+        vertices.append((factors, powers, Q, H[_PUSHED:] if _BY_TANGENT else None))
+        Z = _through_layer(H, W)
         z = _affine(h, W, b)
     out[:, :, 0] = z
     out[:, :, 1 : 1 + _LOW] = Z.swapaxes(0, 1).swapaxes(1, 2)  # (batch or 1, OUTPUTS, columns): assigning broadcasts
-    return _top_order(vertices, weights, tables, batch, fold, out[:, :, 1 + _LOW :])
+    u, tangent_grams = _top_order(vertices, weights, tables, batch, fold, out[:, :, 1:])
+    if tangent_grams is not None:
+        _add_tangent_part(out[:, :, 1 + _LOW :], tangent_grams, tables)
+    return u
+
+
 
 
 _FOLD_MAX_NUMBERS = 2**24
@@ -984,4 +1074,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 6403c711af2702e3e413dbd56f05a845b324caacefcad971b69933b4529c6546
+# sha256 of all lines above: ae000dd6dbf6c72362bb15e1d2bad4fdab1b0d8e68e8d033344bc85cd7520e62
