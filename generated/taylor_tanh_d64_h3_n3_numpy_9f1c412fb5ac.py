@@ -707,10 +707,18 @@ if _FUSED:
 
     @_jit()
     def _fused_add_pairs(out, A, B, first, end, left, right, weight, j0):
-        """out += sum over rows i in [first, end) of weight[i] A[left[i]] B[right[i]], columns from j0 on."""
-        for i in range(first, end):
-            a, c, w = A[left[i], j0 : j0 + len(out)], B[right[i], j0 : j0 + len(out)], weight[i]
-            for j in range(len(out)):
+        """out += sum over rows i in [first, end) of weight[i] A[left[i]] B[right[i]], columns
+        from j0 on, two rows a pass (out loaded and stored half as often: the loop 1.1x faster at
+        (2, 8), the call 1.02x)."""
+        n = len(out)
+        for i in range(first, end - 1, 2):
+            a, c, w = A[left[i], j0 : j0 + n], B[right[i], j0 : j0 + n], weight[i]
+            a2, c2, w2 = A[left[i + 1], j0 : j0 + n], B[right[i + 1], j0 : j0 + n], weight[i + 1]
+            for j in range(n):
+                out[j] += w * a[j] * c[j] + w2 * a2[j] * c2[j]
+        if (end - first) % 2:
+            a, c, w = A[left[end - 1], j0 : j0 + n], B[right[end - 1], j0 : j0 + n], weight[end - 1]
+            for j in range(n):
                 out[j] += w * a[j] * c[j]
 
     @_jit(fastmath={"reassoc", "contract"})  # a dot product vectorizes only if its sum may be reordered
@@ -1243,4 +1251,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 1b759588eb58b49000c896a29a9c87bf65c38287c419dae9cc8d41cbd656520c
+# sha256 of all lines above: 0e3089b9af4dba72bbfafc84dc16c35452c38f1ce6deae09ba3035a9b2459a66
