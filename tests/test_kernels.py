@@ -131,6 +131,52 @@ def test_torch_gpu_path_subsets_and_one_point(subset, activation, line_rows, ker
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize(
+    "activation,order,d,hidden,outputs,subset,by_tangent",
+    [("tanh", 5, 2, 3, 1, None, True),  # by the activation's equation in NumPy from order 5
+     ("sin", 3, 3, 2, 1, None, True),  # by the powers of Z
+     ("tanh", 4, 3, 3, 2, None, True),  # two outputs: 2 x 3 tangent rows, 10 next-to-top rows
+     ("gelu", 4, 2, 1, 1, None, True),  # one hidden layer: no tangent, the line alone
+     (QUADRATIC, 4, 3, 2, 1, None, True),  # third derivative zero: sigma'' the one vertex
+     ("tanh", 4, 3, 2, 1, [(3, 1, 0), (0, 2, 2), (1, 0, 0)], True),
+     ("tanh", 3, 2, 2, 2, None, False)],  # 2 x 2 tangent rows, not fewer than 3 next-to-top rows: pushed
+)
+def test_next_to_top_order_by_the_tangent(activation, order, d, hidden, outputs, subset, by_tangent, backend,
+                                          kernel_dir):
+    """From order 3 the next-to-top order is made at the vertices (its coefficients against the
+    output line, its part of the top order against the line's tangent) where OUTPUTS x first-order
+    rows are fewer than its rows; both ways match jacfwd at 1, 3 and 9 points (layer 1 folded)."""
+    rng = random.Random(order * 10 + d)
+    sizes = (d,) + tuple(rng.randint(2, 6) for _ in range(hidden)) + (outputs,)
+    gen = torch.Generator().manual_seed(order + d)
+    params = random_params(sizes, gen)
+    x = torch.randn(9, d, generator=gen, dtype=torch.float64)
+    mod = diagramc.compile(diagramc.Architecture(sizes, activation), order, backend, multi_indices=subset,
+                           out_dir=kernel_dir)
+    assert mod._BY_TANGENT == by_tangent
+    assert mod._PUSHED == (mod._START[order - 1] if by_tangent else mod._LOW)
+    p = params if backend == "torch" else [q.numpy() for q in params]
+    for points in (x[:1], x[:3], x):
+        got = mod.derivatives(p, points if backend == "torch" else points.numpy())
+        _assert_matches(got, reference_derivatives(params, points, activation, mod.MULTI_INDICES))
+
+
+def test_multiply_adds_count_the_tangent_as_torch_counts_its_products(kernel_dir):
+    """MULTIPLY_ADDS's matrix products by the tangent (the next-to-top order against the line,
+    the tangent's Gram entries and sweep), as torch's FlopCounterMode counts a call (batch 16:
+    layer 1 folded, the path the count states)."""
+    from diagramc.bench import _counted_gemm_macs
+
+    for sizes, order, activation in [((4, 9, 7, 6, 1), 4, "tanh"), ((2, 5, 8, 2), 6, "sin")]:
+        mod = diagramc.compile(diagramc.Architecture(sizes, activation), order, "torch", out_dir=kernel_dir)
+        assert mod._BY_TANGENT
+        gen = torch.Generator().manual_seed(order)
+        params = random_params(sizes, gen)
+        x = torch.randn(16, sizes[0], generator=gen, dtype=torch.float64)
+        assert _counted_gemm_macs(mod, params, x) == mod.MULTIPLY_ADDS["gemm"]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("activation", ["tanh", "gelu", "softplus"])
 def test_float32_within_1e4_relative(backend, activation, kernel_dir):
     arch, params, x = _case(21, activation, 4, d=3, hidden=3)
