@@ -218,9 +218,10 @@ def _interleaved(calls: dict[str, Callable[[], object]], rounds: int, bursts: di
     round to round. On a shared machine whose speed drifts by 1.5x within minutes, a ratio of
     two methods' times in the same round is far steadier than a ratio of medians taken minutes
     apart. In its turn a method runs a burst of `bursts[name]` calls (several where one call
-    is far shorter than a round): its steady time for the round is the burst's median, as the
-    issue asks (steady state); the burst's first call, after the other methods have filled
-    the caches with their own data, is kept apart (slower, up to 3x at 0.1 ms a call)."""
+    is far shorter than a round, two where two fit in a round, _burst): its steady time for
+    the round is the median of the burst's calls after the first, as the issue asks (steady
+    state); the burst's first call, after the other methods have filled the caches with their
+    own data, is kept apart (slower: up to 3x at 0.1 ms a call, 1.1x at 10 ms)."""
     names = list(calls)
     steady: dict[str, list[float]] = {name: [] for name in names}
     first: dict[str, list[float]] = {name: [] for name in names}
@@ -231,15 +232,17 @@ def _interleaved(calls: dict[str, Callable[[], object]], rounds: int, bursts: di
                 t0 = time.perf_counter()
                 calls[name]()
                 times.append(time.perf_counter() - t0)
-            steady[name].append(statistics.median(times))
+            steady[name].append(statistics.median(times[1:] or times))
             first[name].append(times[0])
     return steady, first
 
 
 def _burst(median_s: float, settings: "Settings") -> int:
     """Calls per turn in the interleaved rounds: enough for about settings.burst_s of work, at
-    most settings.max_burst, at least one."""
-    return max(1, min(settings.max_burst, int(settings.burst_s / max(median_s, 1e-9))))
+    most settings.max_burst; at least two where two calls take at most settings.round_max_s
+    (one call after another method is a cold call, not the steady state), else one."""
+    least = 2 if 2 * median_s <= settings.round_max_s else 1
+    return max(least, min(settings.max_burst, int(settings.burst_s / max(median_s, 1e-9))))
 
 
 def _skipped(status: str, note: str, **extra) -> dict:
@@ -1149,8 +1152,8 @@ def format_table(report: dict) -> str:
     lines.append("times: median ms of repeated runs (of the interleaved rounds for methods fast enough to take "
                  "part); (c X s) = cold compile (ours) or jit compile (JAX); est = estimated from a small batch")
     lines.append("best anchor / ours: the median, over the rounds, of the ratio within a round (where both took "
-                 "part); in a round each method runs a burst of calls (~10 ms of them, at most 25) and counts its "
-                 "median, its steady state; ratio > 1: our kernel is faster")
+                 "part); in a round each method runs a burst of calls (~10 ms of them, at least 2, at most 25) and "
+                 "counts the median of its calls after the first, its steady state; ratio > 1: our kernel is faster")
     pinned = report.get("settings", {}).get("pinned_cores")
     if pinned is not None:
         lines.append(f"every method ran pinned to core(s) {', '.join(map(str, pinned))} (--threads {len(pinned)})")

@@ -73,15 +73,17 @@ def test_interleaved_rounds_rotate_the_order():
 
 
 def test_interleaved_bursts_count_their_median(monkeypatch):
-    """A method runs its burst in its turn; the round counts the burst's median, and its first
-    call apart: here b's calls take 0, 0.3, 0.1 s (a fake clock) per burst: median 0.1, first 0."""
-    clock = iter(np.cumsum([0.0] + [0.0, 0.0, 0.3, 0.0, 0.1, 0.0] * 2))  # call, gap, call, gap, ...
+    """A method runs its burst in its turn; the round counts the median of the burst's calls after
+    the first, and the first apart: here b's calls take 0.5, 0.1, 0.3, 0.1 s (a fake clock) per
+    burst: median 0.1, first 0.5 (a cold call, not counted in the steady state)."""
+    clock = iter(np.cumsum([0.0] + [0.5, 0.0, 0.1, 0.0, 0.3, 0.0, 0.1, 0.0] * 2))  # call, gap, call, gap, ...
     monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
-    times, first = bench._interleaved({"b": lambda: None}, 2, {"b": 3})
+    times, first = bench._interleaved({"b": lambda: None}, 2, {"b": 4})
     monkeypatch.undo()
-    assert times["b"] == pytest.approx([0.1, 0.1]) and first["b"] == pytest.approx([0.0, 0.0])
+    assert times["b"] == pytest.approx([0.1, 0.1]) and first["b"] == pytest.approx([0.5, 0.5])
     settings = bench.Settings.make(True)
-    assert bench._burst(1e-4, settings) == settings.max_burst and bench._burst(1.0, settings) == 1
+    assert bench._burst(1e-4, settings) == settings.max_burst and bench._burst(settings.round_max_s, settings) == 1
+    assert bench._burst(settings.round_max_s / 2, settings) == 2  # two where two fit: one is a cold call
     assert bench._burst(settings.burst_s / 4, settings) == 4
 
 
