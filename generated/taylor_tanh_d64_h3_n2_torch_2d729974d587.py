@@ -1007,8 +1007,6 @@ def _series(params, x, tables, first_powers, fold, out):
     return u
 
 
-
-
 _FOLD_MAX_NUMBERS = 2**24
 
 
@@ -1051,4 +1049,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 2962aa05624f6148cee506f19338753ff44b37f410083d1ec14a86274869faa8
+# sha256 of all lines above: 373f7e7ab872c52173c480d2bb486dd982f5defe66eba95bdab583f54dd1327d

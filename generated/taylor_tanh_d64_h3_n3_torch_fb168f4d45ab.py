@@ -1035,8 +1035,6 @@ def _series(params, x, tables, first_powers, fold, out):
     return u
 
 
-
-
 _FOLD_MAX_NUMBERS = 2**24
 
 
@@ -1074,4 +1072,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: ae000dd6dbf6c72362bb15e1d2bad4fdab1b0d8e68e8d033344bc85cd7520e62
+# sha256 of all lines above: 670bc55e30bfc6ae6d8cb778e9b6c65225e789a3d468af15b9bf270b7c72a83b
