@@ -266,13 +266,19 @@ def _gram_sums():
     return (r * _LOW + c)[wanted], np.where(c > r, 2.0, 1.0)[wanted] * _TOP_BLOCKS[0]["terms"][-1][1], grid[wanted]
 
 
-def _tangent_sums():
+def _tangent_entries():
     """The tangent's Gram entries G[c, a] = sum_j t_c N_a (first-order column c, next-to-top
-    column a, flat in that grid) onto the top-order coefficients x_c a, in groups
-    (_group_by_count; targets as positions in _TOP_ORDER)."""
+    column a) that reach the top order, flat in that grid, and the position in _TOP_ORDER of
+    the coefficient x_c a each adds to."""
     grid = _product_columns(_monomial_array(1), _monomial_array(ORDER - 1)).ravel()
     entries = np.flatnonzero(grid >= 0)
-    return _group_by_count(entries, None, _TOP_POSITION[grid[entries]])
+    return entries, _TOP_POSITION[grid[entries]]
+
+
+def _tangent_sums():
+    """_tangent_entries in groups (_group_by_count)."""
+    entries, positions = _tangent_entries()
+    return _group_by_count(entries, None, positions)
 
 
 def _top_sums():
@@ -651,6 +657,8 @@ def _tables_on(device):
     tables = _build_tables(index)
     tables["top_rows"] = [slice(block["rows"].start, block["rows"].stop) for block in _TOP_BLOCKS]
     tables["top_scatter"] = _top_scatter(index)
+    if _BY_TANGENT:  # the tangent's Gram entries onto the top order as one scatter-add (_add_tangent_part)
+        tables["tangent_scatter"] = tuple(index(a.tolist()) for a in _tangent_entries())
     if _FIRST_LAYER_BLOCK is not None:  # K's entries and their rows (_first_layer_matrix)
         block = _TOP_BLOCKS[_FIRST_LAYER_BLOCK]
         tables["first_layer_scatter"] = (index(block["full_entries"].tolist()),
@@ -898,6 +906,10 @@ def _add_tangent_part(top, tangent_grams, tables):
     """Adds the tangent's Gram entries (summed over the layers; (batch, OUTPUTS x first-order
     columns, next-to-top columns)) onto the top order they reach."""
     entries = tangent_grams.reshape(tangent_grams.shape[0], OUTPUTS, -1)  # (batch, OUTPUTS, first-order x next-to-top)
+    if _scatters(entries):  # on a GPU, one gather and one scatter-add
+        lefts, targets = tables["tangent_scatter"]
+        top.index_add_(-1, targets, entries.index_select(-1, lefts))
+        return
     for group in tables["tangent_sums"]:
         top[:, :, group["targets"]] += _group_sums(entries, group)
 
@@ -1049,4 +1061,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 373f7e7ab872c52173c480d2bb486dd982f5defe66eba95bdab583f54dd1327d
+# sha256 of all lines above: 03bf22c5180a09d5ecc2cede43859e15bd3357f09849efd9126be4e880a1b15e

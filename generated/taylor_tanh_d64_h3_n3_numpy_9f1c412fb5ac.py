@@ -260,13 +260,19 @@ _FIRST_LAYER_BLOCK = next((i for i, block in enumerate(_TOP_BLOCKS) if block["fi
 _FOLD_FROM_BATCH = 8
 
 
-def _tangent_sums():
+def _tangent_entries():
     """The tangent's Gram entries G[c, a] = sum_j t_c N_a (first-order column c, next-to-top
-    column a, flat in that grid) onto the top-order coefficients x_c a, in groups
-    (_group_by_count; targets as positions in _TOP_ORDER)."""
+    column a) that reach the top order, flat in that grid, and the position in _TOP_ORDER of
+    the coefficient x_c a each adds to."""
     grid = _product_columns(_monomial_array(1), _monomial_array(ORDER - 1)).ravel()
     entries = np.flatnonzero(grid >= 0)
-    return _group_by_count(entries, None, _TOP_POSITION[grid[entries]])
+    return entries, _TOP_POSITION[grid[entries]]
+
+
+def _tangent_sums():
+    """_tangent_entries in groups (_group_by_count)."""
+    entries, positions = _tangent_entries()
+    return _group_by_count(entries, None, positions)
 
 
 def _top_sums():
@@ -790,8 +796,8 @@ if _FUSED:
 
     if _BY_TANGENT:  # per tangent Gram entry (first-order column c, next-to-top column a) its top position, or -1
         _TABLES["tangent_positions"] = np.full((_START[2] - _START[1]) * (_LOW - _PUSHED), -1, dtype=np.int64)
-        for _count, _group, _lefts, _ in _tangent_sums():
-            _TABLES["tangent_positions"][_lefts.reshape(-1, _count)] = np.asarray(_group)[:, None]
+        _entries, _positions = _tangent_entries()
+        _TABLES["tangent_positions"][_entries] = _positions
 
     for _k, _table in _TABLES["powers"].items():
         _table["fused"] = _fused_table(_k, _table["scale"])
@@ -1251,4 +1257,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: 06f949b284ef8a874f99f17f61bb09dde83cf8d8e5a2ac4450ae15887e5e2a7c
+# sha256 of all lines above: b935de52fbb1f309f6140728dbb8274fc7e82cb67f2dfbf048ff9438742e649d
