@@ -1041,12 +1041,14 @@ def _top_order(vertices, weights, tables, batch, fold, series):
     top = series[:, :, _LOW:]
     grams = [[None] * len(pieces) for _, _, pieces in tables["top"]]
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
-    u = tangent = tangent_grams = None
+    u = tangent = tangent_grams = next_order = None
     fused = False  # whether a layer's Gram entries went onto top in _fused_equation_top
     for layer in reversed(range(len(vertices))):
         factors, powers, Q, next_rows = vertices[layer]
         if next_rows is not None:  # by the tangent: S's next-to-top rows
-            _add_row_dots(series[:, :, _PUSHED:_LOW], g, next_rows)
+            if next_order is None:  # (batch, OUTPUTS, next-to-top columns)
+                next_order = _zeros(next_rows, (batch, OUTPUTS, _LOW - _PUSHED))
+            _add_row_dots(next_order, g, next_rows)
             if tangent is not None:  # (batch, OUTPUTS x first-order columns, next-to-top columns)
                 if tangent_grams is None:
                     tangent_grams = _zeros(tangent, (batch, tangent.shape[1], _LOW - _PUSHED))
@@ -1074,6 +1076,8 @@ def _top_order(vertices, weights, tables, batch, fold, series):
             g = _line_back(g, factors[0], weights[layer])
         elif fold:
             u = g * factors[ORDER - 1][:, None, :]
+    if next_order is not None:  # (contiguous while summed: one compiled version of NumPy's fused loop)
+        series[:, :, _PUSHED:_LOW] += next_order
     if fused and all(gram is None for block in grams for gram in block):  # all made in the fused loop
         top[:, :, tables["top_unreached"]] = 0.0
         return u, tangent_grams
@@ -1257,4 +1261,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: b935de52fbb1f309f6140728dbb8274fc7e82cb67f2dfbf048ff9438742e649d
+# sha256 of all lines above: f4a9559e9051f3307a09610691545487cd1ca08b53036d3b139d97f44a8af626

@@ -867,11 +867,13 @@ def _top_order(vertices, weights, tables, batch, fold, series):
     top = series[:, :, _LOW:]
     grams = [[None] * len(pieces) for _, _, pieces in tables["top"]]
     g = weights[-1][None]  # df/dh^(H): (1, OUTPUTS, n_H)
-    u = tangent = tangent_grams = None
+    u = tangent = tangent_grams = next_order = None
     for layer in reversed(range(len(vertices))):
         factors, powers, Q, next_rows = vertices[layer]
         if next_rows is not None:  # by the tangent: S's next-to-top rows
-            _add_row_dots(series[:, :, _PUSHED:_LOW], g, next_rows)
+            if next_order is None:  # (batch, OUTPUTS, next-to-top columns)
+                next_order = _zeros(next_rows, (batch, OUTPUTS, _LOW - _PUSHED))
+            _add_row_dots(next_order, g, next_rows)
             if tangent is not None:  # (batch, OUTPUTS x first-order columns, next-to-top columns)
                 if tangent_grams is None:
                     tangent_grams = _zeros(tangent, (batch, tangent.shape[1], _LOW - _PUSHED))
@@ -903,6 +905,8 @@ def _top_order(vertices, weights, tables, batch, fold, series):
             g = _line_back(g, factors[0], weights[layer])
         elif fold:
             u = g * factors[ORDER - 1][:, None, :]
+    if next_order is not None:  # (contiguous while summed: one compiled version of NumPy's fused loop)
+        series[:, :, _PUSHED:_LOW] += next_order
     entries = [  # zeros for a block no layer reaches (one hidden layer, folded)
         _zeros(weights[0], (batch, OUTPUTS, (r1 - r0) * (cols.stop - cols.start - c0))) if gram is None
         else gram.reshape(batch, OUTPUTS, -1)
@@ -1084,4 +1088,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: fa98c2067a20ee912a8ccbc1b0ce35f60552e3e2668ba01331bf0f324c6e2b62
+# sha256 of all lines above: 5d6f2a2651271e4986bec91ff443930237670ea59828f6fa95be161027370245
