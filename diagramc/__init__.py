@@ -1,31 +1,43 @@
 """diagramc: a symbolic diagram compiler for the Taylor expansion of neural networks.
 
-Pipeline: combinatorics (diagrams) -> sympy (vertex functions, expressions) ->
-kernel plan (index tables of the factored layer recursion) -> jinja2 code generation
--> cached, imported NumPy / PyTorch module.
+Pipeline: combinatorics (diagrams) -> sympy (vertex functions, expressions) -> plan
+(index tables and strategy, decided at compile time) -> jinja2 code generation -> cached,
+imported NumPy / PyTorch module calling diagramc.runtime.
+
+The public names load on first use, so a generated module, which imports diagramc.runtime
+alone, does not pay for sympy, networkx or jinja2.
 """
+import importlib
+
 __version__ = "0.1.0"
 
-from .errors import DiagramcError  # noqa: E402
-from .network import Architecture, params_from_torch, load_model  # noqa: E402
-from .compiler import compile, taylor  # noqa: E402
-from .activations import get_activation, ACTIVATIONS  # noqa: E402
-from .combinatorics import diagrams, count, Diagram  # noqa: E402
-from .attribution import contributions  # noqa: E402
-from .graphs import cuda_graphed  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "DiagramcError": "errors",
+    "Architecture": "network",
+    "params_from_torch": "network",
+    "load_model": "network",
+    "compile": "compiler",
+    "taylor": "compiler",
+    "get_activation": "activations",
+    "ACTIVATIONS": "activations",
+    "diagrams": "combinatorics",
+    "count": "combinatorics",
+    "Diagram": "combinatorics",
+    "contributions": "attribution",
+    "cuda_graphed": "graphs",
+}
 
-__all__ = [
-    "Architecture",
-    "ACTIVATIONS",
-    "compile",
-    "contributions",
-    "count",
-    "cuda_graphed",
-    "Diagram",
-    "DiagramcError",
-    "diagrams",
-    "get_activation",
-    "load_model",
-    "params_from_torch",
-    "taylor",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diagramc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

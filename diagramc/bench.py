@@ -398,7 +398,7 @@ def kernel_multiply_adds(module, device: str = "cpu") -> dict | None:
     it for the path taken on that device (a torch kernel on a GPU keeps the powers of Z)."""
     stated = getattr(module, "MULTIPLY_ADDS", None)
     if device != "cpu":
-        stated = getattr(module, "_MULTIPLY_ADDS_BY_POWERS", stated)
+        stated = getattr(getattr(module, "_KERNEL", None), "_MULTIPLY_ADDS_BY_POWERS", stated)
     return None if stated is None else {**stated, "source": "module"}
 
 
@@ -517,7 +517,7 @@ def bench_ours(cell: Cell, backend: str, settings: Settings, kernel_dir: Path, d
     source = Path(module.__file__).read_bytes()
     return _result(times, packed, call, compile_s=cold["cold_total_s"], cold_compile=cold, memory=memory,
                    multiply_adds_per_sample=macs, module=str(module.__file__),
-                   fused_loops=bool(getattr(module, "_FUSED", False)),
+                   fused_loops=bool(getattr(getattr(module, "_KERNEL", None), "_FUSED", False)),
                    module_sha256=hashlib.sha256(source).hexdigest())
 
 
@@ -835,7 +835,7 @@ def _memory_check_child(d: int, order: int, batches, backend: str, rss_limit: in
     def predicted_peak(batch):
         """The working set grows with the batch up to one chunk (_CHUNK points), the output with all of it."""
         last_batch, last_peak = measured
-        chunk = getattr(module, "_CHUNK", batch)
+        chunk = getattr(getattr(module, "_KERNEL", None), "_CHUNK", batch)
         output = len(module.MULTI_INDICES) * 8 * module.OUTPUTS
         work = max(last_peak - output * last_batch, 0) / min(last_batch, chunk)
         return work * min(batch, chunk) + output * batch

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out-dir", default=None, help="folder for the module (default: the per-user cache)")
     p.add_argument("--trust-model", action="store_true", help="allow unpickling a whole pickled module (runs code)")
     p.add_argument("--force", action="store_true", help="compile even above the size limit on distinct coefficients")
+    p.add_argument("--plan", action="store_true", help="print the kernel's plan (what it does, what it costs); write nothing")
+    p.add_argument("--json", action="store_true", help="with --plan: the plan as JSON")
 
     p = sub.add_parser(
         "contributions",
@@ -244,6 +246,15 @@ def _compile(args) -> None:
         if not args.activation:
             raise DiagramcError("--layer-sizes needs --activation (a name such as tanh, or an expression in x)")
         arch = Architecture(args.layer_sizes, args.activation)
+    if args.json and not args.plan:
+        raise DiagramcError("--json goes with --plan (compile prints the path of the module it wrote)")
+    if args.plan:
+        from .plan import make_plan, plan_json
+        from .spec import KernelSpec
+
+        plan = make_plan(KernelSpec.create(arch, args.order, args.backend, args.multi_index, args.force))
+        print(plan_json(plan) if args.json else plan.explain())
+        return
     out_dir = args.out_dir
     module = compile(arch, args.order, args.backend, multi_indices=args.multi_index, out_dir=out_dir, force=args.force)
     print(Path(module.__file__))

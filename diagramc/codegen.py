@@ -13,7 +13,9 @@ from importlib import resources
 import jinja2
 
 from . import __version__
+from .plan import make_plan
 from .printing import activation_code
+from .runtime import VERSION as RUNTIME_VERSION
 from .spec import KernelSpec
 
 TEMPLATES = {"numpy": "numpy_kernel.py.jinja", "torch": "torch_kernel.py.jinja"}
@@ -24,6 +26,11 @@ def _tuple_literal(values) -> str:
     """Python literal of a tuple, one-element tuples included."""
     values = tuple(values)
     return repr(values)
+
+
+def _dict_literal(values: dict) -> str:
+    """Python literal of a dict, one key a line."""
+    return "{\n" + "".join(f"    {key!r}: {value!r},\n" for key, value in values.items()) + "}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -38,6 +45,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["tuple_literal"] = _tuple_literal
     env.filters["pyrepr"] = repr
+    env.filters["dict_literal"] = _dict_literal
     return env
 
 
@@ -59,16 +67,17 @@ def _orders_label(spec: KernelSpec) -> str:
 
 
 def render(spec: KernelSpec, out_dir: str) -> str:
-    """The module's source: header (version, input hash, regenerate command), tables, kernel."""
+    """The module's source: header (version, input hash, regenerate command), plan, activation code."""
+    plan = make_plan(spec)
     act = spec.architecture.activation
     code = activation_code(act, spec.order, spec.backend)
     # NumPy kernels: the same functions as scalar code, for one fused (numba) loop over z
     scalar = activation_code(act, spec.order, "scalar") if spec.backend == "numpy" else None
-    vertex_orders = tuple(k for k in range(2, spec.order + 1) if code.factors[k - 1] is not None)
     arch = spec.architecture
     return render_template(
         TEMPLATES[spec.backend],
         version=__version__,
+        runtime_version=RUNTIME_VERSION,
         command=spec.command(out_dir),
         digest=spec.digest,
         inputs_json=spec.inputs_json(),
@@ -82,19 +91,12 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         backend_label=BACKEND_LABELS[spec.backend],
         order=spec.order,
         orders_label=_orders_label(spec),
-        full=spec.full,
-        index_tuples=_tuple_literal(
-            tuple(i for i, a in enumerate(alpha) for _ in range(a)) for alpha in spec.multi_indices
-        ),
-        vertex_orders=vertex_orders,
+        plan=plan.runtime_plan(),
         activation=code,
         scalar_activation=scalar,
-        # the series through tanh or sigmoid by its own equation (NumPy: numba's loops; torch: a CPU),
-        # from order 3 (at order 2 the series is first order: the equation has nothing to carry)
-        equation=act.quadratic_equation() if spec.order >= 3 else None,
-        # order 2 by each point's Jacobians and Gram matrices: NumPy point by point in one numba
-        # loop calling BLAS, torch as batched matrix products
-        by_points=spec.order == 2 and 2 in vertex_orders,
+        by_points=plan.by_points,
+        weight_count=sum(s is not None for s in plan.weight_slots),
+        weight_slots=plan.weight_slots,
         # torch on a GPU: every vertex weight as a polynomial in the auxiliary u, one matrix product
         vertex_polynomials=_vertex_polynomials(act, spec.order, code) if spec.backend == "torch" else None,
         **({} if scalar is None else _stacked_weights(scalar.factors)),
@@ -113,7 +115,7 @@ def _vertex_polynomials(act, order: int, code) -> dict | None:
         "aux_name": act.auxiliaries[0].symbol.name,
         "degree": degree,
         "coefficients": tuple(tuple(c) + (0.0,) * (degree + 1 - len(c)) for c in polynomials if c is not None),
-        "names": _slot_names(polynomials, "F"),
+        "slots": _slots(polynomials),
     }
 
 
@@ -125,6 +127,12 @@ def _stacked_weights(factors) -> dict:
     slots = iter(range(len(nonzero)))
     return {"fused_weights": tuple(enumerate(nonzero)), "fused_weight_names": _slot_names(factors, "weights"),
             "fused_weight_slots": tuple(None if f is None else next(slots) for f in factors)}
+
+
+def _slots(items) -> tuple:
+    """Per item, its slot counting the items that are not None, or None."""
+    slots = iter(range(len(items)))
+    return tuple(None if item is None else next(slots) for item in items)
 
 
 def _slot_names(items, array: str) -> tuple[str, ...]:

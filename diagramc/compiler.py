@@ -45,6 +45,19 @@ def compile(
     return cache.load(path, compile_source(spec, folder))
 
 
+_LOADED: dict = {}  # (architecture, order, backend, multi-indices) -> module, for the one-line helpers
+
+
+def loaded(arch: Architecture, order: int, backend: str, multi_indices=None) -> ModuleType:
+    """The compiled module for a request, kept in memory after its first load: a call in a
+    training loop does no file I/O and no hashing."""
+    key = (arch, order, backend, None if multi_indices is None else tuple(map(tuple, multi_indices)))
+    module = _LOADED.get(key)
+    if module is None:
+        module = _LOADED[key] = compile(arch, order, backend, multi_indices)
+    return module
+
+
 def taylor(model, x, order: int, multi_indices=None, coefficients: bool = True):
     """One call for users: the Taylor coefficients (or derivatives) of a torch MLP at x, up to order.
 
@@ -54,7 +67,7 @@ def taylor(model, x, order: int, multi_indices=None, coefficients: bool = True):
     """
     import torch
 
-    module = compile(Architecture.from_torch(model), order, "torch", multi_indices)
+    module = loaded(Architecture.from_torch(model), order, "torch", multi_indices)
     params = params_from_torch(model)
     x = torch.as_tensor(x, dtype=params[0].dtype, device=params[0].device)
     if x.ndim == 1:

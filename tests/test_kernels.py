@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -123,8 +124,8 @@ def test_torch_gpu_path_subsets_and_one_point(subset, activation, line_rows, ker
     and term or from one series (_line_rows)."""
     arch, params, x = _case(12, activation, 5, d=3, hidden=3)
     mod = diagramc.compile(arch, 5, "torch", multi_indices=subset, out_dir=kernel_dir)
-    monkeypatch.setattr(mod, "_scatters", lambda Z: True)
-    monkeypatch.setattr(mod, "_LINE_ROWS", line_rows)
+    monkeypatch.setattr(mod._KERNEL, "_scatters", lambda Z: True)
+    monkeypatch.setattr(mod._KERNEL, "_LINE_ROWS", line_rows)
     for points in (x[:1], x, torch.cat([x, 0.5 * x, -x])):  # 9 points: layer 1 folded into K
         _assert_matches(mod.derivatives(params, points), reference_derivatives(params, points, activation,
                                                                               mod.MULTI_INDICES))
@@ -157,12 +158,12 @@ def test_next_to_top_order_by_the_tangent(activation, order, d, hidden, outputs,
     x = torch.randn(9, d, generator=gen, dtype=torch.float64)
     mod = diagramc.compile(diagramc.Architecture(sizes, activation), order, backend, multi_indices=subset,
                            out_dir=kernel_dir)
-    assert mod._BY_TANGENT == by_tangent
-    assert mod._PUSHED == (mod._START[order - 1] if by_tangent else mod._LOW)
+    assert mod._KERNEL._BY_TANGENT == by_tangent
+    assert mod._KERNEL._PUSHED == (mod._KERNEL._START[order - 1] if by_tangent else mod._KERNEL._LOW)
     p = params if backend == "torch" else [q.numpy() for q in params]
     for gpu_path in (False, True) if backend == "torch" else (False,):
         if gpu_path:
-            monkeypatch.setattr(mod, "_scatters", lambda Z: True)
+            monkeypatch.setattr(mod._KERNEL, "_scatters", lambda Z: True)
         for points in (x[:1], x[:3], x):
             got = mod.derivatives(p, points if backend == "torch" else points.numpy())
             _assert_matches(got, reference_derivatives(params, points, activation, mod.MULTI_INDICES))
@@ -176,7 +177,7 @@ def test_multiply_adds_count_the_tangent_as_torch_counts_its_products(kernel_dir
 
     for sizes, order, activation in [((8, 5, 7, 6, 1), 4, "tanh"), ((5, 4, 6, 1), 5, "sin")]:
         mod = diagramc.compile(diagramc.Architecture(sizes, activation), order, "torch", out_dir=kernel_dir)
-        assert mod._BY_TANGENT
+        assert mod._KERNEL._BY_TANGENT
         gen = torch.Generator().manual_seed(order)
         params = random_params(sizes, gen)
         x = torch.randn(16, sizes[0], generator=gen, dtype=torch.float64)
@@ -277,21 +278,26 @@ def test_no_fold_where_k_would_be_too_large(backend, kernel_dir, monkeypatch):
     x = torch.randn(9, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     mod = diagramc.compile(arch, 4, backend, out_dir=kernel_dir)
     p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
-    assert mod._folds(p, mod._prepare(p, xx)[2], 9)
+    assert mod._KERNEL._folds(p, mod._KERNEL._prepare(p, xx)[2], 9)
     folded = np.asarray(mod.derivatives(p, xx))
-    monkeypatch.setattr(mod, "_FOLD_MAX_NUMBERS", 0)
-    assert not mod._folds(p, mod._prepare(p, xx)[2], 9)
+    monkeypatch.setattr(mod._KERNEL, "_FOLD_MAX_NUMBERS", 0)
+    assert not mod._KERNEL._folds(p, mod._KERNEL._prepare(p, xx)[2], 9)
     np.testing.assert_allclose(np.asarray(mod.derivatives(p, xx)), folded, rtol=1e-12, atol=1e-12)
     _assert_matches(mod.derivatives(p, xx), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
 
 
-def _without_numba(path, monkeypatch):
-    """The module at path imported anew where `import numba` fails: its NumPy-operations path."""
-    with monkeypatch.context() as patch:  # only while it is imported: numba itself imports lazily
-        patch.setitem(sys.modules, "numba", None)
-        spec = importlib.util.spec_from_file_location("kernel_without_numba", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+def _without_numba(module):
+    """The module's kernel on NumPy operations alone, as where numba is missing."""
+    from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
+    kernel = NumpyTaylorKernel(module.PLAN, module._activation, fused=False)
+    return types.SimpleNamespace(_KERNEL=kernel, MULTI_INDICES=module.MULTI_INDICES, derivatives=kernel.derivatives)
+
+
+def _fresh_import(path):
+    """The module at path imported anew (its kernel with empty caches)."""
+    spec = importlib.util.spec_from_file_location("kernel_fresh", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
 
 
@@ -310,17 +316,17 @@ def test_fused_loops_and_numpy_operations_agree(activation, order, d, hidden, su
     float32, for one point (layer 1 unfolded) and nine (folded)."""
     arch, params, _ = _case(53, activation, order, d=d, hidden=hidden)
     fused = diagramc.compile(arch, order, "numpy", multi_indices=subset, out_dir=kernel_dir)
-    plain = _without_numba(fused.__file__, monkeypatch)
-    assert not plain._FUSED and not any("fused" in table for table in plain._TABLES["powers"].values())
+    plain = _without_numba(fused)
+    assert not plain._KERNEL._FUSED and not any("fused" in table for table in plain._KERNEL._TABLES["powers"].values())
     by_equation = HAS_NUMBA and activation in ("tanh", "sigmoid") and order >= 4
-    assert getattr(fused, "_BY_EQUATION", False) == (activation in ("tanh", "sigmoid") and order >= 4)
+    assert fused._KERNEL._BY_EQUATION == (activation in ("tanh", "sigmoid") and order >= 4)
     calls = []
     if by_equation:
-        assert "equation" in fused._TABLES and "equation" not in plain._TABLES
-        equation_series = fused._equation_series
-        monkeypatch.setattr(fused, "_equation_series", lambda *args: calls.append(1) or equation_series(*args))
+        assert "equation" in fused._KERNEL._TABLES and "equation" not in plain._KERNEL._TABLES
+        equation_series = fused._KERNEL._equation_series
+        monkeypatch.setattr(fused._KERNEL, "_equation_series", lambda *args: calls.append(1) or equation_series(*args))
     if HAS_NUMBA:
-        assert fused._FUSED and all("fused" in table for table in fused._TABLES["powers"].values())
+        assert fused._KERNEL._FUSED and all("fused" in table for table in fused._KERNEL._TABLES["powers"].values())
     for batch in (1, 9):
         x = torch.randn(batch, d, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
         want = reference_derivatives(params, x, activation, fused.MULTI_INDICES)
@@ -341,13 +347,14 @@ def test_equation_loops_over_tiles_and_onto_the_top_order(batch, kernel_dir, mon
     """The equation's series loop takes rows in tiles: rows of 40 x 16 numbers span a whole
     tile and part of one. Its top-order loop writes every block's Gram entries onto the top
     order, alone (40 points: layer 1 folded) or onto layer 1's Gram (5 points)."""
+    from diagramc.runtime.numpy_loops import EQUATION_TILE
     sizes = (3, 16, 16, 2)
     params = random_params(sizes, torch.Generator().manual_seed(7))
     mod = diagramc.compile(diagramc.Architecture(sizes, "tanh"), 5, "numpy", out_dir=kernel_dir)
-    assert mod._BY_EQUATION and 40 * 16 % mod._EQUATION_TILE and 40 * 16 > mod._EQUATION_TILE
+    assert mod._KERNEL._BY_EQUATION and 40 * 16 % EQUATION_TILE and 40 * 16 > EQUATION_TILE
     calls = []
-    top = mod._fused_equation_top
-    monkeypatch.setattr(mod, "_fused_equation_top", lambda *args: calls.append(args[-1]) or top(*args))
+    top = mod._KERNEL._fused_equation_top
+    monkeypatch.setattr(mod._KERNEL, "_fused_equation_top", lambda *args: calls.append(args[-1]) or top(*args))
     x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()),
                     reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
@@ -385,12 +392,13 @@ def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, m
     sizes = (d,) + tuple(rng.randint(1, 9) for _ in range(hidden)) + (rng.randint(1, 3),)
     params = random_params(sizes, torch.Generator().manual_seed(seed))
     mod = diagramc.compile(diagramc.Architecture(sizes, activation), 2, "numpy", out_dir=kernel_dir)
-    expected = HAS_NUMBA and HAS_SCIPY and 2 in mod._VERTEX_ORDERS
-    assert getattr(mod, "_BY_POINTS", False) == expected
+    expected = HAS_NUMBA and HAS_SCIPY and 2 in mod._KERNEL._VERTEX_ORDERS
+    assert getattr(mod._KERNEL, "_BY_POINTS", False) == expected
     calls = []
     if expected:
-        loop = mod._fused_order_two
-        monkeypatch.setattr(mod, "_fused_order_two", lambda *args: calls.append(args[3]) or loop(*args))  # (blas, syrk, J, first, ...)
+        from diagramc.runtime import numpy_loops
+        loop = numpy_loops.fused_order_two
+        monkeypatch.setattr(numpy_loops, "fused_order_two", lambda *args: calls.append(args[3]) or loop(*args))  # (blas, syrk, J, first, ...)
     p = [q.numpy() for q in params]
     for batch in (1, 5, 11):
         x = torch.randn(batch, d, generator=torch.Generator().manual_seed(batch), dtype=torch.float64) * 1.5
@@ -398,7 +406,7 @@ def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, m
         got = mod.derivatives(p, x.numpy())
         _assert_matches(got, want)
         with monkeypatch.context() as patch:
-            patch.setattr(mod, "_BY_POINTS", False, raising=False)
+            patch.setattr(mod._KERNEL, "_BY_POINTS", False, raising=False)
             chunked = mod.derivatives(p, x.numpy())
         scale = float(np.abs(got).max())
         np.testing.assert_allclose(chunked, got, rtol=1e-12, atol=1e-12 * scale)
@@ -417,7 +425,7 @@ def test_order_two_point_by_point_with_many_outputs(batch, kernel_dir):
     sizes = (3, 5, 4, 6)
     params = random_params(sizes, torch.Generator().manual_seed(7))
     mod = diagramc.compile(diagramc.Architecture(sizes, "tanh"), 2, "numpy", out_dir=kernel_dir)
-    assert getattr(mod, "_BY_POINTS", False) == (HAS_NUMBA and HAS_SCIPY)
+    assert getattr(mod._KERNEL, "_BY_POINTS", False) == (HAS_NUMBA and HAS_SCIPY)
     x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
     want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES)
     _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()), want)
@@ -431,7 +439,7 @@ def test_order_two_subsets(subset, by_points, kernel_dir):
     sizes = (3, 5, 4, 2)
     params = random_params(sizes, torch.Generator().manual_seed(1))
     mod = diagramc.compile(diagramc.Architecture(sizes, "tanh"), 2, "numpy", multi_indices=subset, out_dir=kernel_dir)
-    assert mod._BY_POINTS == (by_points and HAS_NUMBA and HAS_SCIPY)
+    assert mod._KERNEL._BY_POINTS == (by_points and HAS_NUMBA and HAS_SCIPY)
     for batch in (1, 9):
         x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
         _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()),
@@ -445,12 +453,14 @@ def test_order_two_without_scipy_and_with_strided_arrays(kernel_dir, monkeypatch
     sizes = (5, 7, 6, 2)
     params = [q.numpy() for q in random_params(sizes, torch.Generator().manual_seed(3))]
     mod = diagramc.compile(diagramc.Architecture(sizes, "softplus"), 2, "numpy", out_dir=kernel_dir)
+    from diagramc.runtime import numpy_loops
+    from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
     with monkeypatch.context() as patch:
-        patch.setitem(sys.modules, "scipy.linalg.cython_blas", None)  # its import fails
-        spec = importlib.util.spec_from_file_location("kernel_without_scipy", mod.__file__)
-        plain = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(plain)
-    assert mod._BY_POINTS == HAS_SCIPY and not plain._BY_POINTS
+        patch.setattr(numpy_loops, "DGEMM", None)  # as where SciPy's BLAS cannot be loaded
+        plain = types.SimpleNamespace(_KERNEL=NumpyTaylorKernel(mod.PLAN, mod._activation, mod._fused_activation,
+                                                                mod._fused_vertices))
+    plain.derivatives = plain._KERNEL.derivatives
+    assert mod._KERNEL._BY_POINTS == HAS_SCIPY and not plain._KERNEL._BY_POINTS
     x = np.random.default_rng(4).normal(size=(12, 10))[:, ::2]  # every other column: strided
     got = mod.derivatives([np.asfortranarray(q) for q in params], x)
     want = plain.derivatives(params, np.ascontiguousarray(x))
@@ -470,7 +480,7 @@ def test_numpy_dtypes_without_fused_loops(dtype, rtol, kernel_dir):
     want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES).numpy()
     got = mod.derivatives([q.numpy().astype(dtype) for q in params], x.numpy().astype(dtype))
     assert got.dtype == np.dtype(dtype).newbyteorder("=")  # the same type (NumPy's results are native)
-    assert not mod._fuses(x.numpy().astype(dtype))
+    assert not mod._KERNEL._fuses(x.numpy().astype(dtype))
     np.testing.assert_allclose(got.astype(np.float64), want, rtol=rtol, atol=rtol * np.abs(want).max())
 
 
@@ -483,34 +493,34 @@ def test_layer_one_is_kept_only_while_w1_is_unchanged(order, kernel_dir):
     x = torch.randn(9, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     mod = diagramc.compile(arch, order, "numpy", out_dir=kernel_dir)
     p = [q.numpy().copy() for q in params]
-    mod._KEPT_FIRST_LAYER[0] = None  # as after import (another test may have called this module)
+    mod._KERNEL._KEPT_FIRST_LAYER[0] = None  # as after import (another test may have called this module)
     _assert_matches(mod.derivatives(p, x.numpy()[:2]), reference_derivatives(params, x[:2], "tanh", mod.MULTI_INDICES))
-    kept = mod._KEPT_FIRST_LAYER[0]  # two points: layer 1 unfolded, no K yet
+    kept = mod._KERNEL._KEPT_FIRST_LAYER[0]  # two points: layer 1 unfolded, no K yet
     if order == 2:  # unfolded, layer 1's powers are W1's columns alone: made anew, not kept
         assert kept is None
     else:
         assert kept is not None and np.array_equal(kept[0], p[0]) and kept[2] is None
     _assert_matches(mod.derivatives(p, x.numpy()), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
-    powers, kept = None if kept is None else kept[1], mod._KEPT_FIRST_LAYER[0]
+    powers, kept = None if kept is None else kept[1], mod._KERNEL._KEPT_FIRST_LAYER[0]
     assert kept[2] is not None and (powers is None or kept[1] is powers)  # K made from the kept powers
     mod.derivatives(p, x.numpy())
-    assert mod._KEPT_FIRST_LAYER[0] is kept  # reused, not made again
+    assert mod._KERNEL._KEPT_FIRST_LAYER[0] is kept  # reused, not made again
     p[0] *= 1.5  # changed in place, as an optimiser step does
     params[0].mul_(1.5)
     _assert_matches(mod.derivatives(p, x.numpy()), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
-    assert mod._KEPT_FIRST_LAYER[0][1][0] is not kept[1][0] and mod._KEPT_FIRST_LAYER[0][2] is not kept[2]
+    assert mod._KERNEL._KEPT_FIRST_LAYER[0][1][0] is not kept[1][0] and mod._KERNEL._KEPT_FIRST_LAYER[0][2] is not kept[2]
     single = mod.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))
-    assert single.dtype == np.float32 and mod._KEPT_FIRST_LAYER[0][2].dtype == np.float32
+    assert single.dtype == np.float32 and mod._KERNEL._KEPT_FIRST_LAYER[0][2].dtype == np.float32
     _assert_matches(single.astype(np.float64), reference_derivatives(params, x, "tanh", mod.MULTI_INDICES), 1e-4)
-    if getattr(mod, "_BY_POINTS", False):
-        assert mod._KEPT_FOLD_MATRIX[0][0] is mod._KEPT_FIRST_LAYER[0][2]
+    if getattr(mod._KERNEL, "_BY_POINTS", False):
+        assert mod._KERNEL._KEPT_FOLD_MATRIX[0][0] is mod._KERNEL._KEPT_FIRST_LAYER[0][2]
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_batches_split_into_chunks_agree_point_by_point(backend, kernel_dir):
     arch, params, _ = _case(43, "gelu", 3, d=4, hidden=2)
     mod = diagramc.compile(arch, 3, backend, out_dir=kernel_dir)
-    batch = 3 * mod._CHUNK + 5
+    batch = 3 * mod._KERNEL._CHUNK + 5
     x = torch.randn(batch, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
     whole = np.asarray(mod.derivatives(p, xx))
@@ -529,7 +539,7 @@ def test_symmetric_gram_blocks_in_strips_match(d, order, batch, activation, back
     arch, params, _ = _case(47, activation, order, d=d, hidden=2)
     x = torch.randn(batch, d, generator=torch.Generator().manual_seed(d), dtype=torch.float64)
     mod = diagramc.compile(arch, order, backend, out_dir=kernel_dir)
-    assert max(len(block["pieces"]) for block in mod._TOP_BLOCKS if block["symmetric"]) == (4 if d == 260 else 2)
+    assert max(len(block["pieces"]) for block in mod._KERNEL._TOP_BLOCKS if block["symmetric"]) == (4 if d == 260 else 2)
     want = reference_derivatives(params, x, activation, mod.MULTI_INDICES)
     p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
     _assert_matches(mod.derivatives(p, xx), want)
@@ -580,7 +590,7 @@ def test_torch_scatter_products_match(activation, order, d, hidden, kernel_dir, 
         return [p.grad for p in ps]
 
     blocked = gradients()
-    monkeypatch.setattr(mod, "_scatters", lambda Z: True)
+    monkeypatch.setattr(mod._KERNEL, "_scatters", lambda Z: True)
     _assert_matches(mod.derivatives(params, x), reference_derivatives(params, x, activation, mod.MULTI_INDICES))
     for a, b in zip(gradients(), blocked):  # index_add's gradient: the blocks' gradient
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max().clamp(min=1.0)))
@@ -600,8 +610,8 @@ def test_fused_activation_loop_matches_numpy_operations(activation, dtype, rtol,
     z = np.concatenate([rng.normal(0, 2, (5, 8)), np.array([[0.0, -0.0, 40.0, -40.0, 300.0, -300.0, 1e-8, 3.0],
                                                             [np.nan, np.inf, -np.inf, 710.0, -710.0, 0.5, 1.0, 2.0]])])
     with np.errstate(all="ignore"):
-        value, weights = mod._activation(z.astype(dtype).astype(np.float64))
-        fused_value, fused_weights = mod._vertex_weights(z.astype(dtype))
+        value, weights = mod._KERNEL._activation(z.astype(dtype).astype(np.float64))
+        fused_value, fused_weights = mod._KERNEL._vertex_weights(z.astype(dtype))
     assert fused_value.dtype == dtype
     np.testing.assert_allclose(fused_value, value, rtol=rtol, atol=rtol)
     assert [w is None for w in fused_weights] == [w is None for w in weights]
@@ -618,8 +628,8 @@ def test_fused_activation_loop_divides_by_zero_as_numpy_does(activation, kernel_
     mod = diagramc.compile(diagramc.Architecture((2, 3, 3, 1), activation), 5, "numpy", out_dir=kernel_dir)
     z = np.array([[0.0, -0.0, 0.5, 1.0, 2.0, -3.0]])
     with np.errstate(all="ignore"):
-        value, weights = mod._activation(z)
-        fused_value, fused_weights = mod._vertex_weights(z)
+        value, weights = mod._KERNEL._activation(z)
+        fused_value, fused_weights = mod._KERNEL._vertex_weights(z)
     for want, got in [(value, fused_value)] + [(w, f) for w, f in zip(weights, fused_weights) if w is not None]:
         want = np.broadcast_to(want, z.shape)
         np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
@@ -632,7 +642,7 @@ def test_torch_kernel_first_called_in_inference_mode_still_trains(kernel_dir):
     calls that need gradients."""
     arch, params, x = _case(60, "tanh", 3, d=2, hidden=2)
     mod = diagramc.compile(arch, 3, "torch", out_dir=kernel_dir)
-    module = _without_numba(mod.__file__, pytest.MonkeyPatch())  # a fresh import: empty caches
+    module = _fresh_import(mod.__file__)  # empty caches
     with torch.inference_mode():
         module.derivatives(params, x)
     ps = [p.clone().requires_grad_(True) for p in params]
@@ -652,20 +662,20 @@ def test_the_equation_is_taken_where_it_does_less_work(activation, d, order, num
     the path taken on a CPU, _MULTIPLY_ADDS_BY_POWERS the powers' (a GPU, NumPy without numba)."""
     arch = diagramc.Architecture((d, 64, 64, 64, 1), activation)
     mods = {b: diagramc.compile(arch, order, b, out_dir=kernel_dir) for b in ("numpy", "torch")}
-    assert getattr(mods["numpy"], "_BY_EQUATION", False) == numpy_takes_it
-    assert getattr(mods["torch"], "_BY_EQUATION", False) == torch_takes_it
-    powers = [getattr(mod, "_MULTIPLY_ADDS_BY_POWERS", getattr(mod, "_MULTIPLY_ADDS_BY_STRIPS", mod.MULTIPLY_ADDS))
+    assert getattr(mods["numpy"]._KERNEL, "_BY_EQUATION", False) == numpy_takes_it
+    assert getattr(mods["torch"]._KERNEL, "_BY_EQUATION", False) == torch_takes_it
+    powers = [getattr(mod._KERNEL, "_MULTIPLY_ADDS_BY_POWERS", getattr(mod._KERNEL, "_MULTIPLY_ADDS_BY_STRIPS", mod.MULTIPLY_ADDS))
               for mod in mods.values()]
-    if mods["numpy"]._BY_TANGENT == mods["torch"]._BY_TANGENT:  # a backend's own choice (see _BY_TANGENT)
+    if mods["numpy"]._KERNEL._BY_TANGENT == mods["torch"]._KERNEL._BY_TANGENT:  # a backend's own choice (see _BY_TANGENT)
         assert powers[0] == powers[1]  # the powers of Z do the same work in both backends
     for (backend, mod), by_powers in zip(mods.items(), powers):
-        if getattr(mod, "_BY_EQUATION", False):
-            assert mod._layer_work(True) < (1.1 if backend == "numpy" else 0.65) * mod._layer_work(False)
-            saved = 2 * 64 * (mod._layer_work(False) - mod._layer_work(True))
+        if getattr(mod._KERNEL, "_BY_EQUATION", False):
+            assert mod._KERNEL._layer_work(True) < (1.1 if backend == "numpy" else 0.65) * mod._KERNEL._layer_work(False)
+            saved = 2 * 64 * (mod._KERNEL._layer_work(False) - mod._KERNEL._layer_work(True))
             assert mod.MULTIPLY_ADDS["elementwise"] + saved == by_powers["elementwise"]
         else:  # NumPy at order 2, point by point, makes the Gram matrix's triangle alone (_syrk)
-            saved = getattr(mod, "_SYRK_SAVES", 0)
-            assert (saved > 0) == (backend == "numpy" and getattr(mod, "_BY_POINTS", False))
+            saved = getattr(mod._KERNEL, "_SYRK_SAVES", 0)
+            assert (saved > 0) == (backend == "numpy" and getattr(mod._KERNEL, "_BY_POINTS", False))
             assert mod.MULTIPLY_ADDS == {**by_powers, "gemm": by_powers["gemm"] - saved, "total": by_powers["total"] - saved}
     # the bench counts what runs: on a GPU the torch kernels keep the powers
     from diagramc.bench import kernel_multiply_adds
@@ -679,9 +689,9 @@ def test_torch_series_by_the_activation_equation(activation, subset, kernel_dir,
     the powers path, in float64 and float32, and so do the gradients of a loss in every parameter."""
     arch, params, _ = _case(81, activation, 7, d=2, hidden=3)
     mod = diagramc.compile(arch, 7, "torch", multi_indices=subset, out_dir=kernel_dir)
-    assert mod._BY_EQUATION and mod._by_equation(params[0], None, None)
-    calls, by_equation = [], mod._equation_series
-    monkeypatch.setattr(mod, "_equation_series", lambda *args: calls.append(1) or by_equation(*args))
+    assert mod._KERNEL._BY_EQUATION and mod._KERNEL._by_equation(params[0], None, None)
+    calls, by_equation = [], mod._KERNEL._equation_series
+    monkeypatch.setattr(mod._KERNEL, "_equation_series", lambda *args: calls.append(1) or by_equation(*args))
     x = torch.randn(9, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     want = reference_derivatives(params, x, activation, mod.MULTI_INDICES)
     ps = [p.clone().requires_grad_(True) for p in params]
@@ -693,7 +703,7 @@ def test_torch_series_by_the_activation_equation(activation, subset, kernel_dir,
     # float32 vertex weights of order 7 lose 4e-4 of the largest coefficient (the powers path as much)
     torch.testing.assert_close(single.double(), want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
     assert len(calls) == 2 * (3 - 1)  # layers 2 and 3 of each call
-    monkeypatch.setattr(mod, "_BY_EQUATION", False)  # the powers of Z instead
+    monkeypatch.setattr(mod._KERNEL, "_BY_EQUATION", False)  # the powers of Z instead
     powers = mod.derivatives(ps, x)
     torch.testing.assert_close(powers.detach(), got.detach(), rtol=1e-12, atol=1e-12 * float(got.abs().max()))
     for a, b in zip(torch.autograd.grad(powers.square().sum(), ps), grads):
@@ -708,7 +718,7 @@ def test_torch_func_transforms_over_x(order, kernel_dir):
     parameters does not: the kernels write into their outputs in place; the README says so.)"""
     arch, params, x = _case(90, "tanh", order, d=2, hidden=3)
     mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
-    assert mod._BY_EQUATION == (order == 7)
+    assert mod._KERNEL._BY_EQUATION == (order == 7)
     want = mod.derivatives(params, x)
     got = torch.func.vmap(lambda xi: mod.derivatives(params, xi[None])[0])(x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

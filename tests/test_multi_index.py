@@ -22,7 +22,7 @@ def test_kernel_series_is_the_downward_closure_in_canonical_order(tmp_path):
     import diagramc
 
     mod = diagramc.compile(diagramc.Architecture((3, 2, 1), "tanh"), 3, "numpy", [(2, 0, 1)], out_dir=tmp_path)
-    closure = [mi.exponents(m, 3) for m in mod._SERIES]
+    closure = [mi.exponents(m, 3) for m in mod._KERNEL._SERIES]
     assert closure == [(1, 0, 0), (0, 0, 1), (2, 0, 0), (1, 0, 1), (2, 0, 1)]
 
 

@@ -1,0 +1,309 @@
+"""The NumPy backend of the Taylor kernel: NumPy operations, and numba's fused loops
+(numpy_loops) where numba takes the dtypes (float64 and float32)."""
+import warnings
+
+import numpy as np
+
+from .taylor_kernel import TaylorKernel
+
+try:
+    from . import numpy_loops as loops
+except Exception as error:  # numba missing or not built for this NumPy: NumPy operations serve, slower
+    loops = None
+    warnings.warn(f"diagramc: numba's loops are unavailable ({error}); NumPy kernels run on NumPy operations, "
+                  "several times slower from order 3. Fix: pip install --upgrade numba scipy", stacklevel=2)
+FUSED = loops is not None
+
+
+def keep_freed_memory_in_the_heap():
+    """glibc's malloc hands freed memory at the top of its heap back to the system once more
+    than twice the largest block freed so far lies free there, and takes it back page by
+    page at the next use. A call's temporaries are a few MB, so without this a call can spend
+    half its time in page faults. Allocating and freeing one 16 MB block (never touched)
+    raises that bound to 32 MB by glibc's own rule, as any large temporary would; other
+    allocators are unaffected, and the process keeps at most 32 MB it could have returned."""
+    np.empty(2**21)
+
+
+keep_freed_memory_in_the_heap()
+
+
+def _loop(name):
+    """A numba loop as a class attribute (not bound as a method), or None without numba."""
+    return None if loops is None else staticmethod(getattr(loops, name))
+
+
+class NumpyTaylorKernel(TaylorKernel):
+    """NumPy arrays in x's dtype; the fused loops where numba takes it."""
+
+    FUSED_LOOPS = True
+    TANGENT_FACTOR = 1  # fewer rows through the layers pays at once
+    EQUATION_THRESHOLD = 1.1  # its one numba loop per layer replaces several calls
+    PRODUCTS_BY_CLASSES = False
+    _fused_product = _loop("fused_product")
+    _fused_add_scaled = _loop("fused_add_scaled")
+    _fused_scaled_rows = _loop("fused_scaled_rows")
+    _fused_add_row_dots = _loop("fused_add_row_dots")
+    _fused_tangent_lines = _loop("fused_tangent_lines")
+    _fused_add_tangent_part = _loop("fused_add_tangent_part")
+    _fused_equation_top = _loop("fused_equation_top")
+
+    def __init__(self, plan, activation, fused_activation=None, fused_vertices=None, fused=True):
+        """plan: see TaylorTables, with weight_slots (per vertex weight its slot in the fused
+        activation's stack, None where it vanishes) and by_points (order 2 point by point);
+        fused_activation(zs, value, weights) and fused_vertices: the module's numba loops;
+        fused=False: NumPy operations alone (as without numba)."""
+        super().__init__(plan, activation)
+        self._FUSED = FUSED and fused and fused_activation is not None
+        self._fused_activation, self._fused_vertices = fused_activation, fused_vertices
+        self._WEIGHT_SLOTS = tuple(plan.get("weight_slots", ()))
+        self._WEIGHT_COUNT = sum(slot is not None for slot in self._WEIGHT_SLOTS)
+        self._PLAN_BY_POINTS = bool(plan.get("by_points")) and fused_vertices is not None and self._FUSED
+        self._TABLES = self._build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
+
+        # A series of 1 MB, twice a core's L2 cache (512 kB here): the per-chunk calls are paid over
+        self._CHUNK = self._chunk_size(2**17)
+
+        self._TABLES["order_two"] = self._order_two_table() if self._PLAN_BY_POINTS and len(self._TOP_BLOCKS) == 1 else None
+
+        if self._BY_EQUATION and self._FUSED:
+            self._TABLES["equation"] = self._by_target(*zip(*self._EQUATION_ROWS[0]), self._LOW) + self._by_target(*zip(*self._EQUATION_ROWS[1]), self._LOW)
+            self._TABLES["equation_grams"] = self._equation_top_table()
+
+        if self._BY_TANGENT and self._FUSED:  # per tangent Gram entry (first-order column c, next-to-top column a) its top position, or -1
+            self._TABLES["tangent_positions"] = np.full((self._START[2] - self._START[1]) * (self._LOW - self._PUSHED), -1, dtype=np.int64)
+            _entries, _positions = self._tangent_entries()
+            self._TABLES["tangent_positions"][_entries] = _positions
+
+        for _k, _table in self._TABLES["powers"].items():
+            if self._FUSED:
+                _table["fused"] = self._fused_table(_k, _table["scale"])
+
+        self._SCALED_COLUMNS = np.flatnonzero(self._FACTORIALS != 1.0)  # the multi-indices whose alpha! is not 1
+
+        # Order 2 goes point by point where numba can call BLAS (SciPy's) and its one Gram block spans
+        # all columns.
+        self._BY_POINTS = (self._FUSED and None not in (loops.DGEMM, loops.SGEMM, loops.DSYRK, loops.SSYRK) and self._TABLES["order_two"] is not None
+                      and self._TOP_BLOCKS[0]["rows"] == self._TOP_BLOCKS[0]["cols"] == range(self._LOW))
+
+        self._MULTIPLY_ADDS_BY_STRIPS = self.MULTIPLY_ADDS  # the chunked path's (and torch's): the Gram matrix in strips
+
+        if self._BY_POINTS:  # the Gram matrix by _syrk: its triangle, _LOW (_LOW + 1) / 2 entries, not the strips'
+            self._SYRK_SAVES = self.OUTPUTS * (self._TOP_BLOCKS[0]["size"] - self._LOW * (self._LOW + 1) // 2) * sum(self.LAYER_SIZES[2:-1])
+            self.MULTIPLY_ADDS = {**self.MULTIPLY_ADDS, "gemm": self.MULTIPLY_ADDS["gemm"] - self._SYRK_SAVES, "total": self.MULTIPLY_ADDS["total"] - self._SYRK_SAVES}
+
+        self._TOP_SCALES = None
+
+        if self._BY_POINTS:
+            _SERIES_FACTORIALS = np.ones(1 + len(self._SERIES))
+            _SERIES_FACTORIALS[np.arange(len(self._FACTORIALS)) if self._SERIES_OUTPUTS is None else self._SERIES_OUTPUTS] = self._FACTORIALS
+            self._TOP_SCALES = {False: np.ones(len(self._TOP_ORDER)), True: _SERIES_FACTORIALS[1 + self._LOW :].copy()}
+
+        self._KEPT_FOLD_MATRIX = [None]  # [(K, K^T in the series' order)] for the K _first_layer_for keeps
+
+
+    @staticmethod
+    def _by_target(target, left, right, weight, size):
+        """A product's rows sorted by target, for the fused loops: each of the `size` targets' first
+        row (and one past the last), and per row its two columns and its weight."""
+        target = np.asarray(target, dtype=np.int64)
+        rows = np.argsort(target, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(np.bincount(target, minlength=size))])
+        return (starts, np.asarray(left, dtype=np.int64)[rows], np.asarray(right, dtype=np.int64)[rows],
+                np.asarray(weight, dtype=np.float64)[rows])
+
+    def _fused_table(self, k, scale):
+        """P_k's product table for _fused_product: rows of P_(k-1) and Z, weighted by the table's
+        scale for a pair and 1 for a square."""
+        left, right, target, squares = self._POWER_TABLES[k]
+        weight = [scale] * len(left) + [1.0] * len(squares)
+        return self._by_target(list(target) + [t for _, t in squares], list(left) + [c for c, _ in squares],
+                          list(right) + [c for c, _ in squares], weight, max(self._LOW - self._START[k], 0))
+
+    def _order_two_table(self):
+        """_fused_order_two's tables, per top-order coefficient in the series' order: its Gram
+        entry (_gram_sums' one (r, c), r <= c: on and above the diagonal, where _syrk writes)
+        and the entry's weight."""
+        entries, weights, targets = self._gram_sums()
+        entry, weight = np.zeros(len(self._TOP_ORDER), dtype=np.int64), np.zeros(len(self._TOP_ORDER))
+        entry[targets], weight[targets] = entries, weights
+        return entry, weight
+
+    def _equation_top_table(self):
+        """_fused_equation_top's tables: per piece of a top-order block its rows of Q, columns
+        of Z and first entry (pieces laid end to end, as in _top_sums); the entries' count; per
+        top-order coefficient (in _TOP_ORDER) its entries, weighted (ORDER - a)/ORDER, twice
+        above a symmetric block's diagonal (an entry listed twice)."""
+        pieces, targets, entries, weights, offset = [], [], [], [], 0
+        for weight, block in zip(self._EQUATION_TOP_WEIGHTS, self._TOP_BLOCKS):
+            rows, cols = block["rows"], block["cols"]
+            entries += (offset + block["entries"]).tolist()
+            targets += self._TOP_POSITION[block["targets"]].tolist()
+            weights += [weight] * len(block["entries"])
+            for (r0, r1, c0), start in zip(block["pieces"], block["piece_starts"]):
+                pieces.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.stop, offset + start))
+            offset += block["size"]
+        starts, entries, _, weights = self._by_target(targets, entries, entries, weights, len(self._TOP_ORDER))
+        return np.asarray(pieces, dtype=np.int64).reshape(-1, 5), offset, starts, entries, weights
+
+    def _scatters(self, a):
+        """Whether products are scatter-adds (a GPU's way): never for NumPy."""
+        return False
+
+    def _fuses(self, *arrays):
+        """Whether the fused loops take these arrays' dtypes (float64 and float32 in this machine's
+        byte order; others get NumPy operations)."""
+        return self._FUSED and all(a.dtype.char in "df" and a.dtype.isnative for a in arrays)
+
+    def _vertex_weights(self, z):
+        """sigma(z) and the vertex weights sigma^(k)/k! (see _activation) of z, (batch, width): in
+        one fused loop where numba takes z's dtype, else as NumPy operations."""
+        if self._fuses(z):
+            value = np.empty_like(z)
+            weights = np.empty((self._WEIGHT_COUNT,) + z.shape, dtype=z.dtype)
+            self._fused_activation(z, value, weights)
+            return value, tuple(None if slot is None else weights[slot] for slot in self._WEIGHT_SLOTS)
+        return self._activation(z)
+
+    def _by_equation(self, Z, h, factors):
+        """Whether a layer from 2 on follows the activation's equation: where that is cheaper
+        and numba's loops take the dtype."""
+        return self._BY_EQUATION and self._fuses(Z, h, factors[0])
+
+    def _equation_series(self, Z, h, factors, tables):
+        """(S, Q): the low-order series of sigma(z + Z) (as _through_activation's) and of
+        sigma'(z + Z), by the activation's equation in one fused loop (over rows of batch x width)."""
+        S, Q = np.empty(Z.shape, dtype=Z.dtype), np.empty(Z.shape, dtype=Z.dtype)  # C order: their rows are views
+        slope = self._EQUATION[1] + 2.0 * self._EQUATION[2] * h  # p'(sigma)
+        loops.fused_equation_series(np.ascontiguousarray(Z).reshape(len(Z), -1), slope.ravel(),
+                               np.ascontiguousarray(factors[0]).ravel(), *tables["equation"],
+                               S.reshape(len(S), -1), Q.reshape(len(Q), -1))
+        return S, Q
+
+    def _by_points(self, x):
+        """Whether this call goes point by point (_fused_order_two): numba takes x's dtype."""
+        return self._BY_POINTS and self._fuses(x)
+
+    def _fold_matrix(self, K):
+        """K^T (width x top order) with its columns in the series' order, contiguous, as
+        _fused_order_two multiplies by it: made once per K (kept while W1 is unchanged)."""
+        kept = self._KEPT_FOLD_MATRIX[0]
+        if kept is None or kept[0] is not K:
+            kept = (K, np.ascontiguousarray(K[self._TOP_POSITION].T))
+            self._KEPT_FOLD_MATRIX[0] = kept  # one assignment: never half-updated
+        return kept[1]
+
+    def _series_by_points(self, params, x, tables, K, out, derivatives):
+        """Order 2 for the whole batch in two fused calls (_fused_vertices: the layers' values,
+        sigma', sigma''/2 and output lines; _fused_order_two: point by point the rest), layer 1's
+        block folded into K unless K is None; out in the series' order, the top order included, times alpha!
+        where `derivatives` (returned: whether out holds the derivatives). Layer 1's first-order
+        series is W1's columns of the first-order variables (W1 itself where all are)."""
+        C = np.ascontiguousarray  # numba takes C-ordered arrays (one compiled loop); mostly they are already
+        weights, biases = tuple(map(C, params[0::2])), tuple(map(C, params[1::2]))
+        blas, syrk = (loops.DGEMM, loops.DSYRK) if x.dtype.itemsize == 8 else (loops.SGEMM, loops.SSYRK)
+        KT = self._empty(x, (0, 0)) if K is None else self._fold_matrix(K)
+        J = C(weights[0][:, tables["first_order_variables"]])
+        widest = max([self.OUTPUTS] + [W.shape[0] for W in weights])
+        slopes = self._empty(x, (len(weights) - 1, x.shape[0], widest))  # layer l's sigma' in slopes[l, :, :width]
+        lines = self._empty(x, (len(weights) - 1, x.shape[0], self.OUTPUTS, widest))
+        self._fused_vertices(blas, C(x), weights, biases, out, slopes, lines)
+        loops.fused_order_two(blas, syrk, J, K is None, KT, slopes, lines, weights, out, *tables["order_two"],
+                         self._TOP_SCALES[derivatives])
+        return derivatives
+
+    def _zeros(self, like, shape):
+        return np.zeros(shape, dtype=like.dtype)
+
+    def _empty(self, like, shape):
+        return np.empty(shape, dtype=like.dtype)
+
+    def _cat(self, arrays, axis):
+        return np.concatenate(arrays, axis=axis)
+
+    def _affine(self, h, W, b):
+        """h @ W.T + b."""
+        return h @ W.T + b
+
+    def _add_product(self, out, a, b):
+        """out + a * b, in place where out is given (a * b where it is None)."""
+        if out is None:
+            return a * b
+        out += a * b
+        return out
+
+    def _through_layer(self, H, W):
+        """The next layer's series Z = H W^T: its first _PUSHED rows, one matrix product written in
+        place; the next-to-top order's are zeros by the tangent (made at the vertices, _top_order)."""
+        if self._PUSHED == self._LOW:
+            return self._rows_times(H, W.T)
+        Z = np.empty((self._LOW,) + H.shape[1:-1] + W.shape[:1], dtype=np.result_type(H, W))
+        np.matmul(np.ascontiguousarray(H[:self._PUSHED]).reshape(-1, H.shape[-1]), W.T, out=Z[:self._PUSHED].reshape(-1, W.shape[0]))
+        Z[self._PUSHED:] = 0.0
+        return Z
+
+    def _add_row_dots(self, out, a, rows):
+        """out += sum_j a[b, r, j] rows[n, b, j], out (batch, R, n), for a (batch or 1, R, width)
+        and rows (n, batch, width): dot products of each point's rows (in a fused loop where numba
+        takes the dtypes; as NumPy's matmul they are a tiny product per point)."""
+        if self._fuses(out, a, rows):
+            self._fused_add_row_dots(out, a, rows)
+        else:
+            out += a @ rows.transpose(1, 2, 0)
+
+    def _stacked_products(self, pairs):
+        """The products a * b (broadcast) of the pairs, stacked along axis 0: each written in place
+        into its rows of one new array (no concatenation's copy). a and b have as many axes, each
+        of size 1 or the product's."""
+        shapes = [tuple(map(max, a.shape, b.shape)) for a, b in pairs]  # (np.broadcast_shapes costs more than the product at one point)
+        out = np.empty((sum(shape[0] for shape in shapes),) + shapes[0][1:], dtype=pairs[0][1].dtype)
+        start = 0
+        for (a, b), shape in zip(pairs, shapes):
+            np.multiply(a, b, out=out[start : start + shape[0]])
+            start += shape[0]
+        return out
+
+    def _chunk(self, x):
+        return self._CHUNK
+
+    def _times_factorials(self, coefficients):
+        """coefficients * alpha!, in place (taylor_coefficients' array is always new): only the
+        columns whose alpha! is not 1 (at order 2 the d squares of 2211 columns: 20x less work
+        than multiplying all, which took 8% of a call at d = 64, batch 256)."""
+        coefficients[..., self._SCALED_COLUMNS] *= self._FACTORIALS[self._SCALED_COLUMNS].astype(coefficients.dtype, copy=False)
+        return coefficients
+
+    def _gather(self, a, index):
+        return a.take(index, axis=0)
+
+    def _take_last(self, a, index):
+        return a.take(index, axis=-1)
+
+    def _copy_to_keep(self, a):
+        return a.copy()
+
+    def _unchanged(self, kept, a):
+        return kept.dtype == a.dtype and np.array_equal(kept, a)
+
+    def _prepare(self, params, x):
+        x = np.asarray(x)
+        self._check_structure(params, x)
+        if x.dtype.kind != "f":
+            raise ValueError(f"x has dtype {x.dtype}; expected a floating-point dtype (float32 or float64)")
+        if not x.dtype.isnative:  # byte-swapped (as some files store it): worked, and returned, in this machine's order
+            x = x.astype(x.dtype.newbyteorder("="))
+        return [np.asarray(p, dtype=x.dtype) for p in params], x, self._TABLES
+
+    def _product(self, A, Z, table):
+        """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by
+        one fused loop where numba is installed)."""
+        shape = (table["size"], max(A.shape[1], Z.shape[1]), Z.shape[2])
+        if self._fuses(A, Z) and shape[1] > 1:  # not for layer 1's one point, kept between calls (_first_layer_for)
+            return self._fused_product(A, Z, *table["fused"], self._empty(Z, shape))
+        out = self._zeros(Z, shape)
+        for bucket in table["buckets"]:
+            terms = self._summed(self._gather(A, bucket["left"]) * self._gather(Z, bucket["right"]), bucket)
+            out[bucket["targets"]] = terms if table["scale"] == 1.0 else table["scale"] * terms
+        if len(table["square_targets"]):
+            out[table["square_targets"]] += self._gather(Z, table["square_columns"]) ** 2
+        return out

@@ -1,0 +1,160 @@
+"""diagramc.runtime as ordinary code: its tables, loops and kernel classes against simple references,
+without the compiler (no sympy, no templates)."""
+from __future__ import annotations
+
+import itertools
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from diagramc import runtime
+from diagramc.runtime import numpy_loops as loops
+from diagramc.runtime.tables import TaylorTables
+from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
+from diagramc.runtime.taylor_torch import TorchTaylorKernel
+
+from .reference import random_params, reference_derivatives
+
+
+def _tanh_weights(z, order, xp=np):
+    """tanh(z) and tanh^(k)(z)/k!, k = 1..order, by the recurrence of its Taylor series: the series
+    of u = tanh(z + t) solves u' = 1 - u^2 (an independent derivation from the kernel's)."""
+    u = [xp.tanh(z)]
+    for k in range(order):  # (k + 1) u_(k+1) = [1 - u^2]_k
+        square = sum(u[i] * u[k - i] for i in range(k + 1))
+        u.append(((1.0 if k == 0 else 0.0) - square) / (k + 1))
+    return u[0], tuple(u[1:])
+
+
+def _plan(layer_sizes, order, **choices):
+    return {"inputs": layer_sizes[0], "outputs": layer_sizes[-1], "layer_sizes": layer_sizes, "activation": "tanh",
+            "order": order, "vertex_orders": tuple(range(2, order + 1)), "requested": None, "equation": (1.0, 0.0, -1.0),
+            "weight_slots": tuple(range(order)), **choices}
+
+
+def test_check_version_names_the_regenerate_command():
+    runtime.check_version(runtime.VERSION, "diagramc compile ...")
+    with pytest.raises(ImportError, match="regenerate it: diagramc compile --order 3"):
+        runtime.check_version(runtime.VERSION + 1, "diagramc compile --order 3")
+
+
+def test_runtime_imports_neither_sympy_nor_jinja2():
+    code = ("import sys; import diagramc.runtime.taylor_numpy, diagramc.runtime.taylor_torch; "
+            "print(sorted(m for m in ('sympy', 'jinja2', 'networkx', 'diagramc.compiler') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("d,order", [(1, 4), (2, 3), (3, 4)])
+def test_tables_series_are_the_canonical_monomials(d, order):
+    tables = TaylorTables(_plan((d, 4, 1), order))
+    expected = [m for k in range(1, order + 1) for m in itertools.combinations_with_replacement(range(d), k)]
+    assert list(tables._SERIES) == expected
+    assert tables.MULTI_INDICES[0] == (0,) * d and len(tables.MULTI_INDICES) == math.comb(d + order, order)
+    assert tables._START[order] == sum(math.comb(d + k - 1, k) for k in range(1, order))
+    for alpha, factorial in zip(tables.MULTI_INDICES, tables._FACTORIALS):
+        assert factorial == math.prod(math.factorial(a) for a in alpha)
+
+
+def test_tables_subset_is_its_downward_closure():
+    tables = TaylorTables(_plan((3, 4, 1), 3, requested=((), (0, 0, 2))))
+    assert list(tables._SERIES) == [(0,), (2,), (0, 0), (0, 2), (0, 0, 2)]
+    assert tables.MULTI_INDICES == ((0, 0, 0), (2, 0, 1))
+
+
+def test_tables_splits_and_product_columns():
+    tables = TaylorTables(_plan((2, 4, 1), 3))
+    assert sorted(tables._splits((0, 0, 1))) == [((0,), (0, 1)), ((0, 0), (1,)), ((0, 1), (0,)), ((1,), (0, 0))]
+    columns = tables._product_columns(tables._monomial_array(1), tables._monomial_array(2))
+    top = list(tables._SERIES[tables._LOW:])
+    for i, a in enumerate(tables._monomial_array(1)):
+        for j, b in enumerate(tables._monomial_array(2)):
+            assert top[columns[i, j]] == tuple(sorted(tuple(a) + tuple(b)))
+
+
+def test_group_by_count_sums_each_target():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 7, 40)
+    left = rng.integers(0, 100, 40)
+    values = rng.normal(size=100)
+    sums = np.zeros(7)
+    for count, group, lefts, _ in TaylorTables._group_by_count(left, None, target):
+        sums[group] += values[lefts].reshape(-1, count).sum(1)
+    np.testing.assert_allclose(sums, np.bincount(target, weights=values[left], minlength=7))
+
+
+def test_fused_product_matches_its_definition():
+    rng = np.random.default_rng(1)
+    A, Z = rng.normal(size=(5, 3, 4)), rng.normal(size=(6, 1, 4))
+    target, left, right = [0, 0, 2, 1, 2], [0, 4, 1, 2, 3], [5, 0, 2, 1, 1]
+    weight = [1.0, 2.0, -1.0, 0.5, 3.0]
+    starts, left_s, right_s, weight_s = NumpyTaylorKernel._by_target(target, left, right, weight, 3)
+    out = loops.fused_product(A, Z, starts, left_s, right_s, weight_s, np.empty((3, 3, 4)))
+    expected = np.zeros((3, 3, 4))
+    for t, a, z, w in zip(target, left, right, weight):
+        expected[t] += w * A[a] * Z[z]
+    np.testing.assert_allclose(out, expected, rtol=1e-14)
+
+
+@pytest.mark.skipif(loops.DGEMM is None, reason="SciPy's BLAS is not loadable")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_and_syrk_match_numpy(dtype):
+    rng = np.random.default_rng(2)
+    A, B = rng.normal(size=(5, 7)).astype(dtype), rng.normal(size=(7, 3)).astype(dtype)
+    blas, syrk = (loops.DGEMM, loops.DSYRK) if dtype == np.float64 else (loops.SGEMM, loops.SSYRK)
+    ints, one, zero = np.empty(8, dtype=np.int32), np.ones(1, dtype=dtype), np.zeros(1, dtype=dtype)
+    C = np.empty((5, 3), dtype=dtype)
+    loops.gemm(blas, A, B, C, False, False, zero, ints, one)
+    np.testing.assert_allclose(C, A @ B, rtol=1e-5 if dtype == np.float32 else 1e-13)
+    G = np.zeros((7, 7), dtype=dtype)
+    loops._syrk(syrk, A, G, one, zero, ints)
+    upper = np.triu_indices(7)
+    np.testing.assert_allclose(G[upper], (A.T @ A)[upper], rtol=1e-5 if dtype == np.float32 else 1e-13)
+
+
+def test_equation_series_is_tanh_along_a_line():
+    """The equation's loop makes the series of tanh(z + Z) from Z's: along a line z + v t (Z's
+    first coefficient v, the rest zero) it is tanh's own Taylor series times v^k."""
+    order = 6
+    kernel = NumpyTaylorKernel(_plan((1, 4, 4, 1), order, by_equation=True), lambda z: _tanh_weights(z, order),
+                               fused_activation=lambda *a: None)
+    rng = np.random.default_rng(3)
+    z, v = rng.normal(size=(1, 4)), rng.normal(size=(1, 4))
+    Z = np.zeros((kernel._LOW, 1, 4))
+    Z[0] = v
+    h, factors = _tanh_weights(z, order)
+    S, _ = kernel._equation_series(Z, h, factors, kernel._TABLES)
+    for k in range(1, kernel._LOW + 1):
+        np.testing.assert_allclose(S[k - 1], factors[k - 1] * v**k, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend,order,batch", [("numpy", 3, 1), ("numpy", 4, 9), ("numpy", 2, 5),
+                                                 ("torch", 3, 2), ("torch", 5, 9), ("torch", 2, 4)])
+def test_kernel_classes_match_jacfwd(backend, order, batch):
+    """A kernel built from a plan and an activation function alone, no generated module: tanh
+    MLP with two hidden layers, non-zero points, against nested jacfwd."""
+    sizes = (2, 5, 4, 2)
+    params = random_params(sizes, torch.Generator().manual_seed(order))
+    x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
+    plan = _plan(sizes, order, by_points=False)
+    if backend == "numpy":
+        kernel = NumpyTaylorKernel(plan, lambda z: _tanh_weights(z, order), fused=False)
+        got = torch.as_tensor(kernel.derivatives([p.numpy() for p in params], x.numpy()))
+    else:
+        kernel = TorchTaylorKernel(plan, lambda z: _tanh_weights(z, order, torch))
+        got = kernel.derivatives(params, x)
+    want = reference_derivatives(params, x, "tanh", kernel.MULTI_INDICES)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * float(want.abs().max()))
+
+
+def test_kernel_rejects_wrong_shapes_naming_the_parameter():
+    kernel = NumpyTaylorKernel(_plan((2, 3, 1), 2), lambda z: _tanh_weights(z, 2), fused=False)
+    params = [np.zeros((3, 2)), np.zeros(3), np.zeros((1, 3)), np.zeros(1)]
+    with pytest.raises(ValueError, match=r"x has shape \(4, 3\); expected \(batch, 2\)"):
+        kernel.derivatives(params, np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"params\[2\] \(W2\) has shape \(2, 3\); expected \(1, 3\)"):
+        kernel.derivatives(params[:2] + [np.zeros((2, 3)), np.zeros(1)], np.zeros((4, 2)))
