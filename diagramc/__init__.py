@@ -24,8 +24,8 @@ _EXPORTS = {
     "diagrams": "combinatorics",
     "count": "combinatorics",
     "Diagram": "combinatorics",
-    "contributions": "attribution",
-    "cuda_graphed": "graphs",
+    "contributions": "compiler.contributions",
+    "cuda_graphed": "cuda_graphs",
 }
 
 __all__ = sorted(_EXPORTS)

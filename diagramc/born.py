@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .errors import DiagramcError
-from .multi_index import count_of_order
+from .combinatorics.multi_index import count_of_order
 
 __all__ = ["scattering_length", "born_term", "born_derivatives", "born_approximation"]
 
@@ -175,7 +175,7 @@ def _series_coefficients(Ui, h, K):
     return c, s, t
 
 
-def _born_series(t, R, K):
+def born_series(t, R, K):
     """Coefficients [a^(0), ..., a^(K)] of a0(lambda U) for a tensor t (..., N)."""
     N = t.shape[-1]
     h = R / N
@@ -214,7 +214,7 @@ def born_term(U, order, R=1.0):
     order = _check_order(order)
     t, was_numpy = _as_tensor(U)
     R = _check_R(R)
-    return _back(_born_series(t, R, order)[order], was_numpy)
+    return _back(born_series(t, R, order)[order], was_numpy)
 
 
 def born_approximation(U, order, R=1.0):
@@ -222,7 +222,7 @@ def born_approximation(U, order, R=1.0):
     order = _check_order(order)
     t, was_numpy = _as_tensor(U)
     R = _check_R(R)
-    terms = _born_series(t, R, order)
+    terms = born_series(t, R, order)
     return _back(sum(terms[1:], terms[0]), was_numpy)
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from . import multi_index as mi
+from .combinatorics import multi_index as mi
 from .errors import DiagramcError
 
 
@@ -203,7 +203,7 @@ def _diagrams(args) -> None:
         )
     found = dg.diagrams(args.multi_index, args.hidden_layers)
     if args.draw:
-        from .draw import draw
+        from .combinatorics.draw import draw
 
         draw(found, args.draw)
     alpha = ",".join(map(str, args.multi_index))
@@ -222,7 +222,7 @@ def _diagrams(args) -> None:
         print(dg.tikz_document(found), end="")
     else:
         print(summary)
-        top = str(args.hidden_layers + 1).translate(dg._SUP)
+        top = str(args.hidden_layers + 1).translate(dg.SUPERSCRIPTS)
         print(f"Notation: P⁽ᵐ←ˡ⁾[i,j] = ∂z⁽ᵐ⁾[i]/∂h⁽ˡ⁾[j], the propagator (h⁽⁰⁾ = x, z⁽{top}⁾ = f); "
               "σ⁽ᵏ⁾(z⁽ˡ⁾[j]) a vertex on hidden layer l; n_l the width of layer l; o the output.")
         print()
@@ -249,8 +249,8 @@ def _compile(args) -> None:
     if args.json and not args.plan:
         raise DiagramcError("--json goes with --plan (compile prints the path of the module it wrote)")
     if args.plan:
-        from .plan import make_plan, plan_json
-        from .spec import KernelSpec
+        from .compiler.plan import make_plan, plan_json
+        from .compiler.spec import KernelSpec
 
         plan = make_plan(KernelSpec.create(arch, args.order, args.backend, args.multi_index, args.force))
         print(plan_json(plan) if args.json else plan.explain())
@@ -261,7 +261,7 @@ def _compile(args) -> None:
 
 
 def _contributions(args) -> None:
-    from .attribution import compile_contributions, contributions, format_table, ranked
+    from .compiler.contributions import compile_contributions, contributions, format_table, ranked
     from .combinatorics import diagrams
     from .network import load_model
 
@@ -325,7 +325,7 @@ def _contributions(args) -> None:
 
 def _activation(args) -> None:
     from .activations import get_activation
-    from .spec import MAX_ORDER
+    from .compiler.spec import MAX_ORDER
 
     if args.order > MAX_ORDER:
         raise DiagramcError(f"--order {args.order} is above the supported maximum {MAX_ORDER}")
@@ -338,7 +338,7 @@ def _activation_lines(act, order, fmt):
     """sigma^(k), k = 0..order: as the compiler differentiates it (in the auxiliary functions) and in x."""
     import sympy as sp
 
-    from .combinatorics import _SUP
+    from .combinatorics import SUPERSCRIPTS
 
     latex = fmt == "latex"
 
@@ -378,7 +378,7 @@ def _activation_lines(act, order, fmt):
     if latex:
         lines.append(r"\begin{align*}")
     for k in range(order + 1):
-        lhs = (r"\sigma^{(%d)}(x)" % k) if latex else ("σ" + f"({k})".translate(_SUP) + "(x)" if k else "σ(x)")
+        lhs = (r"\sigma^{(%d)}(x)" % k) if latex else ("σ" + f"({k})".translate(SUPERSCRIPTS) + "(x)" if k else "σ(x)")
         forms = [form(act.derivative(k))]
         if act.auxiliaries:
             in_x = act.derivative_in_x(k)
@@ -394,7 +394,7 @@ def _activation_lines(act, order, fmt):
 
 
 def _demo(args) -> None:
-    from .demo import run_demo, summary
+    from .applications.demo import run_demo, summary
 
     print(summary(run_demo(args.out, quick=args.quick, seed=args.seed)))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diagramc import bench
-from diagramc import multi_index as mi
+from diagramc.combinatorics import multi_index as mi
 
 HAS_JAX = importlib.util.find_spec("jax") is not None
 AFFINITY = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None

@@ -8,7 +8,7 @@ import torch
 
 from diagramc.born import born_approximation, born_derivatives, born_term, scattering_length
 from diagramc.errors import DiagramcError
-from diagramc.multi_index import factorial, of_order
+from diagramc.combinatorics.multi_index import factorial, of_order
 
 
 def _K(N, R=1.0):

@@ -11,7 +11,7 @@ import pytest
 import diagramc
 from diagramc import DiagramcError
 from diagramc.compiler import compile_source
-from diagramc.spec import KernelSpec
+from diagramc.compiler.spec import KernelSpec
 
 ARCH = diagramc.Architecture((2, 3, 3, 1), "tanh")
 
@@ -109,7 +109,7 @@ def test_kernel_validates_arguments(tmp_path):
 
 def test_edited_or_truncated_module_refuses_to_import(tmp_path):
     """A copy used outside the cache (e.g. from generated/) checks its own seal on import."""
-    from diagramc.cache import import_path
+    from diagramc.compiler.cache import import_path
 
     mod = diagramc.compile(ARCH, 2, "torch", out_dir=tmp_path)
     text = Path(mod.__file__).read_text()
@@ -142,7 +142,7 @@ _CACHED_CALL = """
 import json, sys
 from pathlib import Path
 import numpy as np
-from diagramc.cache import import_path
+from diagramc.compiler.cache import import_path
 mod = import_path(Path(sys.argv[1]))
 rng = np.random.default_rng(7)
 sizes = (2, 5, 4, 3, 1)

@@ -24,7 +24,7 @@ from diagramc.errors import DiagramcError
 
 from .reference import random_params, reference_derivatives
 
-from diagramc import attribution as contrib
+from diagramc.compiler import contributions as contrib
 
 _T = sympy.Symbol("t")
 _PLAIN = {  # the activations as plain sympy expressions, differentiated by sympy alone

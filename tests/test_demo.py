@@ -1,4 +1,4 @@
-"""diagramc.demo: data family, exact least squares, the structurally second-order model, a smoke run."""
+"""diagramc.applications.demo: data family, exact least squares, the structurally second-order model, a smoke run."""
 import dataclasses
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diagramc.born import born_derivatives, born_term, scattering_length
-from diagramc.demo import (
+from diagramc.applications.demo import (
     QUICK,
     SHAPES,
     ScaledMLP,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import sympy
 
-from diagramc import multi_index as mi
+from diagramc.combinatorics import multi_index as mi
 from diagramc.combinatorics import (
     ActivationDerivative,
     Diagram,

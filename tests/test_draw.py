@@ -1,10 +1,10 @@
-"""Tests of the diagram pictures (diagramc.draw) and their layout."""
+"""Tests of the diagram pictures (diagramc.combinatorics.draw) and their layout."""
 from __future__ import annotations
 
 import pytest
 
 from diagramc.combinatorics import diagrams
-from diagramc.draw import draw
+from diagramc.combinatorics.draw import draw
 from diagramc.errors import DiagramcError
 
 MAGIC = {"png": b"\x89PNG", "pdf": b"%PDF", "svg": b"<?xml"}

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import diagramc
-from diagramc.cache import import_path
+from diagramc.compiler.cache import import_path
 from diagramc.compiler import compile_source
-from diagramc.spec import KernelSpec
+from diagramc.compiler.spec import KernelSpec
 
 GENERATED = Path(__file__).resolve().parent.parent / "generated"
 PAPER = diagramc.Architecture((64, 64, 64, 64, 1), "tanh")

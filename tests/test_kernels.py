@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import diagramc
-from diagramc import multi_index as mi
+from diagramc.combinatorics import multi_index as mi
 
 from .reference import TORCH_ACTIVATIONS, random_params, reference_derivatives
 

@@ -3,7 +3,7 @@ import itertools
 import pytest
 
 from diagramc import DiagramcError
-from diagramc import multi_index as mi
+from diagramc.combinatorics import multi_index as mi
 
 
 def test_canonical_order_d2():

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 import diagramc
-from diagramc.plan import make_plan
-from diagramc.spec import KernelSpec
+from diagramc.compiler.plan import make_plan
+from diagramc.compiler.spec import KernelSpec
 
 PAPER = diagramc.Architecture((64, 64, 64, 64, 1), "tanh")
 

@@ -12,10 +12,10 @@ from importlib import resources
 
 import jinja2
 
-from . import __version__
+from .. import __version__
 from .plan import make_plan
 from .printing import activation_code
-from .runtime import VERSION as RUNTIME_VERSION
+from ..runtime import VERSION as RUNTIME_VERSION
 from .spec import KernelSpec
 
 TEMPLATES = {"numpy": "numpy_kernel.py.jinja", "torch": "torch_kernel.py.jinja"}

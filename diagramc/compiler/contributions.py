@@ -32,12 +32,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import __version__, cache
-from . import multi_index as mi
-from .activations import Activation, get_activation
-from .combinatorics import Diagram, Input, Node, Vertex, _check_layers, count, diagrams
-from .errors import DiagramcError
-from .network import Architecture
+from .. import __version__
+from . import cache
+from ..combinatorics import multi_index as mi
+from ..activations import Activation, get_activation
+from ..combinatorics import Diagram, Input, Node, Vertex, check_layers, count, diagrams
+from ..errors import DiagramcError
+from ..network import Architecture
 from .spec import MAX_ORDER, canonical_json, sha256
 
 __all__ = ["contributions", "compile_contributions", "ContributionSpec", "ranked", "format_table", "MAX_DIAGRAMS"]
@@ -63,7 +64,7 @@ class ContributionSpec:
     def create(cls, activation: "str | Activation", multi_index: Sequence[int], hidden_layers: int):
         activation = get_activation(activation)
         alpha = mi.validate(multi_index)
-        hidden_layers = _check_layers(hidden_layers)
+        hidden_layers = check_layers(hidden_layers)
         if sum(alpha) > MAX_ORDER:
             raise DiagramcError(f"multi-index {alpha} has order {sum(alpha)}, above the supported maximum {MAX_ORDER}")
         distinct, _ = count(alpha, hidden_layers)

@@ -1,7 +1,7 @@
 """The driver: a compile request through every stage of the pipeline.
 
-    analysis (KernelSpec) -> vertex functions (sympy) -> printing -> templates (jinja2)
-    -> cache (atomic write, integrity) -> import by path
+    analysis (KernelSpec) -> plan (KernelPlan) -> vertex functions (sympy, printed)
+    -> templates (jinja2) -> cache (atomic write, integrity) -> import by path
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import Iterable, Sequence
 
 from . import cache, codegen
-from .network import Architecture, params_from_torch
+from ..network import Architecture, params_from_torch
 from .spec import KernelSpec
 
 

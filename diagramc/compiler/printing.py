@@ -14,7 +14,7 @@ from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 from sympy.printing.pytorch import TorchPrinter
 
-from .activations import Activation, Softplus, Step, x
+from ..activations import Activation, Softplus, Step, x
 
 # The pre-activation variable's name inside generated code.
 Z_NAME = "z"

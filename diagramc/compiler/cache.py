@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from .errors import DiagramcError
+from ..errors import DiagramcError
 
 
 def default_cache_dir() -> Path:

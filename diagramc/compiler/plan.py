@@ -13,16 +13,16 @@ import json
 from dataclasses import dataclass, field
 
 from .printing import activation_code
-from .runtime.tables import TaylorTables
+from ..runtime.tables import TaylorTables
 from .spec import KernelSpec
 
 
 def _backend_class(backend: str):
     """The runtime class whose cost constants (TANGENT_FACTOR, EQUATION_THRESHOLD) the plan uses."""
     if backend == "numpy":
-        from .runtime.taylor_numpy import NumpyTaylorKernel
+        from ..runtime.taylor_numpy import NumpyTaylorKernel
         return NumpyTaylorKernel
-    from .runtime.taylor_torch import TorchTaylorKernel
+    from ..runtime.taylor_torch import TorchTaylorKernel
     return TorchTaylorKernel
 
 

@@ -11,8 +11,9 @@ import math
 import os
 from typing import Sequence
 
-from .combinatorics import _SUP, Diagram
-from .errors import DiagramcError
+from .diagram import Diagram
+from .symbols import SUPERSCRIPTS
+from ..errors import DiagramcError
 
 FORMATS = ("png", "svg", "pdf")
 MAX_PIXELS = 60_000_000
@@ -25,7 +26,7 @@ def _subscript(k: int) -> str:
 
 
 def _superscript(k: int) -> str:
-    return f"({k})".translate(_SUP)
+    return f"({k})".translate(SUPERSCRIPTS)
 
 
 def draw(diagrams: Sequence[Diagram], path: str | os.PathLike, columns: int | None = None,

@@ -9,7 +9,7 @@ import itertools
 import math
 from typing import Iterable, Sequence
 
-from .errors import DiagramcError
+from ..errors import DiagramcError
 
 MultiIndex = tuple[int, ...]
 

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .born import _born_series, born_derivatives, scattering_length
-from .errors import DiagramcError
+from ..born import born_series, born_derivatives, scattering_length
+from ..errors import DiagramcError
 
 __all__ = [
     "DemoConfig",
@@ -167,7 +167,7 @@ def make_dataset(cfg: DemoConfig, seed: int = 0):
             "kind": kinds,
             "a0": scattering_length(U, cfg.R),
         }
-        terms = _born_series(torch.from_numpy(U), cfg.R, 3)
+        terms = born_series(torch.from_numpy(U), cfg.R, 3)
         for k in (1, 2, 3):
             splits[name][f"a{k}"] = terms[k].numpy()
     return splits

@@ -7,10 +7,10 @@ import shlex
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from . import __version__
-from . import multi_index as mi
-from .errors import DiagramcError
-from .network import Architecture
+from .. import __version__
+from ..combinatorics import multi_index as mi
+from ..errors import DiagramcError
+from ..network import Architecture
 
 BACKENDS = ("numpy", "torch")
 # Orders past this make kernels whose tables outgrow any machine; refuse rather than hang.
