@@ -33,13 +33,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import __version__
-from . import cache
-from ..combinatorics import multi_index as mi
 from ..activations import Activation, get_activation
 from ..combinatorics import Diagram, Input, Node, Vertex, check_layers, count, diagrams
+from ..combinatorics import multi_index as mi
 from ..errors import DiagramcError
 from ..network import Architecture
-from .spec import MAX_ORDER, canonical_json, sha256
+from . import cache
+from .spec import MAX_ORDER, ModuleSpec
 
 __all__ = ["contributions", "compile_contributions", "ContributionSpec", "ranked", "format_table", "MAX_DIAGRAMS"]
 
@@ -48,12 +48,11 @@ TEMPLATE = "contributions_kernel.py.jinja"
 MAX_DIAGRAMS = 5000
 
 
-
 # ----------------------------------------------------------------------------- analysis
 
 
 @dataclass(frozen=True)
-class ContributionSpec:
+class ContributionSpec(ModuleSpec):
     """What a per-diagram kernel depends on: the activation, the depth and the multi-index."""
 
     activation: Activation
@@ -79,20 +78,9 @@ class ContributionSpec:
     def order(self) -> int:
         return sum(self.multi_index)
 
-    def inputs_json(self) -> str:
-        """The canonical description that the hash covers."""
-        return canonical_json(
-            {
-                "kernel": "contributions",
-                "activation": self.activation.name,
-                "hidden_layers": self.hidden_layers,
-                "multi_index": list(self.multi_index),
-            }
-        )
-
-    @property
-    def digest(self) -> str:
-        return sha256(self.inputs_json())
+    def description(self) -> dict:
+        return {"kernel": "contributions", "activation": self.activation.name,
+                "hidden_layers": self.hidden_layers, "multi_index": list(self.multi_index)}
 
     def module_name(self) -> str:
         act = self.activation.name if self.activation.name.isidentifier() else "custom"

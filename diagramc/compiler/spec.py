@@ -29,9 +29,25 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+class ModuleSpec:
+    """What a generated module depends on: a description (whose hash names the module) and the
+    command that regenerates it. Every kernel kind's spec derives from this."""
+
+    def description(self) -> dict:
+        raise NotImplementedError
+
+    def inputs_json(self) -> str:
+        """The canonical description that the hash covers."""
+        return canonical_json(self.description())
+
+    @property
+    def digest(self) -> str:
+        return sha256(self.inputs_json())
+
+
 @dataclass(frozen=True)
-class KernelSpec:
-    """Everything a generated module depends on, and nothing else."""
+class KernelSpec(ModuleSpec):
+    """Everything a generated Taylor module depends on, and nothing else."""
 
     architecture: Architecture
     order: int
@@ -78,21 +94,14 @@ class KernelSpec:
             full = len(alphas) == total
         return cls(architecture, order, backend, alphas, full)
 
-    def inputs_json(self) -> str:
-        """The canonical description that the hash covers."""
-        return canonical_json(
-            {
-                "backend": self.backend,
-                "layer_sizes": list(self.architecture.layer_sizes),
-                "activation": self.architecture.activation.name,
-                "order": self.order,
-                "multi_indices": "all" if self.full else [list(a) for a in self.multi_indices],
-            }
-        )
-
-    @property
-    def digest(self) -> str:
-        return sha256(self.inputs_json())
+    def description(self) -> dict:
+        return {
+            "backend": self.backend,
+            "layer_sizes": list(self.architecture.layer_sizes),
+            "activation": self.architecture.activation.name,
+            "order": self.order,
+            "multi_indices": "all" if self.full else [list(a) for a in self.multi_indices],
+        }
 
     def module_name(self) -> str:
         """A file name that says what the kernel is and, by its hash, exactly which."""
