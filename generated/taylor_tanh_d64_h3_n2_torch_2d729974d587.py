@@ -25,25 +25,7 @@ from diagramc import runtime
 from diagramc.runtime.taylor_torch import TorchTaylorKernel
 
 _REGENERATE = 'diagramc compile --order 2 --layer-sizes 64,64,64,64,1 --activation tanh --backend torch -o generated'
-
-
-def _check_integrity():
-    """Refuse to run a copy of this file that was edited or truncated after diagramc wrote it."""
-    import hashlib
-
-    try:
-        with open(__file__, "rb") as fh:
-            lines = fh.read().split(b"\n")
-    except (NameError, OSError):
-        return  # not loaded from a file: nothing to compare
-    seal = b'# sha256 of all lines above: '
-    body = b"\n".join(lines[:-2]) + b"\n"
-    if len(lines) < 2 or lines[-2] != seal + hashlib.sha256(body).hexdigest().encode():
-        raise ImportError(f"{__file__} was edited or truncated after diagramc wrote it; regenerate it: {_REGENERATE}")
-
-
-_check_integrity()
-runtime.check_version(1, _REGENERATE)
+runtime.check_module(globals().get("__file__"), 1, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -100,4 +82,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 20b372ee7f9b54f7043c010121ec5ff9d406a725979e4b7c28c4853b2eb881c9
+# sha256 of all lines above: 6b2f2f9632a3e46ca11179ae1742d3821321cac3ec4b7f3597562a52e6f6f240

@@ -25,25 +25,7 @@ from diagramc import runtime
 from diagramc.runtime.taylor_torch import TorchTaylorKernel
 
 _REGENERATE = 'diagramc compile --order 3 --layer-sizes 64,64,64,64,1 --activation tanh --backend torch -o generated'
-
-
-def _check_integrity():
-    """Refuse to run a copy of this file that was edited or truncated after diagramc wrote it."""
-    import hashlib
-
-    try:
-        with open(__file__, "rb") as fh:
-            lines = fh.read().split(b"\n")
-    except (NameError, OSError):
-        return  # not loaded from a file: nothing to compare
-    seal = b'# sha256 of all lines above: '
-    body = b"\n".join(lines[:-2]) + b"\n"
-    if len(lines) < 2 or lines[-2] != seal + hashlib.sha256(body).hexdigest().encode():
-        raise ImportError(f"{__file__} was edited or truncated after diagramc wrote it; regenerate it: {_REGENERATE}")
-
-
-_check_integrity()
-runtime.check_version(1, _REGENERATE)
+runtime.check_module(globals().get("__file__"), 1, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -102,4 +84,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 6482701c74ee0dd26c6960e3cc86511133d58ce651ce4ae9730ea6bc44683894
+# sha256 of all lines above: f4873cf9637f83e91c1a6b75e1e121f91a805bef49154f3d8be3a1d30b98dbda

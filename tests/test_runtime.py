@@ -42,6 +42,19 @@ def test_check_version_names_the_regenerate_command():
         runtime.check_version(runtime.VERSION + 1, "diagramc compile --order 3")
 
 
+def test_check_module_refuses_an_edited_file(tmp_path):
+    import hashlib
+    body = "x = 1\n"
+    good = tmp_path / "good.py"
+    good.write_text(body + runtime.SEAL + hashlib.sha256(body.encode()).hexdigest() + "\n")
+    runtime.check_module(str(good), runtime.VERSION, "cmd")
+    bad = tmp_path / "bad.py"
+    bad.write_text(good.read_text().replace("x = 1", "x = 2"))
+    with pytest.raises(ImportError, match="edited or truncated after diagramc wrote it; regenerate it: cmd"):
+        runtime.check_module(str(bad), runtime.VERSION, "cmd")
+    runtime.check_module(None, runtime.VERSION, "cmd")  # not loaded from a file: nothing to compare
+
+
 def test_runtime_imports_neither_sympy_nor_jinja2():
     code = ("import sys; import diagramc.runtime.taylor_numpy, diagramc.runtime.taylor_torch; "
             "print(sorted(m for m in ('sympy', 'jinja2', 'networkx', 'diagramc.compiler') if m in sys.modules))")

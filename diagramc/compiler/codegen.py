@@ -15,6 +15,7 @@ import jinja2
 from .. import __version__
 from .plan import make_plan
 from .printing import activation_code
+from ..runtime import SEAL as RUNTIME_SEAL
 from ..runtime import VERSION as RUNTIME_VERSION
 from .spec import KernelSpec
 
@@ -49,13 +50,13 @@ def environment() -> jinja2.Environment:
     return env
 
 
-SEAL = "# sha256 of all lines above: "
+SEAL = RUNTIME_SEAL  # the module's last line, which diagramc.runtime.check_module reads
 
 
 def render_template(name: str, **context) -> str:
     """Render one template and seal it: the last line is the sha256 of all lines above,
     which the module checks when imported (an edited or truncated copy refuses to run)."""
-    text = environment().get_template(name).render(seal=SEAL, **context)
+    text = environment().get_template(name).render(runtime_version=RUNTIME_VERSION, **context)
     return text + SEAL + hashlib.sha256(text.encode()).hexdigest() + "\n"
 
 
@@ -77,7 +78,6 @@ def render(spec: KernelSpec, out_dir: str) -> str:
     return render_template(
         TEMPLATES[spec.backend],
         version=__version__,
-        runtime_version=RUNTIME_VERSION,
         command=spec.command(out_dir),
         digest=spec.digest,
         inputs_json=spec.inputs_json(),
