@@ -34,7 +34,7 @@ def main(cells):
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     for d, n, batch in cells:
         mod = bench.compile_cell(bench.Cell(d, n, batch), "torch")
-        params, x = bench._our_inputs(bench.Cell(d, n, batch), "torch", "cuda")
+        params, x = bench.ours.our_inputs(bench.Cell(d, n, batch), "torch", "cuda")
         params = [p.requires_grad_(True) for p in params]
 
         def step(evaluate):

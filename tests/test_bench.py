@@ -67,7 +67,7 @@ def test_bench_smoke(tmp_path):
 
 def test_interleaved_rounds_rotate_the_order():
     seen = []
-    times, first = bench._interleaved({name: (lambda name=name: seen.append(name)) for name in "abc"}, 4, {})
+    times, first = bench.measure.interleaved_rounds({name: (lambda name=name: seen.append(name)) for name in "abc"}, 4, {})
     assert seen == list("abc" "bca" "cab" "abc")
     assert {name: len(t) for name, t in times.items()} == {"a": 4, "b": 4, "c": 4} == {n: len(t) for n, t in first.items()}
 
@@ -77,14 +77,14 @@ def test_interleaved_bursts_count_their_median(monkeypatch):
     the first, and the first apart: here b's calls take 0.5, 0.1, 0.3, 0.1 s (a fake clock) per
     burst: median 0.1, first 0.5 (a cold call, not counted in the steady state)."""
     clock = iter(np.cumsum([0.0] + [0.5, 0.0, 0.1, 0.0, 0.3, 0.0, 0.1, 0.0] * 2))  # call, gap, call, gap, ...
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
-    times, first = bench._interleaved({"b": lambda: None}, 2, {"b": 4})
+    monkeypatch.setattr(bench.measure.time, "perf_counter", lambda: float(next(clock)))
+    times, first = bench.measure.interleaved_rounds({"b": lambda: None}, 2, {"b": 4})
     monkeypatch.undo()
     assert times["b"] == pytest.approx([0.1, 0.1]) and first["b"] == pytest.approx([0.5, 0.5])
     settings = bench.Settings.make(True)
-    assert bench._burst(1e-4, settings) == settings.max_burst and bench._burst(settings.round_max_s, settings) == 1
-    assert bench._burst(settings.round_max_s / 2, settings) == 2  # two where two fit: one is a cold call
-    assert bench._burst(settings.burst_s / 4, settings) == 4
+    assert bench.measure.burst_size(1e-4, settings) == settings.max_burst and bench.measure.burst_size(settings.round_max_s, settings) == 1
+    assert bench.measure.burst_size(settings.round_max_s / 2, settings) == 2  # two where two fit: one is a cold call
+    assert bench.measure.burst_size(settings.burst_s / 4, settings) == 4
 
 
 @pytest.mark.skipif(not HAS_JAX, reason="JAX not installed")
@@ -117,7 +117,7 @@ def test_call_memory_tiny_cell(tmp_path, backend):
     """Peak of one call on a tiny cell: at least the output it returns, and a stated ratio to output + weights."""
     cell = bench.Cell(2, 2, 8)
     module = bench.compile_cell(cell, backend, tmp_path)
-    params, x = bench._our_inputs(cell, backend, "cpu")
+    params, x = bench.ours.our_inputs(cell, backend, "cpu")
     module.derivatives(params, x)  # warm
     mem = bench.call_memory(module, params, x, backend)
     assert mem["output_bytes"] == cell.batch * 1 * 6 * 8 == mem["returned_bytes"]
@@ -138,7 +138,7 @@ def test_peak_measurements_see_a_known_allocation():
         a = torch.ones(1_000_000, dtype=torch.float64)
         return float((a * 2).sum())
 
-    for measure, call in ((bench._numpy_call_peak, numpy_call), (bench._torch_call_peak, torch_call)):
+    for measure, call in ((bench.measure._numpy_call_peak, numpy_call), (bench.measure._torch_call_peak, torch_call)):
         _, peak = measure(call)
         assert 16e6 <= peak < 17e6, (measure.__name__, peak)
 
@@ -166,7 +166,7 @@ def test_pinning_covers_threads_started_before_and_after_and_is_undone():
 
     early = threading.Thread(target=worker, args=("early",))
     early.start()
-    with bench._pinned(1) as cores:
+    with bench.driver._pinned(1) as cores:
         assert cores == sorted(before)[:1] and os.sched_getaffinity(0) == set(cores)
         late = threading.Thread(target=worker, args=("late",))
         late.start()
@@ -175,5 +175,5 @@ def test_pinning_covers_threads_started_before_and_after_and_is_undone():
         late.join()
     assert seen == {"early": set(cores), "late": set(cores)}
     assert os.sched_getaffinity(0) == before
-    with bench._pinned(None) as cores:
+    with bench.driver._pinned(None) as cores:
         assert cores is None and os.sched_getaffinity(0) == before

@@ -173,7 +173,7 @@ def test_multiply_adds_count_the_tangent_as_torch_counts_its_products(kernel_dir
     """MULTIPLY_ADDS's matrix products by the tangent (the next-to-top order against the line,
     the tangent's Gram entries and sweep), as torch's FlopCounterMode counts a call (batch 16:
     layer 1 folded, the path the count states)."""
-    from diagramc.bench import _counted_gemm_macs
+    from diagramc.bench.ours import _counted_gemm_macs
 
     for sizes, order, activation in [((8, 5, 7, 6, 1), 4, "tanh"), ((5, 4, 6, 1), 5, "sin")]:
         mod = diagramc.compile(diagramc.Architecture(sizes, activation), order, "torch", out_dir=kernel_dir)
