@@ -25,9 +25,9 @@ GiB = 2**30
 def _memory_check_child(d: int, order: int, batches, backend: str, rss_limit: int, folder: str) -> None:
     """In a fresh process: compile, import, then time and measure one call per batch; JSON lines on stdout."""
     import diagramc
-    from . import compiler
-    from .compiler import cache
-    from .compiler.spec import KernelSpec
+    from .. import compiler
+    from ..compiler import cache
+    from ..compiler.spec import KernelSpec
 
     def emit(kind, **data):
         print("MEMCHECK " + json.dumps({"kind": kind, **data}, default=float), flush=True)
