@@ -10,7 +10,7 @@ page:
 
     <!-- docs-test: console -->          a ```console block: each `$ ` line is run (`diagramc`
                                          as `python -m diagramc`) in a fresh folder, `$PWD`;
-                                         the lines under it are its output (stdout and
+                                         the lines under it are its output (stdout, then
                                          stderr), `...` standing for any number of lines
     <!-- docs-test: python -->           a ```python block, run as a script in a fresh folder;
     <!-- docs-test: output -->           its stdout, exactly (the next marked block)
@@ -181,12 +181,12 @@ def test_tour_console(block, tmp_path):
         argv = shlex.split(command)
         assert argv[0] == "diagramc", command
         run = subprocess.run([sys.executable, "-m", "diagramc", *argv[1:]], cwd=tmp_path, env=_env(tmp_path),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
-                             timeout=300)
-        actual = [line.rstrip().replace(str(tmp_path), "$PWD") for line in run.stdout.splitlines()]
-        assert run.returncode == 0, f"$ {command}\n{run.stdout}"
+                             capture_output=True, text=True, encoding="utf-8", timeout=300)
+        printed = run.stdout + run.stderr  # stdout, then stderr: the order a terminal shows here
+        actual = [line.rstrip().replace(str(tmp_path), "$PWD") for line in printed.splitlines()]
+        assert run.returncode == 0, f"$ {command}\n{printed}"
         assert _matches([e.rstrip() for e in expected], actual), (
-            f"$ {command}\nthe README shows:\n" + "\n".join(expected) + "\nit prints:\n" + run.stdout)
+            f"$ {command}\nthe README shows:\n" + "\n".join(expected) + "\nit prints:\n" + printed)
 
 
 def test_tour_python(tmp_path):
