@@ -21,11 +21,12 @@ it through a Linear layer is one matrix product over all coefficients at once.
 """
 import numpy as np
 
-from diagramc import runtime
 from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
 
+from diagramc.runtime import check_module as _check_module
+
 _REGENERATE = 'diagramc compile --order 2 --layer-sizes 64,64,64,64,1 --activation tanh --backend numpy -o generated'
-runtime.check_module(globals().get("__file__"), 1, _REGENERATE)
+_check_module(globals().get("__file__"), 1, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -147,4 +148,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: b0c68b36fdd547aae31006bdafeb7e7f3d9b3c80a3bcb474c8bd583af3ca2b19
+# sha256 of all lines above: f1a90b989bb7476f9bdef6424c16ace384b91c0c9d4b2b1b4afe686f83505e87

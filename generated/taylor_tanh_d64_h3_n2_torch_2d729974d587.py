@@ -21,11 +21,12 @@ it through a Linear layer is one matrix product over all coefficients at once.
 """
 import torch
 
-from diagramc import runtime
 from diagramc.runtime.taylor_torch import TorchTaylorKernel
 
+from diagramc.runtime import check_module as _check_module
+
 _REGENERATE = 'diagramc compile --order 2 --layer-sizes 64,64,64,64,1 --activation tanh --backend torch -o generated'
-runtime.check_module(globals().get("__file__"), 1, _REGENERATE)
+_check_module(globals().get("__file__"), 1, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -82,4 +83,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 6b2f2f9632a3e46ca11179ae1742d3821321cac3ec4b7f3597562a52e6f6f240
+# sha256 of all lines above: 07f506ca13689cc5ae4a8c49dd4ae14929e4c496b88352d0f081e14eb3b0b7ca

@@ -21,11 +21,12 @@ it through a Linear layer is one matrix product over all coefficients at once.
 """
 import numpy as np
 
-from diagramc import runtime
 from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
 
+from diagramc.runtime import check_module as _check_module
+
 _REGENERATE = 'diagramc compile --order 3 --layer-sizes 64,64,64,64,1 --activation tanh --backend numpy -o generated'
-runtime.check_module(globals().get("__file__"), 1, _REGENERATE)
+_check_module(globals().get("__file__"), 1, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -99,4 +100,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: ed47b637f60d0e7583e24a610d54241ed4f6817689693c5c51778897228d1ed0
+# sha256 of all lines above: a8a743c183da5a9fd5c7049c22cf5110da97ab257d0217338c8528e61d2f74c2

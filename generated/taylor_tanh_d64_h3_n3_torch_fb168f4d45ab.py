@@ -21,11 +21,12 @@ it through a Linear layer is one matrix product over all coefficients at once.
 """
 import torch
 
-from diagramc import runtime
 from diagramc.runtime.taylor_torch import TorchTaylorKernel
 
+from diagramc.runtime import check_module as _check_module
+
 _REGENERATE = 'diagramc compile --order 3 --layer-sizes 64,64,64,64,1 --activation tanh --backend torch -o generated'
-runtime.check_module(globals().get("__file__"), 1, _REGENERATE)
+_check_module(globals().get("__file__"), 1, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -84,4 +85,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: f4873cf9637f83e91c1a6b75e1e121f91a805bef49154f3d8be3a1d30b98dbda
+# sha256 of all lines above: aade2240b1f571fafc4579a48a7af29a1ef9a053d9577c7a696389b39d21831d
