@@ -238,10 +238,10 @@ def _diagrams(args) -> None:
 
 def _compile(args) -> None:
     from .compiler import compile
-    from .network import Architecture, load_model
+    from .network import Architecture, load_architecture
 
     if args.model:
-        arch, _ = load_model(args.model, args.activation, trust=args.trust_model)
+        arch, _ = load_architecture(args.model, args.activation, trust=args.trust_model)
     else:
         if not args.activation:
             raise DiagramcError("--layer-sizes needs --activation (a name such as tanh, or an expression in x)")
@@ -263,7 +263,7 @@ def _compile(args) -> None:
 def _contributions(args) -> None:
     from .compiler.contributions import compile_contributions, contributions, format_table, ranked
     from .combinatorics import diagrams
-    from .network import load_model
+    from .network import load_architecture
 
     if args.model is None:
         if not args.activation:
@@ -278,7 +278,7 @@ def _contributions(args) -> None:
 
     import numpy as np
 
-    arch, params = load_model(args.model, args.activation, trust=args.trust_model)
+    arch, params = load_architecture(args.model, args.activation, trust=args.trust_model)
     d, m = arch.inputs, arch.outputs
     if len(args.multi_index) != d:
         raise DiagramcError(f"multi-index {','.join(map(str, args.multi_index))} has {len(args.multi_index)} "

@@ -5,6 +5,7 @@ passed at call time, so one compiled module serves a whole training run.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,7 @@ _TORCH_ACTIVATIONS = {
     "SiLU": "silu",
     "ReLU": "relu",
     "Identity": "identity",
+    "ActivationModule": None,  # diagramc's own (activation_module): its name says which
 }
 
 
@@ -76,7 +78,7 @@ class Architecture:
     def from_torch(cls, model, activation: "str | None" = None) -> "Architecture":
         """Read an ``nn.Sequential`` of ``Linear`` layers and one kind of activation module."""
         linears, acts = _sequential_parts(model)
-        names = {_TORCH_ACTIVATIONS[type(a).__name__] for a in acts}
+        names = {_TORCH_ACTIVATIONS[type(a).__name__] or a.name for a in acts}
         if len(names) > 1:
             raise DiagramcError(f"the model mixes activations {sorted(names)}; diagramc expects one for all hidden layers")
         if activation is None:
@@ -163,6 +165,79 @@ def params_from_state_dict(state: dict) -> list:
 
 
 def load_model(path: "str | Path", activation: "str | None" = None, trust: bool = False):
+    """A model file (contract section 6) as an ``nn.Sequential`` of Linear layers and activations,
+    float64 weights as stored: ``Architecture.from_torch`` and ``params_from_torch`` read it back.
+    See load_architecture for the file kinds and ``activation``, ``trust``."""
+    arch, params = load_architecture(path, activation, trust)
+    return to_torch(arch, params)
+
+
+def to_torch(arch: Architecture, params):
+    """An ``nn.Sequential`` with these parameters (copied) and the architecture's activation."""
+    import torch
+
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(arch.layer_sizes[:-1], arch.layer_sizes[1:])):
+        W, b = torch.as_tensor(params[2 * i]), torch.as_tensor(params[2 * i + 1])
+        linear = torch.nn.Linear(n_in, n_out, dtype=W.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(W)
+            linear.bias.copy_(b)
+        layers.append(linear)
+        if i < arch.hidden_layers:
+            layers.append(activation_module(arch.activation.name))
+    return torch.nn.Sequential(*layers)
+
+
+def activation_module(name: str):
+    """torch's own module for a named activation, else an ActivationModule evaluating the
+    expression (printed from its sympy form, never from the user's text)."""
+    import torch
+
+    own = {v: k for k, v in _TORCH_ACTIVATIONS.items() if k != "ActivationModule"}
+    if name in own:
+        return getattr(torch.nn, own[name])(**({"approximate": "none"} if name == "gelu" else {}))
+    return _activation_module_class()(name)
+
+
+@functools.lru_cache(maxsize=1)
+def _activation_module_class():
+    import torch
+
+    class ActivationModule(torch.nn.Module):
+        """sigma(z) of an activation diagramc knows by name or expression (sin, a custom one)."""
+
+        def __init__(self, name: str):
+            super().__init__()
+            self.name = name
+            self._sigma = _torch_function(name)
+
+        def forward(self, z):
+            return self._sigma(z)
+
+        def extra_repr(self) -> str:
+            return repr(self.name)
+
+    return ActivationModule
+
+
+@functools.lru_cache(maxsize=64)
+def _torch_function(name: str):
+    """sigma as a torch function: the torch printer's code for the parsed activation."""
+    import math
+
+    import torch
+
+    from .compiler.printing import activation_code
+
+    code = activation_code(get_activation(name), 0, "torch")
+    namespace = {"torch": torch, "math": math}
+    body = "".join(f"    {line}\n" for line in code.lines)
+    exec(f"def sigma(z):\n{body}    return {code.value}\n", namespace)  # our printer's output, not user text
+    return namespace["sigma"]
+
+
+def load_architecture(path: "str | Path", activation: "str | None" = None, trust: bool = False):
     """Load ``--model FILE``: (Architecture, params).
 
     A state dict (``torch.save(model.state_dict())``) is loaded with ``weights_only=True``
@@ -230,7 +305,7 @@ def _scripted_activation(scripted) -> str:
     names = set()
     for _, module in scripted.named_modules():
         kind = getattr(module, "original_name", type(module).__name__)
-        if kind in _TORCH_ACTIVATIONS:
+        if _TORCH_ACTIVATIONS.get(kind):
             names.add(_TORCH_ACTIVATIONS[kind])
     if len(names) != 1:
         raise DiagramcError("cannot tell the TorchScript model's activation: pass --activation NAME")
