@@ -1,0 +1,131 @@
+"""Monte Carlo: n-point functions averaged over an ensemble of sampled networks.
+
+Networks are drawn in chunks as batched tensors (weights of shape (chunk, width, inputs)),
+so memory stays bounded whatever the ensemble size; the chunks' means and sums of squared
+deviations are combined exactly (Chan et al.), giving the mean and its standard error.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .ensembles import _positive_int, check_n, check_points
+from .exact import packed_index, packed_tuples
+
+CHUNK_ELEMENTS = 1 << 22  # bound on the largest temporary tensor (float64: 32 MiB)
+
+
+def _chunk_size(net, P, T):
+    return max(1, CHUNK_ELEMENTS // max(net.width * max(P, net.inputs), T, 1))
+
+
+def sample_outputs(net, A, samples, generator, device="cpu"):
+    """Yield f(X) for chunks of sampled networks, tensors of shape (chunk, P)."""
+    import torch
+
+    X = torch.as_tensor(A, dtype=torch.float64, device=device)
+    sd = torch.as_tensor(net.self_covariance(A), dtype=torch.float64, device=device)
+    N, d = net.width, net.inputs
+    step = _chunk_size(net, len(A), 1)
+    done = 0
+    while done < samples:
+        B = min(step, samples - done)
+        W0 = torch.randn(B, N, d, generator=generator, dtype=torch.float64, device=device) * (net.sigma_w / math.sqrt(d))
+        b0 = torch.randn(B, N, 1, generator=generator, dtype=torch.float64, device=device) * net.sigma_b
+        W1 = torch.randn(B, N, generator=generator, dtype=torch.float64, device=device) * (net.sigma_w / math.sqrt(N))
+        b1 = torch.randn(B, 1, generator=generator, dtype=torch.float64, device=device) * net.sigma_b
+        u = b0 + W0[:, :, 0, None] * X[:, 0]  # (B, N, P); a broadcast beats a batched matmul at small d
+        for k in range(1, d):
+            u = u + W0[:, :, k, None] * X[:, k]
+        yield torch.einsum("bn,bnp->bp", W1, net.phi_torch(u, sd)) + b1
+        done += B
+
+
+class _Accumulator:
+    """Sums of x and x^2 over networks for the packed n-fold products x.
+
+    For even n a product is ``h(t_a) h(t_b)`` with h the n/2-fold products: the sums over a
+    chunk are then two Gram matrices, ``h^T h`` and ``(h^2)^T (h^2)`` (BLAS, no n-fold arrays).
+    """
+
+    def __init__(self, P, n):
+        self.n, self.count, self.s1, self.s2 = n, 0, 0.0, 0.0
+        if n % 2 == 0:
+            t = packed_tuples(P, n)
+            self.ia, self.ib = packed_index(t[:, : n // 2], P), packed_index(t[:, n // 2:], P)
+
+    def add(self, f, plan, memo):
+        if self.n % 2 == 0:
+            h = _products(f, plan, self.n // 2, memo)
+            h2 = h * h
+            self.s1 = self.s1 + h.T @ h
+            self.s2 = self.s2 + h2.T @ h2
+        else:
+            x = _products(f, plan, self.n, memo)
+            self.s1 = self.s1 + x.sum(dim=0)
+            self.s2 = self.s2 + (x * x).sum(dim=0)
+        self.count += f.shape[0]
+
+    def result(self):
+        s1, s2 = self.s1.cpu().numpy(), self.s2.cpu().numpy()
+        if self.n % 2 == 0:
+            s1, s2 = s1[self.ia, self.ib], s2[self.ia, self.ib]
+        mean = s1 / self.count
+        var = np.maximum(s2 / self.count - mean**2, 0.0) * self.count / (self.count - 1)
+        return mean, np.sqrt(var / self.count)
+
+
+def _product_plan(P, n):
+    """How to build the packed n-fold products from two lower orders: {k: (a, index_a, index_b)}."""
+    import torch
+
+    plan, todo = {}, [n]
+    while todo:
+        k = todo.pop()
+        if k == 1 or k in plan:
+            continue
+        a = k // 2
+        t = packed_tuples(P, k)
+        plan[k] = (a, torch.as_tensor(packed_index(t[:, :a], P)), torch.as_tensor(packed_index(t[:, a:], P)))
+        todo += [a, k - a]
+    return plan
+
+
+def _products(f, plan, n, memo):
+    """Packed products prod_i f[:, t_i] for the sorted n-tuples, each a product of two halves."""
+    if n == 1:
+        return f
+    if n not in memo:
+        a, ia, ib = plan[n]
+        memo[n] = _products(f, plan, a, memo)[:, ia] * _products(f, plan, n - a, memo)[:, ib]
+    return memo[n]
+
+
+def sample_many(net, X, orders, samples, seed=0, device="cpu"):
+    """``{n: (mean, standard error)}``, packed, for several n from the same sampled networks."""
+    import torch
+
+    A = check_points(net, X)
+    orders = sorted({check_n(n) for n in orders})
+    samples = _positive_int(samples, "samples", 2)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    P = len(A)
+    plan = {}
+    for n in orders:
+        plan.update(_product_plan(P, n))
+    acc = {n: _Accumulator(P, n) for n in orders}
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    rows = max(1, CHUNK_ELEMENTS // (4 * max(len(packed_tuples(P, max(1, n // 2))) for n in orders)))
+    for f in sample_outputs(net, A, samples, generator, device):
+        for start in range(0, f.shape[0], rows):
+            part, memo = f[start:start + rows], {}
+            for n in orders:
+                acc[n].add(part, plan, memo)
+    return {n: a.result() for n, a in acc.items()}
+
+
+def sample_correlators(net, X, n, samples, seed=0, device="cpu"):
+    """(mean, standard error) of the packed n-point function over ``samples`` sampled networks."""
+    return sample_many(net, X, [n], samples, seed, device)[check_n(n)]
