@@ -92,7 +92,8 @@ class Ensemble:
             return torch.erf(u)
         if self.activation == "gauss":
             return torch.exp(u - s_diag)
-        return torch.from_numpy(np.asarray(_numeric(self.activation)(u.cpu().numpy()), dtype=np.float64))
+        values = np.asarray(_numeric(self.activation)(u.cpu().numpy()), dtype=np.float32)
+        return torch.from_numpy(values).to(u.device)
 
 
 _NUMERIC = {}
