@@ -158,16 +158,14 @@ def run_qft_demo(out_dir, quick=False, config: QftConfig | None = None, log=None
     t0 = time.perf_counter()
     studies = [_study(*spec, cfg, log) for spec in NETWORKS if spec[0] in cfg.networks]
     elapsed = time.perf_counter() - t0
-    # sampling costs ~ networks x sum of widths: scale this run's time to the full configuration
-    sample_time = sum(r["sample_seconds"] for s in studies for r in s["widths"])
-    sample_cpu = sum(r["sample_cpu_seconds"] for s in studies for r in s["widths"])
+    rows = [r for st in studies for r in st["widths"]]
+    sample_time = sum(r["sample_seconds"] for r in rows)
     full = QftConfig()
-    work = sum(_samples(cfg, N) * N for N in cfg.widths)
-    full_work = sum(_samples(full, N) * N for N in full.widths)
+    full_rows = [(_samples(full, N), N) for N in full.widths] * len(studies)
     report = {
         "config": {**asdict(cfg), "quick": quick}, "seconds": elapsed, "sampling_seconds": sample_time,
-        "full_demo_estimate_seconds": elapsed - sample_time + sample_time * full_work / work,
-        "full_demo_estimate_cpu_seconds": sample_cpu * full_work / work,
+        "full_demo_estimate_seconds": elapsed - sample_time + _scaled(rows, "sample_seconds", full_rows),
+        "full_demo_estimate_cpu_seconds": _scaled(rows, "sample_cpu_seconds", full_rows),
         "networks": studies,
     }
     plots = _plots(out, studies)
@@ -175,6 +173,18 @@ def run_qft_demo(out_dir, quick=False, config: QftConfig | None = None, log=None
     _write(out / "report.json", json.dumps(report, indent=1) + "\n")
     _write(out / "report.md", _markdown(report))
     return report
+
+
+def _scaled(rows, key, target):
+    """Sampling time of ``target`` [(networks, width)] from a fit of this run's times to
+    a * networks * width (the neurons) + b * networks (the products and their sums)."""
+    A = np.array([[r["samples"] * r["width"], r["samples"]] for r in rows], dtype=float)
+    t = np.array([r[key] for r in rows])
+    scale = A.max(axis=0)
+    coef = np.maximum(np.linalg.lstsq(A / scale, t, rcond=None)[0] / scale, 0.0)
+    if not coef.any():
+        coef = np.array([t.sum() / A[:, 0].sum(), 0.0])
+    return float(sum(coef[0] * m * n + coef[1] * m for m, n in target))
 
 
 def _write(path, text):
