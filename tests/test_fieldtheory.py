@@ -130,6 +130,26 @@ def test_cumulants_scale_as_inverse_powers_of_width():
     assert np.all(ft.correlators(net, X6[:3], 5) == 0)
 
 
+def test_relu_sphere_rule_matches_exact_rank_two_and_one_point():
+    from diagramc.fieldtheory.kernels import _chi_moment, _relu_polar, _relu_sphere
+
+    rng = np.random.default_rng(0)
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    L2 = rng.normal(size=(4, 2))
+    L3 = np.concatenate([L2, np.zeros((4, 1))], axis=1) @ rotation  # the same Gaussian, embedded in rank 3
+    counts = np.array([[2, 0, 0, 0], [1, 1, 1, 1], [2, 1, 1, 0], [0, 3, 1, 2]])
+
+    def moments(rule, L, r):
+        w, v = rule(L)
+        return np.array([_chi_moment(k, r) for k in counts.sum(1)]) * (w @ np.prod(v[:, None, :] ** counts, axis=2))
+
+    assert rel(moments(_relu_sphere, L3, 3), moments(_relu_polar, L2, 2)) < 1e-12
+    # one direction in rank 3: E[relu(a.z)^4] = |a|^4 E[z^4; z > 0] = 3 |a|^4 / 2
+    a = rng.normal(size=(1, 3))
+    w, v = _relu_sphere(a)
+    assert _chi_moment(4, 3) * (w @ v[:, 0] ** 4) == pytest.approx(1.5 * np.sum(a**2) ** 2, rel=1e-12)
+
+
 def test_relu_one_point_moments():
     # one input, no biases: f = sum_j W1_j relu(W0_j x); E[f^4] = 3 K^2 + kappa_4 in closed form
     net = ft.Ensemble("relu", 1, 4, sigma_w=1.0, sigma_b=0.0)

@@ -4,8 +4,9 @@
 covariance ``s(x_i, x_j) = sigma_b^2 + sigma_w^2 x_i . x_j / inputs`` of rank at most
 ``inputs + 1``. Closed forms: the ReLU arc-cosine and Erf arcsin kernels (two points), the
 Gauss-net's log-linear integrals (any number of points). Otherwise quadrature in the rank of
-the Gaussian: for ReLU exact polar integration in rank <= 2 (the integrand is a polynomial
-on the arcs between the kinks), else tensor Gauss-Hermite with a bounded number of nodes.
+the Gaussian: for ReLU (positively homogeneous) a closed-form radial moment times the mean over
+directions, computed between the kinks in rank <= 3; else tensor Gauss-Hermite with a bounded
+number of nodes.
 """
 from __future__ import annotations
 
@@ -117,6 +118,51 @@ def _relu_polar(L):
     return weights, np.maximum(theta @ L.T, 0.0)
 
 
+SPHERE_NODES = 48  # Gauss-Legendre nodes per panel of the height on the 2-sphere
+
+
+def _relu_sphere(L):
+    """ReLU in rank 3: the mean over the 2-sphere of prod (a_j . theta)_+, weights averaging to 1.
+
+    Archimedes: the height h = theta_3 is uniform on [-1, 1] and the azimuth uniform. For each h
+    the azimuth is split at the kinks (exact up to rounding, as in rank 2); the h-integral is
+    split where a kink circle is tangent to the latitude or two kink circles cross, and each
+    panel is mapped by h = a + (b - a)(1 - cos tau)/2, which smooths the square-root behaviour
+    at the tangencies.
+    """
+    a = L / np.linalg.norm(L, axis=1, keepdims=True)
+    R = np.hypot(a[:, 0], a[:, 1])
+    cuts = [-1.0, 1.0, *R, *(-R)]
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            n = np.cross(a[i], a[j])
+            if np.linalg.norm(n) > 1e-14:
+                cuts += [n[2] / np.linalg.norm(n), -n[2] / np.linalg.norm(n)]
+    cuts = np.unique(np.clip(cuts, -1.0, 1.0))
+    z, w = _legendre(SPHERE_NODES)
+    tau = np.pi * (z + 1) / 2
+    lo, hi = cuts[:-1, None], cuts[1:, None]
+    h = (lo + (hi - lo) * (1 - np.cos(tau)) / 2).ravel()
+    wh = ((hi - lo) / 2 * np.sin(tau) * (np.pi / 2) * w).ravel()
+    rho = np.sqrt(np.maximum(1 - h**2, 0.0))
+    # kinks in the azimuth: R_j rho cos(phi - alpha_j) = -a_j3 h
+    alpha = np.arctan2(a[:, 1], a[:, 0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        c = -a[None, :, 2] * h[:, None] / (R[None, :] * rho[:, None])
+    ok = np.abs(c) <= 1
+    delta = np.arccos(np.clip(c, -1.0, 1.0))
+    phis = np.concatenate([np.where(ok, alpha + delta, 0.0), np.where(ok, alpha - delta, 0.0)], axis=1)
+    edges = np.sort(np.concatenate([np.mod(phis, 2 * np.pi), np.zeros((len(h), 1)),
+                                    np.full((len(h), 1), 2 * np.pi)], axis=1), axis=1)
+    zi, wi = _legendre(ARC_NODES)
+    lo, hi = edges[:, :-1, None], edges[:, 1:, None]
+    phi = (hi - lo) / 2 * zi + (hi + lo) / 2  # (H, arcs, nodes)
+    weights = (wh[:, None, None] * (hi - lo) / 2 * wi) / (4 * np.pi)
+    theta = np.stack([rho[:, None, None] * np.cos(phi), rho[:, None, None] * np.sin(phi),
+                      np.broadcast_to(h[:, None, None], phi.shape)], axis=-1).reshape(-1, 3)
+    return weights.ravel(), np.maximum(theta @ L.T, 0.0)
+
+
 def _hermite_rule(r):
     q = max(2, min(HERMITE_NODES, int(MAX_NODES ** (1.0 / r))))
     z, w = _hermite(q)
@@ -143,8 +189,8 @@ def support_moments(net, points, counts):
         v = net.phi(np.zeros((1, len(points))), sd)
         return np.prod(v ** counts, axis=1)
     factor = np.ones(len(counts))
-    if net.activation == "relu" and r <= 2:
-        weights, values = _relu_polar(L)
+    if net.activation == "relu" and r <= 3:
+        weights, values = _relu_polar(L) if r <= 2 else _relu_sphere(L)
         # positive homogeneity: E[prod relu(a.z)] = E[rho^k] * (mean over directions)
         factor = np.array([_chi_moment(k, r) for k in degree])
     else:
