@@ -1,5 +1,4 @@
 """diagramc.fieldtheory: exact correlators, Monte Carlo, Wick and contact diagrams, the quartic coupling."""
-import itertools
 import json
 import math
 
