@@ -218,6 +218,9 @@ def test_relu_coupling_flow_and_six_point_gain():
     exact, free = ft.correlators(net, X, 6), ft.gp_correlators(net, X, 6)
     first = ft.first_order_correlators(net, X, 6, a.value, 1.0)
     assert np.mean(np.abs(first - exact) / exact) < 0.2 * np.mean(np.abs(free - exact) / exact)
+    # where one lambda fits every 4-tuple, the 15 contact diagrams are exactly the 15 G_c^(4) K terms
+    # of the 6-point function: only the connected 6-point function is left over
+    np.testing.assert_allclose(first, exact - ft.connected(net, X, 6), rtol=1e-10)
 
 
 # ------------------------------------------------------------------ bad input
