@@ -171,6 +171,15 @@ def test_exact_matches_monte_carlo(act, sb, X, width):
         assert np.max(np.abs(z)) < 5, (n, np.max(np.abs(z)))
 
 
+def test_wick_ordered_connected_four_point():
+    net = ft.Ensemble("erf", 1, 3, sigma_b=1.0)
+    X = X6[::2]
+    mean, se = ft.sample_connected4(net, X, 20000, seed=5)
+    assert np.max(np.abs(mean - ft.connected(net, X, 4)) / se) < 5
+    _, plain_se = ft.sample_correlators(net, X, 4, 20000, seed=5)
+    assert np.median(plain_se / se) > 1.5  # the Gaussian part of the noise is gone
+
+
 def test_sampling_is_reproducible_and_odd_vanishes():
     net = ft.Ensemble("erf", 1, 2)
     a = ft.sample_correlators(net, X6[:2], 4, 500, seed=7)

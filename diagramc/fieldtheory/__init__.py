@@ -8,13 +8,13 @@ from .ensembles import Ensemble
 from .kernels import kernel
 from .exact import (connected, correlators, cumulants_from_moments, gp_correlators, moments_from_cumulants,
                     packed_tuples)
-from .sampling import sample_correlators
+from .sampling import sample_connected4, sample_correlators
 from .diagrams import ContactDiagram, WickDiagram, contact_diagrams, wick_diagrams
 from .coupling import QuarticFit, first_order_correlators, fit_quartic_coupling, quartic_coupling, vertex_integrals
 
 __all__ = [
     "Ensemble", "kernel", "correlators", "connected", "gp_correlators", "sample_correlators",
     "wick_diagrams", "contact_diagrams", "quartic_coupling", "fit_quartic_coupling",
-    "WickDiagram", "ContactDiagram", "QuarticFit", "first_order_correlators", "vertex_integrals",
+    "sample_connected4", "WickDiagram", "ContactDiagram", "QuarticFit", "first_order_correlators", "vertex_integrals",
     "moments_from_cumulants", "cumulants_from_moments", "packed_tuples",
 ]

@@ -82,6 +82,46 @@ class _Accumulator:
         return mean, np.sqrt(var / self.count)
 
 
+class _WickAccumulator:
+    """The connected 4-point function from the Wick-ordered product, with K exact:
+
+        :f_a f_b f_c f_d: = f_a f_b f_c f_d - sum_{6 pairs} K_ab f_c f_d + sum_{3 pairings} K_ab K_cd
+
+    has expectation G^(4) - G^(4)_GP = G_c^(4) (as E[f f] = K at every width) and, the Gaussian
+    part of the fluctuations being subtracted, a smaller variance than the plain product
+    (for one point a quarter: Var He_4(z) = 24 against Var z^4 = 96).
+    """
+
+    PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+
+    def __init__(self, P, K):
+        import torch
+
+        t = packed_tuples(P, 4)
+        self.ia, self.ib = (torch.as_tensor(packed_index(t[:, :2], P)), torch.as_tensor(packed_index(t[:, 2:], P)))
+        self.terms = []
+        for i, j in self.PAIRS:
+            rest = [k for k in range(4) if k not in (i, j)]
+            self.terms.append((torch.as_tensor(K[t[:, i], t[:, j]]), torch.as_tensor(packed_index(t[:, rest], P))))
+        self.gp = torch.as_tensor(K[t[:, 0], t[:, 1]] * K[t[:, 2], t[:, 3]] + K[t[:, 0], t[:, 2]] * K[t[:, 1], t[:, 3]]
+                                  + K[t[:, 0], t[:, 3]] * K[t[:, 1], t[:, 2]])
+        self.count, self.s1, self.s2 = 0, 0.0, 0.0
+
+    def add(self, f, plan, memo):
+        h = _products(f, plan, 2, memo)
+        y = h[:, self.ia] * h[:, self.ib] + self.gp
+        for k, idx in self.terms:
+            y -= k * h[:, idx]
+        self.s1 = self.s1 + y.sum(dim=0)
+        self.s2 = self.s2 + (y * y).sum(dim=0)
+        self.count += f.shape[0]
+
+    def result(self):
+        mean = self.s1.cpu().numpy() / self.count
+        var = np.maximum(self.s2.cpu().numpy() / self.count - mean**2, 0.0) * self.count / (self.count - 1)
+        return mean, np.sqrt(var / self.count)
+
+
 def _product_plan(P, n):
     """How to build the packed n-fold products from two lower orders: {k: (a, index_a, index_b)}."""
     import torch
@@ -108,8 +148,12 @@ def _products(f, plan, n, memo):
     return memo[n]
 
 
-def sample_many(net, X, orders, samples, seed=0, device="cpu"):
-    """``{n: (mean, standard error)}``, packed, for several n from the same sampled networks."""
+def sample_many(net, X, orders, samples, seed=0, device="cpu", connected4=False):
+    """``{n: (mean, standard error)}``, packed, for several n from the same sampled networks.
+
+    With ``connected4`` also ``{"c4": (mean, standard error)}``: the connected 4-point function
+    estimated by the Wick-ordered product (see :class:`_WickAccumulator`).
+    """
     import torch
 
     A = check_points(net, X)
@@ -122,16 +166,26 @@ def sample_many(net, X, orders, samples, seed=0, device="cpu"):
     for n in orders:
         plan.update(_product_plan(P, n))
     acc = {n: _Accumulator(P, n) for n in orders}
+    if connected4:
+        from .kernels import kernel
+
+        plan.update(_product_plan(P, 2))
+        acc["c4"] = _WickAccumulator(P, kernel(net, A))
     generator = torch.Generator(device=device).manual_seed(int(seed))
     rows = max(1, CHUNK_ELEMENTS // (4 * max(len(packed_tuples(P, max(1, n // 2))) for n in orders)))
     for f in sample_outputs(net, A, samples, generator, device):
         for start in range(0, f.shape[0], rows):
             part, memo = f[start:start + rows], {}
-            for n in orders:
-                acc[n].add(part, plan, memo)
+            for a in acc.values():
+                a.add(part, plan, memo)
     return {n: a.result() for n, a in acc.items()}
 
 
 def sample_correlators(net, X, n, samples, seed=0, device="cpu"):
     """(mean, standard error) of the packed n-point function over ``samples`` sampled networks."""
     return sample_many(net, X, [n], samples, seed, device)[check_n(n)]
+
+
+def sample_connected4(net, X, samples, seed=0, device="cpu"):
+    """(mean, standard error) of the packed connected 4-point function, by Wick-ordered products."""
+    return sample_many(net, X, [2], samples, seed, device, connected4=True)["c4"]
