@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from .ensembles import _positive_int
+from .ensembles import check_n
 
 K = sp.Function("K")
 Kp = sp.Function("K'")
@@ -101,7 +101,7 @@ class ContactDiagram:
 
 def wick_diagrams(n):
     """The (n-1)!! pairings of n legs (none for odd n), in a fixed order."""
-    n = _positive_int(n, "n")
+    n = check_n(n)
     if n % 2:
         return []
     return [WickDiagram(n, p) for p in pairings(tuple(range(1, n + 1)))]
@@ -109,7 +109,7 @@ def wick_diagrams(n):
 
 def contact_diagrams(n):
     """First-order diagrams of one quartic vertex without self-loops: C(n,4) (n-5)!! for even n >= 4."""
-    n = _positive_int(n, "n")
+    n = check_n(n)
     if n % 2 or n < 4:
         return []
     legs = tuple(range(1, n + 1))
