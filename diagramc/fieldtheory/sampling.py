@@ -99,19 +99,19 @@ class _WickAccumulator:
 
         t = packed_tuples(P, 4)
         self.ia, self.ib = (torch.as_tensor(packed_index(t[:, :2], P)), torch.as_tensor(packed_index(t[:, 2:], P)))
-        self.terms = []
+        # sum_{6 pairs} K_ab f_c f_d as one matrix product with the packed 2-fold products
+        M = np.zeros((len(packed_tuples(P, 2)), len(t)))
         for i, j in self.PAIRS:
             rest = [k for k in range(4) if k not in (i, j)]
-            self.terms.append((torch.as_tensor(K[t[:, i], t[:, j]]), torch.as_tensor(packed_index(t[:, rest], P))))
+            np.add.at(M, (packed_index(t[:, rest], P), np.arange(len(t))), K[t[:, i], t[:, j]])
+        self.M = torch.as_tensor(M)
         self.gp = torch.as_tensor(K[t[:, 0], t[:, 1]] * K[t[:, 2], t[:, 3]] + K[t[:, 0], t[:, 2]] * K[t[:, 1], t[:, 3]]
                                   + K[t[:, 0], t[:, 3]] * K[t[:, 1], t[:, 2]])
         self.count, self.s1, self.s2 = 0, 0.0, 0.0
 
     def add(self, f, plan, memo):
         h = _products(f, plan, 2, memo)
-        y = h[:, self.ia] * h[:, self.ib] + self.gp
-        for k, idx in self.terms:
-            y -= k * h[:, idx]
+        y = h[:, self.ia] * h[:, self.ib] - h @ self.M + self.gp
         self.s1 = self.s1 + y.sum(dim=0)
         self.s2 = self.s2 + (y * y).sum(dim=0)
         self.count += f.shape[0]
