@@ -401,6 +401,8 @@ def _qft_demo(args) -> None:
         report = run_qft_demo(args.out, quick=args.quick)
     except ValueError as exc:  # the field-theory API's bad input: still one line
         raise DiagramcError(str(exc)) from None
+    except OSError as exc:
+        raise DiagramcError(f"--out {args.out}: cannot write the report ({exc.strerror or exc})") from None
     print(summary(report))
 
 
