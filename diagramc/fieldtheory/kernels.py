@@ -137,7 +137,8 @@ def _relu_sphere(L):
     panel is mapped by h = a + (b - a)(1 - cos tau)/2, which smooths the square-root behaviour
     at the tangencies.
     """
-    a = L / np.linalg.norm(L, axis=1, keepdims=True)
+    norms = np.linalg.norm(L, axis=1, keepdims=True)
+    a = L[norms[:, 0] > 0] / norms[norms[:, 0] > 0]  # a point whose u vanishes has no kink
     R = np.hypot(a[:, 0], a[:, 1])
     cuts = [-1.0, 1.0, *R, *(-R)]
     for i in range(len(a)):
