@@ -1,8 +1,9 @@
 """Monte Carlo: n-point functions averaged over an ensemble of sampled networks.
 
 Networks are drawn in chunks as batched tensors (weights of shape (chunk, width, inputs)),
-so memory stays bounded whatever the ensemble size; the chunks' means and sums of squared
-deviations are combined exactly (Chan et al.), giving the mean and its standard error.
+so memory stays bounded whatever the ensemble size; per packed tuple the sums of the products
+and of their squares accumulate in float64 over the chunks, giving the mean and its standard
+error (the sample standard deviation over sqrt(samples)).
 """
 from __future__ import annotations
 
@@ -16,15 +17,17 @@ from .exact import packed_index, packed_tuples
 CHUNK_ELEMENTS = 1 << 22  # bound on the largest temporary tensor (float64: 32 MiB)
 
 
-def _chunk_size(net, P, T):
-    return max(1, CHUNK_ELEMENTS // max(net.width * max(P, net.inputs), T, 1))
+def _chunk_size(net, P):
+    """Networks per chunk: the (chunk, width, P) pre-activations stay within CHUNK_ELEMENTS."""
+    return max(1, CHUNK_ELEMENTS // (net.width * max(P, net.inputs)))
 
 
 def sample_outputs(net, A, samples, generator, device="cpu"):
     """Yield f(X) for chunks of sampled networks, float64 tensors of shape (chunk, P).
 
-    The neurons run in float32 (half the memory traffic; f's relative rounding, ~1e-7 per
-    term, is far below any ensemble's standard error), f itself is returned in float64.
+    The neurons and their sum run in float32 (half the memory traffic; a relative rounding of
+    ~1e-7 sqrt(width) is far below any ensemble's standard error); f is returned in float64,
+    where the products and their sums are formed.
     """
     import torch
 
@@ -32,7 +35,7 @@ def sample_outputs(net, A, samples, generator, device="cpu"):
     X = torch.as_tensor(A, dtype=f32, device=device)
     sd = torch.as_tensor(net.self_covariance(A), dtype=f32, device=device)
     N, d = net.width, net.inputs
-    step = _chunk_size(net, len(A), 1)
+    step = _chunk_size(net, len(A))
     done = 0
     while done < samples:
         B = min(step, samples - done)
@@ -43,7 +46,7 @@ def sample_outputs(net, A, samples, generator, device="cpu"):
         u = torch.addcmul(b0, W0[:, :, 0, None], X[:, 0])  # (B, N, P): fused, no broadcast temporaries
         for k in range(1, d):
             u = torch.addcmul(u, W0[:, :, k, None], X[:, k])
-        # the sum over neurons as a batched matrix product (a tenth of the time of multiply-and-sum)
+        # the sum over neurons as a batched matrix product: BLAS, and no second (B, N, P) temporary
         yield torch.bmm(W1.transpose(1, 2), net.phi_torch(u, sd)).squeeze(1).double() + b1
         done += B
 
