@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="folder for the report, plots and networks")
     p.add_argument("--seed", type=_int_arg("--seed", 0), default=0)
 
+    p = sub.add_parser("qft-demo", help="neural networks as field theories: correlators, GP deviation, quartic coupling")
+    p.add_argument("--quick", action="store_true", help="a smaller run (a minute or two) that still shows the effect")
+    p.add_argument("--out", default="qft-demo-out", help="folder for report.json, report.md and the plots")
+
     p = sub.add_parser("bench", help="time our kernels against torch.func and JAX side by side")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and cells")
     p.add_argument("--out", default="bench-out", help="folder for the JSON and the plot")
@@ -399,6 +403,20 @@ def _demo(args) -> None:
     print(summary(run_demo(args.out, quick=args.quick, seed=args.seed)))
 
 
+def _qft_demo(args) -> None:
+    from .fieldtheory.demo import run_qft_demo, summary
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise DiagramcError(f"--out {args.out} exists and is not a folder")
+    try:
+        report = run_qft_demo(args.out, quick=args.quick)
+    except ValueError as exc:  # the field-theory API's bad input: still one line
+        raise DiagramcError(str(exc)) from None
+    except OSError as exc:
+        raise DiagramcError(f"--out {args.out}: cannot write the report ({exc.strerror or exc})") from None
+    print(summary(report))
+
+
 def _bench(args) -> None:
     from .bench import run_bench
 
@@ -416,7 +434,7 @@ def _bench(args) -> None:
 
 
 COMMANDS = {"count": _count, "diagrams": _diagrams, "compile": _compile, "contributions": _contributions,
-            "activation": _activation, "demo": _demo, "bench": _bench}
+            "activation": _activation, "demo": _demo, "qft-demo": _qft_demo, "bench": _bench}
 
 
 def main(argv=None) -> int:
