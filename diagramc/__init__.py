@@ -13,11 +13,14 @@ from .activations import get_activation, ACTIVATIONS  # noqa: E402
 from .combinatorics import diagrams, count, Diagram  # noqa: E402
 from .attribution import contributions  # noqa: E402
 from .graphs import cuda_graphed  # noqa: E402
+from .jets import compile_jet  # noqa: E402
+from .ode import ode_derivatives, taylor_regularizer, TaylorRegularizedODE  # noqa: E402
 
 __all__ = [
     "Architecture",
     "ACTIVATIONS",
     "compile",
+    "compile_jet",
     "contributions",
     "count",
     "cuda_graphed",
@@ -26,6 +29,9 @@ __all__ = [
     "diagrams",
     "get_activation",
     "load_model",
+    "ode_derivatives",
     "params_from_torch",
     "taylor",
+    "taylor_regularizer",
+    "TaylorRegularizedODE",
 ]
