@@ -25,7 +25,7 @@ def jet(params, x, activation, rule):
         if layer == last:
             h = torch.stack(coefficients)
         else:
-            h = torch.stack(jet_series.series(rule, activation, coefficients))
+            h = torch.stack(jet_series.series(rule, activation, coefficients, torch.addcmul))
     return h.permute(1, 2, 0)
 
 
@@ -63,7 +63,7 @@ def ode_series(params, z, t, order, activation, rule):
                 break
             inputs[layer].append(pre)
             if k == 0:
-                states[layer], h = jet_series.start(rule, activation, pre)
+                states[layer], h = jet_series.start(rule, activation, pre, torch.addcmul)
             else:
                 h = states[layer].push(inputs[layer])
     return torch.stack(zs, dim=2)
