@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-out", help="folder for the report, plots and networks")
     p.add_argument("--seed", type=_int_arg("--seed", 0), default=0)
 
+    p = sub.add_parser("ode-demo", help="Kelly et al.'s toy neural ODE, trained with and without the Taylor regularizer")
+    p.add_argument("--quick", action="store_true", help="fewer training iterations (minutes on 2 cores)")
+    p.add_argument("--out", default="ode-demo-out", help="folder for report.json, report.md, plots and networks")
+
     p = sub.add_parser("bench", help="time our kernels against torch.func and JAX side by side")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and cells")
     p.add_argument("--out", default="bench-out", help="folder for the JSON and the plot")
@@ -388,6 +392,12 @@ def _demo(args) -> None:
     print(summary(run_demo(args.out, quick=args.quick, seed=args.seed)))
 
 
+def _ode_demo(args) -> None:
+    from .ode_demo import run_ode_demo, summary
+
+    print(summary(run_ode_demo(args.out, quick=args.quick)))
+
+
 def _bench(args) -> None:
     from .bench import run_bench
 
@@ -405,7 +415,7 @@ def _bench(args) -> None:
 
 
 COMMANDS = {"count": _count, "diagrams": _diagrams, "compile": _compile, "contributions": _contributions,
-            "activation": _activation, "demo": _demo, "bench": _bench}
+            "activation": _activation, "demo": _demo, "ode-demo": _ode_demo, "bench": _bench}
 
 
 def main(argv=None) -> int:
