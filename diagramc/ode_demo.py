@@ -34,7 +34,7 @@ class DemoConfig:
     rtol: float = 1e-8  # dopri5, judging every network
     atol: float = 1e-8
     eval_every: int = 50
-    lambdas: tuple = ((2, 0.1), (3, 0.1))  # (K, lambda) of the regularized runs
+    lambdas: tuple = ((2, 0.3), (3, 0.3))  # (K, lambda) of the regularized runs
     seed: int = 0
 
 

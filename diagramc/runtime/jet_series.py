@@ -40,9 +40,10 @@ class _Rule:
             total = self.addcmul(total, h[j], g[k - j], value=j / k)
         return total
 
-    def quadratic(self, a, k, c1, c2):
-        """Coefficient k (>= 1) of c0 + c1 a + c2 a^2, each cross term of the square once."""
-        total = a[0] * a[k] * (2 * c2) if c1 == 0 else self.addcmul(a[k] * c1, a[0], a[k], value=2 * c2)
+    def quadratic(self, a, k, c1, c2, scaled0):
+        """Coefficient k (>= 1) of c0 + c1 a + c2 a^2, each cross term of the square once
+        (scaled0 = 2 c2 a_0, made once per series)."""
+        total = scaled0 * a[k] if c1 == 0 else self.addcmul(a[k] * c1, scaled0, a[k])
         for j in range(1, (k + 1) // 2):
             total = self.addcmul(total, a[j], a[k - j], value=2 * c2)
         if k % 2 == 0:
@@ -57,12 +58,13 @@ class Quadratic(_Rule):
         super().__init__(addcmul)
         self.c0, self.c1, self.c2 = constants
         self.a, self.u = [value], [factors[0]]
+        self.scaled0 = value * (2 * self.c2)
 
     def push(self, h):
         k = len(h) - 1
         a_k = self.integral(h, self.u, k)
         self.a.append(a_k)
-        self.u.append(self.quadratic(self.a, k, self.c1, self.c2) if self.c2 else a_k * self.c1)
+        self.u.append(self.quadratic(self.a, k, self.c1, self.c2, self.scaled0) if self.c2 else a_k * self.c1)
         return a_k
 
 
@@ -75,13 +77,14 @@ class Integral(_Rule):
         s0 = factors[0]
         self.a, self.s = [value], [s0]
         self.q = [self.c2 * s0 * s0 + self.c1 * s0 + self.c0]  # s', as a series
+        self.scaled0 = s0 * (2 * self.c2)
 
     def push(self, h):
         k = len(h) - 1
         a_k = self.integral(h, self.s, k)
         s_k = self.integral(h, self.q, k)
         self.s.append(s_k)
-        self.q.append(self.quadratic(self.s, k, self.c1, self.c2) if self.c2 else s_k * self.c1)
+        self.q.append(self.quadratic(self.s, k, self.c1, self.c2, self.scaled0) if self.c2 else s_k * self.c1)
         self.a.append(a_k)
         return a_k
 

@@ -37,29 +37,28 @@ def ode_series(params, z, t, order, activation, rule):
     layer keeps its series and extends it by one coefficient per step, so the work grows as
     order^2 (the equation rules) and the matrix products as order.
     """
-    weights, biases = params[0::2], params[1::2]
+    biases = params[1::2]
+    transposed = [W.T for W in params[0::2]]  # once per call, not once per coefficient
     D = z.shape[1]
-    first = weights[0]
     if t is not None:
-        first, w_t = weights[0][:, :D], weights[0][:, D]
+        transposed[0], w_t = transposed[0][:D], transposed[0][D]
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device).expand(z.shape[0])
-    hidden = len(weights) - 1
+    hidden = len(transposed) - 1
     inputs = [[] for _ in range(hidden)]  # each hidden layer's pre-activation series
     states = [None] * hidden
     zs = [z]
     for k in range(order):
         h = zs[k]
         for layer in range(hidden + 1):
-            W = first if layer == 0 else weights[layer]
             if k == 0:
-                pre = torch.addmm(biases[layer], h, W.T)
+                pre = torch.addmm(biases[layer], h, transposed[layer])
             else:
-                pre = h @ W.T
+                pre = torch.mm(h, transposed[layer])
             if layer == 0 and t is not None and k <= 1:
                 # time's own series is t0 + 1 t: its column adds t0 w_t at k = 0 and w_t at k = 1
-                pre = pre + (t[:, None] * w_t if k == 0 else w_t)
+                pre = torch.addr(pre, t, w_t) if k == 0 else pre + w_t
             if layer == hidden:
-                zs.append(pre / (k + 1))
+                zs.append(pre / (k + 1) if k else pre)
                 break
             inputs[layer].append(pre)
             if k == 0:
