@@ -152,3 +152,26 @@ def test_float32_torch_keeps_dtype(kernel_dir):
     y = mod.jet([p.float() for p in params], x.float())
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, mod.jet(params, x).float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "rule, value, slope, reference",
+    [
+        (("quadratic", (1.0, 0.0, -1.0)), np.tanh, lambda h: 1 - np.tanh(h) ** 2, "tanh"),
+        (("integral", (0.0, 1.0, -1.0)), lambda h: np.logaddexp(0, h), lambda h: 1 / (1 + np.exp(-h)), "softplus"),
+        (("harmonic", ()), np.sin, np.cos, "sin"),
+        (("quadratic", (0.0, 1.0, 0.0)), np.exp, np.exp, "exp"),
+    ],
+)
+def test_runtime_series_rules_against_mpmath(rule, value, slope, reference):
+    """diagramc.runtime.jet_series alone (NumPy arrays), against mpmath's Taylor series of sigma(h(t))."""
+    mpmath = pytest.importorskip("mpmath")
+    from diagramc.runtime import jet_series
+
+    h = [0.3, -0.7, 0.4, 0.25, -0.5, 0.1, 0.2]
+    got = jet_series.series(rule, lambda z: (value(z), (slope(z),)), [np.array([c]) for c in h])
+    sigma = {"tanh": mpmath.tanh, "sin": mpmath.sin, "exp": mpmath.exp,
+             "softplus": lambda a: mpmath.log(1 + mpmath.exp(a))}[reference]
+    with mpmath.workdps(30):
+        expected = mpmath.taylor(lambda t: sigma(sum(c * t**k for k, c in enumerate(h))), 0, len(h) - 1)
+    np.testing.assert_allclose([float(g[0]) for g in got], [float(e) for e in expected], rtol=1e-12, atol=1e-14)
