@@ -62,10 +62,14 @@ class Quadratic(_Rule):
 
     def push(self, h):
         k = len(h) - 1
+        if len(self.u) < k:  # u's coefficient k - 1, made only when a next coefficient asks for it
+            self.u.append(self._u(k - 1))
         a_k = self.integral(h, self.u, k)
         self.a.append(a_k)
-        self.u.append(self.quadratic(self.a, k, self.c1, self.c2, self.scaled0) if self.c2 else a_k * self.c1)
         return a_k
+
+    def _u(self, k):
+        return self.quadratic(self.a, k, self.c1, self.c2, self.scaled0) if self.c2 else self.a[k] * self.c1
 
 
 class Integral(_Rule):
@@ -81,10 +85,11 @@ class Integral(_Rule):
 
     def push(self, h):
         k = len(h) - 1
+        if len(self.s) < k:  # s and s' up to coefficient k - 1, made only when asked for
+            s = self.integral(h, self.q, k - 1)
+            self.s.append(s)
+            self.q.append(self.quadratic(self.s, k - 1, self.c1, self.c2, self.scaled0) if self.c2 else s * self.c1)
         a_k = self.integral(h, self.s, k)
-        s_k = self.integral(h, self.q, k)
-        self.s.append(s_k)
-        self.q.append(self.quadratic(self.s, k, self.c1, self.c2, self.scaled0) if self.c2 else s_k * self.c1)
         self.a.append(a_k)
         return a_k
 
@@ -98,10 +103,10 @@ class Harmonic(_Rule):
 
     def push(self, h):
         k = len(h) - 1
+        if len(self.d) < k:  # sigma' up to coefficient k - 1, made only when asked for
+            self.d.append(-self.integral(h, self.a, k - 1))
         a_k = self.integral(h, self.d, k)
-        d_k = -self.integral(h, self.a, k)
         self.a.append(a_k)
-        self.d.append(d_k)
         return a_k
 
 
