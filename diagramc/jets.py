@@ -8,6 +8,7 @@ is small: that code, its constants, shape checks, and a call into ``diagramc.run
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,9 +91,10 @@ class JetSpec:
 
     def command(self, out_dir: str) -> str:
         """The exact command that regenerates this module into out_dir."""
+        text = json.dumps  # double quotes: the shell's single quotes then need no escapes
         call = (
             f"import diagramc; diagramc.compile_jet(diagramc.Architecture({self.architecture.layer_sizes!r}, "
-            f"{self.architecture.activation.name!r}), {self.order}, {self.backend!r}, out_dir={out_dir!r})"
+            f"{text(self.architecture.activation.name)}), {self.order}, {text(self.backend)}, out_dir={text(out_dir)})"
         )
         return shlex.join(["python", "-c", call])
 
