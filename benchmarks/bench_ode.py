@@ -207,7 +207,8 @@ def main():
             contenders = torch_contenders(model, z, t, K)
             if use_jax and args.device == "cpu":
                 contenders.update(jax_contenders(model, z, t, K, args.dtype))
-            losses = {name: float(fn()[0]) for name, fn in contenders.items()}  # warm-up, jit compile
+            losses = {name: float(getattr(v, "detach", lambda: v)()) for name, v in
+                      ((name, fn()[0]) for name, fn in contenders.items())}  # warm-up, jit compile
             times = {name: [] for name in contenders}
             for r in range(args.rounds):
                 names = list(contenders)
