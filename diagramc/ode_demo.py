@@ -38,7 +38,7 @@ class DemoConfig:
     seed: int = 0
 
 
-QUICK = DemoConfig(iterations=400, eval_every=25)
+QUICK = DemoConfig(iterations=300, train_step=0.25, eval_every=50)
 
 
 def make_model(config: DemoConfig) -> torch.nn.Sequential:
@@ -119,16 +119,23 @@ def train(order, lam: float, config: DemoConfig, log=print):
     return model, history
 
 
-def _save_network(model, path: Path) -> None:
-    """torch.save through a temporary file and a rename: never a half-written network."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+def _write_atomic(path: Path, write) -> None:
+    """write(temporary path), then a rename: readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        torch.save(model.state_dict(), tmp)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; these are ordinary files
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _save_network(model, path: Path) -> None:
+    _write_atomic(path, lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def load_network(path, config: DemoConfig):
@@ -205,10 +212,7 @@ def _plots(out: Path, models: dict, report: dict, config: DemoConfig) -> list[st
 
     def save(fig, name):
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".png", dir=out)
-        os.close(fd)
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out / name)
+        _write_atomic(out / name, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
         files.append(name)
 
