@@ -175,3 +175,21 @@ def test_runtime_series_rules_against_mpmath(rule, value, slope, reference):
     with mpmath.workdps(30):
         expected = mpmath.taylor(lambda t: sigma(sum(c * t**k for k, c in enumerate(h))), 0, len(h) - 1)
     np.testing.assert_allclose([float(g[0]) for g in got], [float(e) for e in expected], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("activation", ["relu", "identity"])
+def test_vertexless_activations(kernel_dir, activation):
+    arch, params, x = case(6, 2, (4, 3), 2, activation, 3)
+    mod = diagramc.compile_jet(arch, 3, "numpy", out_dir=kernel_dir)
+    y = mod.jet([p.numpy() for p in params], x.numpy())
+    np.testing.assert_allclose(y, reference_jet(params, activation, x).numpy(), rtol=1e-12, atol=1e-13)
+
+
+def test_compile_jet_refuses_bad_requests(kernel_dir):
+    arch = diagramc.Architecture((2, 3, 1), "tanh")
+    with pytest.raises(diagramc.DiagramcError, match="backend"):
+        diagramc.compile_jet(arch, 2, "jax", out_dir=kernel_dir)
+    with pytest.raises(diagramc.DiagramcError, match="order"):
+        diagramc.compile_jet(arch, -1, out_dir=kernel_dir)
+    with pytest.raises(diagramc.DiagramcError, match="Architecture"):
+        diagramc.compile_jet((2, 3, 1), 2, out_dir=kernel_dir)
