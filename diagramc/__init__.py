@@ -26,6 +26,10 @@ _EXPORTS = {
     "Diagram": "combinatorics",
     "contributions": "compiler.contributions",
     "cuda_graphed": "cuda_graphs",
+    "compile_jet": "compiler.jets",
+    "ode_derivatives": "applications.ode",
+    "taylor_regularizer": "applications.ode",
+    "TaylorRegularizedODE": "applications.ode",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller run (a minute or two) that still shows the effect")
     p.add_argument("--out", default="qft-demo-out", help="folder for report.json, report.md and the plots")
 
+    p = sub.add_parser("ode-demo", help="Kelly et al.'s toy neural ODE, trained with and without the Taylor regularizer")
+    p.add_argument("--quick", action="store_true", help="fewer training iterations (minutes on 2 cores)")
+    p.add_argument("--out", default="ode-demo-out", help="folder for report.json, report.md, plots and networks")
+
     p = sub.add_parser("bench", help="time our kernels against torch.func and JAX side by side")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and cells")
     p.add_argument("--out", default="bench-out", help="folder for the JSON and the plot")
@@ -417,6 +421,12 @@ def _qft_demo(args) -> None:
     print(summary(report))
 
 
+def _ode_demo(args) -> None:
+    from .applications.ode_demo import run_ode_demo, summary
+
+    print(summary(run_ode_demo(args.out, quick=args.quick)))
+
+
 def _bench(args) -> None:
     from .bench import run_bench
 
@@ -434,7 +444,8 @@ def _bench(args) -> None:
 
 
 COMMANDS = {"count": _count, "diagrams": _diagrams, "compile": _compile, "contributions": _contributions,
-            "activation": _activation, "demo": _demo, "qft-demo": _qft_demo, "bench": _bench}
+            "activation": _activation, "demo": _demo, "qft-demo": _qft_demo, "ode-demo": _ode_demo,
+            "bench": _bench}
 
 
 def main(argv=None) -> int:

@@ -56,7 +56,7 @@ SEAL = RUNTIME_SEAL  # the module's last line, which diagramc.runtime.check_modu
 def render_template(name: str, **context) -> str:
     """Render one template and seal it: the last line is the sha256 of all lines above,
     which the module checks when imported (an edited or truncated copy refuses to run)."""
-    text = environment().get_template(name).render(runtime_version=RUNTIME_VERSION, **context)
+    text = environment().get_template(name).render(**{"runtime_version": RUNTIME_VERSION, **context})
     return text + SEAL + hashlib.sha256(text.encode()).hexdigest() + "\n"
 
 

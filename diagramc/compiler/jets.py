@@ -1,0 +1,143 @@
+"""Jet kernels (contract section 8): the Taylor coefficients of f(x(t)) along any curve x(t).
+
+Compile time decides what depends only on the request: how the activation's series travels
+along the curve (by its own equation where it has one, else the vertex sum), and the sympy-printed
+code of sigma and the vertex weights the runtime needs at coefficient 0. The generated module
+is small: that code, its constants, shape checks, and a call into ``diagramc.runtime``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import sympy as sp
+
+from . import cache, codegen
+from ..activations import Activation, x as X
+from ..errors import DiagramcError
+from ..network import Architecture
+from .printing import activation_code
+from ..runtime import VERSION as RUNTIME_VERSION
+from .spec import BACKENDS, MAX_ORDER, canonical_json, sha256
+
+
+def series_rule(activation: Activation) -> tuple[str, tuple[float, ...]]:
+    """How the activation's series follows a curve (runtime.jet_series): by the first of its
+    equations that holds, else by the vertex sum."""
+    quadratic = activation.quadratic_equation()
+    if quadratic is not None:
+        return "quadratic", quadratic  # tanh, sigmoid
+    first = activation.derivative(1)
+    for aux in activation.auxiliaries:
+        # softplus: sigma' is an auxiliary s with s' quadratic in s alone
+        if first == aux.symbol and not (aux.derivative.free_symbols - {aux.symbol}) and aux.derivative.is_polynomial(aux.symbol):
+            coefficients = sp.Poly(aux.derivative, aux.symbol).all_coeffs()[::-1]
+            if len(coefficients) <= 3:
+                return "integral", tuple(float(c) for c in coefficients) + (0.0,) * (3 - len(coefficients))
+    if activation.auxiliaries and sp.expand(activation.derivative(2) + activation.value) == 0:
+        return "harmonic", ()  # sin
+    expr = activation.expr
+    if activation.is_custom and expr.has(sp.exp) and sp.simplify(sp.diff(expr, X) - expr) == 0:
+        return "quadratic", (0.0, 1.0, 0.0)  # a custom exp(x): sigma' = sigma
+    return "vertex", ()
+
+
+@dataclass(frozen=True)
+class JetSpec:
+    """Everything a jet module depends on, and nothing else."""
+
+    architecture: Architecture
+    order: int
+    backend: str
+
+    @classmethod
+    def create(cls, architecture: Architecture, order: int, backend: str = "numpy") -> "JetSpec":
+        if not isinstance(architecture, Architecture):
+            raise DiagramcError(f"expected a diagramc.Architecture, got {type(architecture).__name__}")
+        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+            raise DiagramcError(f"order must be a non-negative integer, got {order!r}")
+        if order > MAX_ORDER:
+            raise DiagramcError(f"order {order} is above the supported maximum {MAX_ORDER}")
+        if backend not in BACKENDS:
+            raise DiagramcError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        return cls(architecture, order, backend)
+
+    def inputs_json(self) -> str:
+        return canonical_json(
+            {
+                "kernel": "jet",
+                "backend": self.backend,
+                "layer_sizes": list(self.architecture.layer_sizes),
+                "activation": self.architecture.activation.name,
+                "order": self.order,
+            }
+        )
+
+    @property
+    def digest(self) -> str:
+        return sha256(self.inputs_json())
+
+    def module_name(self) -> str:
+        act = self.architecture.activation.name
+        act = act if act.isidentifier() else "custom"
+        return (
+            f"jet_{act}_d{self.architecture.inputs}_h{self.architecture.hidden_layers}"
+            f"_n{self.order}_{self.backend}_{self.digest[:12]}"
+        )
+
+    def command(self, out_dir: str) -> str:
+        """The exact command that regenerates this module into out_dir."""
+        text = json.dumps  # double quotes: the shell's single quotes then need no escapes
+        call = (
+            f"import diagramc; diagramc.compile_jet(diagramc.Architecture({self.architecture.layer_sizes!r}, "
+            f"{text(self.architecture.activation.name)}), {self.order}, {text(self.backend)}, out_dir={text(out_dir)})"
+        )
+        return shlex.join(["python", "-c", call])
+
+
+@functools.lru_cache(maxsize=128)
+def render(spec: JetSpec, out_dir: str) -> str:
+    """The module's source (deterministic)."""
+    arch = spec.architecture
+    act = arch.activation
+    rule = series_rule(act)
+    # the equation rules read sigma and sigma' at coefficient 0; the vertex sum every weight
+    code = activation_code(act, spec.order if rule[0] == "vertex" else 1, spec.backend)
+    return codegen.render_template(
+        "jet_kernel.py.jinja",
+        version=codegen.__version__,
+        runtime_version=RUNTIME_VERSION,
+        command=spec.command(out_dir),
+        digest=spec.digest,
+        inputs_json=spec.inputs_json(),
+        backend=spec.backend,
+        backend_label=codegen.BACKEND_LABELS[spec.backend],
+        layer_sizes=arch.layer_sizes,
+        layers=arch.hidden_layers + 1,
+        inputs=arch.inputs,
+        outputs=arch.outputs,
+        hidden_layers=arch.hidden_layers,
+        activation_name=act.name,
+        activation_label=act.name if not act.note else f"{act.name}: {act.note}",
+        order=spec.order,
+        rule=rule,
+        activation=code,
+    )
+
+
+def compile_jet(
+    arch: Architecture, order: int, backend: str = "numpy", out_dir: "str | Path | None" = None
+) -> ModuleType:
+    """Compile the jet kernel of an architecture up to ``order``; return the imported module.
+
+    ``mod.jet(params, x)`` maps x (batch, INPUTS, ORDER + 1), the Taylor coefficients of a curve,
+    to those of f along it, (batch, OUTPUTS, ORDER + 1).
+    """
+    spec = JetSpec.create(arch, order, backend)
+    folder = Path(out_dir) if out_dir is not None else cache.default_cache_dir()
+    path = folder / f"{spec.module_name()}.py"
+    return cache.load(path, render(spec, str(folder)))

@@ -1,0 +1,156 @@
+"""Neural-ODE solution derivatives and the Taylor regularizer (contract section 10), against
+Lie derivatives by nested torch.func.jvp and finite differences of an accurate solution."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.func import jvp
+
+import diagramc
+import diagramc.applications.ode
+import diagramc.compiler.cache
+
+torchdiffeq = pytest.importorskip("torchdiffeq")
+
+ACTIVATIONS = {"tanh": torch.nn.Tanh, "softplus": torch.nn.Softplus, "sigmoid": torch.nn.Sigmoid,
+               "gelu": torch.nn.GELU, "silu": torch.nn.SiLU}
+
+
+def make_model(D, widths, activation, time_input, seed, scale=1.0):
+    torch.manual_seed(seed)
+    sizes = (D + time_input, *widths, D)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b, dtype=torch.float64))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    model = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for lin in model[::2]:
+            lin.weight.normal_().div_(lin.in_features**0.5)
+            lin.bias.normal_().mul_(0.5)
+        model[-1].weight.mul_(scale)
+    return model
+
+
+def lie_derivatives(model, z, order, t=None):
+    """d^k z/dt^k by nested jvp of the flow's vector field on the state (z, t)."""
+    D = z.shape[1]
+    t = torch.zeros(z.shape[0], dtype=z.dtype) if t is None else torch.as_tensor(t, dtype=z.dtype).expand(z.shape[0])
+    timed = model[0].in_features == D + 1
+
+    def field(w):
+        return torch.cat([model(w if timed else w[:, :D]), torch.ones_like(w[:, D:])], 1)
+
+    w = torch.cat([z, t[:, None]], 1)
+    g, out = (lambda w: w), [w]
+    for _ in range(order):
+        g = (lambda g: lambda w: jvp(g, (w,), (field(w),))[1])(g)
+        out.append(g(w))
+    return torch.stack([o[:, :D] for o in out], 2)
+
+
+@pytest.mark.parametrize(
+    "activation, widths, time_input, order",
+    [("tanh", (8,), False, 4), ("tanh", (6, 5, 4, 6), True, 3), ("softplus", (7, 5), True, 4),
+     ("sigmoid", (6, 6, 6), False, 4), ("gelu", (5, 6), True, 3)],
+)
+def test_against_lie_derivatives(activation, widths, time_input, order):
+    model = make_model(3, widths, activation, time_input, seed=len(widths))
+    z = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.randn(4, dtype=torch.float64) if time_input else None
+    got = diagramc.ode_derivatives(model, z, order, t)
+    assert got.shape == (4, 3, order + 1)
+    torch.testing.assert_close(got, lie_derivatives(model, z, order, t), rtol=1e-10, atol=1e-11)
+    reg = diagramc.taylor_regularizer(model, z, order, t)
+    torch.testing.assert_close(reg, (got[..., order] ** 2).mean(1))
+
+
+def test_against_finite_differences_of_a_solution():
+    """Order 6: interpolate an accurate dopri8 solution on 13 points around t0 (steps landing on them)."""
+    model = make_model(2, (6, 6), "tanh", True, seed=0, scale=3.0)
+    z0, t0, K, h, n = torch.randn(3, 2, dtype=torch.float64), 0.3, 6, 0.03, 6
+    got = diagramc.ode_derivatives(model, z0, K, torch.tensor(t0, dtype=torch.float64)).detach().numpy()
+    coefficients = got / np.array([math.factorial(k) for k in range(K + 1)])
+    ts = torch.tensor([t0 + h * j for j in range(-n, n + 1)], dtype=torch.float64)
+
+    def f(t, z):
+        return model(torch.cat([z, t.expand(z.shape[0], 1)], 1))
+
+    with torch.no_grad():
+        sides = [torchdiffeq.odeint(f, z0, s, rtol=1e-13, atol=1e-14, method="dopri8", options=dict(step_t=s))
+                 for s in (ts[n:], ts[: n + 1].flip(0))]
+    Z = torch.cat([sides[1].flip(0)[:-1], sides[0]]).numpy().reshape(2 * n + 1, -1)
+    fitted = np.linalg.solve(np.vander(np.arange(-n, n + 1), 2 * n + 1, increasing=True), Z)[: K + 1]
+    fitted = np.moveaxis(fitted.reshape(K + 1, 3, 2) / h ** np.arange(K + 1)[:, None, None], 0, 2)
+    scale = np.abs(coefficients).max(axis=(0, 1))
+    assert np.all(np.abs(fitted - coefficients) <= 1e-4 * scale)
+
+
+@pytest.mark.parametrize("time_input", [False, True])
+def test_gradients_against_double_backward(time_input):
+    model = make_model(2, (5, 4), "tanh", time_input, seed=3)
+    z = torch.randn(3, 2, dtype=torch.float64)
+    t = torch.randn(3, dtype=torch.float64) if time_input else None
+    weights = torch.randn(3, 2, 4, dtype=torch.float64)
+
+    def grads(fn):
+        zz = z.clone().requires_grad_()
+        loss = (fn(model, zz, 3, t) * weights).sum()
+        return torch.autograd.grad(loss, [zz, *model.parameters()])
+
+    for a, b in zip(grads(diagramc.ode_derivatives), grads(lie_derivatives)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_regularized_dynamics_with_odeint_and_adjoint():
+    model = make_model(2, (8,), "softplus", True, seed=5)
+    dynamics = diagramc.TaylorRegularizedODE(model, 2, time_input=True)
+    z0 = torch.randn(4, 2, dtype=torch.float64)
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    state = (z0, torch.zeros(4, dtype=torch.float64))
+    runs = []
+    for solve in (torchdiffeq.odeint, torchdiffeq.odeint_adjoint):
+        kwargs = dict(adjoint_params=tuple(dynamics.parameters())) if solve is torchdiffeq.odeint_adjoint else {}
+        z1, r1 = solve(dynamics, state, ts, rtol=1e-9, atol=1e-9, method="dopri5", **kwargs)
+        loss = (z1[-1] ** 2).sum() + r1[-1].sum()
+        runs.append((z1[-1].detach(), r1[-1].detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    (za, ra, ga), (zb, rb, gb) = runs
+    torch.testing.assert_close(za, zb)
+    torch.testing.assert_close(ra, rb)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    # r(1) is the integral of the regularizer along the solution: trapezoid check on a fine grid
+    grid = torch.linspace(0, 1, 401, dtype=torch.float64)
+    with torch.no_grad():
+        zs = torchdiffeq.odeint(lambda t, z: model(torch.cat([z, t.expand(4, 1)], 1)), z0, grid, rtol=1e-10, atol=1e-10)
+        values = torch.stack([diagramc.taylor_regularizer(model, zt, 2, t) for zt, t in zip(zs, grid)])
+    torch.testing.assert_close(ra, torch.trapezoid(values, grid, dim=0), rtol=1e-4, atol=1e-8)
+
+
+def test_no_file_io_per_call(monkeypatch):
+    model = make_model(2, (4,), "tanh", False, seed=1)
+    z = torch.randn(2, 2, dtype=torch.float64)
+    first = diagramc.ode_derivatives(model, z, 3)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a repeated call went to the compiler or the file cache")
+
+    monkeypatch.setattr(diagramc.compiler.cache, "load", refuse)
+    monkeypatch.setattr(diagramc.compiler.cache, "is_intact", refuse)
+    monkeypatch.setattr("builtins.open", refuse)
+    torch.testing.assert_close(diagramc.ode_derivatives(model, z, 3), first)
+    diagramc.taylor_regularizer(model, z, 3)
+
+
+def test_errors():
+    model = make_model(2, (4,), "tanh", False, seed=1)
+    with pytest.raises(ValueError, match=r"z has shape \(3, 3\); expected \(batch, 2\)"):
+        diagramc.ode_derivatives(model, torch.zeros(3, 3, dtype=torch.float64), 2)
+    with pytest.raises(diagramc.DiagramcError, match="order"):
+        diagramc.TaylorRegularizedODE(model, 0)
+    order0 = diagramc.ode_derivatives(model, torch.ones(3, 2, dtype=torch.float64), 0)
+    assert order0.shape == (3, 2, 1)
