@@ -268,10 +268,8 @@ def test_table_shows_its_report(page, kind, args, lines):
 def test_demo_report_matches_its_data():
     """The demo reports' analytic numbers (Born approximations on the test potentials) are
     what the data family and diagramc.born give today: the reports come from this code."""
-    try:  # the layout by stage (diagramc/applications/), else the flat one
-        from diagramc.applications import born, demo
-    except ImportError:
-        from diagramc import born, demo
+    from diagramc import born
+    from diagramc.applications import demo
 
     page = ROOT / "docs" / "born.md"
     files = [a for kind, args, _ in _marked(page) if kind == "report" for a in args]
