@@ -371,6 +371,12 @@ def _activation_lines(act, order, fmt):
         lines.append(r"\begin{align*}")
     for k in range(order + 1):
         lhs = (r"\sigma^{(%d)}(x)" % k) if latex else ("σ" + f"({k})".translate(_SUP) + "(x)" if k else "σ(x)")
+        if not act.symbolic(k):  # sympy's derivatives grew past the size bound
+            from .activations import SYMBOLIC_SIZE_BOUND
+
+            lines.append(f"{comment}sigma^({k}) to sigma^({order}): past the size bound ({SYMBOLIC_SIZE_BOUND} "
+                         "operations); the compiler takes them from Taylor arithmetic on the expression tree")
+            break
         forms = [form(act.derivative(k))]
         if act.auxiliaries:
             in_x = act.derivative_in_x(k)
