@@ -2,8 +2,8 @@
 whose sympy derivatives grow past the size bound, printed for NumPy, torch and numba's scalar loop.
 
 References are independent of diagramc's derivation: mpmath's own Taylor series (numerical
-differentiation at 40 digits) of the expression written with mpmath functions, and nested
-torch.func.jacfwd on the network written with torch functions.
+differentiation at 40 digits) of the expression written with mpmath functions, and torch.func's
+forward mode (nested jvp) on the network written with torch functions.
 """
 import math
 import time
@@ -12,7 +12,7 @@ import mpmath
 import numpy as np
 import pytest
 import torch
-from torch.func import jacfwd, vmap
+from torch.func import jvp
 
 import diagramc
 from diagramc import cli
@@ -48,7 +48,7 @@ POINTS = (-1.3, 0.2, 0.9)
 
 def _mp_weights(f, point, n):
     with mpmath.workdps(40):
-        return [float(c) for c in mpmath.taylor(f, mpmath.mpf(point), n)]
+        return [float(c) for c in mpmath.taylor(f, mpmath.mpf(point), n, chop=False)]
 
 
 def run_code(code, backend, z):
@@ -119,7 +119,7 @@ def _nested(z):
     return z
 
 
-TARGETS = [  # the first: order 8's nested jacfwd alone is 10-25 s, so it is marked slow
+TARGETS = [  # the first: its order-8 forward-mode reference (45 columns) is 10-35 s, so it is marked slow
     pytest.param("tanh(tanh(tanh(tanh(x))))", 8, (2, 4, 1), lambda z: T.tanh(T.tanh(T.tanh(T.tanh(z)))),
                  marks=pytest.mark.slow),
     (NESTED, 6, (2, 4, 1), _nested),
@@ -128,27 +128,38 @@ TARGETS = [  # the first: order 8's nested jacfwd alone is 10-25 s, so it is mar
 
 
 def _jacfwd_derivatives(params, x, f, multi_indices):
-    def net(v):
-        h = v
+    """D^alpha f(x) of the torch network, (batch, m, len(multi_indices)), by torch.func forward
+    mode: per multi-index, nested jvp along its unit directions (jacfwd's columns; nested
+    jacfwd itself takes 30-50 s at order 8 where this takes well under one)."""
+    def net(v):  # rows are independent points: a tangent's row i is point i's direction
+        h = v.T
         for i in range(0, len(params) - 2, 2):
-            h = f(params[i] @ h + params[i + 1])
-        return params[-2] @ h + params[-1]
+            h = f(params[i] @ h + params[i + 1][:, None])
+        return (params[-2] @ h + params[-1][:, None]).T
 
-    by_order, g = [], net
-    for _ in range(max(map(sum, multi_indices)) + 1):
-        by_order.append(vmap(g)(x))
-        g = jacfwd(g)
-    return torch.stack([by_order[sum(a)][(slice(None), slice(None)) + tuple(i for i, n in enumerate(a) for _ in range(n))]
-                        for a in multi_indices], dim=-1)
+    def along(g, direction):
+        return lambda v: jvp(g, (v,), (direction,))[1]
+
+    columns = []
+    for alpha in multi_indices:
+        g = net
+        for i, n in enumerate(alpha):
+            e = torch.zeros_like(x)
+            e[:, i] = 1.0
+            for _ in range(n):
+                g = along(g, e)
+        columns.append(g(x))
+    return torch.stack(columns, dim=-1)
 
 
 @pytest.mark.parametrize("text, order, sizes, f", TARGETS, ids=["tanh^4 order 8", "tanh^60 order 6", "sin-exp-tanh order 6"])
 def test_issue_targets_compile_in_seconds_and_match_jacfwd(text, order, sizes, f, tmp_path):
     """The issue's three requests compile (code generation and import) in well under 5 s, and
-    their derivatives equal nested jacfwd to 1e-9 of the largest of each order."""
-    start = time.perf_counter()
+    their derivatives equal torch.func's forward mode to 1e-9 of the largest of each order
+    (CPU time of this process: the check holds on a loaded machine too)."""
+    start = time.process_time()
     mod = diagramc.compile(diagramc.Architecture(sizes, text), order, "torch", out_dir=tmp_path)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert elapsed < 5.0, elapsed
     params = random_params(sizes, torch.Generator().manual_seed(7))
     x = torch.randn(4, sizes[0], generator=torch.Generator().manual_seed(8), dtype=torch.float64)
@@ -167,7 +178,7 @@ def test_numpy_kernel_of_a_nested_activation(tmp_path):
     text, order, sizes, f = TARGETS[0].values
     mod = diagramc.compile(diagramc.Architecture(sizes, text), order, "numpy", out_dir=tmp_path)
     params = random_params(sizes, torch.Generator().manual_seed(9))
-    x = torch.randn(3, sizes[0], generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    x = torch.randn(2, sizes[0], generator=torch.Generator().manual_seed(10), dtype=torch.float64)
     got = torch.as_tensor(mod.derivatives([p.numpy() for p in params], x.numpy()))
     want = _jacfwd_derivatives(params, x, f, mod.MULTI_INDICES)
     orders = torch.tensor([sum(a) for a in mod.MULTI_INDICES])
