@@ -412,10 +412,12 @@ def _check_structure(params, x):
 def _activation(z):
     """sigma(z) and the vertex weights sigma^(k)(z)/k! for k = 1..ORDER (None where zero)."""
     u = np.tanh(z)
-    t0 = u**2 - 1
+    s = np.exp(-np.logaddexp(0, -(2*z)))
+    c = np.exp(-np.logaddexp(0, -(-2*z)))
+    t0 = 4*c*s
     return u, (
-        -t0,
-        t0*u,
+        t0,
+        t0*(c - s),
     )
 
 
@@ -642,10 +644,12 @@ if _FUSED:
             for j in range(zs.shape[1]):
                 z = zs[i, j]
                 u = math.tanh(z)
-                t0 = u**2 - 1
+                s = (math.exp(min(2*z, 0.0)) / (1.0 + math.exp(-abs(2*z))))
+                c = (math.exp(min(-2*z, 0.0)) / (1.0 + math.exp(-abs(-2*z))))
+                t0 = 4*c*s
                 value[i, j] = u
-                weights[0, i, j] = -t0
-                weights[1, i, j] = t0*u
+                weights[0, i, j] = t0
+                weights[1, i, j] = t0*(c - s)
 
     def _blas(name):
         """The address of SciPy's BLAS routine `name` (its 13 arguments by reference) in this
@@ -1371,4 +1375,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: c0df22bfe1b1dc1a9e1d6fc2ce18f91c6b4ae214a8fe2293104b350f16c81988
+# sha256 of all lines above: ceb0433fca14686979ab903a369f1f7bf2c1852768333f16e7e9caba98e7a013

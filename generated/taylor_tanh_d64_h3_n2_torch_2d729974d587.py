@@ -405,10 +405,12 @@ def _check_structure(params, x):
 def _activation(z):
     """sigma(z) and the vertex weights sigma^(k)(z)/k! for k = 1..ORDER (None where zero)."""
     u = torch.tanh(z)
-    t0 = u**2 - 1
+    s = torch.sigmoid(2*z)
+    c = torch.sigmoid(-2*z)
+    t0 = 4*c*s
     return u, (
-        -t0,
-        t0*u,
+        t0,
+        t0*(c - s),
     )
 
 
@@ -476,22 +478,7 @@ _ACCELERATOR_CHUNK = _chunk_size(2**22)  # a GPU wants large chunks (each launch
 _CONSTANTS_ON = {}  # (name, device, dtype) -> a constant as a tensor there: made once, not copied over each call
 
 
-# sigma^(k)(z)/k! = sum_j c[k, j] u^j with u = sigma(z), for the non-zero weights (rows)
-_VERTEX_COEFFICIENTS = ((1.0, 0.0, -1.0, 0.0), (0.0, -1.0, 0.0, 1.0))
-_VERTEX_EXPONENTS = tuple((j,) for j in range(1, 4))
-
-
-def _vertex_weights(z):
-    """sigma(z) and the vertex weights sigma^(k)/k!: on a GPU as polynomials in u = sigma(z),
-    all at once (the powers of u in one kernel, their combinations in one matrix product,
-    where _activation takes a few kernels per weight); on a CPU as _activation."""
-    if not _scatters(z):
-        return _activation(z)
-    u = torch.tanh(z)
-    U = u[None] ** _constant("vertex exponents", _VERTEX_EXPONENTS, u)[..., None]  # (degree, batch, width)
-    C = _constant("vertex coefficients", _VERTEX_COEFFICIENTS, u)
-    F = torch.addmm(C[:, :1], C[:, 1:], U.reshape(U.shape[0], -1)).reshape((-1,) + u.shape)
-    return u, (F[0], F[1],)
+_vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
 
 
 # Order 2 where its one Gram block spans all columns: per point, each layer's Jacobian and Gram
@@ -1068,4 +1055,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: ca0b1d0f6ccd7e9f74d52157769eb6b5fde3dae0cbe5b6cf322e9eeb0701865c
+# sha256 of all lines above: d971009750f48dbbf5d671bf61c26077478fd096b7e061e8a2eb8f463eb3c238

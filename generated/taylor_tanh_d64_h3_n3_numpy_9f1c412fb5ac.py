@@ -445,12 +445,14 @@ def _check_structure(params, x):
 def _activation(z):
     """sigma(z) and the vertex weights sigma^(k)(z)/k! for k = 1..ORDER (None where zero)."""
     u = np.tanh(z)
-    t0 = u**2
-    t1 = t0 - 1
+    s = np.exp(-np.logaddexp(0, -(2*z)))
+    c = np.exp(-np.logaddexp(0, -(-2*z)))
+    t0 = c*s
+    t1 = 4*t0
     return u, (
-        -t1,
-        t1*u,
-        (4/3)*t0 - u**4 - 1/3,
+        t1,
+        t1*(c - s),
+        (8/3)*t0*(c**2 + s**2 - t1),
     )
 
 
@@ -679,12 +681,14 @@ if _FUSED:
             for j in range(zs.shape[1]):
                 z = zs[i, j]
                 u = math.tanh(z)
-                t0 = u**2
-                t1 = t0 - 1
+                s = (math.exp(min(2*z, 0.0)) / (1.0 + math.exp(-abs(2*z))))
+                c = (math.exp(min(-2*z, 0.0)) / (1.0 + math.exp(-abs(-2*z))))
+                t0 = c*s
+                t1 = 4*t0
                 value[i, j] = u
-                weights[0, i, j] = -t1
-                weights[1, i, j] = t1*u
-                weights[2, i, j] = (4/3)*t0 - u**4 - 1/3
+                weights[0, i, j] = t1
+                weights[1, i, j] = t1*(c - s)
+                weights[2, i, j] = (8/3)*t0*(c**2 + s**2 - t1)
 
     @_jit()
     def _fused_sum_entries(top, gram, starts, entries, weight, accumulate):
@@ -1263,4 +1267,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: d1acebbf129a559224e23fda187f614ac3ea593da977c6fb41ae809f3c6f49ea
+# sha256 of all lines above: 7891b27df5c24440d47538d9131fd236cb9e9742ffd9c18ddfe1f86883a504f7

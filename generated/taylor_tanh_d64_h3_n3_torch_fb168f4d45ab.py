@@ -441,12 +441,14 @@ def _check_structure(params, x):
 def _activation(z):
     """sigma(z) and the vertex weights sigma^(k)(z)/k! for k = 1..ORDER (None where zero)."""
     u = torch.tanh(z)
-    t0 = u**2
-    t1 = t0 - 1
+    s = torch.sigmoid(2*z)
+    c = torch.sigmoid(-2*z)
+    t0 = c*s
+    t1 = 4*t0
     return u, (
-        -t1,
-        t1*u,
-        (4/3)*t0 - u**4 - 1/3,
+        t1,
+        t1*(c - s),
+        (8/3)*t0*(c**2 + s**2 - t1),
     )
 
 
@@ -513,22 +515,7 @@ _ACCELERATOR_CHUNK = _chunk_size(2**22)  # a GPU wants large chunks (each launch
 _CONSTANTS_ON = {}  # (name, device, dtype) -> a constant as a tensor there: made once, not copied over each call
 
 
-# sigma^(k)(z)/k! = sum_j c[k, j] u^j with u = sigma(z), for the non-zero weights (rows)
-_VERTEX_COEFFICIENTS = ((1.0, 0.0, -1.0, 0.0, 0.0), (0.0, -1.0, 0.0, 1.0, 0.0), (-0.3333333333333333, 0.0, 1.3333333333333333, 0.0, -1.0))
-_VERTEX_EXPONENTS = tuple((j,) for j in range(1, 5))
-
-
-def _vertex_weights(z):
-    """sigma(z) and the vertex weights sigma^(k)/k!: on a GPU as polynomials in u = sigma(z),
-    all at once (the powers of u in one kernel, their combinations in one matrix product,
-    where _activation takes a few kernels per weight); on a CPU as _activation."""
-    if not _scatters(z):
-        return _activation(z)
-    u = torch.tanh(z)
-    U = u[None] ** _constant("vertex exponents", _VERTEX_EXPONENTS, u)[..., None]  # (degree, batch, width)
-    C = _constant("vertex coefficients", _VERTEX_COEFFICIENTS, u)
-    F = torch.addmm(C[:, :1], C[:, 1:], U.reshape(U.shape[0], -1)).reshape((-1,) + u.shape)
-    return u, (F[0], F[1], F[2],)
+_vertex_weights = _activation  # sigma(z) and the vertex weights sigma^(k)/k!
 
 
 def _zeros(like, shape):
@@ -1091,4 +1078,4 @@ def _coefficients(params, x, derivatives):
         out[:, :, 1 + _LOW :] += _rows_times(u[0] if len(u) == 1 else _cat(u, 0), K.T)
     out = _take_last(out, tables["outputs"])
     return _times_factorials(out) if derivatives else out
-# sha256 of all lines above: f8a228ef5e7c9080a82800f753b1118afb2849db116bdf3a4993537723c59f3a
+# sha256 of all lines above: 080ac6bcf4005972a74513beecb68da5414f2f4daf1bf72329a826fffe4399f4
