@@ -189,13 +189,27 @@ def test_nan_and_inf_propagate_row_by_row(backend, kernel_dir):
 
 
 def test_high_order_univariate_no_factorial_overflow(kernel_dir):
+    """Order 10 of a one-input network against its Taylor series by mpmath (40 digits, the
+    network written with mpmath's tanh): a second where ten nested jacfwd took 26 s."""
     mod = _kernel(kernel_dir, sizes=(1, 4, 3, 1), order=10)
     params = random_params((1, 4, 3, 1), torch.Generator().manual_seed(3))
     x = torch.tensor([[0.3], [-0.7]], dtype=torch.float64)
-    want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES)
     got = mod.derivatives(params, x)
+    with mpmath.workdps(40):
+        P = [mpmath.matrix(p.tolist()) for p in params]
+
+        def f(t):
+            h = mpmath.matrix([t])
+            for l in range(0, len(P), 2):
+                z = P[l] * h + P[l + 1]
+                h = z if l == len(P) - 2 else z.apply(mpmath.tanh)
+            return h[0]
+
+        want = torch.tensor([[[float(c * math.factorial(k)) for k, c in enumerate(mpmath.taylor(f, mpmath.mpf(v), 10, chop=False))]]
+                             for v in x[:, 0].tolist()], dtype=torch.float64)
+    assert [a[0] for a in mod.MULTI_INDICES] == list(range(11))
     rel = ((got - want).norm(dim=(0, 1)) / want.norm(dim=(0, 1)).clamp(min=1e-300))
-    assert rel.max() < 1e-9
+    assert rel.max() < 1e-9, rel
     assert mod._FACTORIALS[-1] == math.factorial(10)
 
 
