@@ -8,8 +8,20 @@ operator then acts on polynomials in ``x`` and ``u``:
 
     D = d/dx + sum_u g_u(x, u) d/du
 
-so ``sigma^(k)`` comes out as a short polynomial in ``tanh(z)`` (or the sigmoid, ...), and
-a kernel evaluates the activation once and reuses it for every vertex.
+so ``sigma^(k)`` comes out as a short polynomial in the auxiliaries, and a kernel evaluates
+them once and reuses them for every vertex.
+
+Far from zero the polynomials must not cancel: 1 - tanh^2 at tanh = 1 - 1e-17 is 0, not
+2e-17, and silu's x (s - s^2) loses everything where the sigmoid s saturates. So the
+sigmoid-based activations (tanh = 2 sigmoid(2x) - 1, sigmoid, softplus, silu) use the sigmoid
+``s`` and its complement ``c = sigmoid(-x)`` as two auxiliaries, each computed to full
+relative accuracy (:class:`Sigmoid`), with s' = s c and c' = -s c: every derivative is then a
+polynomial in x, s, c whose leading terms far out have one sign. gelu's normal distribution
+function is ``erfc(-x/sqrt(2))/2`` (:class:`Ncdf`), exact where it is tiny; sin's weights are
+sin and cos themselves.
+
+Custom activations whose sympy derivatives grow past :data:`SYMBOLIC_SIZE_BOUND` get their
+vertex weights from univariate Taylor arithmetic instead (:mod:`diagramc.taylor_arith`).
 
 Custom activations are sympy expressions in ``x`` given as text. They are parsed by
 walking Python's abstract syntax tree against a whitelist of functions and operators;

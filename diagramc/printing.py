@@ -213,6 +213,8 @@ def _taylor_code(activation: Activation, order: int, backend: str) -> Activation
             text = printer.doprint(function(sp.Symbol(payload[1], real=True)))
         elif kind == "reciprocal":
             text = f"1.0/{payload[0]}"
+        elif payload[1] < 0:  # numba raises ZeroDivisionError for 0.0**-p; 1.0/0.0 gives inf
+            text = f"1.0/{payload[0]}**{-payload[1]!r}"
         else:
             text = f"{payload[0]}**{payload[1]!r}"
         lines.append(f"{name} = {text}")
