@@ -8,8 +8,20 @@ operator then acts on polynomials in ``x`` and ``u``:
 
     D = d/dx + sum_u g_u(x, u) d/du
 
-so ``sigma^(k)`` comes out as a short polynomial in ``tanh(z)`` (or the sigmoid, ...), and
-a kernel evaluates the activation once and reuses it for every vertex.
+so ``sigma^(k)`` comes out as a short polynomial in the auxiliaries, and a kernel evaluates
+them once and reuses them for every vertex.
+
+Far from zero the polynomials must not cancel: 1 - tanh^2 at tanh = 1 - 1e-17 is 0, not
+2e-17, and silu's x (s - s^2) loses everything where the sigmoid s saturates. So the
+sigmoid-based activations (tanh = 2 sigmoid(2x) - 1, sigmoid, softplus, silu) use the sigmoid
+``s`` and its complement ``c = sigmoid(-x)`` as two auxiliaries, each computed to full
+relative accuracy (:class:`Sigmoid`), with s' = s c and c' = -s c: every derivative is then a
+polynomial in x, s, c whose leading terms far out have one sign. gelu's normal distribution
+function is ``erfc(-x/sqrt(2))/2`` (:class:`Ncdf`), exact where it is tiny; sin's weights are
+sin and cos themselves.
+
+Custom activations whose sympy derivatives grow past :data:`SYMBOLIC_SIZE_BOUND` get their
+vertex weights from univariate Taylor arithmetic instead (:mod:`diagramc.taylor_arith`).
 
 Custom activations are sympy expressions in ``x`` given as text. They are parsed by
 walking Python's abstract syntax tree against a whitelist of functions and operators;
@@ -24,7 +36,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from .errors import DiagramcError
+from .errors import DiagramcError, symbolic_step
 
 x = sp.Symbol("x", real=True)
 
@@ -45,8 +57,35 @@ class Step(sp.Function):
 class Softplus(sp.Function):
     """log(1 + exp(x)), printed in an overflow-free form."""
 
+    def fdiff(self, argindex=1):
+        return Sigmoid(self.args[0])
+
     def _eval_evalf(self, prec):
         return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec) if self.args[0].is_number else None
+
+
+class Sigmoid(sp.Function):
+    """1/(1 + exp(-x)), printed without overflow and accurate to the last bits for both signs:
+    Sigmoid(-x) is the complement 1 - Sigmoid(x) with no cancellation where it is tiny."""
+
+    def fdiff(self, argindex=1):
+        a = self.args[0]
+        return Sigmoid(a) * Sigmoid(-a)
+
+    def _eval_evalf(self, prec):
+        return (1 / (1 + sp.exp(-self.args[0])))._eval_evalf(prec) if self.args[0].is_number else None
+
+
+class Ncdf(sp.Function):
+    """The standard normal distribution function (1 + erf(x/sqrt(2)))/2, printed as
+    erfc(-x/sqrt(2))/2: accurate to the last bits where it is tiny (x far below zero)."""
+
+    def fdiff(self, argindex=1):
+        a = self.args[0]
+        return sp.exp(-(a**2) / 2) / sp.sqrt(2 * sp.pi)
+
+    def _eval_evalf(self, prec):
+        return (sp.erfc(-self.args[0] / sp.sqrt(2)) / 2)._eval_evalf(prec) if self.args[0].is_number else None
 
 
 @dataclass(frozen=True)
@@ -58,12 +97,38 @@ class Auxiliary:
     derivative: sp.Expr
 
 
+# A custom activation's derivative sigma^(k) stays symbolic (sympy differentiates, simplifies
+# and prints it) while each derivative's size, sympy's count_ops, is at most this bound; past
+# it every vertex weight comes from univariate Taylor arithmetic on the expression tree
+# (diagramc.taylor_arith), O(order^2) operations per node, printed as straight-line code.
+SYMBOLIC_SIZE_BOUND = 120
+
+
+def _chain_rule_size(e: sp.Expr) -> int:
+    """An estimate of the size of e's derivative before sympy makes it: the chain rule copies
+    every subtree once per function or product above it, so the sum over the nodes of their
+    subtrees' sizes (a nest of 60 calls: 1830, where e itself has 60)."""
+    sizes: dict = {}
+    totals: dict = {}
+
+    def visit(node):
+        if node not in sizes:
+            for arg in node.args:
+                visit(arg)
+            sizes[node] = 1 + sum(sizes[a] for a in node.args)
+            totals[node] = sizes[node] + sum(totals[a] for a in node.args)
+        return totals[node]
+
+    return visit(e)
+
+
 @dataclass(frozen=True)
 class Activation:
     """An activation sigma(x): its expression, and how to differentiate it cheaply.
 
     ``value`` is sigma written with the auxiliary symbols; ``expr`` is sigma in ``x``
-    alone (for display and independent checks).
+    alone (for display and independent checks). ``equation`` is (c0, c1, c2) where
+    sigma' = c0 + c1 sigma + c2 sigma^2 (tanh, sigmoid), else None.
     """
 
     name: str
@@ -71,6 +136,7 @@ class Activation:
     value: sp.Expr
     auxiliaries: tuple[Auxiliary, ...] = ()
     note: str = ""
+    equation: tuple[float, float, float] | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     @property
@@ -88,15 +154,56 @@ class Activation:
         return sp.expand(out) if self.auxiliaries else out
 
     def derivative(self, k: int) -> sp.Expr:
-        """sigma^(k) in terms of x and the auxiliary symbols, simplified."""
+        """sigma^(k) in terms of x and the auxiliary symbols.
+
+        A custom activation's derivatives grow with k (nested functions without bound):
+        past :data:`SYMBOLIC_SIZE_BOUND` (see :meth:`symbolic`) ask for its Taylor
+        coefficients (:meth:`series`) instead; this method still differentiates, and the
+        command line's deadline bounds it."""
         if k < 0:
             raise DiagramcError(f"derivative order must be >= 0, got {k}")
         if k not in self._cache:
             self._cache[k] = self.value if k == 0 else self._d(self.derivative(k - 1))
         return self._cache[k]
 
+    def symbolic(self, n: int) -> bool:
+        """Whether sigma^(k), k <= n, all stay within the size bound (count_ops): the vertex
+        weights are then sympy's; else they come from Taylor arithmetic. Named activations are
+        always symbolic (short polynomials in their auxiliaries). Differentiates only until the
+        first derivative past the bound, so the work is bounded too."""
+        if not self.is_custom:
+            return True
+        key = ("symbolic", n)
+        if key not in self._cache:
+            ok = True
+            for k in range(n + 1):  # stops at the first derivative past the bound
+                if ("size", k) not in self._cache:
+                    if k and _chain_rule_size(self.derivative(k - 1)) > 10 * SYMBOLIC_SIZE_BOUND:
+                        self._cache[("size", k)] = math.inf  # not even worth differentiating
+                    else:
+                        self._cache[("size", k)] = sp.count_ops(self.derivative(k))
+                if self._cache[("size", k)] > SYMBOLIC_SIZE_BOUND or (
+                        k == 0 and _chain_rule_size(self.derivative(0)) > 10 * SYMBOLIC_SIZE_BOUND):
+                    ok = False
+                    break
+            self._cache[key] = ok
+        return self._cache[key]
+
+    def series(self, n: int):
+        """The Taylor coefficients sigma^(k)(z)/k!, k = 0..n, by univariate Taylor arithmetic on
+        the expression tree: a :class:`diagramc.taylor_arith.SeriesProgram` (straight-line
+        assignments and the n + 1 coefficients)."""
+        key = ("series", n)
+        if key not in self._cache:
+            from .taylor_arith import taylor_program
+
+            self._cache[key] = taylor_program(self.expr, x, n)
+        return self._cache[key]
+
     def taylor_factors(self, n: int) -> list[sp.Expr]:
         """[sigma, sigma'/1!, sigma''/2!, ..., sigma^(n)/n!]: the vertex weights of the layer recursion."""
+        if not self.auxiliaries:  # expand multiplies out a custom expression's nested products
+            return [self.derivative(k) / math.factorial(k) for k in range(n + 1)]
         return [sp.expand(self.derivative(k) / math.factorial(k)) for k in range(n + 1)]
 
     def derivative_in_x(self, k: int) -> sp.Expr:
@@ -111,26 +218,38 @@ class Activation:
 
         Such an activation's Taylor series through a series can follow the equation degree by
         degree (Taylor mode, as JAX's jet does): two truncated products of series in all, where
-        the vertex sum needs one per power of the series.
+        the vertex sum needs one per power of the series. (The vertex weights themselves are
+        printed from the sigmoid and its complement, without the equation's cancellation.)
         """
-        if len(self.auxiliaries) != 1 or self.value != self.auxiliaries[0].symbol:
+        return self.equation
+
+    def polynomials_in_value(self, n: int) -> tuple[tuple[float, ...] | None, ...] | None:
+        """sigma^(k)/k! for k = 1..n as polynomials in sigma itself (tanh, sigmoid: from the
+        equation), per k its coefficients of sigma^0, sigma^1, ... (None where it vanishes);
+        None without an equation. Exact algebra, but such a polynomial cancels where sigma
+        saturates (1 - sigma^2 at sigma = 1 - 1e-17): the kernels do not use it."""
+        if self.equation is None:
             return None
-        u = self.auxiliaries[0].symbol
-        p = self.auxiliaries[0].derivative
-        if p.free_symbols - {u} or not p.is_polynomial(u):
-            return None
-        coeffs = sp.Poly(p, u).all_coeffs()[::-1]
-        if len(coeffs) != 3 or not all(c.is_number for c in coeffs):
-            return None
-        return tuple(float(c) for c in coeffs)
+        s = sp.Symbol("sigma")
+        c0, c1, c2 = (sp.nsimplify(c) for c in self.equation)
+        p = c0 + c1 * s + c2 * s**2
+        out, d = [], s
+        for k in range(1, n + 1):
+            d = sp.expand(sp.diff(d, s) * p)
+            f = sp.expand(d / math.factorial(k))
+            out.append(None if f == 0 else tuple(float(c) for c in sp.Poly(f, s).all_coeffs()[::-1]))
+        return tuple(out)
 
     def vertex_polynomials(self, n: int) -> tuple[tuple[float, ...] | None, ...] | None:
-        """sigma^(k)/k! for k = 1..n as polynomials in the one auxiliary u (tanh, sigmoid, ...):
-        per k its coefficients of u^0, u^1, ... (None where it vanishes); None when sigma is
-        not u itself with u' a polynomial in u alone.
+        """sigma^(k)/k! for k = 1..n as polynomials in the one auxiliary u, where sigma is u
+        itself with u' a polynomial in u alone and those polynomials keep their accuracy: per k
+        its coefficients of u^0, u^1, ... (None where it vanishes); else None.
 
         A GPU kernel then makes every vertex weight at once: the powers of u in one kernel,
-        their combinations in one matrix product, instead of a few kernels per weight.
+        their combinations in one matrix product. No named activation qualifies any more:
+        tanh and sigmoid saturate, where such polynomials cancel (1 - u^2 at u = 1 - 1e-17
+        is 0, not 2e-17), so their weights come from the sigmoid and its complement
+        (:meth:`polynomials_in_value` still gives the exact polynomials).
         """
         if len(self.auxiliaries) != 1 or self.value != self.auxiliaries[0].symbol:
             return None
@@ -144,35 +263,42 @@ class Activation:
 
     def vanishing_vertices(self, n: int) -> bool:
         """True when every vertex sigma^(k), 2 <= k <= n, is identically zero (relu, identity)."""
-        return all(self.derivative(k) == 0 for k in range(2, n + 1))
+        with symbolic_step(f"deriving the vertex functions of {self.name!r} to order {n}"):
+            if not self.symbolic(n):
+                return all(c == 0 for c in self.series(n).coefficients[2:])
+            return all(self.derivative(k) == 0 for k in range(2, n + 1))
 
 
 def _named() -> dict[str, Activation]:
     u = sp.Symbol("u", real=True)  # the auxiliary function's value
     v = sp.Symbol("v", real=True)  # a second one where needed
-    sigmoid = (1 + sp.tanh(x / 2)) / 2  # overflow-free form of 1/(1+exp(-x))
+    # the sigmoid s and its complement c = 1 - s, each computed on its own (Sigmoid(-x)) so that
+    # neither loses its digits where it is tiny: with s' = s c and c' = -s c every derivative of a
+    # sigmoid-based activation is a polynomial whose terms at large |x| have one sign, where the
+    # polynomials in s alone cancel (1 - s at s = 1 - 1e-17)
+    s = sp.Symbol("s", real=True, positive=True)
+    c = sp.Symbol("c", real=True, positive=True)
+    sig = (Auxiliary(s, Sigmoid(x), s * c), Auxiliary(c, Sigmoid(-x), -s * c))
+    # tanh(x) = 2 sigmoid(2x) - 1: tanh' = 1 - tanh^2 = 4 s c with s = sigmoid(2x), c = sigmoid(-2x)
+    sig2 = (Auxiliary(s, Sigmoid(2 * x), 2 * s * c), Auxiliary(c, Sigmoid(-2 * x), -2 * s * c))
     gauss = sp.exp(-(x**2) / 2)
     return {
-        "tanh": Activation("tanh", sp.tanh(x), u, (Auxiliary(u, sp.tanh(x), 1 - u**2),)),
-        "sigmoid": Activation("sigmoid", 1 / (1 + sp.exp(-x)), u, (Auxiliary(u, sigmoid, u * (1 - u)),)),
-        "softplus": Activation(
-            "softplus",
-            sp.log(1 + sp.exp(x)),
-            v,
-            (Auxiliary(v, Softplus(x), u), Auxiliary(u, sigmoid, u * (1 - u))),
-        ),
+        "tanh": Activation("tanh", sp.tanh(x), u, (Auxiliary(u, sp.tanh(x), 4 * s * c),) + sig2,
+                           equation=(1.0, 0.0, -1.0)),
+        "sigmoid": Activation("sigmoid", 1 / (1 + sp.exp(-x)), s, sig, equation=(0.0, 1.0, -1.0)),
+        "softplus": Activation("softplus", sp.log(1 + sp.exp(x)), v, (Auxiliary(v, Softplus(x), s),) + sig),
         "sin": Activation("sin", sp.sin(x), u, (Auxiliary(u, sp.sin(x), v), Auxiliary(v, sp.cos(x), -u))),
         "gelu": Activation(
             "gelu",
             x * (1 + sp.erf(x / sp.sqrt(2))) / 2,
             x * u,
             (
-                Auxiliary(u, (1 + sp.erf(x / sp.sqrt(2))) / 2, v / sp.sqrt(2 * sp.pi)),
+                Auxiliary(u, Ncdf(x), v / sp.sqrt(2 * sp.pi)),
                 Auxiliary(v, gauss, -x * v),
             ),
             note="exact gelu, erf form",
         ),
-        "silu": Activation("silu", x / (1 + sp.exp(-x)), x * u, (Auxiliary(u, sigmoid, u * (1 - u)),)),
+        "silu": Activation("silu", x / (1 + sp.exp(-x)), x * s, sig),
         "identity": Activation("identity", x, x, note="linear network: no vertices"),
         "relu": Activation(
             "relu",
@@ -247,7 +373,13 @@ def _to_sympy(node: ast.AST, text: str) -> sp.Expr:
         and len(node.args) == 1
         and not node.keywords
     ):
-        return _FUNCTIONS[node.func.id](_to_sympy(node.args[0], text))
+        argument = _to_sympy(node.args[0], text)
+        function = _FUNCTIONS[node.func.id]
+        if isinstance(function, type) and not argument.is_number:
+            # unevaluated: sympy's evaluation of f(g(h(...))) asks assumptions of every inner call,
+            # seconds for a few dozen nested calls; nothing is lost for an argument that is not a number
+            return function(argument, evaluate=False)
+        return function(argument)
     what = _NODE_WORDS.get(type(node).__name__, f"a {type(node).__name__} expression")
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         what = f"a call of {node.func.id!r}"
@@ -300,5 +432,6 @@ def get_activation(spec: "str | Activation") -> Activation:
 @functools.lru_cache(maxsize=64)
 def _custom(text: str) -> Activation:
     """A custom expression differentiates in x directly; sympy simplifies each order."""
-    expr = parse_expression(text)
-    return Activation(sp.sstr(expr), expr, expr)
+    with symbolic_step(f"parsing activation {text[:40]!r}"):
+        expr = parse_expression(text)
+        return Activation(sp.sstr(expr), expr, expr)

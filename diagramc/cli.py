@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .combinatorics import multi_index as mi
-from .errors import DiagramcError
+from .errors import DiagramcError, set_symbolic_deadline, symbolic_deadline_from_environment, symbolic_step
 
 
 class _Parser(argparse.ArgumentParser):
@@ -338,7 +338,9 @@ def _activation(args) -> None:
     if args.order > MAX_ORDER:
         raise DiagramcError(f"--order {args.order} is above the supported maximum {MAX_ORDER}")
     act = get_activation(args.name)
-    for line in _activation_lines(act, args.order, args.format):
+    with symbolic_step(f"deriving {act.name!r} to order {args.order}"):
+        lines = _activation_lines(act, args.order, args.format)
+    for line in lines:
         print(line)
 
 
@@ -377,7 +379,8 @@ def _activation_lines(act, order, fmt):
                         for a in act.auxiliaries)
         lines.append(f"{comment}auxiliary functions (the compiler differentiates polynomials in them): {aux}")
     if act.quadratic_equation():
-        p = sp.sstr(act.auxiliaries[0].derivative.subs(act.auxiliaries[0].symbol, sp.Symbol("sigma")))
+        c0, c1, c2 = (sp.nsimplify(c) for c in act.quadratic_equation())
+        p = sp.sstr(c0 + c1 * sp.Symbol("sigma") + c2 * sp.Symbol("sigma") ** 2)
         lines.append(f"{comment}Taylor mode: sigma' = {p}, so the kernels carry series through this equation "
                      "from layer 2 on where that does less work (NumPy from order 4, torch on a CPU from order 7)")
     if order >= 2 and act.vanishing_vertices(order):
@@ -387,6 +390,12 @@ def _activation_lines(act, order, fmt):
         lines.append(r"\begin{align*}")
     for k in range(order + 1):
         lhs = (r"\sigma^{(%d)}(x)" % k) if latex else ("σ" + f"({k})".translate(SUPERSCRIPTS) + "(x)" if k else "σ(x)")
+        if not act.symbolic(k):  # sympy's derivatives grew past the size bound
+            from .activations import SYMBOLIC_SIZE_BOUND
+
+            lines.append(f"{comment}sigma^({k}) to sigma^({order}): past the size bound ({SYMBOLIC_SIZE_BOUND} "
+                         "operations); the compiler takes them from Taylor arithmetic on the expression tree")
+            break
         forms = [form(act.derivative(k))]
         if act.auxiliaries:
             in_x = act.derivative_in_x(k)
@@ -450,6 +459,7 @@ COMMANDS = {"count": _count, "diagrams": _diagrams, "compile": _compile, "contri
 
 def main(argv=None) -> int:
     try:
+        set_symbolic_deadline(symbolic_deadline_from_environment())  # every symbolic step it starts
         args = build_parser().parse_args(argv)
         COMMANDS[args.command](args)
     except DiagramcError as exc:
@@ -467,6 +477,8 @@ def main(argv=None) -> int:
         print(f"diagramc: error: internal error ({type(exc).__name__}: {first}); "
               "rerun with DIAGRAMC_DEBUG=1 and report it", file=sys.stderr)
         return 2
+    finally:
+        set_symbolic_deadline(None)
     return 0
 
 

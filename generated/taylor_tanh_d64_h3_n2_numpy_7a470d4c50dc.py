@@ -19,6 +19,8 @@ activation multiplies out powers of the series (truncated products, driven by in
 tables built once at import) weighted by the vertex functions sigma^(k)(z)/k!; passing
 it through a Linear layer is one matrix product over all coefficients at once.
 """
+import math
+
 import numpy as np
 
 from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
@@ -48,16 +50,16 @@ PLAN = {
 def _activation(z):
     """sigma(z) and the vertex weights sigma^(k)(z)/k! for k = 1..ORDER (None where zero)."""
     u = np.tanh(z)
-    t0 = u**2 - 1
+    s = np.exp(-np.logaddexp(0, -(2*z)))
+    c = np.exp(-np.logaddexp(0, -(-2*z)))
+    t0 = 4*c*s
     return u, (
-        -t0,
-        t0*u,
+        t0,
+        t0*(c - s),
     )
 
 
 try:  # numba's loop of the same functions, one pass over z (numba is a dependency; a broken install falls back)
-    import math
-
     from diagramc.runtime.numpy_loops import jit
     from diagramc.runtime.numpy_loops import FEW_ROWS, add_few_rows_times_transposed, few_rows_times, gemm
 
@@ -68,10 +70,12 @@ try:  # numba's loop of the same functions, one pass over z (numba is a dependen
             for j in range(zs.shape[1]):
                 z = zs[i, j]
                 u = math.tanh(z)
-                t0 = u**2 - 1
+                s = (math.exp(min(2*z, 0.0)) / (1.0 + math.exp(-abs(2*z))))
+                c = (math.exp(min(-2*z, 0.0)) / (1.0 + math.exp(-abs(-2*z))))
+                t0 = 4*c*s
                 value[i, j] = u
-                weights[0, i, j] = -t0
-                weights[1, i, j] = t0*u
+                weights[0, i, j] = t0
+                weights[1, i, j] = t0*(c - s)
 
     @jit()
     def _fused_vertices(blas, x, weights, biases, out, slopes, lines):
@@ -148,4 +152,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: f1a90b989bb7476f9bdef6424c16ace384b91c0c9d4b2b1b4afe686f83505e87
+# sha256 of all lines above: 651a4469857aec6a5c20e8955813ed8e95ea076dc2daf686bdf98f84dc5b2eea

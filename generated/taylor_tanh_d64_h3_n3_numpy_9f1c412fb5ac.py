@@ -19,6 +19,8 @@ activation multiplies out powers of the series (truncated products, driven by in
 tables built once at import) weighted by the vertex functions sigma^(k)(z)/k!; passing
 it through a Linear layer is one matrix product over all coefficients at once.
 """
+import math
+
 import numpy as np
 
 from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
@@ -48,18 +50,18 @@ PLAN = {
 def _activation(z):
     """sigma(z) and the vertex weights sigma^(k)(z)/k! for k = 1..ORDER (None where zero)."""
     u = np.tanh(z)
-    t0 = u**2
-    t1 = t0 - 1
+    s = np.exp(-np.logaddexp(0, -(2*z)))
+    c = np.exp(-np.logaddexp(0, -(-2*z)))
+    t0 = c*s
+    t1 = 4*t0
     return u, (
-        -t1,
-        t1*u,
-        (4/3)*t0 - u**4 - 1/3,
+        t1,
+        t1*(c - s),
+        (8/3)*t0*(c**2 + s**2 - t1),
     )
 
 
 try:  # numba's loop of the same functions, one pass over z (numba is a dependency; a broken install falls back)
-    import math
-
     from diagramc.runtime.numpy_loops import jit
 
     @jit(error_model="numpy")  # x/0 gives inf or nan, as NumPy's operations do
@@ -69,12 +71,14 @@ try:  # numba's loop of the same functions, one pass over z (numba is a dependen
             for j in range(zs.shape[1]):
                 z = zs[i, j]
                 u = math.tanh(z)
-                t0 = u**2
-                t1 = t0 - 1
+                s = (math.exp(min(2*z, 0.0)) / (1.0 + math.exp(-abs(2*z))))
+                c = (math.exp(min(-2*z, 0.0)) / (1.0 + math.exp(-abs(-2*z))))
+                t0 = c*s
+                t1 = 4*t0
                 value[i, j] = u
-                weights[0, i, j] = -t1
-                weights[1, i, j] = t1*u
-                weights[2, i, j] = (4/3)*t0 - u**4 - 1/3
+                weights[0, i, j] = t1
+                weights[1, i, j] = t1*(c - s)
+                weights[2, i, j] = (8/3)*t0*(c**2 + s**2 - t1)
 
     _fused_vertices = None
 except ImportError:
@@ -100,4 +104,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: a8a743c183da5a9fd5c7049c22cf5110da97ab257d0217338c8528e61d2f74c2
+# sha256 of all lines above: da0bb9a38f4e432ec0858ed51c5348a1aabbd202b6d6e01871d5fc076aab0f37

@@ -6,6 +6,7 @@ so the activation and its auxiliaries are evaluated once per layer.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sympy as sp
@@ -14,10 +15,11 @@ from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 from sympy.printing.pytorch import TorchPrinter
 
-from ..activations import Activation, Softplus, Step, x
+from ..activations import Activation, Sigmoid, Softplus, Step, x
 
 # The pre-activation variable's name inside generated code.
 Z_NAME = "z"
+_SQRT_HALF = repr(math.sqrt(0.5))
 
 
 class _NumpyKernelPrinter(NumPyPrinter):
@@ -42,6 +44,15 @@ class _NumpyKernelPrinter(NumPyPrinter):
     def _print_Softplus(self, expr):
         return f"np.logaddexp(0, {self._print(expr.args[0])})"
 
+    def _print_Sigmoid(self, expr):
+        # exp(-log(1 + exp(-a))): no overflow, and accurate where it is tiny (a far below zero)
+        return f"np.exp(-np.logaddexp(0, -({self._print(expr.args[0])})))"
+
+    def _print_Ncdf(self, expr):
+        # erfc(-a/sqrt(2))/2 by math.erfc (NumPy has none): accurate where it is tiny
+        return (f"(0.5 * np.frompyfunc(math.erfc, 1, 1)(-({self._print(expr.args[0])}) * {_SQRT_HALF})"
+                f".astype({Z_NAME}.dtype))")
+
     def _print_Step(self, expr):
         a = self._print(expr.args[0])
         return f"({a} > 0).astype({Z_NAME}.dtype)"
@@ -60,6 +71,12 @@ class _TorchKernelPrinter(TorchPrinter):
     def _print_Softplus(self, expr):
         a = self._print(expr.args[0])
         return f"torch.logaddexp({a}, torch.zeros_like({a}))"
+
+    def _print_Sigmoid(self, expr):
+        return f"torch.sigmoid({self._print(expr.args[0])})"
+
+    def _print_Ncdf(self, expr):
+        return f"(0.5 * torch.special.erfc(-({self._print(expr.args[0])}) * {_SQRT_HALF}))"
 
     def _print_Step(self, expr):
         a = self._print(expr.args[0])
@@ -88,6 +105,15 @@ class _ScalarKernelPrinter(PythonCodePrinter):
         a = self._print(expr.args[0])
         return f"(max({a}, 0.0) + math.log1p(math.exp(-abs({a}))))"
 
+    def _print_Sigmoid(self, expr):
+        a = self._print(expr.args[0])
+        # branch-free (numba compiles long straight-line code much faster without branches):
+        # exp(min(a, 0)) / (1 + exp(-|a|)), no overflow, accurate for both signs
+        return f"(math.exp(min({a}, 0.0)) / (1.0 + math.exp(-abs({a}))))"
+
+    def _print_Ncdf(self, expr):
+        return f"(0.5 * math.erfc(-({self._print(expr.args[0])}) * {_SQRT_HALF}))"
+
     def _print_Step(self, expr):
         return f"(1.0 if {self._print(expr.args[0])} > 0 else 0.0)"
 
@@ -114,6 +140,9 @@ class ActivationCode:
     value: str  # expression of sigma(z)
     factors: tuple["str | None", ...]  # index k = 1..n: expression, or None where it vanishes
     helpers: frozenset[str]
+    # how the weights were derived: "symbolic" (sympy's derivatives, within the size bound) or
+    # "taylor" (univariate Taylor arithmetic on the expression tree, diagramc.taylor_arith)
+    route: str = "symbolic"
 
 
 def _numeric_constants(expr: sp.Expr) -> sp.Expr:
@@ -125,7 +154,20 @@ def _numeric_constants(expr: sp.Expr) -> sp.Expr:
 
 
 def activation_code(activation: Activation, order: int, backend: str) -> ActivationCode:
-    """Print sigma and sigma^(k)/k!, k = 1..order, with shared subexpressions, for one backend."""
+    """Print sigma and sigma^(k)/k!, k = 1..order, with shared subexpressions, for one backend.
+
+    A custom activation whose derivatives grow past the size bound
+    (:meth:`Activation.symbolic`) is printed from its Taylor arithmetic instead: straight-line
+    assignments of small expressions, as many as O(order^2) per node of its expression tree."""
+    from ..errors import symbolic_step
+
+    with symbolic_step(f"deriving the vertex functions of {activation.name!r} to order {order}"):
+        if activation.symbolic(max(order, 1)):
+            return _symbolic_code(activation, order, backend)
+        return _taylor_code(activation, order, backend)
+
+
+def _symbolic_code(activation: Activation, order: int, backend: str) -> ActivationCode:
     printer = PRINTERS[backend]()
     z = sp.Symbol(Z_NAME, real=True)
     order = max(order, 1)  # sigma' is always printed: it carries the series (empty at order 0)
@@ -150,6 +192,46 @@ def activation_code(activation: Activation, order: int, backend: str) -> Activat
         value=printed[0],
         factors=tuple(printed.get(k) for k in range(1, order + 1)),
         helpers=frozenset(printer.helpers),
+    )
+
+
+_SYMPY_CALLS = {"sigmoid": Sigmoid}
+
+
+def _taylor_code(activation: Activation, order: int, backend: str) -> ActivationCode:
+    from ..taylor_arith import sum_text
+
+    printer = PRINTERS[backend]()
+    order = max(order, 1)
+    program = activation.series(order)
+    lines = []
+    for name, kind, payload in program.assignments:
+        if kind == "sum":
+            text = sum_text(payload)
+        elif kind == "call":
+            function = _SYMPY_CALLS.get(payload[0]) or getattr(sp, payload[0])
+            text = printer.doprint(function(sp.Symbol(payload[1], real=True)))
+        elif kind == "reciprocal":
+            text = f"1.0/{payload[0]}"
+        elif payload[1] < 0:  # numba raises ZeroDivisionError for 0.0**-p; 1.0/0.0 gives inf
+            text = f"1.0/{payload[0]}**{-payload[1]!r}"
+        else:
+            text = f"{payload[0]}**{payload[1]!r}"
+        lines.append(f"{name} = {text}")
+    printed = []
+    for k, c in enumerate(program.coefficients):
+        if isinstance(c, str):
+            printed.append(c)
+        elif k and c == 0:
+            printed.append(None)
+        else:
+            printed.append(printer.constant(repr(float(c))))
+    return ActivationCode(
+        lines=tuple(lines),
+        value=printed[0],
+        factors=tuple(printed[1:]),
+        helpers=frozenset(printer.helpers),
+        route="taylor",
     )
 
 
