@@ -87,7 +87,6 @@ def test_interleaved_bursts_count_their_median(monkeypatch):
     assert bench.measure.burst_size(settings.burst_s / 4, settings) == 4
 
 
-@pytest.mark.skipif(not HAS_JAX, reason="JAX not installed")
 @pytest.mark.parametrize("d, n", [(2, 4), (3, 3), (4, 2)])
 def test_jet_interpolation_recovers_polynomials(d, n):
     """The Griewank-Utke-Walther coefficients invert c_k(j) = sum_i (D^i / i!) j^i for every k <= n."""

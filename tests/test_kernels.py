@@ -525,6 +525,10 @@ def test_batches_split_into_chunks_agree_point_by_point(backend, kernel_dir):
     whole = np.asarray(mod.derivatives(p, xx))
     rows = np.concatenate([np.asarray(mod.derivatives(p, xx[i : i + 1])) for i in range(0, batch, 97)])
     np.testing.assert_allclose(whole[::97], rows, rtol=1e-12, atol=1e-12)
+    # and against the independent reference, at points in every chunk (the first, middle, last)
+    picked = torch.tensor([0, mod._KERNEL._CHUNK - 1, mod._KERNEL._CHUNK, 2 * mod._KERNEL._CHUNK + 7, batch - 1])
+    _assert_matches(torch.as_tensor(whole[picked.numpy()]),
+                    reference_derivatives(params, x[picked], "gelu", mod.MULTI_INDICES))
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
