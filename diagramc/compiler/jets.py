@@ -33,9 +33,10 @@ def series_rule(activation: Activation) -> tuple[str, tuple[float, ...]]:
         return "quadratic", quadratic  # tanh, sigmoid
     first = activation.derivative(1)
     for aux in activation.auxiliaries:
-        # softplus: sigma' is an auxiliary s with s' quadratic in s alone
-        if first == aux.symbol and not (aux.derivative.free_symbols - {aux.symbol}) and aux.derivative.is_polynomial(aux.symbol):
-            coefficients = sp.Poly(aux.derivative, aux.symbol).all_coeffs()[::-1]
+        # softplus: sigma' is an auxiliary s with s' quadratic in s alone (its complement c = 1 - s)
+        derivative = aux.derivative.subs(_complements(activation))
+        if first == aux.symbol and not (derivative.free_symbols - {aux.symbol}) and derivative.is_polynomial(aux.symbol):
+            coefficients = sp.Poly(derivative, aux.symbol).all_coeffs()[::-1]
             if len(coefficients) <= 3:
                 return "integral", tuple(float(c) for c in coefficients) + (0.0,) * (3 - len(coefficients))
     if activation.auxiliaries and sp.expand(activation.derivative(2) + activation.value) == 0:
@@ -44,6 +45,16 @@ def series_rule(activation: Activation) -> tuple[str, tuple[float, ...]]:
     if activation.is_custom and expr.has(sp.exp) and sp.simplify(sp.diff(expr, X) - expr) == 0:
         return "quadratic", (0.0, 1.0, 0.0)  # a custom exp(x): sigma' = sigma
     return "vertex", ()
+
+
+def _complements(activation: Activation) -> dict:
+    """{c: 1 - s} for the auxiliaries c = Sigmoid(-a) beside s = Sigmoid(a), which the vertex
+    weights keep apart for accuracy and the series' equation may join."""
+    from ..activations import Sigmoid
+
+    by_definition = {aux.definition: aux.symbol for aux in activation.auxiliaries}
+    return {c: 1 - by_definition[Sigmoid(-d.args[0])] for d, c in by_definition.items()
+            if isinstance(d, Sigmoid) and Sigmoid(-d.args[0]) in by_definition and d.args[0].could_extract_minus_sign()}
 
 
 @dataclass(frozen=True)
