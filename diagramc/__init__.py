@@ -13,11 +13,13 @@ from .activations import get_activation, ACTIVATIONS  # noqa: E402
 from .combinatorics import diagrams, count, Diagram  # noqa: E402
 from .attribution import contributions  # noqa: E402
 from .graphs import cuda_graphed  # noqa: E402
+from .operators import compile_operator, operator  # noqa: E402
 
 __all__ = [
     "Architecture",
     "ACTIVATIONS",
     "compile",
+    "compile_operator",
     "contributions",
     "count",
     "cuda_graphed",
@@ -26,6 +28,7 @@ __all__ = [
     "diagrams",
     "get_activation",
     "load_model",
+    "operator",
     "params_from_torch",
     "taylor",
 ]

@@ -1,8 +1,10 @@
 """PyTorch operations of the differential-operator kernels (see operator_tables for the rows).
 
-A layer's state is one tensor ``X`` of shape (batch, rows, width): the value, the series'
-Taylor coefficients, the collapsed rows. Every operation is differentiable and keeps x's
-device and dtype; there is no loop over the batch.
+A layer's state is three tensors: the value z (batch, width), the series' Taylor
+coefficients Z (batch, rows, width) and the collapsed rows L (batch, groups, width); Z and L
+of layer 1 are the same for every point and keep a batch dimension of 1 until sigma'(z)
+multiplies them. Separate tensors, not one, so that autograd never copies a slice around.
+Every operation is differentiable and keeps x's device and dtype; no loop over the batch.
 """
 from __future__ import annotations
 
@@ -37,24 +39,25 @@ def tables_on(tables: Tables, outputs: int, like: torch.Tensor, cache: dict) -> 
     return cache[key]
 
 
-def input_series(x: torch.Tensor, t: dict) -> torch.Tensor:
-    """The input's rows: x, then constants (unit rows of the first-order entries, collapsed rows)."""
-    rows = t["input_rows"]
-    return torch.cat([x[:, None], rows.expand(x.shape[0], -1, -1)], 1)
+def input_series(x, t):
+    """The input's state: x, and constants shared by every point (batch dimension 1): unit rows
+    of the first-order entries, zeros above, the collapsed rows' first-order weights."""
+    n = t["series_rows"] - 1
+    rows = t["input_rows"][None]
+    return x, rows[:, :n], rows[:, n:]
 
 
-def first_layer(x, W, b, t):
-    """Layer 1 (affine): the value row x W^T + b; every other row is the same for all points."""
-    z = torch.addmm(b, x, W.T)
-    constant = t["input_rows"] @ W.T
-    return torch.cat([z[:, None], constant.expand(x.shape[0], -1, -1)], 1)
+def first_layer(x, W, t):
+    """Layer 1's matrix: z = x W^T; the other rows are the same for every point (batch dimension 1)."""
+    x, Z, L = input_series(x, t)
+    return affine((x, Z, L), W)
 
 
-def affine(X, W, b):
-    """A Linear layer on every row at once (one matrix product); the bias on the value row only."""
-    Y = X @ W.T
-    Y[:, 0] += b
-    return Y
+def affine(state, W):
+    """A Linear layer's matrix on the value, the series and the collapsed rows (each one matrix
+    product over all its rows); the activation that follows adds the bias to the value."""
+    z, Z, L = state
+    return z @ W.T, Z @ W.T, L @ W.T
 
 
 def _quadratic(Z, t):
@@ -68,58 +71,58 @@ def _quadratic(Z, t):
     return torch.stack([(torch.matmul(Q[g], Z) * Z).sum(1) for g in range(Q.shape[0])], 1)
 
 
-def collapsed_activation(X, activation, t):
-    """The forward Laplacian through sigma: value sigma(z), Jacobian rows sigma'(z) Z, collapsed
-    rows sigma'(z) L + sigma''(z)/2 T_2 (the series has first-order entries only)."""
-    s, F = activation(X[:, 0])
-    H = X * F[0][:, None]
-    H[:, 0] = s
+def collapsed_activation(state, b, activation, t):
+    """The forward Laplacian through sigma, z + b: value sigma(z), Jacobian rows sigma'(z) Z,
+    collapsed rows sigma'(z) L + sigma''(z)/2 T_2 (the series has first-order entries only)."""
+    z, Z, L = state
+    s, F = activation(z + b)
+    F1 = F[0][:, None]
+    top = F1 * L
     if t["quadratic_kind"] != "none" and len(F) > 1 and F[1] is not None:
-        n = t["series_rows"]
-        H[:, n:] += F[1][:, None] * _quadratic(X[:, 1:n], t)
-    return H
+        top = top + F[1][:, None] * _quadratic(Z, t)
+    return s, F1 * Z, top
 
 
 def _power(P, P1, buckets, rows):
     """P_(k-1) P_1 truncated to the series rows of order >= k: per bucket a gather, a product, a sum."""
-    out = P.new_zeros((P.shape[0], rows, P.shape[2]))
+    batch = max(P.shape[0], P1.shape[0])
+    out = P.new_zeros((batch, rows, P.shape[2]))
     for targets, left, right in buckets:
         out[:, targets] = (P[:, left] * P1[:, right]).sum(2)
     return out
 
 
-def series_activation(X, activation, t):
-    """Truncated Taylor series through sigma: h = sum_k F_k P_k on the series rows, and the
-    collapsed rows F_1 L + sum_k F_k T_k with T_k contracted before it is stored."""
-    s, F = activation(X[:, 0])
-    H = X * F[0][:, None]
-    H[:, 0] = s
-    if all(f is None for f in F[1:]):  # no vertices (relu, identity): sigma' carries everything
-        return H
-    n, start = t["series_rows"], t["start"]
-    P1 = X[:, 1:n]
-    P = P1
-    for k in range(2, t["order"] + 1):
-        Fk = F[k - 1] if k - 1 < len(F) else None
-        if k in t["top_pairs"] and Fk is not None:
-            left, right, w = t["top_pairs"][k]
-            H[:, n:] += Fk[:, None] * torch.matmul(w, P[:, left] * P1[:, right])
-        if k in t["powers"]:
-            P = _power(P, P1, t["powers"][k], n - start[k])
-            if Fk is not None:
-                H[:, start[k]:n] += Fk[:, None] * P
-    return H
+def series_activation(state, b, activation, t):
+    """Truncated Taylor series through sigma, z + b: h = sum_k F_k P_k on the series rows, and
+    the collapsed rows F_1 L + sum_k F_k T_k with T_k contracted before it is stored."""
+    z, P1, L = state
+    s, F = activation(z + b)
+    start = t["start"]
+    series, top = F[0][:, None] * P1, F[0][:, None] * L
+    if any(f is not None for f in F[1:]):  # relu and identity have no vertices: sigma' carries all
+        P = P1
+        for k in range(2, t["order"] + 1):
+            Fk = F[k - 1] if k - 1 < len(F) else None
+            if k in t["top_pairs"] and Fk is not None:
+                left, right, w = t["top_pairs"][k]
+                top = top + Fk[:, None] * torch.matmul(w, P[:, left] * P1[:, right])
+            if k in t["powers"]:
+                P = _power(P, P1, t["powers"][k], t["series_rows"] - start[k])
+                if Fk is not None:  # onto the rows of order >= k: zeros below, then Fk P_k
+                    series = series + torch.nn.functional.pad(Fk[:, None] * P, (0, 0, start[k] - 1, 0))
+    return s, series, top
 
 
-def output(X, W, b, t, mixing: bool):
+def output(state, W, b, t, mixing: bool):
     """The linear output layer contracted with the operator's coefficients: (batch, OUTPUTS) or (batch, 1)."""
+    z, Z, L = state
     A = t["output"]
+    n = Z.shape[1]
     if not mixing:  # the same operator on every output: combine the rows first, one small product
-        Y = torch.matmul(A[:, 0], X)
+        Y = A[0, 0] * z + torch.matmul(A[1:1 + n, 0], Z) + torch.matmul(A[1 + n:, 0], L)
         return Y @ W.T + A[0, 0] * b
-    V = X @ W.T  # (batch, rows, outputs)
-    return (V * A).sum((1, 2))[:, None] + (A[0] * b).sum()
-
+    out = (z @ W.T + b) @ A[0] + ((Z @ W.T) * A[1:1 + n]).sum((1, 2)) + ((L @ W.T) * A[1 + n:]).sum((1, 2))
+    return out[:, None]
 
 def prepare(params, x, layer_sizes):
     """params and x checked: tensors of one floating dtype on one device, of the network's shapes."""
