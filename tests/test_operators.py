@@ -256,3 +256,17 @@ def test_cli_operator_errors(tmp_path, capsys, argv, message):
     code = main(["compile", *argv, "--layer-sizes", "3,4,1", "--activation", "tanh", "-o", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("diagramc: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_poisson_example_runs_small(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("DIAGRAMC_CACHE", str(tmp_path / "cache"))
+    path = Path(__file__).resolve().parents[1] / "examples" / "poisson_pinn.py"
+    spec = importlib.util.spec_from_file_location("poisson_pinn", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    report = example.main(["--steps", "3", "--width", "6", "--points", "16", "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "poisson.png").stat().st_size > 0
+    assert report["steps"] == 3 and 0 < report["relative_l2_error"] < 10

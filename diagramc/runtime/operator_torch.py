@@ -17,26 +17,31 @@ def tables_on(tables: Tables, outputs: int, like: torch.Tensor, cache: dict) -> 
     """The tables as tensors on like's device and dtype, made once per (device, dtype)."""
     key = (like.device, like.dtype)
     if key not in cache:
-        def real(a):
-            return torch.as_tensor(a, dtype=like.dtype, device=like.device)
-
-        def index(a):
-            return torch.as_tensor(a, dtype=torch.long, device=like.device)
-
-        Q = tables.quadratic
-        cache[key] = {
-            "series_rows": len(tables.series),
-            "order": tables.order,
-            "start": tables.start,
-            "input_rows": real(tables.input_rows),
-            "powers": {k: [(index(t), index(a), index(b)) for t, a, b in bs] for k, bs in tables.powers.items()},
-            "top_pairs": {k: (index(a), index(b), real(w)) for k, (a, b, w) in tables.top_pairs.items()},
-            "quadratic_kind": tables.quadratic_kind,
-            "quadratic": real(Q),
-            "quadratic_diagonal": real(Q.diagonal(axis1=1, axis2=2).copy()) if Q.ndim == 3 else None,
-            "output": real(tables.output_matrix(outputs)),
-        }
+        with torch.inference_mode(False):  # kept for later calls, which may need autograd
+            cache[key] = _tensors(tables, outputs, like.device, like.dtype)
     return cache[key]
+
+
+def _tensors(tables: Tables, outputs: int, device, dtype) -> dict:
+    def real(a):
+        return torch.as_tensor(a, dtype=dtype, device=device)
+
+    def index(a):
+        return torch.as_tensor(a, dtype=torch.long, device=device)
+
+    Q = tables.quadratic
+    return {
+        "series_rows": len(tables.series),
+        "order": tables.order,
+        "start": tables.start,
+        "input_rows": real(tables.input_rows),
+        "powers": {k: [(index(t), index(a), index(b)) for t, a, b in bs] for k, bs in tables.powers.items()},
+        "top_pairs": {k: (index(a), index(b), real(w)) for k, (a, b, w) in tables.top_pairs.items()},
+        "quadratic_kind": tables.quadratic_kind,
+        "quadratic": real(Q),
+        "quadratic_diagonal": real(Q.diagonal(axis1=1, axis2=2).copy()),
+        "output": real(tables.output_matrix(outputs)),
+    }
 
 
 def input_series(x, t):
