@@ -270,3 +270,18 @@ def test_poisson_example_runs_small(tmp_path, monkeypatch):
     report = example.main(["--steps", "3", "--width", "6", "--points", "16", "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "poisson.png").stat().st_size > 0
     assert report["steps"] == 3 and 0 < report["relative_l2_error"] < 10
+
+
+def test_runtime_tables_collapse_the_top():
+    from diagramc.runtime.operator_tables import Tables, named_operator
+
+    heat = (((1, 0, 0), 1.0), ((0, 2, 0), -1.0), ((0, 0, 2), -1.0))
+    t = Tables(heat, 3, 1, mixing=False, collapse=True)
+    assert t.series == [(0, 0, 0), (0, 1, 0), (0, 0, 1)] and t.top == [(1, 0, 0), (0, 2, 0), (0, 0, 2)]
+    assert t.rows == 4 and t.quadratic_kind == "uniform" and t.quadratic[0, 0, 0] == -2.0  # c alpha!
+    assert t.input_rows.tolist() == [[0, 1, 0], [0, 0, 1], [1, 0, 0]]  # e_y, e_z, then u_t's weight
+    full = Tables(heat, 3, 1, mixing=False, collapse=False)
+    assert full.rows == 6 and not full.groups and full.series_order == 2
+    bi = Tables(named_operator("biharmonic", 2, 1), 2, 1, mixing=False, collapse=True)
+    assert [sum(a) for a in bi.top] == [4, 4, 4] and max(map(sum, bi.series)) == 3
+    assert named_operator("divergence", 2, 2) == (((0, (1, 0)), 1.0), ((1, (0, 1)), 1.0))
