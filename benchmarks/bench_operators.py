@@ -11,7 +11,8 @@ sum with respect to the parameters, as a physics-informed training step takes it
 Anchors: torch.func's vmap(hessian) (= jacfwd(jacrev)) and vmap(jacrev(jacrev)), each
 contracted with the operator (the Laplacian: the Hessian's trace), and nested first-order
 autodiff (one backward pass for the gradient, then one per second derivative, as the
-collapsed Taylor mode paper times it). Methods run in interleaved rounds; medians are
+collapsed Taylor mode paper times it); where JAX and folx are installed, folx's forward
+Laplacian and jax.hessian's trace under jit (their multiply-adds: XLA's flop count, halved). Methods run in interleaved rounds; medians are
 reported, with each method's matrix-product multiply-adds per call (torch's
 FlopCounterMode, halved), ours as the plan counts them (MULTIPLY_ADDS per point), and our
 matmul rate against bare GEMMs of the same shapes timed in the same rounds.
@@ -24,6 +25,7 @@ import statistics
 import tempfile
 import time
 
+import numpy as np
 import torch
 from torch.func import hessian, jacrev, vmap
 from torch.utils.flop_counter import FlopCounterMode
@@ -108,6 +110,71 @@ def biharmonic_nested(params, x, module, create_graph):
     return laplacian(laplacian(y))
 
 
+def jax_methods(name, module, params, x):
+    """JAX anchors under jit, when JAX is installed: folx's forward Laplacian and jax.hessian's
+    trace (for u_t - Delta u: folx over space with a jvp in time). Each call returns
+    (values, multiply-adds per XLA's cost analysis, halved) and takes the backward flag."""
+    try:
+        import jax
+        import jax.numpy as jnp
+        from folx import forward_laplacian
+    except ImportError:
+        return {}
+    jax.config.update("jax_enable_x64", True)
+    P = [jnp.asarray(p.detach().numpy()) for p in params]
+    X = jnp.asarray(x.numpy())
+    terms_ = terms(module)
+
+    def f(p, y):
+        h = y
+        for i in range(0, len(p) - 2, 2):
+            h = jnp.tanh(p[i] @ h + p[i + 1])
+        return (p[-2] @ h + p[-1])[0]
+
+    def by_hessian(p, y):
+        H = jax.hessian(lambda v: f(p, v))(y)
+        g = jax.grad(lambda v: f(p, v))(y)
+        out = 0.0
+        for alpha, c in terms_:
+            idx = [i for i, a in enumerate(alpha) for _ in range(a)]
+            out = out + c * (H[idx[0], idx[1]] if len(idx) == 2 else g[idx[0]])
+        return out
+
+    def by_folx(p, y):
+        time_terms = [(alpha, c) for alpha, c in terms_ if sum(alpha) == 1]
+        if not time_terms:  # the Laplacian over every input
+            return forward_laplacian(lambda v: f(p, v))(y).laplacian
+        t = time_terms[0][0].index(1)  # u_t - Delta_x u: folx over space, a jvp in time
+        space = [i for i in range(y.shape[0]) if i != t]
+        lap = forward_laplacian(lambda v: f(p, y.at[jnp.array(space)].set(v)))(y[jnp.array(space)]).laplacian
+        _, dt = jax.jvp(lambda v: f(p, v), (y,), (jnp.zeros_like(y).at[t].set(1.0),))
+        return time_terms[0][1] * dt - lap
+
+    found = {}
+    for label, point in (("folx forward_laplacian", by_folx), ("jax.hessian (jit)", by_hessian)):
+        batched = jax.vmap(point, in_axes=(None, 0))
+
+        def both(p, X, batched=batched):
+            out, pullback = jax.vjp(lambda q: batched(q, X), p)
+            return out, pullback(jnp.ones_like(out))
+
+        jitted = {False: jax.jit(batched), True: jax.jit(both)}
+        counts = {}
+        for backward, fn in jitted.items():
+            cost = fn.lower(P, X).compile().cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            counts[backward] = int(cost.get("flops", 0) // 2)
+
+        def call(backward, jitted=jitted, counts=counts):
+            result = jitted[backward](P, X)
+            out = result[0] if backward else result
+            jax.block_until_ready(result)
+            return torch.from_numpy(np.array(out)), counts[backward]
+
+        found[label] = call
+    return found
+
+
 def methods_for(name, module, params, x):
     ours = lambda: module.apply(params, x)[:, 0]  # noqa: E731
     found = {"diagramc": ours}
@@ -117,11 +184,19 @@ def methods_for(name, module, params, x):
     found["vmap(hessian)"] = lambda: by_hessian(params, x, module, hessian)
     found["vmap(jacrev(jacrev))"] = lambda: by_hessian(params, x, module, lambda f: jacrev(jacrev(f)))
     found["nested autodiff"] = lambda: nested_autodiff(params, x, module, True)
+    found.update(jax_methods(name, module, params, x))
     return found
+
+
+def is_jax(call):
+    return "jitted" in getattr(call, "__code__", timed.__code__).co_varnames
 
 
 def timed(call, params, backward):
     start = time.perf_counter()
+    if is_jax(call):
+        out = call(backward)[0]
+        return time.perf_counter() - start, out
     out = call()
     if backward:
         torch.autograd.grad(out.sum(), params, allow_unused=True)
@@ -129,6 +204,8 @@ def timed(call, params, backward):
 
 
 def multiply_adds(call, params, backward):
+    if is_jax(call):  # XLA's cost analysis: every flop, not only matrix products
+        return call(backward)[1]
     with FlopCounterMode(display=False) as counter:
         out = call()
         if backward:

@@ -232,6 +232,12 @@ def _operator_label(spec: OperatorSpec) -> str:
 
 
 @functools.lru_cache(maxsize=64)
+def _activation_code(activation, order: int, backend: str):
+    """sigma and sigma^(k)/k! printed once per process for each (activation, order, backend)."""
+    return activation_code(activation, order, backend)
+
+
+@functools.lru_cache(maxsize=64)
 def render(spec: OperatorSpec, out_dir: str) -> str:
     """The module's source: header, constants, the activation printed by sympy, straight-line layers."""
     arch = spec.architecture
@@ -252,7 +258,7 @@ def render(spec: OperatorSpec, out_dir: str) -> str:
         hidden_layers=arch.hidden_layers,
         activation_name=act.name,
         activation_label=act.name if not act.note else f"{act.name}: {act.note}",
-        activation=activation_code(act, spec.order, spec.backend),
+        activation=_activation_code(act, spec.order, spec.backend),
         order=spec.order,
         operator_name=spec.name,
         dims=spec.dims,
