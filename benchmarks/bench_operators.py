@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -203,14 +204,15 @@ def timed(call, params, backward):
     return time.perf_counter() - start, out.detach()
 
 
-def multiply_adds(call, params, backward):
+def counted_call(call, params, backward):
+    """(output, matrix-product multiply-adds) of one call (torch's FlopCounterMode, halved)."""
     if is_jax(call):  # XLA's cost analysis: every flop, not only matrix products
-        return call(backward)[1]
+        return call(backward)
     with FlopCounterMode(display=False) as counter:
         out = call()
         if backward:
             torch.autograd.grad(out.sum(), params, allow_unused=True)
-    return counter.get_total_flops() // 2
+    return out.detach(), counter.get_total_flops() // 2
 
 
 def gemm_reference(sizes, batch, rows, backward):
@@ -246,8 +248,9 @@ def run_cell(name, rounds, folder):
         gemm, gemm_macs = gemm_reference(sizes, batch, json.loads(module.PLAN)["rows"], backward)
         times = {m: [] for m in methods}
         times["GEMM"] = []
-        for m, call in methods.items():  # warm-up, and the check that every method agrees
-            _, out = timed(call, params, backward)
+        counted = {}
+        for m, call in methods.items():  # warm-up: multiply-adds counted, and every method agrees
+            out, counted[m] = counted_call(call, params, backward)
             reference = out if reference is None else reference
             scale = reference.abs().max().item()
             assert (out - reference).abs().max().item() <= 1e-8 * max(scale, 1.0), (name, m)
@@ -257,7 +260,6 @@ def run_cell(name, rounds, folder):
             times["GEMM"].append(timed(gemm, params, False)[0])
         medians = {m: statistics.median(t) for m, t in times.items()}
         gemm_time = medians.pop("GEMM")
-        counted = {m: multiply_adds(call, params, backward) for m, call in methods.items()}
         fastest_anchor = min(v for m, v in medians.items() if m != "diagramc")
         result["modes"][mode] = {
             "median_s": medians,
@@ -293,6 +295,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+        if args.threads == 1:  # XLA's pool otherwise spins between calls and slows torch's turns
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                                       " intra_op_parallelism_threads=1").strip()
     names = [c for spec in args.cells for c in (SMALL if spec == "small" else CELLS if spec == "all" else [spec])]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, medians of {args.rounds} interleaved rounds")
     results = []

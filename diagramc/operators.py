@@ -198,9 +198,11 @@ class OperatorPlan:
         lines.append(f"  why: {self.why}")
         return "\n".join(lines)
 
-    def to_json(self) -> dict:
+    def to_json(self, compact: bool = False) -> dict:
+        """The plan as JSON; compact: counts instead of the multi-index lists."""
+        listed = (lambda alphas: len(alphas)) if compact else (lambda alphas: [list(a) for a in alphas])
         return {"kind": self.kind, "collapse": self.collapse, "rows": self.rows,
-                "series": [list(a) for a in self.series], "top": [list(a) for a in self.top],
+                "series": listed(self.series), "top": listed(self.top),
                 "groups": self.groups, "multiply_adds": self.multiply_adds,
                 "candidates": [{"name": n, "rows": r, "multiply_adds": c} for n, r, c in self.candidates],
                 "why": self.why}
@@ -266,7 +268,7 @@ def render(spec: OperatorSpec, out_dir: str) -> str:
         operator_label=_operator_label(spec),
         mixing=spec.mixing,
         plan=plan,
-        plan_json=json.dumps(plan.to_json(), separators=(",", ":")) if len(plan.series) < 200 else None,
+        plan_json=json.dumps(plan.to_json(compact=True), separators=(",", ":")),
         activation_op="collapsed_activation" if plan.kind == "forward-laplacian" else "series_activation",
     )
 
