@@ -180,6 +180,7 @@ class OperatorPlan:
 
     kind: str  # "forward-laplacian" (series of first order only) or "taylor-series"
     collapse: bool  # the top summed into one row per group before it is stored
+    twice: bool  # the series' highest order collapsed too, one row per (group, first-order entry)
     rows: int  # rows per layer: value, series, collapsed
     series: tuple  # carried multi-indices (the value first)
     top: tuple  # collapsed multi-indices
@@ -189,7 +190,9 @@ class OperatorPlan:
     why: str
 
     def describe(self) -> str:
-        lines = [f"plan: {self.kind} ({'top collapsed' if self.collapse else 'all partials of the closure'}), "
+        how = ("top and next-to-top collapsed" if self.twice else "top collapsed" if self.collapse
+               else "all partials of the closure")
+        lines = [f"plan: {self.kind} ({how}), "
                  f"{self.rows} rows per layer, {self.multiply_adds:,} multiply-adds per point",
                  f"  series: {len(self.series)} multi-indices up to order {max(map(sum, self.series))}",
                  f"  collapsed: {len(self.top)} multi-indices into {self.groups} row(s)"]
@@ -201,7 +204,7 @@ class OperatorPlan:
     def to_json(self, compact: bool = False) -> dict:
         """The plan as JSON; compact: counts instead of the multi-index lists."""
         listed = (lambda alphas: len(alphas)) if compact else (lambda alphas: [list(a) for a in alphas])
-        return {"kind": self.kind, "collapse": self.collapse, "rows": self.rows,
+        return {"kind": self.kind, "collapse": self.collapse, "twice": self.twice, "rows": self.rows,
                 "series": listed(self.series), "top": listed(self.top),
                 "groups": self.groups, "multiply_adds": self.multiply_adds,
                 "candidates": [{"name": n, "rows": r, "multiply_adds": c} for n, r, c in self.candidates],
@@ -212,16 +215,21 @@ def make_plan(spec: OperatorSpec) -> OperatorPlan:
     """Count both candidates' multiply-adds per point and take the cheaper (collapsed on a tie)."""
     arch = spec.architecture
     options = []
-    for collapse, label in ((True, "collapsed top"), (False, "all partials of the closure")):
-        tables = Tables(spec.terms, arch.inputs, arch.outputs, spec.mixing, collapse)
-        options.append((tables.multiply_adds(arch.layer_sizes), not collapse, label, tables))
+    for rank, (collapse, twice, label) in enumerate(((True, True, "collapsed top and next-to-top"),
+                                                     (True, False, "collapsed top"),
+                                                     (False, False, "all partials of the closure"))):
+        tables = Tables(spec.terms, arch.inputs, arch.outputs, spec.mixing, collapse, twice)
+        if twice and not tables.high:
+            continue  # nothing below the top can be collapsed: the same as "collapsed top"
+        options.append((tables.multiply_adds(arch.layer_sizes), rank, label, tables))
     cost, _, label, tables = min(options, key=lambda o: o[:2])
-    other = [o for o in options if o[3] is not tables][0]
-    kind = "forward-laplacian" if tables.series_order <= 1 else "taylor-series"
-    why = (f"{label}: {cost:,} multiply-adds per point against {other[0]:,} for {other[2]}"
+    others = ", ".join(f"{o[0]:,} for {o[2]}" for o in options if o[3] is not tables)
+    kind = "forward-laplacian" if tables.first_order_only else "taylor-series"
+    why = (f"{label}: {cost:,} multiply-adds per point against {others}"
            + (" (first-order series: sigma' times every row plus one quadratic form per collapsed row)"
               if kind == "forward-laplacian" else " (truncated products on the series, top contracted as it is made)"))
-    return OperatorPlan(kind=kind, collapse=label == "collapsed top", rows=tables.rows,
+    return OperatorPlan(kind=kind, collapse=label != "all partials of the closure", twice=bool(tables.high),
+                        rows=tables.rows,
                         series=tuple(tables.series), top=tuple(tables.top), groups=len(tables.groups),
                         multiply_adds=cost, candidates=tuple((o[2], o[3].rows, o[0]) for o in options), why=why)
 

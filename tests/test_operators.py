@@ -70,6 +70,7 @@ CASES = [  # layer sizes, activation, operator (name or the order of a random on
     ((2, 4, 4, 4, 4, 1), "gelu", 4, 11),
     ((2, 5, 6, 2), "silu", 4, 12),
     ((3, 4, 1), "x*tanh(x)", 3, 13),
+    ((2, 16, 16, 1), "tanh", "biharmonic", 14),  # wide enough that the plan collapses twice
 ]
 
 
@@ -91,6 +92,7 @@ def test_apply_matches_nested_jacfwd(tmp_path, backend, sizes, activation, opera
     ((2, 5, 4, 1), "sin", "biharmonic"),
     ((2, 5, 4, 2), "silu", {(0, (2, 1)): 0.7, (1, (0, 2)): -1.3, (1, (1, 0)): 0.4}),
     ((3, 5, 4, 1), "softplus", {(1, 0, 0): 0.5, (0, 2, 0): -1.0, (1, 1, 1): 0.25}),
+    ((2, 16, 16, 1), "sin", "biharmonic"),
 ])
 def test_gradients_match_double_backward(tmp_path, sizes, activation, operator):
     generator = torch.Generator().manual_seed(11)
@@ -285,3 +287,32 @@ def test_runtime_tables_collapse_the_top():
     bi = Tables(named_operator("biharmonic", 2, 1), 2, 1, mixing=False, collapse=True)
     assert [sum(a) for a in bi.top] == [4, 4, 4] and max(map(sum, bi.series)) == 3
     assert named_operator("divergence", 2, 2) == (((0, (1, 0)), 1.0), ((1, (0, 1)), 1.0))
+
+
+@pytest.mark.parametrize("sizes,activation,operator", [
+    ((3, 6, 5, 2), "sin", "biharmonic"),
+    ((2, 5, 4, 1), "tanh", {(2, 1): 0.7, (0, 3): -1.2, (1, 0): 0.3}),
+    ((2, 5, 4, 2), "silu", {(0, (2, 2)): 0.7, (1, (1, 3)): -1.3}),
+    ((2, 6, 6, 6, 1), "softplus", "biharmonic"),
+    ((3, 5, 4, 1), "gelu", {(1, 1, 1): 1.0}),
+])
+def test_collapsed_twice_through_the_runtime(tmp_path, sizes, activation, operator):
+    """Tables(twice=True) on networks whose plan would not choose it, both runtimes."""
+    from diagramc.runtime import operator_numpy, operator_torch
+    from diagramc.runtime.operator_tables import Tables
+
+    generator = torch.Generator().manual_seed(9)
+    params = random_params(sizes, generator)
+    x = torch.randn(4, sizes[0], generator=generator, dtype=torch.float64)
+    for backend, rt in (("torch", operator_torch), ("numpy", operator_numpy)):
+        module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, backend, out_dir=tmp_path)
+        tables = Tables(module.OPERATOR, module.INPUTS, module.OUTPUTS, module.MIXING, collapse=True, twice=True)
+        assert tables.high and tables.second
+        p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
+        t = rt.tables_on(tables, module.OUTPUTS, xx if backend == "torch" else xx.dtype, {})
+        state = rt.series_activation(rt.first_layer(xx, p[0], t), p[1], module._activation, t)
+        for layer in range(1, module.HIDDEN_LAYERS):
+            state = rt.series_activation(rt.affine(state, p[2 * layer]), p[2 * layer + 1], module._activation, t)
+        got = torch.as_tensor(rt.output(state, p[-2], p[-1], t, module.MIXING))
+        want = contracted(params, x, activation, module.OPERATOR, module.MIXING)
+        assert (got - want).abs().max().item() <= TOL * want.abs().max().item()

@@ -88,15 +88,27 @@ def closure_rows(terms, inputs: int, collapse: bool):
 class Tables:
     """Everything a kernel needs about one operator, as plain data."""
 
-    def __init__(self, operator, inputs: int, outputs: int, mixing: bool, collapse: bool):
+    def __init__(self, operator, inputs: int, outputs: int, mixing: bool, collapse: bool, twice: bool = False):
         terms = terms_of(operator, mixing)
         self.mixing = mixing
-        self.series, self.top, self.groups = closure_rows(terms, inputs, collapse)
+        series, self.top, self.groups = closure_rows(terms, inputs, collapse)
+        # twice: the series' highest order reaches the top only paired with first-order entries,
+        # so it is carried collapsed too, one row per (group, first-order entry j):
+        # R_(g,j) = sum_beta w_g(beta + e_j) T[beta] (where no term of the operator names it)
+        high_order = max((sum(a) for a in series), default=0)
+        high = [a for a in series if sum(a) == high_order]
+        named = {alpha for _, alpha, _ in terms}
+        self.high = high if twice and high_order >= 2 and self.groups and not named & set(high) else []
+        self.series = [a for a in series if a not in set(self.high)]
         position = {alpha: r for r, alpha in enumerate(self.series)}
-        self.rows = len(self.series) + len(self.groups)
-        self.order = max([sum(a) for a in self.series + self.top] + [1])
+        self.firsts = [a for a in self.series if sum(a) == 1]
+        self.second_rows = len(self.groups) * len(self.firsts) if self.high else 0
+        self.top_start = len(self.series) + self.second_rows
+        self.rows = self.top_start + len(self.groups)
+        self.order = max([sum(a) for a in series + self.top] + [1])
         orders = [sum(a) for a in self.series[1:]]
         self.series_order = max(orders, default=0)
+        self.first_order_only = self.series_order <= 1 and not self.high  # the forward-Laplacian path
         # P_k lives on the series rows of order >= k: a suffix starting at start[k] (row 1 = first)
         self.start = {k: 1 + sum(1 for o in orders if o < k) for k in range(1, self.order + 1)}
 
@@ -105,7 +117,7 @@ class Tables:
         for r, alpha in enumerate(self.series[1:], start=1):
             if sum(alpha) == 1:
                 self.input_rows[r - 1, alpha.index(1)] = 1.0
-        group_of = {o: len(self.series) + g for g, o in enumerate(self.groups)}
+        group_of = {o: self.top_start + g for g, o in enumerate(self.groups)}
         weights = {}  # (row of the group, gamma) -> c gamma!
         out_terms = {}  # (row, output or None) -> c alpha!, the series' own terms
         for o, alpha, c in terms:
@@ -142,11 +154,13 @@ class Tables:
                 for beta in below(gamma):
                     delta = tuple(g - b for g, b in zip(gamma, beta))
                     if sum(beta) >= k - 1 and sum(delta) >= 1:
+                        if beta not in position or delta not in position:
+                            continue  # a pair with a twice-collapsed entry: through R (second)
                         key = (position[beta] - self.start[k - 1], position[delta] - 1)
                         if key not in index:
                             index[key] = len(pairs)
                             pairs.append([key, np.zeros(len(self.groups))])
-                        pairs[index[key]][1][row - len(self.series)] += w
+                        pairs[index[key]][1][row - self.top_start] += w
             if pairs:
                 self.top_pairs[k] = (
                     np.array([p[0][0] for p in pairs], dtype=np.int64),
@@ -154,10 +168,32 @@ class Tables:
                     np.stack([p[1] for p in pairs], axis=1),  # (groups, pairs)
                 )
 
+        # Q_k[(g, j)] = sum_beta w_g(beta + e_j) P_k[beta] over the twice-collapsed beta, from the
+        # pairs of P_(k-1) and P_1 that make each beta: R's own series, and its share of T_(k+1)
+        self.second = {}
+        for k in range(2, high_order + 1 if self.high else 0):
+            pairs, index = [], {}
+            for beta in self.high:
+                for left in below(beta):
+                    right = tuple(b - a for b, a in zip(beta, left))
+                    if sum(left) < k - 1 or sum(right) < 1:
+                        continue
+                    key = (position[left] - self.start[k - 1], position[right] - 1)
+                    if key not in index:
+                        index[key] = len(pairs)
+                        pairs.append([key, np.zeros(self.second_rows)])
+                    for g in range(len(self.groups)):
+                        for j, e in enumerate(self.firsts):
+                            gamma = tuple(b + a for b, a in zip(beta, e))
+                            pairs[index[key]][1][g * len(self.firsts) + j] += weights.get((self.top_start + g, gamma), 0.0)
+            self.second[k] = (np.array([p[0][0] for p in pairs], dtype=np.int64),
+                              np.array([p[0][1] for p in pairs], dtype=np.int64),
+                              np.stack([p[1] for p in pairs], axis=1))
+
         # the quadratic form of the forward-Laplacian path: T_2 = sum_ij Q[g, i, j] Z_i Z_j
-        first = len(self.series) - 1 if self.series_order <= 1 else 0
+        first = len(self.series) - 1 if self.first_order_only else 0
         self.quadratic = np.zeros((len(self.groups), first, first))
-        if 2 in self.top_pairs and self.series_order <= 1:
+        if 2 in self.top_pairs and self.first_order_only:
             left, right, w = self.top_pairs[2]
             for p, (i, j) in enumerate(zip(left, right)):
                 self.quadratic[:, i, j] += w[:, p]
@@ -170,7 +206,7 @@ class Tables:
         for (row, o), c in self.output_terms.items():
             A[row, 0 if o is None else o] += c
         for g, o in enumerate(self.groups):
-            A[len(self.series) + g, 0 if o is None else o] += 1.0
+            A[self.top_start + g, 0 if o is None else o] += 1.0
         return A
 
     def multiply_adds(self, layer_sizes) -> int:
@@ -182,8 +218,10 @@ class Tables:
         for n in layer_sizes[1:-1]:
             total += (self.rows - 1) * n  # sigma' times every row
             total += sum(sum(len(b[1].ravel()) for b in buckets_) for buckets_ in self.powers.values()) * n
-            if self.series_order > 1:  # T_k: a product per pair, then a weighted sum per group
+            if not self.first_order_only:  # T_k: a product per pair, then a weighted sum per group
                 total += sum(len(left) * (1 + len(self.groups)) for left, _, _ in self.top_pairs.values()) * n
+                total += sum(len(left) * (1 + self.second_rows) for left, _, _ in self.second.values()) * n
+                total += 2 * self.second_rows * len(self.second) * n  # R's share of T_k, F_k times Q_k
             elif self.quadratic_kind != "none":  # the forward Laplacian's quadratic form
                 total += len(self.groups) * (series_rows if self.quadratic_kind != "dense" else series_rows**2) * n
         n = layer_sizes[-2]
