@@ -7,7 +7,8 @@ The kernel carries, per layer, the value, the Taylor coefficients the operator n
 its top (the downward closure of its multi-indices, less the maximal ones), and the top
 itself *collapsed*: one row per group holding ``sum_gamma c_gamma D^gamma z``, never the
 separate top-order entries. For the Laplacian that is the forward Laplacian (value,
-Jacobian rows, one summed row: never a Hessian); for divergence the forward Jacobian.
+Jacobian rows, one summed row: never a Hessian); for divergence the forward Jacobian. Where
+it pays, the series' highest order is collapsed too, one row per first-order partner.
 The row algebra lives in ``diagramc.runtime.operator_tables``.
 """
 from __future__ import annotations

@@ -15,6 +15,10 @@ series' non-constant part truncated to ``S``::
     h[gamma] = sum_k F_k P_k[gamma]      top_g = F_1 top_g + sum_(k>=2) F_k T_(k,g)
     T_(k,g)  = sum_(beta + delta = gamma maximal) w_(g,gamma) P_(k-1)[beta] P_1[delta]
 
+Collapsed twice (``twice``): the series' highest-order entries reach the top only paired with
+first-order entries ``e_j``, so they are carried as ``R_(g,j) = sum_beta w_g(beta + e_j) T[beta]``
+(rows between the series and the top rows) and their products are made on the fly.
+
 Tables here are plain tuples and NumPy integer arrays; each backend module converts them.
 """
 from __future__ import annotations
