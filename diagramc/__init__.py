@@ -30,6 +30,8 @@ _EXPORTS = {
     "ode_derivatives": "applications.ode",
     "taylor_regularizer": "applications.ode",
     "TaylorRegularizedODE": "applications.ode",
+    "compile_operator": "compiler.operators",
+    "operator": "compiler.operators",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -44,6 +44,37 @@ def _multi_index_arg(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _operator_term_arg(text):
+    """'2,0,0:-1.5' -> ((2, 0, 0), -1.5); '1:2,0,0:-1.5' -> ((1, (2, 0, 0)), -1.5) (output 1)."""
+    import math
+
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        alpha = mi.parse(parts[-2])
+        coefficient = float(parts[-1])
+        if not math.isfinite(coefficient):
+            raise ValueError
+        if len(parts) == 3:
+            output = parts[0].strip()
+            if not output.isdigit():
+                raise ValueError
+            return (int(output), alpha), coefficient
+    except (ValueError, DiagramcError):
+        raise argparse.ArgumentTypeError(
+            f"malformed operator term {text!r}: expected ALPHA:COEF such as 2,0,0:-1.5, or OUTPUT:ALPHA:COEF"
+        ) from None
+    return alpha, coefficient
+
+
+def _dims_arg(text):
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or any(not p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"malformed dims {text!r}: expected comma-separated input indices such as 1,2")
+    return tuple(int(p) for p in parts)
+
+
 def _point_arg(text):
     import math
 
@@ -109,8 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", metavar="FILE", help="also draw all diagrams into FILE (.png, .svg or .pdf)")
     p.add_argument("--force", action="store_true", help="list even when there are very many diagrams")
 
-    p = sub.add_parser("compile", help="generate a NumPy or PyTorch Taylor-coefficient kernel")
-    p.add_argument("--order", required=True, type=_int_arg("--order", 0))
+    p = sub.add_parser("compile", help="generate a NumPy or PyTorch Taylor-coefficient or differential-operator kernel")
+    p.add_argument("--order", type=_int_arg("--order", 0), help="highest order (required unless an operator is asked for)")
+    p.add_argument("--operator", choices=("laplacian", "biharmonic", "divergence"),
+                   help="compile this differential operator instead (apply(params, x))")
+    p.add_argument("--operator-term", action="append", type=_operator_term_arg, metavar="[OUTPUT:]ALPHA:COEF",
+                   help="a term c D^alpha of an operator, e.g. 2,0,0:-1.5 (repeatable); OUTPUT: mixes outputs")
+    p.add_argument("--dims", type=_dims_arg, help="inputs the laplacian or biharmonic acts on, e.g. 1,2")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="FILE", help="state dict or TorchScript file of an nn.Sequential MLP")
     src.add_argument("--layer-sizes", type=_layer_sizes_arg, help="d,n1,...,nH,m such as 64,32,32,1")
@@ -248,6 +284,7 @@ def _compile(args) -> None:
     from .compiler import compile
     from .network import Architecture, load_architecture
 
+    operator = _operator_request(args)
     if args.model:
         arch, _ = load_architecture(args.model, args.activation, trust=args.trust_model)
     else:
@@ -264,8 +301,36 @@ def _compile(args) -> None:
         print(plan_json(plan) if args.json else plan.explain())
         return
     out_dir = args.out_dir
-    module = compile(arch, args.order, args.backend, multi_indices=args.multi_index, out_dir=out_dir, force=args.force)
+    if operator is not None:
+        from .compiler.operators import compile_operator
+
+        module = compile_operator(arch, operator, args.backend, dims=args.dims, out_dir=out_dir)
+    else:
+        module = compile(arch, args.order, args.backend, multi_indices=args.multi_index, out_dir=out_dir,
+                         force=args.force)
     print(Path(module.__file__))
+
+
+def _operator_request(args):
+    """The operator asked for on the command line (a name or a mapping), or None for a Taylor kernel."""
+    if args.operator is None and not args.operator_term:
+        if args.dims is not None:
+            raise DiagramcError("--dims needs --operator laplacian or biharmonic")
+        if args.order is None:
+            raise DiagramcError("the following arguments are required: --order (or --operator / --operator-term)")
+        return None
+    if args.operator is not None and args.operator_term:
+        raise DiagramcError("give --operator or --operator-term, not both")
+    if args.order is not None:
+        raise DiagramcError("--order does not apply to an operator: its terms give the orders")
+    if args.multi_index:
+        raise DiagramcError("--multi-index does not apply to an operator: use --operator-term ALPHA:COEF")
+    if args.operator is not None:
+        return args.operator
+    operator = {}
+    for key, c in args.operator_term:
+        operator[key] = operator.get(key, 0.0) + c
+    return operator
 
 
 def _contributions(args) -> None:

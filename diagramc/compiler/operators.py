@@ -1,0 +1,334 @@
+"""Differential operators compiled: ``sum_alpha c_alpha D^alpha f`` of an MLP (CONTRACT.md section 9).
+
+    request (OperatorSpec: the operator canonicalised) -> plan (OperatorPlan: which rows each
+    layer carries, chosen by counting multiply-adds) -> template -> cache -> import by path
+
+The kernel carries, per layer, the value, the Taylor coefficients the operator needs below
+its top (the downward closure of its multi-indices, less the maximal ones), and the top
+itself *collapsed*: one row per group holding ``sum_gamma c_gamma D^gamma z``, never the
+separate top-order entries. For the Laplacian that is the forward Laplacian (value,
+Jacobian rows, one summed row: never a Hessian); for divergence the forward Jacobian. Where
+it pays, the series' highest order is collapsed too, one row per first-order partner.
+The row algebra lives in ``diagramc.runtime.operator_tables``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from .. import __version__, runtime
+from ..combinatorics import multi_index as mi
+from ..errors import DiagramcError
+from ..network import Architecture, params_from_torch
+from ..runtime.operator_tables import Tables, named_operator
+from . import cache
+from .codegen import BACKEND_LABELS, render_template
+from .printing import activation_code
+from .spec import BACKENDS, MAX_ORDER, canonical_json, sha256
+
+NAMED = ("laplacian", "biharmonic", "divergence")
+# Terms a compiled operator may have: tables are built at import from them.
+MAX_TERMS = 100_000
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    """Everything an operator module depends on, and nothing else."""
+
+    architecture: Architecture
+    backend: str
+    name: "str | None"  # a named operator, or None for a mapping
+    dims: "tuple[int, ...] | None"
+    terms: tuple  # OPERATOR: ((alpha, c), ...) or (((output, alpha), c), ...), canonical order of alpha
+    mixing: bool
+
+    @classmethod
+    def create(cls, architecture, operator, backend="numpy", dims=None) -> "OperatorSpec":
+        if not isinstance(architecture, Architecture):
+            raise DiagramcError(f"expected a diagramc.Architecture, got {type(architecture).__name__}")
+        if backend not in BACKENDS:
+            raise DiagramcError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        name, dims, terms, mixing = parse_operator(operator, architecture, dims)
+        return cls(architecture, backend, name, dims, terms, mixing)
+
+    @property
+    def order(self) -> int:
+        return max(sum(_alpha(key)) for key, _ in self.terms)
+
+    def inputs_json(self) -> str:
+        described = ({"operator": self.name, "dims": None if self.dims is None else list(self.dims)} if self.name
+                     else {"operator": [[_key_json(k), c] for k, c in self.terms], "mixing": self.mixing})
+        return canonical_json({"kind": "operator", "backend": self.backend,
+                               "layer_sizes": list(self.architecture.layer_sizes),
+                               "activation": self.architecture.activation.name, **described})
+
+    @property
+    def digest(self) -> str:
+        return sha256(self.inputs_json())
+
+    def module_name(self) -> str:
+        act = self.architecture.activation.name
+        act = act if act.isidentifier() else "custom"
+        return (f"operator_{self.name or 'custom'}_{act}_d{self.architecture.inputs}"
+                f"_h{self.architecture.hidden_layers}_{self.backend}_{self.digest[:12]}")
+
+    def command(self, out_dir: str) -> str:
+        """The exact command line that regenerates this module into out_dir."""
+        words = ["diagramc", "compile"]
+        if self.name:
+            words += ["--operator", self.name]
+            if self.dims is not None:
+                words += ["--dims", ",".join(map(str, self.dims))]
+        else:
+            for key, c in self.terms:
+                alpha = ",".join(map(str, _alpha(key)))
+                words += ["--operator-term", (f"{key[0]}:" if self.mixing else "") + f"{alpha}:{c!r}"]
+        words += ["--layer-sizes", ",".join(map(str, self.architecture.layer_sizes)),
+                  "--activation", self.architecture.activation.name, "--backend", self.backend, "-o", out_dir]
+        return shlex.join(words)
+
+
+def _alpha(key):
+    """The multi-index of a term's key, alpha or (output, alpha)."""
+    return key[1] if _is_pair(key) else key
+
+
+def _key_json(key):
+    return [key[0], list(key[1])] if _is_pair(key) else list(key)
+
+
+def _is_pair(key) -> bool:
+    return len(key) == 2 and isinstance(key[1], tuple)
+
+
+def parse_operator(operator, arch: Architecture, dims=None):
+    """(name or None, dims, OPERATOR in canonical order, mixing) of a user's operator."""
+    d, m = arch.inputs, arch.outputs
+    if isinstance(operator, str):
+        if operator not in NAMED:
+            raise DiagramcError(f"unknown operator {operator!r}: expected one of {', '.join(NAMED)}, or a mapping "
+                                "{multi_index: coefficient}")
+        if operator == "divergence":
+            if dims is not None:
+                raise DiagramcError("dims restricts laplacian and biharmonic; divergence takes every input")
+            if m != d:
+                raise DiagramcError(f"divergence needs OUTPUTS == INPUTS; the network has {d} inputs and {m} outputs")
+        elif dims is not None:
+            dims = _dims(dims, d)
+        return operator, dims, named_operator(operator, d, m, dims), operator == "divergence"
+    if dims is not None:
+        raise DiagramcError("dims restricts laplacian and biharmonic; write a mapping's terms for the inputs you mean")
+    try:
+        items = list(operator.items())
+    except AttributeError:
+        raise DiagramcError(f"operator must be a name ({', '.join(NAMED)}) or a mapping {{multi_index: coefficient}}, "
+                            f"got {type(operator).__name__}") from None
+    if not items:
+        raise DiagramcError("the operator mapping is empty: give at least one {multi_index: coefficient}")
+    if len(items) > MAX_TERMS:
+        raise DiagramcError(f"the operator has {len(items)} terms, above the limit of {MAX_TERMS}")
+    pairs = [_is_output_key(k) for k, _ in items]
+    if any(pairs) and not all(pairs):
+        raise DiagramcError("the operator mixes keys (output, multi_index) with plain multi-indices; use one kind")
+    mixing = all(pairs)
+    summed = {}
+    for key, c in items:
+        try:
+            c = float(c)
+        except (TypeError, ValueError):
+            raise DiagramcError(f"coefficient {c!r} of term {key!r} is not a real number") from None
+        if not math.isfinite(c):
+            raise DiagramcError(f"coefficient {c!r} of term {key!r} is not finite")
+        if mixing:
+            output, alpha = key
+            if isinstance(output, bool) or not isinstance(output, int) or not 0 <= output < m:
+                raise DiagramcError(f"output {output!r} of term {key!r} is out of range: the network has {m} outputs "
+                                    f"(0..{m - 1})")
+            key = (output, mi.validate(alpha, d))
+        else:
+            key = mi.validate(key, d)
+        if sum(_alpha(key)) > MAX_ORDER:
+            raise DiagramcError(f"term {key!r} has order {sum(_alpha(key))}, above the supported maximum {MAX_ORDER}")
+        summed[key] = summed.get(key, 0.0) + c
+    terms = tuple(sorted(summed.items(), key=lambda kc: (mi.canonical_key(_alpha(kc[0])),
+                                                          kc[0][0] if mixing else 0)))
+    return None, None, terms, mixing
+
+
+def _is_output_key(key) -> bool:
+    """(output, multi_index): an int and a sequence; a multi-index is a sequence of ints."""
+    return (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], int)
+            and isinstance(key[1], (tuple, list)))
+
+
+def _dims(dims, d: int) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(i) for i in dims)
+    except (TypeError, ValueError):
+        raise DiagramcError(f"dims {dims!r} must be a sequence of input indices") from None
+    if not dims or len(set(dims)) != len(dims) or any(not 0 <= i < d for i in dims):
+        raise DiagramcError(f"dims {dims!r} must be distinct input indices in 0..{d - 1}")
+    return tuple(sorted(dims))
+
+
+@dataclass(frozen=True)
+class OperatorPlan:
+    """What the kernel does per layer and why: the cheaper of the candidates by multiply-adds per point."""
+
+    kind: str  # "forward-laplacian" (series of first order only) or "taylor-series"
+    collapse: bool  # the top summed into one row per group before it is stored
+    twice: bool  # the series' highest order collapsed too, one row per (group, first-order entry)
+    rows: int  # rows per layer: value, series, collapsed
+    series: tuple  # carried multi-indices (the value first)
+    top: tuple  # collapsed multi-indices
+    groups: int
+    multiply_adds: int  # per point
+    candidates: tuple  # (name, rows, multiply-adds per point)
+    why: str
+
+    def describe(self) -> str:
+        how = ("top and next-to-top collapsed" if self.twice else "top collapsed" if self.collapse
+               else "all partials of the closure")
+        lines = [f"plan: {self.kind} ({how}), "
+                 f"{self.rows} rows per layer, {self.multiply_adds:,} multiply-adds per point",
+                 f"  series: {len(self.series)} multi-indices up to order {max(map(sum, self.series))}",
+                 f"  collapsed: {len(self.top)} multi-indices into {self.groups} row(s)"]
+        lines += [f"  candidate {name}: {rows} rows, {cost:,} multiply-adds per point"
+                  for name, rows, cost in self.candidates]
+        lines.append(f"  why: {self.why}")
+        return "\n".join(lines)
+
+    def to_json(self, compact: bool = False) -> dict:
+        """The plan as JSON; compact: counts instead of the multi-index lists."""
+        listed = (lambda alphas: len(alphas)) if compact else (lambda alphas: [list(a) for a in alphas])
+        return {"kind": self.kind, "collapse": self.collapse, "twice": self.twice, "rows": self.rows,
+                "series": listed(self.series), "top": listed(self.top),
+                "groups": self.groups, "multiply_adds": self.multiply_adds,
+                "candidates": [{"name": n, "rows": r, "multiply_adds": c} for n, r, c in self.candidates],
+                "why": self.why}
+
+
+def make_plan(spec: OperatorSpec) -> OperatorPlan:
+    """Count both candidates' multiply-adds per point and take the cheaper (collapsed on a tie)."""
+    arch = spec.architecture
+    options = []
+    for rank, (collapse, twice, label) in enumerate(((True, True, "collapsed top and next-to-top"),
+                                                     (True, False, "collapsed top"),
+                                                     (False, False, "all partials of the closure"))):
+        tables = Tables(spec.terms, arch.inputs, arch.outputs, spec.mixing, collapse, twice)
+        if twice and not tables.high:
+            continue  # nothing below the top can be collapsed: the same as "collapsed top"
+        options.append((tables.multiply_adds(arch.layer_sizes), rank, label, tables))
+    cost, _, label, tables = min(options, key=lambda o: o[:2])
+    others = ", ".join(f"{o[0]:,} for {o[2]}" for o in options if o[3] is not tables)
+    kind = "forward-laplacian" if tables.first_order_only else "taylor-series"
+    why = (f"{label}: {cost:,} multiply-adds per point against {others}"
+           + (" (first-order series: sigma' times every row plus one quadratic form per collapsed row)"
+              if kind == "forward-laplacian" else " (truncated products on the series, top contracted as it is made)"))
+    return OperatorPlan(kind=kind, collapse=label != "all partials of the closure", twice=bool(tables.high),
+                        rows=tables.rows,
+                        series=tuple(tables.series), top=tuple(tables.top), groups=len(tables.groups),
+                        multiply_adds=cost, candidates=tuple((o[2], o[3].rows, o[0]) for o in options), why=why)
+
+
+def _operator_label(spec: OperatorSpec) -> str:
+    if spec.name:
+        return spec.name + ("" if spec.dims is None else f" over inputs {', '.join(map(str, spec.dims))}")
+    terms = [f"{c:+g} D^{_alpha(k)}" + (f" f_{k[0]}" if spec.mixing else "") for k, c in spec.terms[:6]]
+    return " ".join(terms) + (" ..." if len(spec.terms) > 6 else "")
+
+
+@functools.lru_cache(maxsize=64)
+def _activation_code(activation, order: int, backend: str):
+    """sigma and sigma^(k)/k! printed once per process for each (activation, order, backend)."""
+    return activation_code(activation, order, backend)
+
+
+@functools.lru_cache(maxsize=64)
+def render(spec: OperatorSpec, out_dir: str) -> str:
+    """The module's source: header, constants, the activation printed by sympy, straight-line layers."""
+    arch = spec.architecture
+    plan = make_plan(spec)
+    act = arch.activation
+    return render_template(
+        "operator_kernel.py.jinja",
+        version=__version__,
+        runtime_version=runtime.VERSION,
+        command=spec.command(out_dir),
+        digest=spec.digest,
+        inputs_json=spec.inputs_json(),
+        backend=spec.backend,
+        backend_label=BACKEND_LABELS[spec.backend],
+        layer_sizes=arch.layer_sizes,
+        inputs=arch.inputs,
+        outputs=arch.outputs,
+        hidden_layers=arch.hidden_layers,
+        activation_name=act.name,
+        activation_label=act.name if not act.note else f"{act.name}: {act.note}",
+        activation=_activation_code(act, spec.order, spec.backend),
+        order=spec.order,
+        operator_name=spec.name,
+        dims=spec.dims,
+        operator_literal=None if spec.name else repr(spec.terms),
+        operator_label=_operator_label(spec),
+        mixing=spec.mixing,
+        plan=plan,
+        plan_json=json.dumps(plan.to_json(compact=True), separators=(",", ":")),
+        activation_op="collapsed_activation" if plan.kind == "forward-laplacian" else "series_activation",
+    )
+
+
+def compile_operator(arch: Architecture, operator, backend: str = "numpy", dims=None,
+                     out_dir: "str | Path | None" = None) -> ModuleType:
+    """Compile ``sum c_alpha D^alpha f`` for an architecture; return the imported module (``apply``)."""
+    spec = OperatorSpec.create(arch, operator, backend, dims)
+    folder = Path(out_dir) if out_dir is not None else cache.default_cache_dir()
+    return cache.load(folder / f"{spec.module_name()}.py", render(spec, str(folder)))
+
+
+_REQUESTS: dict = {}  # (architecture, operator, dims) -> module: no file I/O or hashing on a repeat call
+
+
+def operator(model, x, operator, dims=None):
+    """One call: the operator applied to a torch MLP at x (compiled once per process and request).
+
+    Differentiable with respect to the model's parameters and x; (batch, outputs), or
+    (batch, 1) for an operator that mixes outputs.
+    """
+    import torch
+
+    key = (_model_key(model), _freeze(operator), None if dims is None else tuple(dims))
+    module = _REQUESTS.get(key)
+    if module is None:
+        module = compile_operator(Architecture.from_torch(model), operator, "torch", dims)
+        _REQUESTS[key] = module
+    params = params_from_torch(model)
+    x = torch.as_tensor(x, dtype=params[0].dtype, device=params[0].device)
+    return module.apply(params, x[None] if x.ndim == 1 else x)
+
+
+def _model_key(model):
+    """The architecture a model stands for, without building sympy objects: sizes and activation modules."""
+    return tuple((type(layer).__name__, getattr(layer, "in_features", None), getattr(layer, "out_features", None))
+                 for layer in model.children())
+
+
+def _freeze(operator):
+    if isinstance(operator, str):
+        return operator
+    try:
+        return tuple(sorted(((_freeze_key(k), float(c)) for k, c in operator.items()), key=repr))
+    except (AttributeError, TypeError, ValueError):
+        raise DiagramcError(f"operator must be a name ({', '.join(NAMED)}) or a mapping {{multi_index: coefficient}}, "
+                            f"got {type(operator).__name__}") from None
+
+
+def _freeze_key(key):
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], (tuple, list)):
+        return (key[0], tuple(key[1]))
+    return tuple(key)

@@ -1,0 +1,318 @@
+"""Compiled differential operators (CONTRACT.md section 9) against nested torch.func derivatives."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import diagramc
+from diagramc.compiler import cache
+from diagramc.cli import main
+from diagramc.compiler.operators import OperatorSpec, make_plan
+
+from .reference import random_params, reference_derivatives
+
+TOL = 1e-9
+
+
+def contracted(params, x, activation, operator, mixing):
+    """sum c_alpha D^alpha f from nested jacfwd: (batch, m), or (batch, 1) when mixing."""
+    alphas = sorted({k[1] if mixing else k for k, _ in operator})
+    D = reference_derivatives(params, x, activation, alphas)
+    col = {a: i for i, a in enumerate(alphas)}
+    if mixing:
+        return sum(c * D[:, o, col[a]] for (o, a), c in operator)[:, None]
+    return sum(c * D[:, :, col[a]] for a, c in operator)
+
+
+def random_operator(rng, d, order, terms=3):
+    """Random multi-indices up to `order` (one of exactly that order) with random coefficients."""
+    def alpha(k):
+        a = [0] * d
+        for _ in range(k):
+            a[rng.randrange(d)] += 1
+        return tuple(a)
+
+    op = {alpha(order): rng.uniform(-2, 2)}
+    for _ in range(terms - 1):
+        op[alpha(rng.randint(1, order))] = rng.uniform(-2, 2)
+    return op
+
+
+def evaluate(module, params, x):
+    if module.__name__.split("_")[-2] == "numpy":
+        return torch.as_tensor(module.apply([p.detach().numpy() for p in params], x.detach().numpy()))
+    return module.apply(params, x)
+
+
+def check(module, params, x, activation):
+    got = evaluate(module, params, x)
+    want = contracted(params, x, activation, module.OPERATOR, module.MIXING)
+    assert got.shape == want.shape
+    scale = want.abs().max().item()
+    assert (got - want).abs().max().item() <= TOL * max(scale, 1e-3), (got, want)
+
+
+CASES = [  # layer sizes, activation, operator (name or the order of a random one), seed
+    ((3, 7, 6, 1), "tanh", "laplacian", 0),
+    ((2, 6, 2), "sigmoid", "laplacian", 1),
+    ((3, 5, 5, 4, 6, 1), "softplus", "laplacian", 2),
+    ((2, 6, 5, 2), "sin", "biharmonic", 3),
+    ((3, 5, 4, 1), "gelu", "biharmonic", 4),
+    ((3, 6, 5, 3), "silu", "divergence", 5),
+    ((2, 5, 2), "tanh", "divergence", 6),
+    ((3, 6, 5, 1), "tanh", 1, 7),
+    ((3, 6, 5, 2), "sigmoid", 2, 8),
+    ((2, 5, 4, 3, 1), "softplus", 3, 9),
+    ((3, 5, 5, 1), "sin", 3, 10),
+    ((2, 4, 4, 4, 4, 1), "gelu", 4, 11),
+    ((2, 5, 6, 2), "silu", 4, 12),
+    ((3, 4, 1), "x*tanh(x)", 3, 13),
+    ((2, 16, 16, 1), "tanh", "biharmonic", 14),  # wide enough that the plan collapses twice
+]
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("sizes,activation,operator,seed", CASES)
+def test_apply_matches_nested_jacfwd(tmp_path, backend, sizes, activation, operator, seed):
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(operator, int):
+        operator = random_operator(rng, sizes[0], operator)
+    params = random_params(sizes, generator)
+    x = torch.randn(4, sizes[0], generator=generator, dtype=torch.float64)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, backend, out_dir=tmp_path)
+    check(module, params, x, activation)
+
+
+@pytest.mark.parametrize("sizes,activation,operator", [
+    ((3, 6, 5, 2), "tanh", "laplacian"),
+    ((2, 5, 4, 1), "sin", "biharmonic"),
+    ((2, 5, 4, 2), "silu", {(0, (2, 1)): 0.7, (1, (0, 2)): -1.3, (1, (1, 0)): 0.4}),
+    ((3, 5, 4, 1), "softplus", {(1, 0, 0): 0.5, (0, 2, 0): -1.0, (1, 1, 1): 0.25}),
+    ((2, 16, 16, 1), "sin", "biharmonic"),
+])
+def test_gradients_match_double_backward(tmp_path, sizes, activation, operator):
+    generator = torch.Generator().manual_seed(11)
+    params = [p.requires_grad_(True) for p in random_params(sizes, generator)]
+    x = torch.randn(3, sizes[0], generator=generator, dtype=torch.float64, requires_grad=True)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, "torch", out_dir=tmp_path)
+    got = module.apply(params, x)
+    want = contracted(params, x, activation, module.OPERATOR, module.MIXING)
+    weights = torch.randn(got.shape, generator=generator, dtype=torch.float64)
+    g_got = torch.autograd.grad((got * weights).sum(), params + [x], allow_unused=True, materialize_grads=True)
+    g_want = torch.autograd.grad((want * weights).sum(), params + [x], allow_unused=True, materialize_grads=True)
+    for a, b in zip(g_got, g_want):
+        assert torch.allclose(a, b, rtol=TOL, atol=TOL * max(b.abs().max().item(), 1e-3))
+
+
+def test_mixed_operator_with_time_and_order_zero(tmp_path):
+    # u_t - u_xx - u_yy + 0.5 u, time as input 0: every output alike
+    generator = torch.Generator().manual_seed(3)
+    sizes = (3, 6, 6, 2)
+    params = random_params(sizes, generator)
+    x = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    op = {(1, 0, 0): 1.0, (0, 2, 0): -1.0, (0, 0, 2): -1.0, (0, 0, 0): 0.5}
+    for backend in ("torch", "numpy"):
+        module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), op, backend, out_dir=tmp_path)
+        check(module, params, x, "tanh")
+        assert module.OPERATOR == (((0, 0, 0), 0.5), ((1, 0, 0), 1.0), ((0, 2, 0), -1.0), ((0, 0, 2), -1.0))
+
+
+def test_dims_restrict_the_laplacian(tmp_path):
+    generator = torch.Generator().manual_seed(4)
+    sizes = (3, 6, 5, 1)
+    params = random_params(sizes, generator)
+    x = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    arch = diagramc.Architecture(sizes, "tanh")
+    space = diagramc.compile_operator(arch, "laplacian", "torch", dims=(1, 2), out_dir=tmp_path)
+    assert space.OPERATOR == (((0, 2, 0), 1.0), ((0, 0, 2), 1.0))
+    check(space, params, x, "tanh")
+    bi = diagramc.compile_operator(arch, "biharmonic", "numpy", dims=(0, 2), out_dir=tmp_path)
+    assert bi.OPERATOR == (((4, 0, 0), 1.0), ((2, 0, 2), 2.0), ((0, 0, 4), 1.0))
+    check(bi, params, x, "tanh")
+
+
+def test_mixing_outputs_and_divergence(tmp_path):
+    arch = diagramc.Architecture((3, 5, 3), "tanh")
+    div = diagramc.compile_operator(arch, "divergence", "torch", out_dir=tmp_path)
+    assert div.MIXING and div.OPERATOR == (((0, (1, 0, 0)), 1.0), ((1, (0, 1, 0)), 1.0), ((2, (0, 0, 1)), 1.0))
+    generator = torch.Generator().manual_seed(5)
+    params = random_params((3, 5, 3), generator)
+    x = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    assert div.apply(params, x).shape == (6, 1)
+    trace = torch.vmap(torch.func.jacfwd(lambda p: params[2] @ torch.tanh(params[0] @ p + params[1]) + params[3]))(x)
+    assert torch.allclose(div.apply(params, x)[:, 0], trace.diagonal(dim1=1, dim2=2).sum(1), rtol=1e-12)
+
+
+def test_no_hidden_layers_and_no_vertices(tmp_path):
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 2, generator=generator, dtype=torch.float64)
+    linear = random_params((2, 3), generator)
+    op = {(1, 0): 2.0, (0, 0): 1.0, (1, 1): 5.0}
+    for backend in ("torch", "numpy"):
+        module = diagramc.compile_operator(diagramc.Architecture((2, 3), "tanh"), op, backend, out_dir=tmp_path)
+        check(module, linear, x, "tanh")
+        relu = diagramc.compile_operator(diagramc.Architecture((2, 4, 1), "relu"), "laplacian", backend, out_dir=tmp_path)
+        assert np.allclose(np.asarray(evaluate(relu, random_params((2, 4, 1), generator), x)), 0.0)
+
+
+def test_module_header_constants_and_plan(tmp_path):
+    arch = diagramc.Architecture((4, 8, 8, 1), "tanh")
+    module = diagramc.compile_operator(arch, "laplacian", "numpy", out_dir=tmp_path)
+    text = open(module.__file__).read()
+    assert text.startswith("# Generated by diagramc")
+    assert "diagramc compile --operator laplacian --layer-sizes 4,8,8,1" in text.splitlines()[1]
+    assert "import sympy" not in text and "jinja2" not in text
+    assert (module.INPUTS, module.OUTPUTS, module.HIDDEN_LAYERS, module.ACTIVATION, module.ORDER) == (4, 1, 2, "tanh", 2)
+    assert module.MULTIPLY_ADDS > 0 and len(text.splitlines()) < 150
+    plan = make_plan(OperatorSpec.create(diagramc.Architecture((50, 768, 768, 512, 512, 1), "tanh"), "laplacian"))
+    assert plan.kind == "forward-laplacian" and plan.collapse and plan.rows == 52
+    assert "why" in plan.describe() and plan.to_json()["rows"] == 52
+
+
+def test_float32_numpy_keeps_dtype(tmp_path):
+    module = diagramc.compile_operator(diagramc.Architecture((2, 4, 1), "sin"), "laplacian", "numpy", out_dir=tmp_path)
+    generator = torch.Generator().manual_seed(7)
+    params = [p.float().numpy() for p in random_params((2, 4, 1), generator)]
+    assert module.apply(params, np.ones((3, 2), dtype=np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+def test_bad_inputs_raise_value_errors_naming_them(tmp_path, backend):
+    module = diagramc.compile_operator(diagramc.Architecture((3, 4, 1), "tanh"), "laplacian", backend, out_dir=tmp_path)
+    params = random_params((3, 4, 1), torch.Generator().manual_seed(0))
+    if backend == "numpy":
+        params = [p.numpy() for p in params]
+    x = params[0][:2, :3] * 0 + 1.0
+    with pytest.raises(ValueError, match=r"params\[2\] \(W2\) has shape \(1, 5\); expected \(1, 4\)"):
+        module.apply(params[:2] + [params[2][:, [0, 1, 2, 3, 0]]] + params[3:], x)
+    with pytest.raises(ValueError, match=r"x has shape \(2, 2\); expected \(batch, 3\)"):
+        module.apply(params, x[:, :2])
+    with pytest.raises(ValueError, match=r"params has 2 arrays; expected 4"):
+        module.apply(params[:2], x)
+    if backend == "torch":
+        with pytest.raises(ValueError, match=r"params\[0\] \(W1\) is torch.float64 .* expected x's torch.float32"):
+            module.apply(params, x.float())
+
+
+@pytest.mark.parametrize("operator,dims,sizes,message", [
+    ("curl", None, (3, 4, 1), "unknown operator 'curl'"),
+    ("divergence", None, (3, 4, 2), "OUTPUTS == INPUTS"),
+    ("laplacian", (0, 3), (3, 4, 1), "dims"),
+    ({(1, 0, 0): 1.0}, (0,), (3, 4, 1), "dims restricts"),
+    ({}, None, (3, 4, 1), "empty"),
+    ({(1, 0): 1.0}, None, (3, 4, 1), "expected 3"),
+    ({(5, (1, 0, 0)): 1.0}, None, (3, 4, 2), "out of range"),
+    ({(1, 0, 0): "a"}, None, (3, 4, 1), "not a real number"),
+    ([1, 2], None, (3, 4, 1), "mapping"),
+])
+def test_bad_operators_raise(operator, dims, sizes, message):
+    with pytest.raises(diagramc.DiagramcError, match=message):
+        diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), operator, dims=dims)
+
+
+def test_operator_one_liner_keeps_the_module(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIAGRAMC_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+    x = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    first = diagramc.operator(model, x, "laplacian")
+    params = [p.detach() for p in diagramc.params_from_torch(model)]
+    assert torch.allclose(first, contracted(params, x.detach(), "tanh", ((((2, 0)), 1.0), ((0, 2), 1.0)), False))
+    monkeypatch.setattr(cache, "load", lambda *a: pytest.fail("a repeated request touched the cache"))
+    again = diagramc.operator(model, x, "laplacian")
+    again.sum().backward()
+    assert torch.equal(first, again) and x.grad is not None and model[0].weight.grad is not None
+
+
+def test_cli_compiles_operators(tmp_path, capsys):
+    assert main(["compile", "--operator", "laplacian", "--dims", "0,1", "--layer-sizes", "3,8,1",
+                 "--activation", "tanh", "-o", str(tmp_path)]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    assert path.endswith(".py") and "operator_laplacian" in path
+    assert main(["compile", "--operator-term", "1,0:1", "--operator-term", "0,2:-1.5", "--layer-sizes", "2,8,1",
+                 "--activation", "sin", "--backend", "torch", "-o", str(tmp_path)]) == 0
+    path = capsys.readouterr().out.strip().splitlines()[-1]
+    command = open(path).read().splitlines()[1].strip()
+    assert command.endswith(f"--operator-term 1,0:1.0 --operator-term 0,2:-1.5 --layer-sizes 2,8,1 --activation sin "
+                            f"--backend torch -o {tmp_path}")
+    assert main(["compile", "--operator-term", "0:1,0:1", "--operator-term", "1:0,1:1", "--layer-sizes", "2,4,2",
+                 "--activation", "tanh", "-o", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--operator", "curl"], "--operator"),
+    (["--operator-term", "2,0,0"], "operator term"),
+    (["--operator-term", "2,0,x:1"], "operator term"),
+    (["--operator", "laplacian", "--operator-term", "2,0,0:1"], "not both"),
+    (["--operator", "laplacian", "--order", "2"], "--order"),
+    (["--dims", "0"], "--dims needs --operator"),
+    (["--operator", "laplacian", "--dims", "0,7"], "dims"),
+    (["--operator", "laplacian", "--multi-index", "1,0,0"], "--multi-index"),
+    ([], "--order"),
+])
+def test_cli_operator_errors(tmp_path, capsys, argv, message):
+    code = main(["compile", *argv, "--layer-sizes", "3,4,1", "--activation", "tanh", "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("diagramc: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_poisson_example_runs_small(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("DIAGRAMC_CACHE", str(tmp_path / "cache"))
+    path = Path(__file__).resolve().parents[1] / "examples" / "poisson_pinn.py"
+    spec = importlib.util.spec_from_file_location("poisson_pinn", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    report = example.main(["--steps", "3", "--width", "6", "--points", "16", "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "poisson.png").stat().st_size > 0
+    assert report["steps"] == 3 and 0 < report["relative_l2_error"] < 10
+
+
+def test_runtime_tables_collapse_the_top():
+    from diagramc.runtime.operator_tables import Tables, named_operator
+
+    heat = (((1, 0, 0), 1.0), ((0, 2, 0), -1.0), ((0, 0, 2), -1.0))
+    t = Tables(heat, 3, 1, mixing=False, collapse=True)
+    assert t.series == [(0, 0, 0), (0, 1, 0), (0, 0, 1)] and t.top == [(1, 0, 0), (0, 2, 0), (0, 0, 2)]
+    assert t.rows == 4 and t.quadratic_kind == "uniform" and t.quadratic[0, 0, 0] == -2.0  # c alpha!
+    assert t.input_rows.tolist() == [[0, 1, 0], [0, 0, 1], [1, 0, 0]]  # e_y, e_z, then u_t's weight
+    full = Tables(heat, 3, 1, mixing=False, collapse=False)
+    assert full.rows == 6 and not full.groups and full.series_order == 2
+    bi = Tables(named_operator("biharmonic", 2, 1), 2, 1, mixing=False, collapse=True)
+    assert [sum(a) for a in bi.top] == [4, 4, 4] and max(map(sum, bi.series)) == 3
+    assert named_operator("divergence", 2, 2) == (((0, (1, 0)), 1.0), ((1, (0, 1)), 1.0))
+
+
+@pytest.mark.parametrize("sizes,activation,operator", [
+    ((3, 6, 5, 2), "sin", "biharmonic"),
+    ((2, 5, 4, 1), "tanh", {(2, 1): 0.7, (0, 3): -1.2, (1, 0): 0.3}),
+    ((2, 5, 4, 2), "silu", {(0, (2, 2)): 0.7, (1, (1, 3)): -1.3}),
+    ((2, 6, 6, 6, 1), "softplus", "biharmonic"),
+    ((3, 5, 4, 1), "gelu", {(1, 1, 1): 1.0}),
+])
+def test_collapsed_twice_through_the_runtime(tmp_path, sizes, activation, operator):
+    """Tables(twice=True) on networks whose plan would not choose it, both runtimes."""
+    from diagramc.runtime import operator_numpy, operator_torch
+    from diagramc.runtime.operator_tables import Tables
+
+    generator = torch.Generator().manual_seed(9)
+    params = random_params(sizes, generator)
+    x = torch.randn(4, sizes[0], generator=generator, dtype=torch.float64)
+    for backend, rt in (("torch", operator_torch), ("numpy", operator_numpy)):
+        module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, backend, out_dir=tmp_path)
+        tables = Tables(module.OPERATOR, module.INPUTS, module.OUTPUTS, module.MIXING, collapse=True, twice=True)
+        assert tables.high and tables.second
+        p, xx = (params, x) if backend == "torch" else ([q.numpy() for q in params], x.numpy())
+        t = rt.tables_on(tables, module.OUTPUTS, xx if backend == "torch" else xx.dtype, {})
+        state = rt.series_activation(rt.first_layer(xx, p[0], t), p[1], module._activation, t)
+        for layer in range(1, module.HIDDEN_LAYERS):
+            state = rt.series_activation(rt.affine(state, p[2 * layer]), p[2 * layer + 1], module._activation, t)
+        got = torch.as_tensor(rt.output(state, p[-2], p[-1], t, module.MIXING))
+        want = contracted(params, x, activation, module.OPERATOR, module.MIXING)
+        assert (got - want).abs().max().item() <= TOL * want.abs().max().item()
