@@ -50,8 +50,10 @@ PLAN = {
 def _activation(z):
     """sigma(z) and the vertex weights sigma^(k)(z)/k! for k = 1..ORDER (None where zero)."""
     u = np.tanh(z)
-    s = np.exp(-np.logaddexp(0, -(2*z)))
-    c = np.exp(-np.logaddexp(0, -(-2*z)))
+    s_exp = np.exp(-np.abs(2*z))
+    s_inv = 1.0 / (1.0 + s_exp)
+    s = np.where(2*z >= 0, s_inv, s_exp * s_inv)
+    c = np.where(2*z >= 0, s_exp * s_inv, s_inv)
     t0 = 4*c*s
     return u, (
         t0,
@@ -70,8 +72,10 @@ try:  # numba's loop of the same functions, one pass over z (numba is a dependen
             for j in range(zs.shape[1]):
                 z = zs[i, j]
                 u = math.tanh(z)
-                s = (math.exp(min(2*z, 0.0)) / (1.0 + math.exp(-abs(2*z))))
-                c = (math.exp(min(-2*z, 0.0)) / (1.0 + math.exp(-abs(-2*z))))
+                s_exp = math.exp(-abs(2*z))
+                s_inv = 1.0 / (1.0 + s_exp)
+                s = s_inv if 2*z >= 0.0 else s_exp * s_inv
+                c = s_exp * s_inv if 2*z >= 0.0 else s_inv
                 t0 = 4*c*s
                 value[i, j] = u
                 weights[0, i, j] = t0
@@ -152,4 +156,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 651a4469857aec6a5c20e8955813ed8e95ea076dc2daf686bdf98f84dc5b2eea
+# sha256 of all lines above: ba79b66749b4baa42fc22ab8cc5f5a18e0f227a8687461f592ee70e5ec056b2f

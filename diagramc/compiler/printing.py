@@ -48,6 +48,12 @@ class _NumpyKernelPrinter(NumPyPrinter):
         # exp(-log(1 + exp(-a))): no overflow, and accurate where it is tiny (a far below zero)
         return f"np.exp(-np.logaddexp(0, -({self._print(expr.args[0])})))"
 
+    def sigmoid_pair(self, a: str, s: str, c: str):
+        """s = sigmoid(a) and c = sigmoid(-a) from one exponential, each accurate where it is tiny."""
+        return [f"{s}_exp = np.exp(-np.abs({a}))", f"{s}_inv = 1.0 / (1.0 + {s}_exp)",
+                f"{s} = np.where({a} >= 0, {s}_inv, {s}_exp * {s}_inv)",
+                f"{c} = np.where({a} >= 0, {s}_exp * {s}_inv, {s}_inv)"]
+
     def _print_Ncdf(self, expr):
         # erfc(-a/sqrt(2))/2 by math.erfc (NumPy has none): accurate where it is tiny
         return (f"(0.5 * np.frompyfunc(math.erfc, 1, 1)(-({self._print(expr.args[0])}) * {_SQRT_HALF})"
@@ -74,6 +80,9 @@ class _TorchKernelPrinter(TorchPrinter):
 
     def _print_Sigmoid(self, expr):
         return f"torch.sigmoid({self._print(expr.args[0])})"
+
+    def sigmoid_pair(self, a: str, s: str, c: str):
+        return None  # torch.sigmoid is one fused kernel each
 
     def _print_Ncdf(self, expr):
         return f"(0.5 * torch.special.erfc(-({self._print(expr.args[0])}) * {_SQRT_HALF}))"
@@ -110,6 +119,12 @@ class _ScalarKernelPrinter(PythonCodePrinter):
         # branch-free (numba compiles long straight-line code much faster without branches):
         # exp(min(a, 0)) / (1 + exp(-|a|)), no overflow, accurate for both signs
         return f"(math.exp(min({a}, 0.0)) / (1.0 + math.exp(-abs({a}))))"
+
+    def sigmoid_pair(self, a: str, s: str, c: str):
+        """s = sigmoid(a) and c = sigmoid(-a) from one exponential, each accurate where it is tiny."""
+        return [f"{s}_exp = math.exp(-abs({a}))", f"{s}_inv = 1.0 / (1.0 + {s}_exp)",
+                f"{s} = {s}_inv if {a} >= 0.0 else {s}_exp * {s}_inv",
+                f"{c} = {s}_exp * {s}_inv if {a} >= 0.0 else {s}_inv"]
 
     def _print_Ncdf(self, expr):
         return f"(0.5 * math.erfc(-({self._print(expr.args[0])}) * {_SQRT_HALF}))"
@@ -174,10 +189,7 @@ def _symbolic_code(activation: Activation, order: int, backend: str) -> Activati
     factors = activation.taylor_factors(order)
     nonzero = [k for k, f in enumerate(factors) if f != 0 or k == 0]
     # Auxiliaries are named after their symbols (u, v) and computed first.
-    lines = [
-        f"{aux.symbol.name} = {printer.doprint(_numeric_constants(aux.definition.subs(x, z)))}"
-        for aux in activation.auxiliaries
-    ]
+    lines = _auxiliary_lines(activation, printer, z)
     exprs = [_numeric_constants(factors[k].subs(x, z)) for k in nonzero]
     taken = {Z_NAME} | {aux.symbol.name for aux in activation.auxiliaries}
     symbols = sp.numbered_symbols("t", exclude=[sp.Symbol(n) for n in taken])
@@ -193,6 +205,26 @@ def _symbolic_code(activation: Activation, order: int, backend: str) -> Activati
         factors=tuple(printed.get(k) for k in range(1, order + 1)),
         helpers=frozenset(printer.helpers),
     )
+
+
+def _auxiliary_lines(activation: Activation, printer, z) -> list[str]:
+    """One line per auxiliary; a sigmoid and its complement (s = Sigmoid(a), c = Sigmoid(-a))
+    together where the printer has a form for the pair that shares one exponential."""
+    definitions = {aux.symbol: aux.definition.subs(x, z) for aux in activation.auxiliaries}
+    by_definition = {d: symbol for symbol, d in definitions.items()}
+    lines, done = [], set()
+    for symbol, definition in definitions.items():
+        if symbol in done:
+            continue
+        complement = by_definition.get(Sigmoid(-definition.args[0])) if isinstance(definition, Sigmoid) else None
+        pair = None if complement is None else printer.sigmoid_pair(
+            printer.doprint(_numeric_constants(definition.args[0])), symbol.name, complement.name)
+        if pair is not None:
+            lines += pair
+            done.add(complement)
+        else:
+            lines.append(f"{symbol.name} = {printer.doprint(_numeric_constants(definition))}")
+    return lines
 
 
 _SYMPY_CALLS = {"sigmoid": Sigmoid}
