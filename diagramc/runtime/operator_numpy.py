@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import operator_series
 from .operator_tables import Tables, check_structure
 
 
@@ -91,40 +92,10 @@ def _power(P, P1, buckets, rows):
     return out
 
 
-def _with_firsts(Q, Z1, t):
-    """sum_j Z_j Q[(g, j)] per group: a twice-collapsed row's pairs with the first-order entries."""
-    groups = Q.shape[1] // t["firsts"]
-    return (Q.reshape(Q.shape[0], groups, t["firsts"], Q.shape[2]) * Z1[:, None]).sum(2)
-
-
 def series_activation(state, b, activation, t):
-    """Truncated Taylor series through sigma, z + b: h = sum_k F_k P_k on the series rows, and
-    the collapsed rows F_1 L + sum_k F_k T_k with T_k contracted before it is stored. Rows
-    collapsed twice (R, before the top rows) carry Q_1; Q_k (k >= 2) is made from P_(k-1)."""
-    z, P1, L = state
-    s, F = activation(z + b)
-    start, n_R = t["start"], t["second_rows"]
-    series, top, R_h = F[0][:, None] * P1, F[0][:, None] * L[:, n_R:], F[0][:, None] * L[:, :n_R]
-    if any(f is not None for f in F[1:]):  # relu and identity have no vertices: sigma' carries all
-        P, Q = P1, L[:, :n_R]  # P_(k-1) and Q_(k-1) at step k
-        for k in range(2, t["order"] + 1):
-            Fk = F[k - 1] if k - 1 < len(F) else None
-            if k in t["top_pairs"] and Fk is not None:
-                left, right, w = t["top_pairs"][k]
-                top = top + Fk[:, None] * np.matmul(w, P[:, left] * P1[:, right])
-            if n_R and Fk is not None and Q is not None:  # (beta, e_j) pairs, both orders at k = 2
-                top = top + (2.0 if k == 2 else 1.0) * Fk[:, None] * _with_firsts(Q, P1[:, :t["firsts"]], t)
-            Q = None
-            if k in t["second"]:
-                left, right, w = t["second"][k]
-                Q = np.matmul(w, P[:, left] * P1[:, right])
-                if Fk is not None:
-                    R_h = R_h + Fk[:, None] * Q
-            if k in t["powers"]:
-                P = _power(P, P1, t["powers"][k], t["series_rows"] - start[k])
-                if Fk is not None:  # onto the rows of order >= k
-                    series[:, start[k] - 1:] += Fk[:, None] * P
-    return s, series, np.concatenate([R_h, top], 1)
+    """See operator_series.series_activation."""
+    return operator_series.series_activation(state, b, activation, t, _OPS)
+
 
 def output(state, W, b, t, mixing: bool):
     """The linear output layer contracted with the operator's coefficients: (batch, OUTPUTS) or (batch, 1)."""
@@ -145,3 +116,15 @@ def prepare(params, x, layer_sizes):
     if x.dtype.kind != "f":
         raise ValueError(f"x has dtype {x.dtype}; expected a floating-point dtype (float32 or float64)")
     return [np.asarray(p, dtype=x.dtype) for p in params], x
+
+
+def _add_from_row(series, row, X):
+    """series[:, row:] += X, in place (NumPy arrays have no autograd to keep)."""
+    series[:, row:] += X
+    return series
+
+
+# the primitives operator_series takes from this backend
+_OPS = type("NumpyOps", (), {"matmul": staticmethod(np.matmul), "power": staticmethod(_power),
+                             "add_from_row": staticmethod(_add_from_row),
+                             "concatenate": staticmethod(lambda arrays: np.concatenate(arrays, 1))})
