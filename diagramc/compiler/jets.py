@@ -18,11 +18,10 @@ import sympy as sp
 
 from . import cache, codegen
 from ..activations import Activation, x as X
-from ..errors import DiagramcError
 from ..network import Architecture
 from .printing import activation_code
 from ..runtime import VERSION as RUNTIME_VERSION
-from .spec import BACKENDS, MAX_ORDER, canonical_json, sha256
+from .spec import ModuleSpec, check_request
 
 
 def series_rule(activation: Activation) -> tuple[str, tuple[float, ...]]:
@@ -58,7 +57,7 @@ def _complements(activation: Activation) -> dict:
 
 
 @dataclass(frozen=True)
-class JetSpec:
+class JetSpec(ModuleSpec):
     """Everything a jet module depends on, and nothing else."""
 
     architecture: Architecture
@@ -67,30 +66,12 @@ class JetSpec:
 
     @classmethod
     def create(cls, architecture: Architecture, order: int, backend: str = "numpy") -> "JetSpec":
-        if not isinstance(architecture, Architecture):
-            raise DiagramcError(f"expected a diagramc.Architecture, got {type(architecture).__name__}")
-        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-            raise DiagramcError(f"order must be a non-negative integer, got {order!r}")
-        if order > MAX_ORDER:
-            raise DiagramcError(f"order {order} is above the supported maximum {MAX_ORDER}")
-        if backend not in BACKENDS:
-            raise DiagramcError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        check_request(architecture, backend, order)
         return cls(architecture, order, backend)
 
-    def inputs_json(self) -> str:
-        return canonical_json(
-            {
-                "kernel": "jet",
-                "backend": self.backend,
-                "layer_sizes": list(self.architecture.layer_sizes),
-                "activation": self.architecture.activation.name,
-                "order": self.order,
-            }
-        )
-
-    @property
-    def digest(self) -> str:
-        return sha256(self.inputs_json())
+    def description(self) -> dict:
+        return {"kernel": "jet", "backend": self.backend, "layer_sizes": list(self.architecture.layer_sizes),
+                "activation": self.architecture.activation.name, "order": self.order}
 
     def module_name(self) -> str:
         act = self.architecture.activation.name

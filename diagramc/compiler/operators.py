@@ -29,7 +29,7 @@ from ..runtime.operator_tables import Tables, named_operator
 from . import cache
 from .codegen import BACKEND_LABELS, render_template
 from .printing import activation_code
-from .spec import BACKENDS, MAX_ORDER, canonical_json, sha256
+from .spec import MAX_ORDER, ModuleSpec, check_request
 
 NAMED = ("laplacian", "biharmonic", "divergence")
 # Terms a compiled operator may have: tables are built at import from them.
@@ -37,7 +37,7 @@ MAX_TERMS = 100_000
 
 
 @dataclass(frozen=True)
-class OperatorSpec:
+class OperatorSpec(ModuleSpec):
     """Everything an operator module depends on, and nothing else."""
 
     architecture: Architecture
@@ -49,10 +49,7 @@ class OperatorSpec:
 
     @classmethod
     def create(cls, architecture, operator, backend="numpy", dims=None) -> "OperatorSpec":
-        if not isinstance(architecture, Architecture):
-            raise DiagramcError(f"expected a diagramc.Architecture, got {type(architecture).__name__}")
-        if backend not in BACKENDS:
-            raise DiagramcError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        check_request(architecture, backend)
         name, dims, terms, mixing = parse_operator(operator, architecture, dims)
         return cls(architecture, backend, name, dims, terms, mixing)
 
@@ -60,16 +57,11 @@ class OperatorSpec:
     def order(self) -> int:
         return max(sum(_alpha(key)) for key, _ in self.terms)
 
-    def inputs_json(self) -> str:
+    def description(self) -> dict:
         described = ({"operator": self.name, "dims": None if self.dims is None else list(self.dims)} if self.name
                      else {"operator": [[_key_json(k), c] for k, c in self.terms], "mixing": self.mixing})
-        return canonical_json({"kind": "operator", "backend": self.backend,
-                               "layer_sizes": list(self.architecture.layer_sizes),
-                               "activation": self.architecture.activation.name, **described})
-
-    @property
-    def digest(self) -> str:
-        return sha256(self.inputs_json())
+        return {"kind": "operator", "backend": self.backend, "layer_sizes": list(self.architecture.layer_sizes),
+                "activation": self.architecture.activation.name, **described}
 
     def module_name(self) -> str:
         act = self.architecture.activation.name

@@ -29,6 +29,20 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def check_request(architecture, backend: str, order=None) -> None:
+    """The checks every kernel kind's request starts with: an Architecture, a known backend,
+    and (where it has one) an order from 0 to MAX_ORDER."""
+    if not isinstance(architecture, Architecture):
+        raise DiagramcError(f"expected a diagramc.Architecture, got {type(architecture).__name__}")
+    if order is not None:
+        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+            raise DiagramcError(f"order must be a non-negative integer, got {order!r}")
+        if order > MAX_ORDER:
+            raise DiagramcError(f"order {order} is above the supported maximum {MAX_ORDER}")
+    if backend not in BACKENDS:
+        raise DiagramcError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+
+
 class ModuleSpec:
     """What a generated module depends on: a description (whose hash names the module) and the
     command that regenerates it. Every kernel kind's spec derives from this."""
@@ -64,14 +78,7 @@ class KernelSpec(ModuleSpec):
         multi_indices: "Iterable[Sequence[int]] | None" = None,
         force: bool = False,
     ) -> "KernelSpec":
-        if not isinstance(architecture, Architecture):
-            raise DiagramcError(f"expected a diagramc.Architecture, got {type(architecture).__name__}")
-        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-            raise DiagramcError(f"order must be a non-negative integer, got {order!r}")
-        if order > MAX_ORDER:
-            raise DiagramcError(f"order {order} is above the supported maximum {MAX_ORDER}")
-        if backend not in BACKENDS:
-            raise DiagramcError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        check_request(architecture, backend, order)
         d = architecture.inputs
         total = sum(mi.count_of_order(d, k) for k in range(order + 1))  # counted before anything is built
         if multi_indices is None:

@@ -109,6 +109,7 @@ def output(state, W, b, t, mixing: bool):
            + (_rows_times(L, W.T) * A[1 + n:]).sum((1, 2)))
     return out[:, None]
 
+
 def prepare(params, x, layer_sizes):
     """params and x as arrays in x's floating dtype, checked against the network's shapes."""
     x = np.asarray(x)

@@ -117,6 +117,7 @@ def output(state, W, b, t, mixing: bool):
     out = (z @ W.T + b) @ A[0] + ((Z @ W.T) * A[1:1 + n]).sum((1, 2)) + ((L @ W.T) * A[1 + n:]).sum((1, 2))
     return out[:, None]
 
+
 def prepare(params, x, layer_sizes):
     """params and x checked: tensors of one floating dtype on one device, of the network's shapes."""
     if not isinstance(x, torch.Tensor):
