@@ -179,7 +179,7 @@ def test_generated_module_is_headed_standalone_and_deterministic(out_dir):
     imported = {a.name for node in ast.walk(ast.parse(source)) if isinstance(node, (ast.Import, ast.ImportFrom))
                 for a in node.names} | {node.module for node in ast.walk(ast.parse(source))
                                          if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"math", "numpy", "diagramc.runtime", "check_module"}  # numpy and diagramc's runtime only
+    assert imported <= {"math", "numpy", "diagramc.runtime", "check_module", "diagramc.runtime.arguments", "param_name"}  # numpy and diagramc's runtime only
     assert contrib.render(spec, str(out_dir)) == source  # the same request, the same bytes
     assert contrib.compile_contributions("tanh", (0, 0, 4), 3, out_dir) is module  # cached
     found = diagrams((0, 0, 4), 3)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import operator_series
-from .operator_tables import Tables, check_structure
+from .arguments import numpy_arguments
+from .operator_tables import Tables
 
 
 def tables_on(tables: Tables, outputs: int, dtype, cache: dict) -> dict:
@@ -41,17 +42,8 @@ def _rows_times(X, M):
     return (X.reshape(-1, X.shape[2]) @ M).reshape(X.shape[0], X.shape[1], M.shape[1])
 
 
-def input_series(x, t):
-    """The input's state: x, and constants shared by every point (batch dimension 1): unit rows
-    of the first-order entries, zeros above, the collapsed rows' first-order weights."""
-    n = t["series_rows"] - 1
-    rows = t["input_rows"][None]
-    return x, rows[:, :n], rows[:, n:]
 
 
-def first_layer(x, W, t):
-    """Layer 1's matrix: z = x W^T; the other rows are the same for every point (batch dimension 1)."""
-    return affine(input_series(x, t), W)
 
 
 def affine(state, W):
@@ -72,29 +64,10 @@ def _quadratic(Z, t):
     return np.stack([(np.matmul(Q[g], Z) * Z).sum(1) for g in range(Q.shape[0])], 1)
 
 
-def collapsed_activation(state, b, activation, t):
-    """The forward Laplacian through sigma, z + b: value sigma(z), Jacobian rows sigma'(z) Z,
-    collapsed rows sigma'(z) L + sigma''(z)/2 T_2 (the series has first-order entries only)."""
-    z, Z, L = state
-    s, F = activation(z + b)
-    F1 = F[0][:, None]
-    top = F1 * L
-    if t["quadratic_kind"] != "none" and len(F) > 1 and F[1] is not None:
-        top += F[1][:, None] * _quadratic(Z, t)
-    return s, F1 * Z, top
 
 
-def _power(P, P1, buckets, rows):
-    """P_(k-1) P_1 truncated to the series rows of order >= k: per bucket a gather, a product, a sum."""
-    out = np.zeros((max(P.shape[0], P1.shape[0]), rows, P.shape[2]), dtype=P.dtype)
-    for targets, left, right in buckets:
-        out[:, targets] = (P[:, left] * P1[:, right]).sum(2)
-    return out
 
 
-def series_activation(state, b, activation, t):
-    """See operator_series.series_activation."""
-    return operator_series.series_activation(state, b, activation, t, _OPS)
 
 
 def output(state, W, b, t, mixing: bool):
@@ -110,13 +83,7 @@ def output(state, W, b, t, mixing: bool):
     return out[:, None]
 
 
-def prepare(params, x, layer_sizes):
-    """params and x as arrays in x's floating dtype, checked against the network's shapes."""
-    x = np.asarray(x)
-    check_structure(params, x, layer_sizes)
-    if x.dtype.kind != "f":
-        raise ValueError(f"x has dtype {x.dtype}; expected a floating-point dtype (float32 or float64)")
-    return [np.asarray(p, dtype=x.dtype) for p in params], x
+prepare = numpy_arguments
 
 
 def _add_from_row(series, row, X):
@@ -125,7 +92,21 @@ def _add_from_row(series, row, X):
     return series
 
 
-# the primitives operator_series takes from this backend
-_OPS = type("NumpyOps", (), {"matmul": staticmethod(np.matmul), "power": staticmethod(_power),
-                             "add_from_row": staticmethod(_add_from_row),
-                             "concatenate": staticmethod(lambda arrays: np.concatenate(arrays, 1))})
+# the primitives operator_series takes from this backend, and the layers it makes of them
+_OPS = type("Ops", (), {"affine": staticmethod(affine), "quadratic": staticmethod(_quadratic),
+                        "zeros": staticmethod(lambda like, shape: np.zeros(shape, dtype=like.dtype)), "matmul": staticmethod(np.matmul),
+                        "add_from_row": staticmethod(_add_from_row),
+                        "concatenate": staticmethod(lambda arrays: np.concatenate(arrays, 1))})
+input_series = operator_series.input_series
+
+
+def first_layer(x, W, t):
+    return operator_series.first_layer(x, W, t, _OPS)
+
+
+def collapsed_activation(state, b, activation, t):
+    return operator_series.collapsed_activation(state, b, activation, t, _OPS)
+
+
+def series_activation(state, b, activation, t):
+    return operator_series.series_activation(state, b, activation, t, _OPS)

@@ -1,5 +1,5 @@
-"""The operators' series through the activation, the same for both backends: a backend module
-passed as `ops` supplies matmul, power, add_from_row and concatenate."""
+"""The operators' layers, the same algebra for both backends: a backend passes `ops`, its
+primitives (affine, quadratic, zeros, matmul, add_from_row, concatenate)."""
 from __future__ import annotations
 
 
@@ -33,7 +33,40 @@ def series_activation(state, b, activation, t, ops):
                 if Fk is not None:
                     R_h = R_h + Fk[:, None] * Q
             if k in t["powers"]:
-                P = ops.power(P, P1, t["powers"][k], t["series_rows"] - start[k])
+                P = power(P, P1, t["powers"][k], t["series_rows"] - start[k], ops)
                 if Fk is not None:  # onto the rows of order >= k
                     series = ops.add_from_row(series, start[k] - 1, Fk[:, None] * P)
     return s, series, ops.concatenate([R_h, top])
+
+
+def input_series(x, t):
+    """The input's state: x, and constants shared by every point (batch dimension 1): unit rows
+    of the first-order entries, zeros above, the collapsed rows' first-order weights."""
+    n = t["series_rows"] - 1
+    rows = t["input_rows"][None]
+    return x, rows[:, :n], rows[:, n:]
+
+
+def first_layer(x, W, t, ops):
+    """Layer 1's matrix: z = x W^T; the other rows are the same for every point (batch dimension 1)."""
+    return ops.affine(input_series(x, t), W)
+
+
+def collapsed_activation(state, b, activation, t, ops):
+    """The forward Laplacian through sigma, z + b: value sigma(z), Jacobian rows sigma'(z) Z,
+    collapsed rows sigma'(z) L + sigma''(z)/2 T_2 (the series has first-order entries only)."""
+    z, Z, L = state
+    s, F = activation(z + b)
+    F1 = F[0][:, None]
+    top = F1 * L
+    if t["quadratic_kind"] != "none" and len(F) > 1 and F[1] is not None:
+        top = top + F[1][:, None] * ops.quadratic(Z, t)
+    return s, F1 * Z, top
+
+
+def power(P, P1, buckets, rows, ops):
+    """P_(k-1) P_1 truncated to the series rows of order >= k: per bucket a gather, a product, a sum."""
+    out = ops.zeros(P, (max(P.shape[0], P1.shape[0]), rows, P.shape[2]))
+    for targets, left, right in buckets:
+        out[:, targets] = (P[:, left] * P1[:, right]).sum(2)
+    return out

@@ -262,21 +262,3 @@ def buckets(pairs):
         right = np.array([[b for _, b in terms] for _, terms in group], dtype=np.int64)
         out.append((targets, left, right))
     return out
-
-
-def param_name(i: int) -> str:
-    return f"{'W' if i % 2 == 0 else 'b'}{i // 2 + 1}"
-
-
-def check_structure(params, x, layer_sizes) -> None:
-    """ValueError naming the parameter and the shape expected, the same for every backend."""
-    if len(getattr(x, "shape", ())) != 2 or x.shape[1] != layer_sizes[0]:
-        raise ValueError(f"x has shape {tuple(getattr(x, 'shape', ()))}; expected (batch, {layer_sizes[0]})")
-    shapes = [s for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]) for s in ((n_out, n_in), (n_out,))]
-    if len(params) != len(shapes):
-        layers = len(shapes) // 2
-        raise ValueError(f"params has {len(params)} arrays; expected {len(shapes)}: "
-                         f"[W1, b1, ..., W{layers}, b{layers}] for layer sizes {tuple(layer_sizes)}")
-    for i, (p, shape) in enumerate(zip(params, shapes)):
-        if tuple(getattr(p, "shape", ())) != shape:
-            raise ValueError(f"params[{i}] ({param_name(i)}) has shape {tuple(getattr(p, 'shape', ()))}; expected {shape}")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from . import operator_series
-from .operator_tables import Tables, check_structure, param_name
+from .arguments import torch_arguments
+from .operator_tables import Tables
 
 
 def tables_on(tables: Tables, outputs: int, like: torch.Tensor, cache: dict) -> dict:
@@ -48,18 +49,8 @@ def _tensors(tables: Tables, outputs: int, device, dtype) -> dict:
     }
 
 
-def input_series(x, t):
-    """The input's state: x, and constants shared by every point (batch dimension 1): unit rows
-    of the first-order entries, zeros above, the collapsed rows' first-order weights."""
-    n = t["series_rows"] - 1
-    rows = t["input_rows"][None]
-    return x, rows[:, :n], rows[:, n:]
 
 
-def first_layer(x, W, t):
-    """Layer 1's matrix: z = x W^T; the other rows are the same for every point (batch dimension 1)."""
-    x, Z, L = input_series(x, t)
-    return affine((x, Z, L), W)
 
 
 def affine(state, W):
@@ -80,30 +71,10 @@ def _quadratic(Z, t):
     return torch.stack([(torch.matmul(Q[g], Z) * Z).sum(1) for g in range(Q.shape[0])], 1)
 
 
-def collapsed_activation(state, b, activation, t):
-    """The forward Laplacian through sigma, z + b: value sigma(z), Jacobian rows sigma'(z) Z,
-    collapsed rows sigma'(z) L + sigma''(z)/2 T_2 (the series has first-order entries only)."""
-    z, Z, L = state
-    s, F = activation(z + b)
-    F1 = F[0][:, None]
-    top = F1 * L
-    if t["quadratic_kind"] != "none" and len(F) > 1 and F[1] is not None:
-        top = top + F[1][:, None] * _quadratic(Z, t)
-    return s, F1 * Z, top
 
 
-def _power(P, P1, buckets, rows):
-    """P_(k-1) P_1 truncated to the series rows of order >= k: per bucket a gather, a product, a sum."""
-    batch = max(P.shape[0], P1.shape[0])
-    out = P.new_zeros((batch, rows, P.shape[2]))
-    for targets, left, right in buckets:
-        out[:, targets] = (P[:, left] * P1[:, right]).sum(2)
-    return out
 
 
-def series_activation(state, b, activation, t):
-    """See operator_series.series_activation."""
-    return operator_series.series_activation(state, b, activation, t, _OPS)
 
 
 def output(state, W, b, t, mixing: bool):
@@ -118,19 +89,7 @@ def output(state, W, b, t, mixing: bool):
     return out[:, None]
 
 
-def prepare(params, x, layer_sizes):
-    """params and x checked: tensors of one floating dtype on one device, of the network's shapes."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a torch.Tensor of shape (batch, {layer_sizes[0]}), got {type(x).__name__}")
-    check_structure(params, x, layer_sizes)
-    if not x.is_floating_point():
-        raise ValueError(f"x has dtype {x.dtype}; expected a floating-point dtype")
-    for i, p in enumerate(params):
-        if not isinstance(p, torch.Tensor):
-            raise ValueError(f"params[{i}] ({param_name(i)}) must be a torch.Tensor, got {type(p).__name__}")
-        if p.dtype != x.dtype or p.device != x.device:
-            raise ValueError(f"params[{i}] ({param_name(i)}) is {p.dtype} on {p.device}; expected x's {x.dtype} on {x.device}")
-    return list(params), x
+prepare = torch_arguments
 
 
 def _add_from_row(series, row, X):
@@ -138,7 +97,21 @@ def _add_from_row(series, row, X):
     return series + torch.nn.functional.pad(X, (0, 0, row, 0))
 
 
-# the primitives operator_series takes from this backend
-_OPS = type("TorchOps", (), {"matmul": staticmethod(torch.matmul), "power": staticmethod(_power),
-                             "add_from_row": staticmethod(_add_from_row),
-                             "concatenate": staticmethod(lambda tensors: torch.cat(tensors, 1))})
+# the primitives operator_series takes from this backend, and the layers it makes of them
+_OPS = type("Ops", (), {"affine": staticmethod(affine), "quadratic": staticmethod(_quadratic),
+                        "zeros": staticmethod(lambda like, shape: like.new_zeros(shape)), "matmul": staticmethod(torch.matmul),
+                        "add_from_row": staticmethod(_add_from_row),
+                        "concatenate": staticmethod(lambda arrays: torch.cat(arrays, 1))})
+input_series = operator_series.input_series
+
+
+def first_layer(x, W, t):
+    return operator_series.first_layer(x, W, t, _OPS)
+
+
+def collapsed_activation(state, b, activation, t):
+    return operator_series.collapsed_activation(state, b, activation, t, _OPS)
+
+
+def series_activation(state, b, activation, t):
+    return operator_series.series_activation(state, b, activation, t, _OPS)

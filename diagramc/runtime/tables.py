@@ -146,9 +146,6 @@ class TaylorTables:
             _elementwise = self.MULTIPLY_ADDS["elementwise"] - sum(self.LAYER_SIZES[2:-1]) * (self._layer_work(False) - self._layer_work(True))
             self.MULTIPLY_ADDS = {"gemm": self.MULTIPLY_ADDS["gemm"], "elementwise": _elementwise, "total": self.MULTIPLY_ADDS["gemm"] + _elementwise}
 
-        self._PARAM_SHAPES = tuple(
-            shape for n_in, n_out in zip(self.LAYER_SIZES[:-1], self.LAYER_SIZES[1:]) for shape in ((n_out, n_in), (n_out,))
-        )
         _RECENT.clear()  # one kept: memory bounded by the largest kernel in use
         _RECENT[_key({**plan, "by_tangent": self._BY_TANGENT, "by_equation": self._BY_EQUATION})] = dict(vars(self))
 
@@ -425,24 +422,7 @@ class TaylorTables:
                 gemm += self.OUTPUTS * w * w_prev
         return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise}
 
-    @staticmethod
-    def _param_name(i):
-        return f"{'W' if i % 2 == 0 else 'b'}{i // 2 + 1}"
 
-    def _check_structure(self, params, x):
-        """Shapes and layer count, the same for every backend."""
-        if len(x.shape) != 2 or x.shape[1] != self.INPUTS:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected (batch, {self.INPUTS})")
-        if len(params) != len(self._PARAM_SHAPES):
-            raise ValueError(
-                f"params has {len(params)} arrays; expected {len(self._PARAM_SHAPES)}: "
-                f"[W1, b1, ..., W{self.HIDDEN_LAYERS + 1}, b{self.HIDDEN_LAYERS + 1}] for layer sizes {self.LAYER_SIZES}"
-            )
-        for i, (p, shape) in enumerate(zip(params, self._PARAM_SHAPES)):
-            if tuple(getattr(p, "shape", ())) != shape:
-                raise ValueError(
-                    f"params[{i}] ({self._param_name(i)}) has shape {tuple(getattr(p, 'shape', ()))}; expected {shape}"
-                )
 
     def _buckets(self, index, left, right, target, position=None):
         """_group_by_count's groups as the backend's index arrays (targets through `position`)."""

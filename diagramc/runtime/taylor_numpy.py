@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 
+from .arguments import numpy_arguments
 from .taylor_kernel import TaylorKernel
 
 try:
@@ -286,13 +287,8 @@ class NumpyTaylorKernel(TaylorKernel):
         return kept.dtype == a.dtype and np.array_equal(kept, a)
 
     def _prepare(self, params, x):
-        x = np.asarray(x)
-        self._check_structure(params, x)
-        if x.dtype.kind != "f":
-            raise ValueError(f"x has dtype {x.dtype}; expected a floating-point dtype (float32 or float64)")
-        if not x.dtype.isnative:  # byte-swapped (as some files store it): worked, and returned, in this machine's order
-            x = x.astype(x.dtype.newbyteorder("="))
-        return [np.asarray(p, dtype=x.dtype) for p in params], x, self._TABLES
+        params, x = numpy_arguments(params, x, self.LAYER_SIZES)
+        return params, x, self._TABLES
 
     def _product(self, A, Z, table):
         """Low-order part of the truncated product of two series, A * Z, by dense blocks (or by

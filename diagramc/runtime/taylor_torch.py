@@ -4,6 +4,7 @@ large kernels (scatter-adds); on a CPU, the blocks of the shared algorithm."""
 import numpy as np
 import torch
 
+from .arguments import torch_arguments
 from .taylor_kernel import TaylorKernel
 
 
@@ -164,22 +165,11 @@ class TorchTaylorKernel(TaylorKernel):
         return False
 
     def _prepare(self, params, x):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"x must be a torch.Tensor of shape (batch, {self.INPUTS}), got {type(x).__name__}")
-        self._check_structure(params, x)
-        if not x.is_floating_point():
-            raise ValueError(f"x has dtype {x.dtype}; expected a floating-point dtype")
-        for i, p in enumerate(params):
-            if not isinstance(p, torch.Tensor):
-                raise ValueError(f"params[{i}] ({self._param_name(i)}) must be a torch.Tensor, got {type(p).__name__}")
-            if p.dtype != x.dtype or p.device != x.device:
-                raise ValueError(
-                    f"params[{i}] ({self._param_name(i)}) is {p.dtype} on {p.device}; expected x's {x.dtype} on {x.device}"
-                )
+        params, x = torch_arguments(params, x, self.LAYER_SIZES)
         if x.device not in self._DEVICE_TABLES:
             with torch.inference_mode(False):  # kept for later calls, which may need autograd
                 self._DEVICE_TABLES[x.device] = self._tables_on(x.device)
-        return list(params), x, self._DEVICE_TABLES[x.device]
+        return params, x, self._DEVICE_TABLES[x.device]
 
     def _tables_on(self, device):
         """The index tables as tensors on device, with the GPU's: each top-order block's rows, and
