@@ -60,6 +60,19 @@ def render_template(name: str, **context) -> str:
     return text + SEAL + hashlib.sha256(text.encode()).hexdigest() + "\n"
 
 
+def module_context(spec, out_dir: str) -> dict:
+    """What every generated module's header and constants take from a spec with an
+    architecture and a backend: version, command, hash, sizes, activation."""
+    arch, act = spec.architecture, spec.architecture.activation
+    return {
+        "version": __version__, "command": spec.command(out_dir), "digest": spec.digest,
+        "inputs_json": spec.inputs_json(), "backend": spec.backend, "backend_label": BACKEND_LABELS[spec.backend],
+        "layer_sizes": arch.layer_sizes, "layers": arch.hidden_layers + 1, "inputs": arch.inputs,
+        "outputs": arch.outputs, "hidden_layers": arch.hidden_layers, "activation_name": act.name,
+        "activation_label": act.name if not act.note else f"{act.name}: {act.note}",
+    }
+
+
 def _orders_label(spec: KernelSpec) -> str:
     if spec.full:
         return f"0..{spec.order}"
@@ -74,21 +87,9 @@ def render(spec: KernelSpec, out_dir: str) -> str:
     code = activation_code(act, spec.order, spec.backend)
     # NumPy kernels: the same functions as scalar code, for one fused (numba) loop over z
     scalar = activation_code(act, spec.order, "scalar") if spec.backend == "numpy" else None
-    arch = spec.architecture
     return render_template(
         TEMPLATES[spec.backend],
-        version=__version__,
-        command=spec.command(out_dir),
-        digest=spec.digest,
-        inputs_json=spec.inputs_json(),
-        layer_sizes=arch.layer_sizes,
-        layers=arch.hidden_layers + 1,
-        inputs=arch.inputs,
-        outputs=arch.outputs,
-        hidden_layers=arch.hidden_layers,
-        activation_name=act.name,
-        activation_label=act.name if not act.note else f"{act.name}: {act.note}",
-        backend_label=BACKEND_LABELS[spec.backend],
+        **module_context(spec, out_dir),
         order=spec.order,
         orders_label=_orders_label(spec),
         plan=plan.runtime_plan(),

@@ -20,7 +20,6 @@ from . import cache, codegen
 from ..activations import Activation, x as X
 from ..network import Architecture
 from .printing import activation_code
-from ..runtime import VERSION as RUNTIME_VERSION
 from .spec import ModuleSpec, check_request
 
 
@@ -101,20 +100,7 @@ def render(spec: JetSpec, out_dir: str) -> str:
     code = activation_code(act, spec.order if rule[0] == "vertex" else 1, spec.backend)
     return codegen.render_template(
         "jet_kernel.py.jinja",
-        version=codegen.__version__,
-        runtime_version=RUNTIME_VERSION,
-        command=spec.command(out_dir),
-        digest=spec.digest,
-        inputs_json=spec.inputs_json(),
-        backend=spec.backend,
-        backend_label=codegen.BACKEND_LABELS[spec.backend],
-        layer_sizes=arch.layer_sizes,
-        layers=arch.hidden_layers + 1,
-        inputs=arch.inputs,
-        outputs=arch.outputs,
-        hidden_layers=arch.hidden_layers,
-        activation_name=act.name,
-        activation_label=act.name if not act.note else f"{act.name}: {act.note}",
+        **codegen.module_context(spec, out_dir),
         order=spec.order,
         rule=rule,
         activation=code,

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from .. import __version__, runtime
 from ..combinatorics import multi_index as mi
 from ..errors import DiagramcError
 from ..network import Architecture, params_from_torch
 from ..runtime.operator_tables import Tables, named_operator
 from . import cache
-from .codegen import BACKEND_LABELS, render_template
+from .codegen import module_context, render_template
 from .printing import activation_code
 from .spec import MAX_ORDER, ModuleSpec, check_request
 
@@ -249,19 +248,7 @@ def render(spec: OperatorSpec, out_dir: str) -> str:
     act = arch.activation
     return render_template(
         "operator_kernel.py.jinja",
-        version=__version__,
-        runtime_version=runtime.VERSION,
-        command=spec.command(out_dir),
-        digest=spec.digest,
-        inputs_json=spec.inputs_json(),
-        backend=spec.backend,
-        backend_label=BACKEND_LABELS[spec.backend],
-        layer_sizes=arch.layer_sizes,
-        inputs=arch.inputs,
-        outputs=arch.outputs,
-        hidden_layers=arch.hidden_layers,
-        activation_name=act.name,
-        activation_label=act.name if not act.note else f"{act.name}: {act.note}",
+        **module_context(spec, out_dir),
         activation=_activation_code(act, spec.order, spec.backend),
         order=spec.order,
         operator_name=spec.name,
