@@ -32,6 +32,8 @@ _EXPORTS = {
     "TaylorRegularizedODE": "applications.ode",
     "compile_operator": "compiler.operators",
     "operator": "compiler.operators",
+    "set_num_threads": "runtime.threads",
+    "get_num_threads": "runtime.threads",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -44,6 +44,7 @@ PLAN = {
     'by_tangent': False,
     'by_equation': False,
     'weight_slots': (0, 1),
+    'points_per_thread': 1,
 }
 
 
@@ -156,4 +157,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: ba79b66749b4baa42fc22ab8cc5f5a18e0f227a8687461f592ee70e5ec056b2f
+# sha256 of all lines above: d5613cf82b48411716a4097ee2901d59179674613d5981d1bd0495c24370c266

@@ -44,6 +44,7 @@ PLAN = {
     'by_tangent': True,
     'by_equation': False,
     'weight_slots': (0, 1, 2),
+    'points_per_thread': 1,
 }
 
 
@@ -108,4 +109,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 9b0f1b756502599af7f5988ae8c54acd8c9a3436ded97580a529c21544159127
+# sha256 of all lines above: 3f97436a5912dfdd531e4cdbab001640c3321a912e4911feed415d9189713cc6

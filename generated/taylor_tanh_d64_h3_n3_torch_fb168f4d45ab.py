@@ -42,6 +42,7 @@ PLAN = {
     'by_tangent': True,
     'by_equation': False,
     'weight_slots': (0, 1, 2),
+    'points_per_thread': None,
 }
 
 
@@ -78,4 +79,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 0f490fa2d74926e4588a8e550c7d67d0f305795b7ca93378d193a3700c0b4ddf
+# sha256 of all lines above: 7efe412773c5c0aae92eeb5f10e7df4c07c37d7923c9a33cfcbadde33d6eafb5

@@ -41,6 +41,7 @@ class KernelPlan:
     series_columns: int = 0  # low-order columns carried through the layers
     top_columns: int = 0  # top-order coefficients made at the vertices
     numbers_per_point: int = 0  # the widest layer's series and the Gram matrices: a call's working set per point
+    points_per_thread: "int | None" = None  # a call splits its batch over threads, this many points each at least
 
     def runtime_plan(self) -> dict:
         """The data the generated module hands to the runtime (literals only)."""
@@ -52,6 +53,7 @@ class KernelPlan:
             "activation": arch.activation.name, "order": spec.order, "vertex_orders": self.vertex_orders,
             "requested": requested, "equation": self.equation, "by_points": self.by_points,
             "by_tangent": self.by_tangent, "by_equation": self.by_equation, "weight_slots": self.weight_slots,
+            "points_per_thread": self.points_per_thread,
         }
 
     def to_json(self) -> dict:
@@ -65,6 +67,7 @@ class KernelPlan:
                          "by_equation": self.by_equation, "equation": self.equation},
             "multiply_adds_per_point": self.multiply_adds,
             "memory_per_point_bytes": 8 * self.numbers_per_point,
+            "threads": {"points_per_thread": self.points_per_thread},
         }
 
     def explain(self) -> str:
@@ -99,6 +102,11 @@ class KernelPlan:
                      f"{ma['elementwise']:,} elementwise)")
         lines.append(f"  memory per point: {8 * self.numbers_per_point / 1024:,.0f} KiB in float64 "
                      "(series and Gram matrices; a call takes points in chunks of about 1 MB)")
+        if self.points_per_thread is None:
+            lines.append("  threads: torch's own (its operations use the cores)")
+        else:
+            lines.append(f"  threads: a call splits its batch over the threads (diagramc.set_num_threads, else the cores) "
+                         f"from {self.points_per_thread} points per thread, BLAS on one thread inside each")
         return "\n".join(lines)
 
 
@@ -118,13 +126,14 @@ def make_plan(spec: KernelSpec) -> KernelPlan:
     cls = _backend_class(spec.backend)
     # the table arithmetic alone (no backend arrays), with the backend's cost constants
     tables_class = type("PlanTables", (TaylorTables,), {
-        "TANGENT_FACTOR": cls.TANGENT_FACTOR, "EQUATION_THRESHOLD": cls.EQUATION_THRESHOLD})
+        "TANGENT_FACTOR": cls.TANGENT_FACTOR, "EQUATION_THRESHOLD": cls.EQUATION_THRESHOLD,
+        "PARALLEL_WORK": cls.PARALLEL_WORK})
     rp = dict(draft.runtime_plan(), by_tangent=None, by_equation=None)
     tables = tables_class(rp)
     return KernelPlan(spec, vertex_orders, equation, by_points, bool(tables._BY_TANGENT),
                       bool(tables._BY_EQUATION), tuple(slots), dict(tables.MULTIPLY_ADDS),
                       series_columns=tables._LOW, top_columns=len(tables._SERIES) - tables._LOW,
-                      numbers_per_point=tables._numbers_per_point())
+                      numbers_per_point=tables._numbers_per_point(), points_per_thread=tables.points_per_thread())
 
 
 def plan_json(plan: KernelPlan) -> str:

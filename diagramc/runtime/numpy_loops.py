@@ -4,6 +4,7 @@ NumPy operations make several. Compiled at a first call, they stay in numba's di
 (__pycache__ beside this file, else numba's per-user folder), shared by every kernel.
 """
 import math
+import os
 
 import llvmlite.ir  # numba's own dependency: the code of the calls into SciPy's BLAS (_call_blas)
 import numba
@@ -18,6 +19,8 @@ EQUATION_TILE = 512
 def jit(**options):
     """numba.njit, cached on disk where numba has a folder to write to; a cache that fails
     to load or save is passed over (the loop is compiled, the call goes on)."""
+    options.setdefault("nogil", True)  # a call's parts run on threads (runtime.threads) at once
+
     def decorate(function):
         try:
             loop = numba.njit(cache=True, **options)(function)
@@ -26,8 +29,38 @@ def jit(**options):
         store = getattr(loop, "_cache", None)
         if hasattr(store, "load_overload") and hasattr(store, "save_overload"):
             store.load_overload, store.save_overload = map(_passed_over, (store.load_overload, store.save_overload))
+        _LOOPS.append(loop)
         return loop
     return decorate
+
+
+_LOOPS = []  # every loop jit made in this process (the runtime's and the generated modules')
+_ANNOUNCED = []
+
+
+def announce_first_compilation(stream=None):
+    """Says once per process, on stderr, that numba compiles the runtime's loops with nothing
+    in its disk cache yet (a machine's first kernel call takes tens of seconds; later
+    processes load them)."""
+    if _ANNOUNCED:
+        return False
+    _ANNOUNCED.append(True)
+    # the runtime's own loops: a module's activation loop is small, compiled at its first call
+    missing = [loop for loop in _LOOPS if loop.py_func.__module__ == __name__ and not _cached_on_disk(loop)]
+    if not missing:
+        return False
+    import sys
+
+    (stream or sys.stderr).write(
+        f"diagramc: numba is compiling {len(missing)} loops of the NumPy kernels for this machine, once "
+        "(up to a minute); later processes load them from its disk cache\n")
+    return True
+
+
+def _cached_on_disk(loop):
+    """Whether numba's disk cache has an index for the loop (True where there is no disk cache)."""
+    index = getattr(getattr(getattr(loop, "_cache", None), "_cache_file", None), "_index_path", None)
+    return index is None or os.path.exists(index)
 
 def _passed_over(method):
     def guarded(*args):

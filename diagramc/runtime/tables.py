@@ -32,6 +32,7 @@ class TaylorTables:
     TANGENT_FACTOR = 1
     EQUATION_THRESHOLD = 1.0
     PRODUCTS_BY_CLASSES = False
+    PARALLEL_WORK = None
 
     def __init__(self, plan):
         """plan: inputs, outputs, layer_sizes, activation, order, vertex_orders, requested
@@ -380,6 +381,14 @@ class TaylorTables:
         if by_equation:
             return 2 * self._LOW + sum(map(len, self._EQUATION_ROWS)) + sum(len(block["rows"]) for block in self._TOP_BLOCKS)
         return sum(self._powers_work())
+
+    def points_per_thread(self):
+        """The fewest points a thread takes when a call splits its batch (PARALLEL_WORK
+        multiply-adds at least); None where the backend does not split (its operations use
+        the cores themselves)."""
+        if self.PARALLEL_WORK is None:
+            return None
+        return max(1, -(-self.PARALLEL_WORK // max(self.MULTIPLY_ADDS["total"], 1)))
 
     def _chunk_size(self, elements):
         """Points per chunk of a call: about `elements` numbers in its series and Gram matrices,

@@ -298,6 +298,14 @@ class TaylorKernel(TaylorTables):
         _, _, rows, cols = self._first_layer_term(tables)
         return (rows.stop - rows.start) * (cols.stop - cols.start) * params[0].shape[0] <= self._FOLD_MAX_NUMBERS
 
+    def _parts(self, batch):
+        """The batch's rows as one slice per thread a call uses: here one (a backend may split)."""
+        return [None]  # None: the whole batch, no slicing (the arrays as given)
+
+    def _run_parts(self, function, parts):
+        """[function(rows) for rows in parts], in order (a backend may run them on threads)."""
+        return [function(rows) for rows in parts]
+
     def taylor_coefficients(self, params, x):
         """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
         return self._coefficients(params, x, False)
@@ -313,16 +321,28 @@ class TaylorKernel(TaylorTables):
             return self._zeros(x, (0, self.OUTPUTS, len(self.MULTI_INDICES)))
         fold = self._folds(params, tables, x.shape[0])
         out = self._empty(x, (x.shape[0], self.OUTPUTS, 1 + len(self._SERIES)))  # every chunk writes its rows
+        parts = self._parts(x.shape[0])  # the batch's rows, one slice per thread
         if self._by_points(x):  # order 2 in one fused call, layer 1's fold included; out in the series' order
-            scaled = self._series_by_points(params, x, tables, self._first_layer_for(params, tables, True)[1] if fold else None,
-                                       out, derivatives)
+            K = self._first_layer_for(params, tables, True)[1] if fold else None
+            scaled = self._run_parts(lambda rows: self._series_by_points(params, _rows(x, rows), tables, K, _rows(out, rows),
+                                                                         derivatives), parts)[0]
             out = out if tables["series_outputs"] is None else self._take_last(out, tables["series_outputs"])
             return self._times_factorials(out) if derivatives and not scaled else out
         first_powers, K = self._first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
         chunk = self._chunk(x)
-        u = [self._series(params, x[i : i + chunk], tables, first_powers, fold, out[i : i + chunk])
-             for i in range(0, x.shape[0], chunk)]
+
+        def series(rows):  # a thread's rows, chunk by chunk
+            start, stop = (0, x.shape[0]) if rows is None else (rows.start, rows.stop)
+            return [self._series(params, x[i : min(i + chunk, stop)], tables, first_powers, fold, out[i : min(i + chunk, stop)])
+                    for i in range(start, stop, chunk)]
+
+        u = [piece for pieces in self._run_parts(series, parts) for piece in pieces]
         if fold:  # layer 1's top-order block for the whole batch: one matrix product
             out[:, :, 1 + self._LOW :] += self._rows_times(u[0] if len(u) == 1 else self._cat(u, 0), K.T)
         out = self._take_last(out, tables["outputs"])
         return self._times_factorials(out) if derivatives else out
+
+
+def _rows(a, rows):
+    """a's rows (a slice), or a itself where rows is None."""
+    return a if rows is None else a[rows]

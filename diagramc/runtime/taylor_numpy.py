@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 
+from . import threads
 from .arguments import numpy_arguments
 from .taylor_kernel import TaylorKernel
 
@@ -41,6 +42,7 @@ class NumpyTaylorKernel(TaylorKernel):
     TANGENT_FACTOR = 1  # fewer rows through the layers pays at once
     EQUATION_THRESHOLD = 1.1  # its one numba loop per layer replaces several calls
     PRODUCTS_BY_CLASSES = False
+    PARALLEL_WORK = 10**6  # multiply-adds a thread's part takes at least: the hand-over (tens of us) is paid over
     _fused_product = _loop("fused_product")
     _fused_add_scaled = _loop("fused_add_scaled")
     _fused_scaled_rows = _loop("fused_scaled_rows")
@@ -58,6 +60,7 @@ class NumpyTaylorKernel(TaylorKernel):
         self._FUSED = FUSED and fused and fused_activation is not None
         self._fused_activation, self._fused_vertices = fused_activation, fused_vertices
         self._WEIGHT_SLOTS = tuple(plan.get("weight_slots", ()))
+        self._POINTS_PER_THREAD = plan.get("points_per_thread") or self.points_per_thread()
         self._WEIGHT_COUNT = sum(slot is not None for slot in self._WEIGHT_SLOTS)
         self._PLAN_BY_POINTS = bool(plan.get("by_points")) and fused_vertices is not None and self._FUSED
         self._TABLES = self._build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
@@ -267,6 +270,18 @@ class NumpyTaylorKernel(TaylorKernel):
     def _chunk(self, x):
         return self._CHUNK
 
+    def _parts(self, batch):
+        """One slice of the batch per thread, each of at least _POINTS_PER_THREAD points (the
+        whole batch, None, where it has too few for two)."""
+        count = min(threads.get_num_threads(), batch // self._POINTS_PER_THREAD)
+        if count <= 1:
+            return [None]
+        bounds = [batch * i // count for i in range(count + 1)]
+        return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+    def _run_parts(self, function, parts):
+        return threads.run_parts(function, parts, len(parts))
+
     def _times_factorials(self, coefficients):
         """coefficients * alpha!, in place (taylor_coefficients' array is always new): only the
         columns whose alpha! is not 1 (at order 2 the d squares of 2211 columns: 20x less work
@@ -287,6 +302,8 @@ class NumpyTaylorKernel(TaylorKernel):
         return kept.dtype == a.dtype and np.array_equal(kept, a)
 
     def _prepare(self, params, x):
+        if loops is not None and not loops._ANNOUNCED:
+            loops.announce_first_compilation()
         params, x = numpy_arguments(params, x, self.LAYER_SIZES)
         return params, x, self._TABLES
 

@@ -1,0 +1,94 @@
+"""The threads a NumPy kernel call may use, and a call's parts run on them.
+
+A call splits its batch into parts, one thread each, with BLAS held to one thread inside the
+parts (the parts are the parallelism; BLAS's own threads on top would oversubscribe the
+cores). The count follows, in this order: set_num_threads, DIAGRAMC_NUM_THREADS,
+NUMBA_NUM_THREADS, OMP_NUM_THREADS, and the cores this process may run on.
+"""
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+_ENVIRONMENT = ("DIAGRAMC_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS")
+_state = {"threads": None, "pool": None, "pool_size": 0, "controller": None}
+_lock = threading.Lock()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+
+
+def set_num_threads(count: "int | None") -> None:
+    """Threads for every later NumPy kernel call (None: back to the environment's and the cores')."""
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"set_num_threads: expected a positive int or None, got {count!r}")
+    _state["threads"] = count
+
+
+def get_num_threads() -> int:
+    """Threads a NumPy kernel call may use now."""
+    if _state["threads"] is not None:
+        return _state["threads"]
+    for name in _ENVIRONMENT:
+        text = os.environ.get(name, "").strip()
+        if text.isdigit() and int(text) >= 1:
+            return min(int(text), available_cores())
+    return available_cores()
+
+
+def _pool(size):
+    """The process's worker threads, at least `size` of them (made at first use, grown when asked)."""
+    with _lock:
+        if _state["pool"] is None or _state["pool_size"] < size:
+            if _state["pool"] is not None:
+                _state["pool"].shutdown(wait=False)
+            _state["pool"] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="diagramc")
+            _state["pool_size"] = size
+        return _state["pool"]
+
+
+def _forget_pool_in_child():
+    """A forked child has the pool's object but none of its threads: it makes its own."""
+    _state["pool"], _state["pool_size"], _state["controller"] = None, 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def _controller():
+    """threadpoolctl's view of the BLAS libraries loaded (NumPy's and SciPy's), made once, or
+    None without threadpoolctl."""
+    if _state["controller"] is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            return None
+        _state["controller"] = ThreadpoolController()
+    return _state["controller"]
+
+
+def one_blas_thread():
+    """A context in which BLAS runs on the calling thread alone."""
+    controller = _controller()
+    if controller is None:
+        return contextlib.nullcontext()
+    return controller.limit(limits=1, user_api="blas")
+
+
+def run_parts(function, parts, threads):
+    """[function(part) for part in parts], the parts spread over `threads` threads (this one
+    included), BLAS on one thread each."""
+    parts = list(parts)
+    if threads <= 1 or len(parts) <= 1:
+        return [function(part) for part in parts]
+    with one_blas_thread():
+        pool = _pool(threads - 1)
+        futures = [pool.submit(function, part) for part in parts[1:]]
+        first = function(parts[0])
+        return [first] + [future.result() for future in futures]

@@ -1,0 +1,132 @@
+"""A NumPy kernel call on threads: the count's sources, the parts, and the same numbers as on one."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import diagramc
+from diagramc.runtime import threads
+
+from .reference import random_params, reference_derivatives
+
+
+@pytest.fixture(autouse=True)
+def _no_setting(monkeypatch):
+    for name in threads._ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    threads.set_num_threads(None)
+    yield
+    threads.set_num_threads(None)
+
+
+def test_count_follows_setting_then_environment_then_cores(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 6)
+    assert threads.get_num_threads() == 6
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads.get_num_threads() == 3
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")  # before OMP's
+    assert threads.get_num_threads() == 2
+    monkeypatch.setenv("DIAGRAMC_NUM_THREADS", "64")  # never more than the cores
+    assert threads.get_num_threads() == 6
+    threads.set_num_threads(4)
+    assert threads.get_num_threads() == 4
+    threads.set_num_threads(None)
+    assert threads.get_num_threads() == 6
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, "2"])
+def test_set_num_threads_refuses_what_is_not_a_count(bad):
+    with pytest.raises(ValueError, match="expected a positive int or None"):
+        threads.set_num_threads(bad)
+
+
+def test_run_parts_keeps_order_uses_threads_and_one_blas_thread():
+    from threadpoolctl import threadpool_info
+
+    np.ones((64, 64)) @ np.ones((64, 64))  # NumPy's BLAS loaded
+
+    def part(i):
+        blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+        return i, threading.get_ident(), blas
+
+    got = threads.run_parts(part, range(4), 4)
+    assert [i for i, _, _ in got] == [0, 1, 2, 3]
+    assert got[0][1] == threading.get_ident() and len({ident for _, ident, _ in got}) > 1
+    assert all(blas == [1] * len(blas) for _, _, blas in got)
+    assert threads.run_parts(lambda i: i * i, [3], 4) == [9]  # one part: no pool
+
+
+def test_an_error_in_a_part_reaches_the_caller():
+    def part(i):
+        if i == 2:
+            raise ArithmeticError("part 2")
+        return i
+
+    with pytest.raises(ArithmeticError, match="part 2"):
+        threads.run_parts(part, range(3), 3)
+
+
+@pytest.mark.parametrize("activation,order,sizes,batch", [
+    ("tanh", 2, (5, 9, 7, 2), 23),        # order 2 point by point
+    ("sin", 3, (3, 6, 8, 5, 1), 17),
+    ("softplus", 4, (2, 7, 5, 3), 11),
+    ("tanh", 5, (3, 4, 6, 2), 9),
+])
+def test_split_call_matches_jacfwd_and_one_thread(activation, order, sizes, batch, tmp_path):
+    """Parts of uneven sizes (a batch not divisible by the threads) and a point per chunk
+    boundary: the same numbers as one thread, bit for bit, and as nested jacfwd."""
+    arch = diagramc.Architecture(layer_sizes=sizes, activation=activation)
+    module = diagramc.compile(arch, order, backend="numpy", out_dir=tmp_path)
+    params = random_params(sizes, torch.Generator().manual_seed(order))
+    x = torch.randn(batch, sizes[0], generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
+    kernel = module._KERNEL
+    kernel._POINTS_PER_THREAD = 1  # split even these small calls
+    threads.set_num_threads(1)
+    alone = module.derivatives([p.numpy() for p in params], x.numpy())
+    threads.set_num_threads(3)
+    assert len(kernel._parts(batch)) == 3
+    split = module.derivatives([p.numpy() for p in params], x.numpy())
+    np.testing.assert_array_equal(split, alone)
+    want = reference_derivatives(params, x, activation, module.MULTI_INDICES)
+    torch.testing.assert_close(torch.as_tensor(split), want, rtol=1e-10, atol=1e-10 * float(want.abs().max()))
+
+
+def test_plan_records_the_split_rule():
+    from diagramc.compiler.plan import make_plan
+    from diagramc.compiler.spec import KernelSpec
+
+    arch = diagramc.Architecture(layer_sizes=(4, 64, 64, 64, 1), activation="tanh")
+    plan = make_plan(KernelSpec.create(arch, 4, "numpy"))
+    per_point = plan.multiply_adds["total"]
+    assert plan.points_per_thread == -(-10**6 // per_point)
+    assert plan.runtime_plan()["points_per_thread"] == plan.points_per_thread
+    assert "points per thread" in plan.explain()
+    assert make_plan(KernelSpec.create(arch, 4, "torch")).points_per_thread is None
+
+
+def test_first_compilation_is_announced_once(monkeypatch):
+    import io
+
+    from diagramc.runtime import numpy_loops as loops
+
+    monkeypatch.setattr(loops, "_ANNOUNCED", [])
+    monkeypatch.setattr(loops, "_cached_on_disk", lambda loop: loop is not loops.fused_product)
+    stream = io.StringIO()
+    assert loops.announce_first_compilation(stream) is True
+    assert loops.announce_first_compilation(stream) is False
+    assert stream.getvalue() == ("diagramc: numba is compiling 1 loops of the NumPy kernels for this machine, once "
+                                 "(up to a minute); later processes load them from its disk cache\n")
+
+
+def test_nothing_is_announced_when_the_cache_has_every_loop(monkeypatch):
+    import io
+
+    from diagramc.runtime import numpy_loops as loops
+
+    monkeypatch.setattr(loops, "_ANNOUNCED", [])
+    monkeypatch.setattr(loops, "_cached_on_disk", lambda loop: True)
+    stream = io.StringIO()
+    assert loops.announce_first_compilation(stream) is False and stream.getvalue() == ""
