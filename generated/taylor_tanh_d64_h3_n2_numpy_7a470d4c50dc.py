@@ -28,7 +28,7 @@ from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
 from diagramc.runtime import check_module as _check_module
 
 _REGENERATE = 'diagramc compile --order 2 --layer-sizes 64,64,64,64,1 --activation tanh --backend numpy -o generated'
-_check_module(globals().get("__file__"), 1, _REGENERATE)
+_check_module(globals().get("__file__"), 2, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -64,7 +64,6 @@ def _activation(z):
 
 try:  # numba's loop of the same functions, one pass over z (numba is a dependency; a broken install falls back)
     from diagramc.runtime.numpy_loops import jit
-    from diagramc.runtime.numpy_loops import FEW_ROWS, add_few_rows_times_transposed, few_rows_times, gemm
 
     @jit(error_model="numpy")  # x/0 gives inf or nan, as NumPy's operations do
     def _fused_activation(zs, value, weights):
@@ -81,63 +80,10 @@ try:  # numba's loop of the same functions, one pass over z (numba is a dependen
                 value[i, j] = u
                 weights[0, i, j] = t0
                 weights[1, i, j] = t0*(c - s)
-
-    @jit()
-    def _fused_vertices(blas, x, weights, biases, out, slopes, lines):
-        """The point-independent part of order 2 for a batch, without NumPy's per-operation
-        cost (most of a one-point call): layer by layer z = h W^T + b (one BLAS product; up to
-        FEW_ROWS points, a numba loop) and
-        sigma'(z) (_fused_activation) into slopes (hidden layers, batch, widest), the output
-        value into out[:, :, 0] (out whole, as fused_order_two takes it); then the output lines g = df/dh back from the top,
-        each a BLAS product (or loop), as g sigma''/2 into lines (hidden layers, batch, OUTPUTS, widest).
-        A layer's entries are the first `width` of the last axis. (Arrays, not lists of them:
-        numba compiles lists of arrays several times slower.)"""
-        batch, outputs, value = x.shape[0], out.shape[1], out[:, :, 0]
-        ints, one, zero = np.empty(8, dtype=np.int32), np.ones(1, dtype=x.dtype), np.zeros(1, dtype=x.dtype)
-        curvatures = np.empty_like(slopes)
-        h = x
-        for l in range(len(weights)):
-            width = weights[l].shape[0]
-            z = np.empty((batch, width), dtype=x.dtype)
-            for b in range(batch):
-                for j in range(width):
-                    z[b, j] = biases[l][j]
-            if batch <= FEW_ROWS:
-                add_few_rows_times_transposed(h, weights[l], z)
-            else:
-                gemm(blas, h, weights[l], z, False, True, one, ints, one)  # z = h W^T + b
-            if l == len(weights) - 1:
-                for b in range(batch):
-                    for o in range(outputs):
-                        value[b, o] = z[b, o]
-                break
-            h, factors = np.empty_like(z), np.empty((2,) + z.shape, dtype=z.dtype)
-            _fused_activation(z, h, factors)
-            for b in range(batch):
-                for j in range(width):
-                    slopes[l, b, j] = factors[0, b, j]
-                    curvatures[l, b, j] = factors[1, b, j]
-        g = np.empty((batch * outputs, weights[-1].shape[1]), dtype=x.dtype)  # df/dh at the last hidden layer
-        for r in range(g.shape[0]):
-            for j in range(g.shape[1]):
-                g[r, j] = weights[-1][r % outputs, j]
-        for l in range(len(weights) - 2, -1, -1):
-            t = np.empty_like(g)
-            for r in range(g.shape[0]):
-                b, o = r // outputs, r % outputs
-                for j in range(g.shape[1]):
-                    lines[l, b, o, j] = g[r, j] * curvatures[l, b, j]
-                    t[r, j] = g[r, j] * slopes[l, b, j]
-            if l > 0:  # g <- (g sigma') W, one layer down
-                g = np.empty((batch * outputs, weights[l].shape[1]), dtype=x.dtype)
-                if g.shape[0] <= FEW_ROWS:
-                    few_rows_times(t, weights[l], g)
-                else:
-                    gemm(blas, t, weights[l], g, False, False, zero, ints, one)
 except ImportError:
-    _fused_activation = _fused_vertices = None
+    _fused_activation = None
 
-_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation, _fused_vertices)
+_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation)
 
 INPUTS = 64
 OUTPUTS = 1
@@ -157,4 +103,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: d5613cf82b48411716a4097ee2901d59179674613d5981d1bd0495c24370c266
+# sha256 of all lines above: dda1981cc9bef6c352d2645c59ca2ecfcba1884f3dd4680d50dedbafdf24716f

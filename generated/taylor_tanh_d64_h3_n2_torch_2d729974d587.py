@@ -26,7 +26,7 @@ from diagramc.runtime.taylor_torch import TorchTaylorKernel
 from diagramc.runtime import check_module as _check_module
 
 _REGENERATE = 'diagramc compile --order 2 --layer-sizes 64,64,64,64,1 --activation tanh --backend torch -o generated'
-_check_module(globals().get("__file__"), 1, _REGENERATE)
+_check_module(globals().get("__file__"), 2, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -77,4 +77,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 7202282fbe8db9361244dd62e96e118d862c6fb62ce4a5d576c474673ba092cd
+# sha256 of all lines above: 848b31a6654f04f70899ca7e9b3ecd90198477e3807073e562451e779450ef69

@@ -28,7 +28,7 @@ from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
 from diagramc.runtime import check_module as _check_module
 
 _REGENERATE = 'diagramc compile --order 3 --layer-sizes 64,64,64,64,1 --activation tanh --backend numpy -o generated'
-_check_module(globals().get("__file__"), 1, _REGENERATE)
+_check_module(globals().get("__file__"), 2, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -84,12 +84,10 @@ try:  # numba's loop of the same functions, one pass over z (numba is a dependen
                 weights[0, i, j] = t1
                 weights[1, i, j] = t1*(c - s)
                 weights[2, i, j] = (8/3)*t0*(c**2 + s**2 - t1)
-
-    _fused_vertices = None
 except ImportError:
-    _fused_activation = _fused_vertices = None
+    _fused_activation = None
 
-_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation, _fused_vertices)
+_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation)
 
 INPUTS = 64
 OUTPUTS = 1
@@ -109,4 +107,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 3f97436a5912dfdd531e4cdbab001640c3321a912e4911feed415d9189713cc6
+# sha256 of all lines above: 10f1d2ad40d14fcd6d883448a59614e4c83aa38c736765f4b774fa16ce5b3b25

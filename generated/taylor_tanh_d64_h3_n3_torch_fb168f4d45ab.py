@@ -26,7 +26,7 @@ from diagramc.runtime.taylor_torch import TorchTaylorKernel
 from diagramc.runtime import check_module as _check_module
 
 _REGENERATE = 'diagramc compile --order 3 --layer-sizes 64,64,64,64,1 --activation tanh --backend torch -o generated'
-_check_module(globals().get("__file__"), 1, _REGENERATE)
+_check_module(globals().get("__file__"), 2, _REGENERATE)
 
 # The plan, decided at compile time (diagramc compile ... --plan prints it).
 PLAN = {
@@ -79,4 +79,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 7efe412773c5c0aae92eeb5f10e7df4c07c37d7923c9a33cfcbadde33d6eafb5
+# sha256 of all lines above: d23667e290c8ae9de42d1450f5c303288c8411a548e95195c821196c0209008b

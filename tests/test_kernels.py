@@ -456,8 +456,7 @@ def test_order_two_without_scipy_and_with_strided_arrays(kernel_dir, monkeypatch
     from diagramc.runtime.taylor_numpy import NumpyTaylorKernel
     with monkeypatch.context() as patch:
         patch.setattr(numpy_loops, "DGEMM", None)  # as where SciPy's BLAS cannot be loaded
-        plain = types.SimpleNamespace(_KERNEL=NumpyTaylorKernel(mod.PLAN, mod._activation, mod._fused_activation,
-                                                                mod._fused_vertices))
+        plain = types.SimpleNamespace(_KERNEL=NumpyTaylorKernel(mod.PLAN, mod._activation, mod._fused_activation))
     plain.derivatives = plain._KERNEL.derivatives
     assert mod._KERNEL._BY_POINTS == HAS_SCIPY and not plain._KERNEL._BY_POINTS
     x = np.random.default_rng(4).normal(size=(12, 10))[:, ::2]  # every other column: strided

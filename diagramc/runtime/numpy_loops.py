@@ -4,11 +4,11 @@ NumPy operations make several. Compiled at a first call, they stay in numba's di
 (__pycache__ beside this file, else numba's per-user folder), shared by every kernel.
 """
 import math
-import os
 
 import llvmlite.ir  # numba's own dependency: the code of the calls into SciPy's BLAS (_call_blas)
 import numba
 import numba.core.cgutils
+import numba.core.event
 import numba.extending
 import numpy as np
 
@@ -29,38 +29,41 @@ def jit(**options):
         store = getattr(loop, "_cache", None)
         if hasattr(store, "load_overload") and hasattr(store, "save_overload"):
             store.load_overload, store.save_overload = map(_passed_over, (store.load_overload, store.save_overload))
-        _LOOPS.append(loop)
         return loop
     return decorate
 
 
-_LOOPS = []  # every loop jit made in this process (the runtime's and the generated modules')
 _ANNOUNCED = []
 
 
 def announce_first_compilation(stream=None):
-    """Says once per process, on stderr, that numba compiles the runtime's loops with nothing
-    in its disk cache yet (a machine's first kernel call takes tens of seconds; later
-    processes load them)."""
+    """Says once per process, on stderr, that numba is compiling the runtime's loops (none in
+    its disk cache yet: a machine's first kernel calls take up to a minute; later processes
+    load them)."""
     if _ANNOUNCED:
         return False
     _ANNOUNCED.append(True)
-    # the runtime's own loops: a module's activation loop is small, compiled at its first call
-    missing = [loop for loop in _LOOPS if loop.py_func.__module__ == __name__ and not _cached_on_disk(loop)]
-    if not missing:
-        return False
     import sys
 
-    (stream or sys.stderr).write(
-        f"diagramc: numba is compiling {len(missing)} loops of the NumPy kernels for this machine, once "
-        "(up to a minute); later processes load them from its disk cache\n")
+    (stream or sys.stderr).write("diagramc: numba is compiling the NumPy kernels' loops for this machine, once "
+                                 "(up to a minute); later processes load them from its disk cache\n")
     return True
 
 
-def _cached_on_disk(loop):
-    """Whether numba's disk cache has an index for the loop (True where there is no disk cache)."""
-    index = getattr(getattr(getattr(loop, "_cache", None), "_cache_file", None), "_index_path", None)
-    return index is None or os.path.exists(index)
+class _CompilationListener(numba.core.event.Listener):
+    """numba's compile event, which it raises only where its disk cache misses."""
+
+    def on_start(self, event):
+        dispatcher = event.data.get("dispatcher") if isinstance(event.data, dict) else None
+        if getattr(getattr(dispatcher, "py_func", None), "__module__", None) == __name__:
+            announce_first_compilation()
+
+    def on_end(self, event):
+        pass
+
+
+numba.core.event.register("numba:compile", _CompilationListener())
+
 
 def _passed_over(method):
     def guarded(*args):
@@ -250,6 +253,80 @@ def few_rows_times(t, W, g):
             for i in range(W.shape[1]):
                 g[r, i] += s * W[j, i]
 
+def activation_pointer(loop, dtype):
+    """The module's activation loop (zs, value, weights) as a numba cfunc for one dtype: a
+    function pointer fused_vertices calls, so that fused_vertices is compiled once per
+    machine for every activation, not once per module. Cached on disk beside the module."""
+    from numba.core import sigutils
+    from numba.core.ccallback import CFunc  # what numba.cfunc makes, built here to guard its cache as jit's
+
+    item = numba.from_dtype(np.dtype(dtype))
+    signature = sigutils.normalize_signature(numba.types.void(item[:, ::1], item[:, ::1], item[:, :, ::1]))
+    pointer = CFunc(loop, signature, locals={}, options={"error_model": "numpy"})
+    try:
+        pointer.enable_caching()
+    except RuntimeError:  # no folder to write the cache to
+        pass
+    else:
+        store = pointer._cache
+        store.load_overload, store.save_overload = map(_passed_over, (store.load_overload, store.save_overload))
+    pointer.compile()
+    return pointer
+
+@jit()
+def fused_vertices(activation, weight_count, slope_slot, curvature_slot, blas, x, weights, biases, out, slopes, lines):
+    """The point-independent part of order 2 for a batch, without NumPy's per-operation
+    cost (most of a one-point call): layer by layer z = h W^T + b (one BLAS product; up to
+    FEW_ROWS points, a numba loop) and sigma'(z) by `activation` (activation_pointer: it
+    writes the weight_count non-zero vertex weights, sigma' in slope_slot, sigma''/2 in
+    curvature_slot) into slopes (hidden layers, batch, widest), the output value into
+    out[:, :, 0] (out whole, as fused_order_two takes it); then the output lines g = df/dh
+    back from the top, each a BLAS product (or loop), as g sigma''/2 into lines (hidden
+    layers, batch, OUTPUTS, widest). A layer's entries are the first `width` of the last
+    axis. (Arrays, not lists of them: numba compiles lists of arrays several times slower.)"""
+    batch, outputs, value = x.shape[0], out.shape[1], out[:, :, 0]
+    ints, one, zero = np.empty(8, dtype=np.int32), np.ones(1, dtype=x.dtype), np.zeros(1, dtype=x.dtype)
+    curvatures = np.empty_like(slopes)
+    h = x
+    for l in range(len(weights)):
+        width = weights[l].shape[0]
+        z = np.empty((batch, width), dtype=x.dtype)
+        for b in range(batch):
+            for j in range(width):
+                z[b, j] = biases[l][j]
+        if batch <= FEW_ROWS:
+            add_few_rows_times_transposed(h, weights[l], z)
+        else:
+            gemm(blas, h, weights[l], z, False, True, one, ints, one)  # z = h W^T + b
+        if l == len(weights) - 1:
+            for b in range(batch):
+                for o in range(outputs):
+                    value[b, o] = z[b, o]
+            break
+        h, factors = np.empty_like(z), np.empty((weight_count,) + z.shape, dtype=z.dtype)
+        activation(z, h, factors)
+        for b in range(batch):
+            for j in range(width):
+                slopes[l, b, j] = factors[slope_slot, b, j]
+                curvatures[l, b, j] = factors[curvature_slot, b, j]
+    g = np.empty((batch * outputs, weights[-1].shape[1]), dtype=x.dtype)  # df/dh at the last hidden layer
+    for r in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            g[r, j] = weights[-1][r % outputs, j]
+    for l in range(len(weights) - 2, -1, -1):
+        t = np.empty_like(g)
+        for r in range(g.shape[0]):
+            b, o = r // outputs, r % outputs
+            for j in range(g.shape[1]):
+                lines[l, b, o, j] = g[r, j] * curvatures[l, b, j]
+                t[r, j] = g[r, j] * slopes[l, b, j]
+        if l > 0:  # g <- (g sigma') W, one layer down
+            g = np.empty((batch * outputs, weights[l].shape[1]), dtype=x.dtype)
+            if g.shape[0] <= FEW_ROWS:
+                few_rows_times(t, weights[l], g)
+            else:
+                gemm(blas, t, weights[l], g, False, False, zero, ints, one)
+
 @jit()
 def _syrk(syrk, A, C, alpha, beta, ints):
     """C = alpha A^T A + beta C on and above C's diagonal (C order; below it C is left as it
@@ -263,7 +340,7 @@ def _syrk(syrk, A, C, alpha, beta, ints):
 
 @jit()
 def fused_order_two(blas, syrk, J, first, KT, slopes, lines, weights, out, entries, weight, scale):
-    """Order 2 for a batch, point by point in cache, after the module's _fused_vertices (called
+    """Order 2 for a batch, point by point in cache, after fused_vertices (called
     apart: one numba function calling both compiles much longer, as LLVM optimizes the callees
     again within it). Layer by layer the first-order
     series, kept transposed as Z (width x columns), goes on as Z <- W (sigma' Z), one BLAS

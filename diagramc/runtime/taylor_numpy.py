@@ -51,18 +51,19 @@ class NumpyTaylorKernel(TaylorKernel):
     _fused_add_tangent_part = _loop("fused_add_tangent_part")
     _fused_equation_top = _loop("fused_equation_top")
 
-    def __init__(self, plan, activation, fused_activation=None, fused_vertices=None, fused=True):
+    def __init__(self, plan, activation, fused_activation=None, fused=True):
         """plan: see TaylorTables, with weight_slots (per vertex weight its slot in the fused
         activation's stack, None where it vanishes) and by_points (order 2 point by point);
-        fused_activation(zs, value, weights) and fused_vertices: the module's numba loops;
-        fused=False: NumPy operations alone (as without numba)."""
+        fused_activation(zs, value, weights): the module's numba loop; fused=False: NumPy
+        operations alone (as without numba)."""
         super().__init__(plan, activation)
         self._FUSED = FUSED and fused and fused_activation is not None
-        self._fused_activation, self._fused_vertices = fused_activation, fused_vertices
+        self._fused_activation = fused_activation
+        self._ACTIVATION_POINTERS = {}  # dtype -> the activation loop as a function pointer (fused_vertices')
         self._WEIGHT_SLOTS = tuple(plan.get("weight_slots", ()))
         self._POINTS_PER_THREAD = plan.get("points_per_thread") or self.points_per_thread()
         self._WEIGHT_COUNT = sum(slot is not None for slot in self._WEIGHT_SLOTS)
-        self._PLAN_BY_POINTS = bool(plan.get("by_points")) and fused_vertices is not None and self._FUSED
+        self._PLAN_BY_POINTS = bool(plan.get("by_points")) and self._FUSED
         self._TABLES = self._build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
 
         # A series of 1 MB, twice a core's L2 cache (512 kB here): the per-chunk calls are paid over
@@ -188,6 +189,14 @@ class NumpyTaylorKernel(TaylorKernel):
         """Whether this call goes point by point (_fused_order_two): numba takes x's dtype."""
         return self._BY_POINTS and self._fuses(x)
 
+    def _activation_pointer(self, dtype):
+        """The activation loop as a cfunc for dtype, made at its first use (one compile a dtype)."""
+        pointer = self._ACTIVATION_POINTERS.get(dtype)
+        if pointer is None:
+            pointer = loops.activation_pointer(getattr(self._fused_activation, "py_func", self._fused_activation), dtype)
+            self._ACTIVATION_POINTERS[dtype] = pointer
+        return pointer
+
     def _fold_matrix(self, K):
         """K^T (width x top order) with its columns in the series' order, contiguous, as
         _fused_order_two multiplies by it: made once per K (kept while W1 is unchanged)."""
@@ -198,7 +207,7 @@ class NumpyTaylorKernel(TaylorKernel):
         return kept[1]
 
     def _series_by_points(self, params, x, tables, K, out, derivatives):
-        """Order 2 for the whole batch in two fused calls (_fused_vertices: the layers' values,
+        """Order 2 for the whole batch in two fused calls (fused_vertices: the layers' values,
         sigma', sigma''/2 and output lines; _fused_order_two: point by point the rest), layer 1's
         block folded into K unless K is None; out in the series' order, the top order included, times alpha!
         where `derivatives` (returned: whether out holds the derivatives). Layer 1's first-order
@@ -211,7 +220,8 @@ class NumpyTaylorKernel(TaylorKernel):
         widest = max([self.OUTPUTS] + [W.shape[0] for W in weights])
         slopes = self._empty(x, (len(weights) - 1, x.shape[0], widest))  # layer l's sigma' in slopes[l, :, :width]
         lines = self._empty(x, (len(weights) - 1, x.shape[0], self.OUTPUTS, widest))
-        self._fused_vertices(blas, C(x), weights, biases, out, slopes, lines)
+        loops.fused_vertices(self._activation_pointer(x.dtype), self._WEIGHT_COUNT, self._WEIGHT_SLOTS[0],
+                             self._WEIGHT_SLOTS[1], blas, C(x), weights, biases, out, slopes, lines)
         loops.fused_order_two(blas, syrk, J, K is None, KT, slopes, lines, weights, out, *tables["order_two"],
                          self._TOP_SCALES[derivatives])
         return derivatives
@@ -302,8 +312,6 @@ class NumpyTaylorKernel(TaylorKernel):
         return kept.dtype == a.dtype and np.array_equal(kept, a)
 
     def _prepare(self, params, x):
-        if loops is not None and not loops._ANNOUNCED:
-            loops.announce_first_compilation()
         params, x = numpy_arguments(params, x, self.LAYER_SIZES)
         return params, x, self._TABLES
 
