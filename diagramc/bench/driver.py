@@ -160,11 +160,15 @@ def _run_cell(cell: Cell, settings: Settings, backends, device: str, kernel_dir:
 def _machine(device: str) -> dict:
     import torch
 
+    from ..runtime.threads import available_cores, get_num_threads
+
     info = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "numpy_kernel_threads": get_num_threads(),
+        "cores": available_cores(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
