@@ -9,6 +9,7 @@ inside an ODE solver does no file I/O and no hashing.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -17,13 +18,30 @@ from ..compiler.jets import compile_jet
 from ..network import Architecture, params_from_torch
 
 _MODULES: dict = {}  # (architecture, order) -> the loaded torch jet module
+_READ = weakref.WeakKeyDictionary()  # model -> (its layers, their weights' shapes, architecture, Linear layers)
+
+
+def _layers(model):
+    """The model's architecture and Linear layers, read again only when its layers change
+    (walking and checking an nn.Sequential costs more than a small pass itself)."""
+    children = tuple(getattr(model, "_modules", {}).values())
+    shapes = tuple(tuple(getattr(getattr(m, "weight", None), "shape", ())) for m in children)
+    known = _READ.get(model) if isinstance(model, torch.nn.Module) else None
+    if known is not None and known[0] == children and known[1] == shapes:
+        return known[2], known[3]
+    arch = Architecture.from_torch(model)
+    linears = [m for m in children if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear"]
+    params_from_torch(model)  # the same checks as before: every Linear has its bias
+    if isinstance(model, torch.nn.Module):
+        _READ[model] = (children, shapes, arch, linears)
+    return arch, linears
 
 
 def _module(model, order: int):
     """The compiled jet module for the model's architecture, from memory after the first call."""
     if isinstance(order, bool) or not isinstance(order, int) or order < 0:
         raise DiagramcError(f"order must be a non-negative integer, got {order!r}")
-    arch = Architecture.from_torch(model)
+    arch, _ = _layers(model)
     key = (arch, order)
     module = _MODULES.get(key)
     if module is None:
@@ -32,7 +50,7 @@ def _module(model, order: int):
 
 
 def _series(model, module, z, order, t):
-    params = params_from_torch(model)
+    params = [p for lin in _layers(model)[1] for p in (lin.weight, lin.bias)]
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"z must be a torch.Tensor of shape (batch, D), got {type(z).__name__}")
     return module.ode_series(params, z, t, order)

@@ -57,6 +57,7 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, series, store, bl
     B, D = series.shape[1], series.shape[2]
     offsets = _sizes(weights)
     c0, c1, c2 = c[0], c[1], c[2]
+    twice = c2 + c2  # in the dtype: a float64 constant would widen the float32 loops
     y = np.empty((B, D), dtype=series.dtype)
     for k in range(K):
         x = series[k]
@@ -89,22 +90,25 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, series, store, bl
             p, a = P[k], A[k]
             m = k - 1  # sigma' to coefficient k - 1, then sigma to k
             if m >= 1:
-                um = U[m]
+                um, am = U[m], A[m]
                 for i in range(B * n):
-                    um[i] = c1 * A[m, i]
+                    um[i] = c1 * am[i]
                 for j in range((m + 1) // 2):
+                    aj, ar = A[j], A[m - j]
                     for i in range(B * n):
-                        um[i] += (2.0 * c2) * A[j, i] * A[m - j, i]
+                        um[i] += twice * aj[i] * ar[i]
                 if m % 2 == 0:
-                    h = m // 2
+                    ah = A[m // 2]
                     for i in range(B * n):
-                        um[i] += c2 * A[h, i] * A[h, i]
+                        um[i] += c2 * ah[i] * ah[i]
+            u0 = U[0]
             for i in range(B * n):
-                a[i] = p[i] * U[0, i]
+                a[i] = p[i] * u0[i]
             for j in range(1, k):
                 w = frac[k, j]
+                pj, ur = P[j], U[k - j]
                 for i in range(B * n):
-                    a[i] += w * P[j, i] * U[k - j, i]
+                    a[i] += w * pj[i] * ur[i]
             x = a.reshape((B, n))
 
 
@@ -118,6 +122,7 @@ def reverse(c, frac, t, timed, weights, K, series, store, G, grads, ybar, dweigh
     D = G.shape[2]
     offsets = _sizes(weights)
     c1, c2 = c[1], c[2]
+    twice = c2 + c2
     zbar = G.copy()
     for k in range(K - 1, -1, -1):
         ybar[k] = zbar[k + 1] * frac[k + 1, 1]
@@ -134,22 +139,25 @@ def reverse(c, frac, t, timed, weights, K, series, store, G, grads, ybar, dweigh
                 Ub = _block(grads, offsets, l, 2, K, B, n)
                 ab = Ab[k]
                 if k == 0:
+                    pb, u0 = Pb[0], U[0]
                     for i in range(B * n):
-                        Pb[0, i] += ab[i] * U[0, i]
+                        pb[i] += ab[i] * u0[i]
                 else:
                     for j in range(1, k + 1):  # a_k = (1/k) sum_j j p_j u_(k-j)
                         w = frac[k, j]
+                        pb, ub, pj, ur = Pb[j], Ub[k - j], P[j], U[k - j]
                         for i in range(B * n):
                             g = w * ab[i]
-                            Pb[j, i] += g * U[k - j, i]
-                            Ub[k - j, i] += g * P[j, i]
+                            pb[i] += g * ur[i]
+                            ub[i] += g * pj[i]
                     m = k - 1  # u_m = c1 a_m + c2 sum_j a_j a_(m-j) (u_0 = sigma'(p_0) alike)
-                    um = Ub[m]
+                    um, abm = Ub[m], Ab[m]
                     for i in range(B * n):
-                        Ab[m, i] += c1 * um[i]
+                        abm[i] += c1 * um[i]
                     for j in range(m + 1):
+                        abj, ar = Ab[j], A[m - j]
                         for i in range(B * n):
-                            Ab[j, i] += (2.0 * c2) * um[i] * A[m - j, i]
+                            abj[i] += twice * um[i] * ar[i]
                 pbar = Pb[k].reshape((B, n))
             if l == 0 and timed:
                 w_t = weights[0][:, inputs]

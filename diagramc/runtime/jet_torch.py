@@ -133,8 +133,36 @@ def _compiled_applies(name, rule, params, z, t, order):
     return DGEMM is not None and SGEMM is not None
 
 
-def _arrays(tensors):
-    return tuple(p.detach().contiguous().numpy() for p in tensors)
+_PREPARED: dict = {}  # the parameters' NumPy views and transposes, by identity and version, a few at a time
+_FRACTIONS: dict = {}  # (order, dtype) -> frac[k, j] = j / k
+
+
+def _prepared(flat, timed):
+    """(weights, biases, transposes without the time column) as NumPy arrays, made again only when
+    a parameter changed (its version) or was replaced: a solver calls with the same ones many times."""
+    import numpy as np
+
+    key = (timed, tuple((id(p), p._version, p.data_ptr()) for p in flat))
+    entry = _PREPARED.get(key)
+    if entry is None:
+        arrays = tuple(p.detach().contiguous().numpy() for p in flat)
+        weights, biases = arrays[0::2], arrays[1::2]
+        transposed = tuple(np.ascontiguousarray(W[:, : W.shape[1] - (timed and l == 0)].T) for l, W in enumerate(weights))
+        if len(_PREPARED) >= 8:
+            _PREPARED.pop(next(iter(_PREPARED)))
+        entry = _PREPARED[key] = (flat, weights, biases, transposed)  # flat held: its ids stay theirs
+    return entry[1:]
+
+
+def _fractions(order, dtype):
+    key = (order, dtype)
+    frac = _FRACTIONS.get(key)
+    if frac is None:
+        import numpy as np
+
+        frac = _FRACTIONS[key] = np.array([[j / k if k else 0.0 for j in range(order + 2)] for k in range(order + 2)],
+                                          dtype=dtype)
+    return frac
 
 
 class _CompiledSeries(torch.autograd.Function):
@@ -147,15 +175,14 @@ class _CompiledSeries(torch.autograd.Function):
 
         from . import jet_ode_loops as loops
 
-        dtype = z.detach().numpy().dtype
-        weights, biases = _arrays(flat[0::2]), _arrays(flat[1::2])
         timed = t is not None
         zn = z.detach().contiguous().numpy()
+        dtype = zn.dtype
         tn = t.detach().contiguous().numpy() if timed else np.zeros(1, dtype=dtype)
-        transposed = tuple(np.ascontiguousarray(W[:, : W.shape[1] - (timed and l == 0)].T) for l, W in enumerate(weights))
+        weights, biases, transposed = _prepared(flat, timed)
         B, D = zn.shape
         K = order
-        frac = np.array([[j / k if k else 0.0 for j in range(K + 2)] for k in range(K + 2)], dtype=dtype)
+        frac = _fractions(K, dtype)
         series = np.empty((K + 1, B, D), dtype=dtype)
         widths = [W.shape[0] for W in weights[:-1]]
         store = np.empty(3 * K * B * sum(widths), dtype=dtype)
@@ -193,10 +220,13 @@ class _CompiledSeries(torch.autograd.Function):
         K = order
         B, D = z.shape
         Gn = G.detach().to(z.dtype).contiguous().numpy()
-        dweights = tuple(np.zeros_like(W) for W in weights)
-        dbiases = tuple(np.zeros(W.shape[0], dtype=dtype) for W in weights)
+        sizes = [W.size for W in weights] + [W.shape[0] for W in weights]
+        buffer = np.zeros(sum(sizes) + B, dtype=dtype)  # every gradient a view of one zeroed buffer
+        ends = np.cumsum(sizes)
+        dweights = tuple(buffer[e - W.size: e].reshape(W.shape) for W, e in zip(weights, ends))
+        dbiases = tuple(buffer[e - W.shape[0]: e] for W, e in zip(weights, ends[len(weights):]))
         dz = np.empty((B, D), dtype=dtype)
-        dt = np.zeros(B, dtype=dtype)
+        dt = buffer[ends[-1]:]
         with _blas_threads():
             loops.reverse(c, frac, tn, timed, weights, K, series.detach().numpy(), store, Gn, np.zeros_like(store),
                           np.empty((K, B, D), dtype=dtype), dweights, dbiases, dz, dt, *_blas_arguments(dtype))
