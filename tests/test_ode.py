@@ -217,3 +217,25 @@ def test_compiled_pass_in_float32_and_under_torch_func():
     zz = z.clone().requires_grad_()
     (by_autograd,) = torch.autograd.grad(diagramc.taylor_regularizer(model, zz, 3).sum(), [zz])
     torch.testing.assert_close(by_func, by_autograd, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("time_input", [False, True])
+def test_compiled_regularizer_and_dynamics_gradients(monkeypatch, time_input):
+    """The regularizer folded into the compiled pass, alone and beside dz/dt (TaylorRegularizedODE)."""
+    model = make_model(3, (6, 5), "tanh", time_input, seed=9)
+    z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.7, dtype=torch.float64)
+    dynamics = diagramc.TaylorRegularizedODE(model, 3, time_input=time_input)
+    weights = torch.randn(4, 3, dtype=torch.float64)
+
+    def run():
+        reg = diagramc.taylor_regularizer(model, z, 3, t if time_input else None)
+        dz, dr = dynamics(t, (z, torch.zeros(4, dtype=torch.float64)))
+        loss = (reg * torch.arange(4.0, dtype=torch.float64)).sum() + (dz * weights).sum() + dr.sum()
+        return reg, dz, torch.autograd.grad(loss, [z, *model.parameters()])
+
+    (ra, da, ga), (rb, db, gb) = _both_paths(monkeypatch, run)
+    torch.testing.assert_close(ra, rb, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(da, db, rtol=1e-12, atol=1e-13)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12)

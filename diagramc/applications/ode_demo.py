@@ -39,6 +39,7 @@ class DemoConfig:
     eval_every: int = 50
     lambdas: tuple = ((2, 0.1), (3, 0.03))  # (K, lambda) of the regularized runs
     seed: int = 0
+    threads: int = 1  # torch's intra-op threads while it runs: a batch of 64 through width 32 gains nothing from more
 
 
 QUICK = DemoConfig(iterations=300, train_step=0.25, eval_every=50)
@@ -160,6 +161,15 @@ def load_network(path, config: DemoConfig):
 
 def run_ode_demo(out="ode-demo-out", quick: bool = False, config: "DemoConfig | None" = None, log=print) -> dict:
     config = config or (QUICK if quick else DemoConfig())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(config.threads)))
+    try:
+        return _run(out, quick, config, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out, quick: bool, config: DemoConfig, log) -> dict:
     out = Path(out)
     (out / "networks").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

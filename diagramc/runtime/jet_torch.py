@@ -6,6 +6,8 @@ affine layer over all coefficients is one matrix product and each coefficient is
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import jet_series
@@ -29,9 +31,10 @@ def jet(params, x, activation, rule):
     return h.permute(1, 2, 0)
 
 
-def ode_series(params, z, t, order, activation, rule, name=None):
+def ode_series(params, z, t, order, activation, rule, name=None, regularizer=False):
     """Normalised Taylor coefficients z_[k] = z^(k)(t0)/k!, k = 0..order, of the solution of
-    dz/dt = f(z) (t None) or f(cat(z, t)) through (t0, z): shape (batch, D, order + 1).
+    dz/dt = f(z) (t None) or f(cat(z, t)) through (t0, z): shape (batch, D, order + 1); with
+    ``regularizer``, also (batch,) the mean over the D states of (d^order z/dt^order)^2.
 
     One pass: coefficient k of f along the solution gives z_[k+1] = y_[k] / (k + 1); each hidden
     layer keeps its series and extends it by one coefficient per step, so the work grows as
@@ -42,9 +45,15 @@ def ode_series(params, z, t, order, activation, rule, name=None):
     if t is not None:
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device).expand(z.shape[0])
     if _compiled_applies(name, rule, params, z, t, order):
-        series = _CompiledSeries.apply(_compiled_kinds()[name], activation, rule, order, z, t, *params)
-        return series.permute(1, 2, 0)
-    return _torch_series(params, z, t, order, activation, rule)
+        series, top = _CompiledSeries.apply(_compiled_kinds()[name], activation, rule, order, regularizer, z, t, *params)
+        return (series.permute(1, 2, 0), top) if regularizer else series.permute(1, 2, 0)
+    series = _torch_series(params, z, t, order, activation, rule)
+    return (series, _regularizer(series, order)) if regularizer else series
+
+
+def _regularizer(series, order):
+    top = series[..., order] * float(math.factorial(order))
+    return (top * top).mean(dim=1)
 
 
 def _compiled_kinds():
@@ -66,14 +75,20 @@ def _tanh(x, out):
 _SIGMA = (_tanh, _sigmoid)  # NumPy's vectorized functions, by kind
 
 
+_BLAS: dict = {}  # dtype -> gemm's routine and scratch (numba calls hold the GIL: one scratch serves all)
+
+
 def _blas_arguments(dtype):
     """gemm's routine and scratch (numpy_loops.gemm) for a dtype."""
-    import numpy as np
+    arguments = _BLAS.get(dtype)
+    if arguments is None:
+        import numpy as np
 
-    from .numpy_loops import DGEMM, SGEMM
+        from .numpy_loops import DGEMM, SGEMM
 
-    return (DGEMM if dtype == np.float64 else SGEMM, np.empty(8, dtype=np.int32), np.zeros(1, dtype=dtype),
-            np.ones(1, dtype=dtype))
+        arguments = _BLAS[dtype] = (DGEMM if dtype == np.float64 else SGEMM, np.empty(8, dtype=np.int32),
+                                    np.zeros(1, dtype=dtype), np.ones(1, dtype=dtype))
+    return arguments
 
 
 class _blas_threads:
@@ -165,12 +180,17 @@ def _fractions(order, dtype):
     return frac
 
 
+def _unread_time(dtype):
+    """An unread time array (autonomous dynamics)."""
+    return _blas_arguments(dtype)[2]
+
+
 class _CompiledSeries(torch.autograd.Function):
     """ode_series as two numba calls (runtime.jet_ode_loops): the forward pass, and its adjoint by
     hand. Autograd records one node instead of hundreds of small ones."""
 
     @staticmethod
-    def forward(ctx, kind, activation, rule, order, z, t, *flat):
+    def forward(ctx, kind, activation, rule, order, regularizer, z, t, *flat):
         import numpy as np
 
         from . import jet_ode_loops as loops
@@ -178,7 +198,7 @@ class _CompiledSeries(torch.autograd.Function):
         timed = t is not None
         zn = z.detach().contiguous().numpy()
         dtype = zn.dtype
-        tn = t.detach().contiguous().numpy() if timed else np.zeros(1, dtype=dtype)
+        tn = t.detach().contiguous().numpy() if timed else _unread_time(dtype)
         weights, biases, transposed = _prepared(flat, timed)
         B, D = zn.shape
         K = order
@@ -200,26 +220,33 @@ class _CompiledSeries(torch.autograd.Function):
                 x, start = A0, start + 3 * K * B * n
             loops.forward(c, frac, tn, timed, weights, transposed, biases, K, series, store, blas, ints, zero, one)
         out = torch.from_numpy(series)
+        top = None
+        if regularizer:  # the regularizer here too: no autograd nodes of its own
+            scaled = series[K] * float(math.factorial(K))
+            top = torch.from_numpy((scaled * scaled).mean(axis=1))
         ctx.numpy = (c, frac, tn, weights, store, blas)
-        ctx.setup = (activation, rule, order, timed)
-        ctx.save_for_backward(z, t if timed else z.new_zeros(0), out, *flat)
-        return out
+        ctx.setup = (activation, rule, order, timed, regularizer)
+        ctx.save_for_backward(z, t, out, *flat)
+        ctx.set_materialize_grads(False)
+        return out, top
 
     @staticmethod
-    def backward(ctx, G):
+    def backward(ctx, G, G_top):
         import numpy as np
 
         from . import jet_ode_loops as loops
 
-        activation, rule, order, timed = ctx.setup
+        activation, rule, order, timed, regularizer = ctx.setup
         z, t, series, *flat = ctx.saved_tensors
         if torch.is_grad_enabled():  # a gradient of the gradient: the same pass as torch operations
-            return (None,) * 4 + _recorded_backward(z, t if timed else None, flat, order, activation, rule, G)
+            return (None,) * 5 + _recorded_backward(z, t if timed else None, flat, order, activation, rule, G, G_top)
         c, frac, tn, weights, store, blas = ctx.numpy
         dtype = c.dtype
         K = order
         B, D = z.shape
-        Gn = G.detach().to(z.dtype).contiguous().numpy()
+        Gn = np.zeros((K + 1, B, D), dtype=dtype) if G is None else G.detach().to(z.dtype).numpy().copy()
+        if G_top is not None:  # d/dz_K of mean((K! z_K)^2) over the states
+            Gn[K] += (G_top.detach().to(z.dtype).numpy() * (2.0 * math.factorial(K) ** 2 / D))[:, None] * series[K].numpy()
         sizes = [W.size for W in weights] + [W.shape[0] for W in weights]
         buffer = np.zeros(sum(sizes) + B, dtype=dtype)  # every gradient a view of one zeroed buffer
         ends = np.cumsum(sizes)
@@ -231,16 +258,21 @@ class _CompiledSeries(torch.autograd.Function):
             loops.reverse(c, frac, tn, timed, weights, K, series.detach().numpy(), store, Gn, np.zeros_like(store),
                           np.empty((K, B, D), dtype=dtype), dweights, dbiases, dz, dt, *_blas_arguments(dtype))
         grads = [torch.from_numpy(a) for pair in zip(dweights, dbiases) for a in pair]
-        return (None,) * 4 + (torch.from_numpy(dz), torch.from_numpy(dt) if timed else None, *grads)
+        return (None,) * 5 + (torch.from_numpy(dz), torch.from_numpy(dt) if timed else None, *grads)
 
 
-def _recorded_backward(z, t, flat, order, activation, rule, G):
+def _recorded_backward(z, t, flat, order, activation, rule, G, G_top):
     """The gradient as recorded torch operations (create_graph): the torch pass again, differentiated."""
     inputs = [z, t, *flat]
     wanted = [x is not None and x.requires_grad for x in inputs]
     with torch.enable_grad():
         series = _torch_series(list(flat), z, t, order, activation, rule)
-        grads = torch.autograd.grad(series.permute(2, 0, 1), [x for x, w in zip(inputs, wanted) if w], G,
+        outputs, grads = [series.permute(2, 0, 1)], [G]
+        if G_top is not None:
+            outputs.append(_regularizer(series, order))
+            grads.append(G_top)
+        pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+        grads = torch.autograd.grad([o for o, _ in pairs], [x for x, w in zip(inputs, wanted) if w], [g for _, g in pairs],
                                     create_graph=True, allow_unused=True)
     grads = iter(grads)
     return tuple(next(grads) if w else None for w in wanted)
