@@ -223,7 +223,7 @@ class _CompiledSeries(torch.autograd.Function):
         top = None
         if regularizer:  # the regularizer here too: no autograd nodes of its own
             scaled = series[K] * float(math.factorial(K))
-            top = torch.from_numpy((scaled * scaled).mean(axis=1))
+            top = torch.from_numpy(np.square(scaled, out=scaled).sum(axis=1) / D)
         ctx.numpy = (c, frac, tn, weights, store, blas)
         ctx.setup = (activation, rule, order, timed, regularizer)
         ctx.save_for_backward(z, t, out, *flat)
