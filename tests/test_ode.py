@@ -239,3 +239,14 @@ def test_compiled_regularizer_and_dynamics_gradients(monkeypatch, time_input):
     torch.testing.assert_close(da, db, rtol=1e-12, atol=1e-13)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12)
+
+
+def test_compiled_pass_sees_parameters_changed_in_place():
+    """Values changed in place between calls, through the optimizer or .data (no version bump)."""
+    model = make_model(2, (5, 5), "tanh", False, seed=6)
+    z = torch.randn(3, 2, dtype=torch.float64)
+    first = diagramc.ode_derivatives(model, z, 3)
+    model[0].weight.data.mul_(0.5)
+    second = diagramc.ode_derivatives(model, z, 3)
+    torch.testing.assert_close(second, lie_derivatives(model, z, 3), rtol=1e-10, atol=1e-11)
+    assert not torch.allclose(first, second)

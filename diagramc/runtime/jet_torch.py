@@ -148,25 +148,25 @@ def _compiled_applies(name, rule, params, z, t, order):
     return DGEMM is not None and SGEMM is not None
 
 
-_PREPARED: dict = {}  # the parameters' NumPy views and transposes, by identity and version, a few at a time
+_ARRAYS: dict = {}  # the parameters' NumPy views, by identity and storage, a few sets at a time
 _FRACTIONS: dict = {}  # (order, dtype) -> frac[k, j] = j / k
 
 
 def _prepared(flat, timed):
-    """(weights, biases, transposes without the time column) as NumPy arrays, made again only when
-    a parameter changed (its version) or was replaced: a solver calls with the same ones many times."""
+    """(weights, biases, transposes without the time column) as NumPy arrays: the views kept while
+    the parameters keep their storage (a solver calls with the same ones many times), the
+    transposes made each call (values may change in place, even through .data, unversioned)."""
     import numpy as np
 
-    key = (timed, tuple((id(p), p._version, p.data_ptr()) for p in flat))
-    entry = _PREPARED.get(key)
+    key = tuple((id(p), p.data_ptr()) for p in flat)
+    entry = _ARRAYS.get(key)
     if entry is None:
-        arrays = tuple(p.detach().contiguous().numpy() for p in flat)
-        weights, biases = arrays[0::2], arrays[1::2]
-        transposed = tuple(np.ascontiguousarray(W[:, : W.shape[1] - (timed and l == 0)].T) for l, W in enumerate(weights))
-        if len(_PREPARED) >= 8:
-            _PREPARED.pop(next(iter(_PREPARED)))
-        entry = _PREPARED[key] = (flat, weights, biases, transposed)  # flat held: its ids stay theirs
-    return entry[1:]
+        if len(_ARRAYS) >= 8:
+            _ARRAYS.pop(next(iter(_ARRAYS)))
+        entry = _ARRAYS[key] = (flat, tuple(p.detach().contiguous().numpy() for p in flat))  # flat held: ids stay theirs
+    weights, biases = entry[1][0::2], entry[1][1::2]
+    transposed = tuple(np.ascontiguousarray(W[:, : W.shape[1] - (timed and l == 0)].T) for l, W in enumerate(weights))
+    return weights, biases, transposed
 
 
 def _fractions(order, dtype):
