@@ -1,6 +1,7 @@
 """Kelly et al.'s regularizer with its gradient (forward + backward, as in training), four ways:
 
-    diagramc      diagramc.taylor_regularizer: one Taylor-mode pass, torch autograd
+    diagramc      diagramc.taylor_regularizer: one Taylor-mode pass; on the CPU for tanh, numba loops
+                  and SciPy's BLAS with a hand-written adjoint, one autograd node
     torch.func    nested torch.func.jvp of the flow's vector field (Lie derivatives), torch autograd
     jax-kelly     JAX jet as easy-neural-ode calls it: K jets of growing length, under jit, jax.grad
     jax-onepass   the same one-pass algorithm as diagramc, written in JAX, under jit, jax.grad

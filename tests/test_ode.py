@@ -154,3 +154,99 @@ def test_errors():
         diagramc.TaylorRegularizedODE(model, 0)
     order0 = diagramc.ode_derivatives(model, torch.ones(3, 2, dtype=torch.float64), 0)
     assert order0.shape == (3, 2, 1)
+
+
+def _both_paths(monkeypatch, fn):
+    """fn() through the compiled pass (tanh, sigmoid on the CPU) and through torch operations."""
+    from diagramc.runtime import jet_torch
+
+    compiled = fn()
+    monkeypatch.setattr(jet_torch, "_compiled_applies", lambda *args: False)
+    recorded = fn()
+    monkeypatch.undo()
+    return compiled, recorded
+
+
+@pytest.mark.parametrize("activation, widths, time_input, order",
+                         [("tanh", (6, 5, 4), False, 4), ("sigmoid", (6, 5), True, 6), ("tanh", (7,), True, 1),
+                          ("tanh", (5, 5), True, 2)])
+def test_compiled_pass_and_its_gradient_against_torch_operations(monkeypatch, activation, widths, time_input, order):
+    model = make_model(3, widths, activation, time_input, seed=7)
+    z = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(5, dtype=torch.float64, requires_grad=True) if time_input else None
+    weights = torch.randn(5, 3, order + 1, dtype=torch.float64)
+    inputs = [z, *([t] if time_input else []), *model.parameters()]
+
+    def run():
+        out = diagramc.ode_derivatives(model, z, order, t)
+        return out, torch.autograd.grad((out * weights).sum(), inputs)
+
+    (a, ga), (b, gb) = _both_paths(monkeypatch, run)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12)
+
+
+def test_compiled_pass_twice_differentiable(monkeypatch):
+    """A gradient of the gradient (create_graph) goes through torch operations and agrees."""
+    model = make_model(2, (5, 4), "tanh", True, seed=4)
+    z = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.3, dtype=torch.float64)
+
+    def run():
+        reg = diagramc.taylor_regularizer(model, z, 3, t).sum()
+        (gz,) = torch.autograd.grad(reg, [z], create_graph=True)
+        return gz, torch.autograd.grad((gz**2).sum(), [z, *model.parameters()])
+
+    (a, ga), (b, gb) = _both_paths(monkeypatch, run)
+    torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-11)
+
+
+def test_compiled_pass_in_float32_and_under_torch_func():
+    model = make_model(2, (6, 6), "tanh", False, seed=2)
+    z = torch.randn(4, 2, dtype=torch.float64)
+    exact = diagramc.ode_derivatives(model, z, 4)
+    single = diagramc.ode_derivatives(model.float(), z.float(), 4)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), exact, rtol=1e-4, atol=1e-5)
+    # torch.func's transforms take the torch operations (the compiled pass has no vmap rule)
+    model.double()
+    by_func = torch.func.grad(lambda zz: diagramc.taylor_regularizer(model, zz, 3).sum())(z)
+    zz = z.clone().requires_grad_()
+    (by_autograd,) = torch.autograd.grad(diagramc.taylor_regularizer(model, zz, 3).sum(), [zz])
+    torch.testing.assert_close(by_func, by_autograd, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("time_input", [False, True])
+def test_compiled_regularizer_and_dynamics_gradients(monkeypatch, time_input):
+    """The regularizer folded into the compiled pass, alone and beside dz/dt (TaylorRegularizedODE)."""
+    model = make_model(3, (6, 5), "tanh", time_input, seed=9)
+    z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(0.7, dtype=torch.float64)
+    dynamics = diagramc.TaylorRegularizedODE(model, 3, time_input=time_input)
+    weights = torch.randn(4, 3, dtype=torch.float64)
+
+    def run():
+        reg = diagramc.taylor_regularizer(model, z, 3, t if time_input else None)
+        dz, dr = dynamics(t, (z, torch.zeros(4, dtype=torch.float64)))
+        loss = (reg * torch.arange(4.0, dtype=torch.float64)).sum() + (dz * weights).sum() + dr.sum()
+        return reg, dz, torch.autograd.grad(loss, [z, *model.parameters()])
+
+    (ra, da, ga), (rb, db, gb) = _both_paths(monkeypatch, run)
+    torch.testing.assert_close(ra, rb, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(da, db, rtol=1e-12, atol=1e-13)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12)
+
+
+def test_compiled_pass_sees_parameters_changed_in_place():
+    """Values changed in place between calls, through the optimizer or .data (no version bump)."""
+    model = make_model(2, (5, 5), "tanh", False, seed=6)
+    z = torch.randn(3, 2, dtype=torch.float64)
+    first = diagramc.ode_derivatives(model, z, 3)
+    model[0].weight.data.mul_(0.5)
+    second = diagramc.ode_derivatives(model, z, 3)
+    torch.testing.assert_close(second, lie_derivatives(model, z, 3), rtol=1e-10, atol=1e-11)
+    assert not torch.allclose(first, second)

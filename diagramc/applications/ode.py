@@ -9,6 +9,7 @@ inside an ODE solver does no file I/O and no hashing.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -17,25 +18,48 @@ from ..compiler.jets import compile_jet
 from ..network import Architecture, params_from_torch
 
 _MODULES: dict = {}  # (architecture, order) -> the loaded torch jet module
+_READ = weakref.WeakKeyDictionary()  # model -> (its layers, their weights' shapes, architecture, Linear layers)
 
 
-def _module(model, order: int):
-    """The compiled jet module for the model's architecture, from memory after the first call."""
+def _layers(model):
+    """The model's architecture and Linear layers, read again only when its layers change
+    (walking and checking an nn.Sequential costs more than a small pass itself)."""
+    children = tuple(getattr(model, "_modules", {}).values())
+    known = _READ.get(model) if isinstance(model, torch.nn.Module) else None
+    if known is not None and known[0] == children:
+        params = [p for lin in known[2] for p in (lin._parameters["weight"], lin._parameters["bias"])]
+        if all(p is not None and p.shape == shape for p, shape in zip(params, known[3])):
+            return known[1], params
+    arch = Architecture.from_torch(model)
+    params = params_from_torch(model)  # its checks too: every Linear has its bias
+    linears = [m for m in children if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear"]
+    if isinstance(model, torch.nn.Module):
+        _READ[model] = (children, arch, linears, tuple(p.shape for p in params))
+    return arch, params
+
+
+def _prepared(model, order: int):
+    """The compiled jet module for the model's architecture (from memory after the first call) and
+    the model's [W1, b1, ..., WL, bL]."""
     if isinstance(order, bool) or not isinstance(order, int) or order < 0:
         raise DiagramcError(f"order must be a non-negative integer, got {order!r}")
-    arch = Architecture.from_torch(model)
+    arch, params = _layers(model)
     key = (arch, order)
     module = _MODULES.get(key)
     if module is None:
         module = _MODULES[key] = compile_jet(arch, max(order, 1), "torch")
-    return module
+    return module, params
 
 
-def _series(model, module, z, order, t):
-    params = params_from_torch(model)
+def _module(model, order: int):
+    return _prepared(model, order)[0]
+
+
+def _series(model, z, order, t, regularizer=False):
+    module, params = _prepared(model, order)
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"z must be a torch.Tensor of shape (batch, D), got {type(z).__name__}")
-    return module.ode_series(params, z, t, order)
+    return module.ode_series(params, z, t, order, regularizer)
 
 
 def _factorials(order, like):
@@ -48,7 +72,7 @@ def ode_derivatives(model, z, order: int, t=None):
     The dynamics are dz/dt = model(z), or model(cat([z, t])) with time the last input when t
     (a scalar or (batch,)) is given. Differentiable with respect to the model's parameters and z.
     """
-    series = _series(model, _module(model, order), z, order, t)
+    series = _series(model, z, order, t)
     return series * _factorials(order, series)
 
 
@@ -56,9 +80,7 @@ def taylor_regularizer(model, z, order: int, t=None):
     """Per point (batch,), the mean over the D states of (d^order z/dt^order)^2 (Kelly et al.'s R_K integrand)."""
     if isinstance(order, int) and not isinstance(order, bool) and order < 1:
         raise DiagramcError(f"the regularizer's order must be at least 1, got {order!r}")
-    series = _series(model, _module(model, order), z, order, t)
-    top = series[..., order] * math.factorial(order)
-    return (top * top).mean(dim=1)
+    return _series(model, z, order, t, regularizer=True)[1]
 
 
 class TaylorRegularizedODE(torch.nn.Module):
@@ -76,11 +98,9 @@ class TaylorRegularizedODE(torch.nn.Module):
         self.model = model
         self.order = order
         self.time_input = bool(time_input)
-        self._jet = _module(model, order)
-        self._scale = float(math.factorial(order))
+        _module(model, order)  # compiled now, not inside the solver
 
     def forward(self, t, y):
         z = y[0]
-        series = _series(self.model, self._jet, z, self.order, t if self.time_input else None)
-        top = series[..., self.order] * self._scale
-        return series[..., 1], (top * top).mean(dim=1)
+        series, regularizer = _series(self.model, z, self.order, t if self.time_input else None, regularizer=True)
+        return series[..., 1], regularizer

@@ -1,0 +1,197 @@
+"""A neural ODE's solution series (jet_torch.ode_series) in two compiled passes, forward and reverse,
+for activations with sigma' = c0 + c1 sigma + c2 sigma^2 (tanh, sigmoid).
+
+Eager torch pays a fixed cost per operation and per autograd node; the one-pass recursion is
+hundreds of small operations. Here each pass is one numba call: the layers' products by BLAS
+(numpy_loops.gemm), the Cauchy products of the activation's series as fused loops, and the
+reverse pass the exact adjoint of the forward recursion, written out by hand.
+
+Layout: coefficients first. Per hidden layer l of width n, ``store`` holds P (pre-activation),
+A (activation) and U (sigma' along the curve), each (K, batch, n) for K steps; ``grads`` the
+same layout for their adjoints. ``series`` is (K + 1, batch, D): z_[0..K].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .numpy_loops import gemm, jit
+
+@jit()
+def _sizes(weights):
+    """Offsets of each hidden layer's (P, A, U) block in a store, per batch row and step."""
+    hidden = len(weights) - 1
+    offsets = np.zeros(hidden + 1, dtype=np.int64)
+    for l in range(hidden):
+        offsets[l + 1] = offsets[l] + 3 * weights[l].shape[0]
+    return offsets
+
+
+@jit()
+def _block(store, offsets, l, which, K, B, n):
+    """P (which 0), A (1) or U (2) of hidden layer l: (K, B * n), each coefficient a contiguous row."""
+    start = K * B * offsets[l] + which * K * B * n
+    return store[start: start + K * B * n].reshape((K, B * n))
+
+
+@jit()
+def affine(x, transposed, bias, t, w_t, timed, pre, blas, ints, zero, one):
+    """Coefficient 0 through a layer: pre = x @ transposed + bias (+ the outer product t w_t of
+    time and its column of weights, when timed)."""
+    gemm(blas, x, transposed, pre, False, False, zero, ints, one)
+    for b in range(pre.shape[0]):
+        scale = t[b] if timed else 0.0
+        for o in range(pre.shape[1]):
+            pre[b, o] += bias[o] + scale * w_t[o]
+
+
+@jit(fastmath={"reassoc", "contract"})
+def forward(c, frac, t, timed, weights, transposed, biases, K, series, store, blas, ints, zero, one):
+    """series[k] = z_[k] for k = 1..K and the store filled (see the module's docstring), from
+    series[0] = z and each hidden layer's coefficient 0, P[0] and A[0] = sigma(P[0]), set by the caller
+    (sigma by NumPy's vectorized functions: numba's tanh is scalar and ten times slower).
+
+    c = (c0, c1, c2) of sigma' = c0 + c1 sigma + c2 sigma^2 and frac[k, j] = j / k, both in the
+    dtype (no float64 inside the float32 loops); t (batch,) read when timed (time the last input
+    of the first layer); transposed: the weights' transposes without the time column."""
+    L = len(weights)
+    B, D = series.shape[1], series.shape[2]
+    offsets = _sizes(weights)
+    c0, c1, c2 = c[0], c[1], c[2]
+    twice = c2 + c2  # in the dtype: a float64 constant would widen the float32 loops
+    y = np.empty((B, D), dtype=series.dtype)
+    for k in range(K):
+        x = series[k]
+        for l in range(L):
+            n = weights[l].shape[0]
+            last = l == L - 1
+            if not last:
+                P = _block(store, offsets, l, 0, K, B, n)
+                A = _block(store, offsets, l, 1, K, B, n)
+                U = _block(store, offsets, l, 2, K, B, n)
+            if k == 0 and not last:  # P[0], A[0] given: sigma' at coefficient 0 by the equation
+                a, u = A[0], U[0]
+                for i in range(B * n):
+                    u[i] = c0 + c1 * a[i] + c2 * a[i] * a[i]
+                x = a.reshape((B, n))
+                continue
+            pre = y if last else P[k].reshape((B, n))
+            gemm(blas, x, transposed[l], pre, False, False, zero, ints, one)
+            if k == 0:
+                pre += biases[l]
+            if l == 0 and timed and k <= 1:  # time's series is t0 + 1 s
+                w_t = weights[0][:, weights[0].shape[1] - 1]
+                for b in range(B):
+                    scale = t[b] if k == 0 else 1.0
+                    for o in range(n):
+                        pre[b, o] += scale * w_t[o]
+            if last:
+                series[k + 1] = y * frac[k + 1, 1]
+                break
+            p, a = P[k], A[k]
+            m = k - 1  # sigma' to coefficient k - 1, then sigma to k
+            if m >= 1:
+                um, am = U[m], A[m]
+                for i in range(B * n):
+                    um[i] = c1 * am[i]
+                for j in range((m + 1) // 2):
+                    aj, ar = A[j], A[m - j]
+                    for i in range(B * n):
+                        um[i] += twice * aj[i] * ar[i]
+                if m % 2 == 0:
+                    ah = A[m // 2]
+                    for i in range(B * n):
+                        um[i] += c2 * ah[i] * ah[i]
+            u0 = U[0]
+            for i in range(B * n):
+                a[i] = p[i] * u0[i]
+            for j in range(1, k):
+                w = frac[k, j]
+                pj, ur = P[j], U[k - j]
+                for i in range(B * n):
+                    a[i] += w * pj[i] * ur[i]
+            x = a.reshape((B, n))
+
+
+@jit(fastmath={"reassoc", "contract"})
+def reverse(c, frac, t, timed, weights, K, series, store, G, grads, ybar, dweights, dbiases, dz, dt, blas, ints, zero, one):
+    """The adjoint of forward: from G (K + 1, batch, D), the gradient of series, accumulate
+    dweights, dbiases (zeroed by the caller), dz (batch, D) and dt (batch,) when timed.
+    grads: a zeroed store; ybar: (K, batch, D) scratch."""
+    L = len(weights)
+    B = G.shape[1]
+    D = G.shape[2]
+    offsets = _sizes(weights)
+    c1, c2 = c[1], c[2]
+    twice = c2 + c2
+    zbar = G.copy()
+    for k in range(K - 1, -1, -1):
+        ybar[k] = zbar[k + 1] * frac[k + 1, 1]
+        pbar = ybar[k]
+        for l in range(L - 1, -1, -1):
+            n = weights[l].shape[0]
+            inputs = weights[l].shape[1] - (1 if timed and l == 0 else 0)
+            if l < L - 1:
+                P = _block(store, offsets, l, 0, K, B, n)
+                A = _block(store, offsets, l, 1, K, B, n)
+                U = _block(store, offsets, l, 2, K, B, n)
+                Pb = _block(grads, offsets, l, 0, K, B, n)
+                Ab = _block(grads, offsets, l, 1, K, B, n)
+                Ub = _block(grads, offsets, l, 2, K, B, n)
+                ab = Ab[k]
+                if k == 0:
+                    pb, u0 = Pb[0], U[0]
+                    for i in range(B * n):
+                        pb[i] += ab[i] * u0[i]
+                else:
+                    for j in range(1, k + 1):  # a_k = (1/k) sum_j j p_j u_(k-j)
+                        w = frac[k, j]
+                        pb, ub, pj, ur = Pb[j], Ub[k - j], P[j], U[k - j]
+                        for i in range(B * n):
+                            g = w * ab[i]
+                            pb[i] += g * ur[i]
+                            ub[i] += g * pj[i]
+                    m = k - 1  # u_m = c1 a_m + c2 sum_j a_j a_(m-j) (u_0 = sigma'(p_0) alike)
+                    um, abm = Ub[m], Ab[m]
+                    for i in range(B * n):
+                        abm[i] += c1 * um[i]
+                    for j in range(m + 1):
+                        abj, ar = Ab[j], A[m - j]
+                        for i in range(B * n):
+                            abj[i] += twice * um[i] * ar[i]
+                pbar = Pb[k].reshape((B, n))
+            if l == 0 and timed:
+                w_t = weights[0][:, inputs]
+                if k == 0:
+                    for b in range(B):
+                        total = 0.0
+                        for o in range(n):
+                            total += pbar[b, o] * w_t[o]
+                        dt[b] += total
+                if k <= 1:  # time's series is t0 + 1 s
+                    for b in range(B):
+                        scale = t[b] if k == 0 else 1.0
+                        for o in range(n):
+                            dweights[0][o, inputs] += scale * pbar[b, o]
+            if l == 0:
+                gemm(blas, pbar, weights[0][:, :inputs], zbar[k], False, False, one, ints, one)
+            else:
+                below = _block(grads, offsets, l - 1, 1, K, B, weights[l - 1].shape[0])[k]
+                gemm(blas, pbar, weights[l], below.reshape((B, weights[l - 1].shape[0])), False, False, one, ints, one)
+            if k == 0:
+                for b in range(B):
+                    for o in range(n):
+                        dbiases[l][o] += pbar[b, o]
+    dz[:] = zbar[0]
+    # each layer's weight gradient over all steps at once: sum_k pbar_k^T x_k
+    for l in range(L):
+        n = weights[l].shape[0]
+        inputs = weights[l].shape[1] - (1 if timed and l == 0 else 0)
+        if l == L - 1:
+            Pall = ybar.reshape((K * B, n))
+        else:
+            Pall = _block(grads, offsets, l, 0, K, B, n).reshape((K * B, n))
+        if l == 0:
+            X = series[:K].reshape((K * B, inputs))
+        else:
+            X = _block(store, offsets, l - 1, 1, K, B, weights[l - 1].shape[0]).reshape((K * B, inputs))
+        gemm(blas, Pall, X, dweights[l][:, :inputs], True, False, one, ints, one)
