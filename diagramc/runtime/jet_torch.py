@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from . import jet_series
+from . import jet_series, threads
 
 
 def jet(params, x, activation, rule):
@@ -91,49 +91,6 @@ def _blas_arguments(dtype):
     return arguments
 
 
-class _blas_threads:
-    """SciPy's OpenBLAS on torch's intra-op thread count for the compiled pass, restored after:
-    the pass follows torch.set_num_threads like torch's own products (idle BLAS threads that spin
-    on a busy machine cost a hundred times the products themselves)."""
-
-    _library = False
-
-    def __enter__(self):
-        library = self._find()
-        self.before = None
-        if library is not None:
-            self.before = library.scipy_openblas_get_num_threads()
-            wanted = torch.get_num_threads()
-            if wanted != self.before:
-                library.scipy_openblas_set_num_threads(wanted)
-        return self
-
-    def __exit__(self, *exc):
-        if self.before is not None and self.before != torch.get_num_threads():
-            self._library.scipy_openblas_set_num_threads(self.before)
-
-    @classmethod
-    def _find(cls):
-        if cls._library is False:
-            cls._library = None
-            import ctypes
-            import glob
-            import os
-
-            import scipy
-
-            folder = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
-            for path in glob.glob(os.path.join(folder, "libscipy_openblas*.so*")):
-                try:
-                    library = ctypes.CDLL(path)
-                    library.scipy_openblas_get_num_threads.restype = ctypes.c_int
-                    library.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
-                    cls._library = library
-                except (OSError, AttributeError):  # another BLAS build: its own threads
-                    continue
-        return cls._library
-
-
 def _compiled_applies(name, rule, params, z, t, order):
     """Whether the compiled pass serves this call: CPU float32/float64 tensors, an activation it
     knows, no torch.func transform around it (an autograd.Function without vmap rules)."""
@@ -210,7 +167,7 @@ class _CompiledSeries(torch.autograd.Function):
         blas, ints, zero, one = _blas_arguments(dtype)
         series[0] = zn
         x, start = zn, 0
-        with _blas_threads():
+        with threads.blas_threads(torch.get_num_threads()):  # BLAS follows torch.set_num_threads
             for l, n in enumerate(widths):  # coefficient 0 through the network
                 P0 = store[start: start + B * n].reshape(B, n)
                 A0 = store[start + K * B * n: start + (K + 1) * B * n].reshape(B, n)
@@ -254,7 +211,7 @@ class _CompiledSeries(torch.autograd.Function):
         dbiases = tuple(buffer[e - W.shape[0]: e] for W, e in zip(weights, ends[len(weights):]))
         dz = np.empty((B, D), dtype=dtype)
         dt = buffer[ends[-1]:]
-        with _blas_threads():
+        with threads.blas_threads(torch.get_num_threads()):  # BLAS follows torch.set_num_threads
             loops.reverse(c, frac, tn, timed, weights, K, series.detach().numpy(), store, Gn, np.zeros_like(store),
                           np.empty((K, B, D), dtype=dtype), dweights, dbiases, dz, dt, *_blas_arguments(dtype))
         grads = [torch.from_numpy(a) for pair in zip(dweights, dbiases) for a in pair]

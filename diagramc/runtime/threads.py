@@ -7,6 +7,7 @@ NUMBA_NUM_THREADS, OMP_NUM_THREADS, and the cores this process may run on.
 """
 import contextlib
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,24 +62,41 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-def _controller():
-    """threadpoolctl's view of the BLAS libraries loaded (NumPy's and SciPy's), made once, or
-    None without threadpoolctl."""
+def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS libraries loaded (NumPy's and SciPy's), found
+    once; none without threadpoolctl."""
     if _state["controller"] is None:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:
-            return None
-        _state["controller"] = ThreadpoolController()
+            return ()
+        libraries = tuple(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
+        if "scipy.linalg.cython_blas" not in sys.modules:  # SciPy's BLAS (the numba loops') not loaded yet: look again later
+            return libraries
+        _state["controller"] = libraries
     return _state["controller"]
+
+
+@contextlib.contextmanager
+def blas_threads(count):
+    """A context in which BLAS runs on `count` threads, its settings restored after (only
+    the libraries whose count differs are touched: a set costs microseconds)."""
+    changed = []
+    for library in _blas_libraries():
+        before = library.get_num_threads()
+        if before != count:
+            library.set_num_threads(count)
+            changed.append((library, before))
+    try:
+        yield
+    finally:
+        for library, before in changed:
+            library.set_num_threads(before)
 
 
 def one_blas_thread():
     """A context in which BLAS runs on the calling thread alone."""
-    controller = _controller()
-    if controller is None:
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")
+    return blas_threads(1)
 
 
 def run_parts(function, parts, threads):
