@@ -68,7 +68,7 @@ class NumpyTaylorKernel(TaylorKernel):
         self._TABLES["order_two"] = self._order_two_table() if self._PLAN_BY_POINTS and len(self._TOP_BLOCKS) == 1 else None
 
         if self._BY_EQUATION and self._FUSED:
-            self._TABLES["equation"] = self._by_target(*zip(*self._EQUATION_ROWS[0]), self._LOW) + self._by_target(*zip(*self._EQUATION_ROWS[1]), self._LOW)
+            self._TABLES["equation"] = self._by_target(*self._EQUATION_ROWS[0], self._LOW) + self._by_target(*self._EQUATION_ROWS[1], self._LOW)
             self._TABLES["equation_grams"] = self._equation_top_table()
 
         if self._BY_TANGENT and self._FUSED:  # per tangent Gram entry (first-order column c, next-to-top column a) its top position, or -1
@@ -96,7 +96,7 @@ class NumpyTaylorKernel(TaylorKernel):
         self._TOP_SCALES = None
 
         if self._BY_POINTS:
-            _SERIES_FACTORIALS = np.ones(1 + len(self._SERIES))
+            _SERIES_FACTORIALS = np.ones(1 + self._SERIES_SIZE)
             _SERIES_FACTORIALS[np.arange(len(self._FACTORIALS)) if self._SERIES_OUTPUTS is None else self._SERIES_OUTPUTS] = self._FACTORIALS
             self._TOP_SCALES = {False: np.ones(len(self._TOP_ORDER)), True: _SERIES_FACTORIALS[1 + self._LOW :].copy()}
 
@@ -117,9 +117,9 @@ class NumpyTaylorKernel(TaylorKernel):
         """P_k's product table for _fused_product: rows of P_(k-1) and Z, weighted by the table's
         scale for a pair and 1 for a square."""
         left, right, target, squares = self._POWER_TABLES[k]
-        weight = [scale] * len(left) + [1.0] * len(squares)
-        return self._by_target(list(target) + [t for _, t in squares], list(left) + [c for c, _ in squares],
-                          list(right) + [c for c, _ in squares], weight, max(self._LOW - self._START[k], 0))
+        weight = np.concatenate([np.full(len(left), scale), np.ones(len(squares))])
+        return self._by_target(np.concatenate([target, squares[:, 1]]), np.concatenate([left, squares[:, 0]]),
+                          np.concatenate([right, squares[:, 0]]), weight, max(self._LOW - self._START[k], 0))
 
     def _order_two_table(self):
         """_fused_order_two's tables, per top-order coefficient in the series' order: its Gram
@@ -135,16 +135,18 @@ class NumpyTaylorKernel(TaylorKernel):
         of Z and first entry (pieces laid end to end, as in _top_sums); the entries' count; per
         top-order coefficient (in _TOP_ORDER) its entries, weighted (ORDER - a)/ORDER, twice
         above a symmetric block's diagonal (an entry listed twice)."""
-        pieces, targets, entries, weights, offset = [], [], [], [], 0
+        none = np.zeros(0, dtype=np.int64)
+        pieces, targets, entries, weights, offset = [], [none], [none], [np.zeros(0)], 0
         for weight, block in zip(self._EQUATION_TOP_WEIGHTS, self._TOP_BLOCKS):
             rows, cols = block["rows"], block["cols"]
-            entries += (offset + block["entries"]).tolist()
-            targets += self._TOP_POSITION[block["targets"]].tolist()
-            weights += [weight] * len(block["entries"])
+            entries.append(offset + block["entries"])
+            targets.append(self._TOP_POSITION[block["targets"]])
+            weights.append(np.full(len(block["entries"]), weight))
             for (r0, r1, c0), start in zip(block["pieces"], block["piece_starts"]):
                 pieces.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.stop, offset + start))
             offset += block["size"]
-        starts, entries, _, weights = self._by_target(targets, entries, entries, weights, len(self._TOP_ORDER))
+        entries = np.concatenate(entries)
+        starts, entries, _, weights = self._by_target(np.concatenate(targets), entries, entries, np.concatenate(weights), len(self._TOP_ORDER))
         return np.asarray(pieces, dtype=np.int64).reshape(-1, 5), offset, starts, entries, weights
 
     def _scatters(self, a):
