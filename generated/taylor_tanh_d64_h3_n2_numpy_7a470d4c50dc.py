@@ -136,7 +136,7 @@ try:  # numba's loop of the same functions, one pass over z (numba is a dependen
 except ImportError:
     _fused_activation = _fused_vertices = None
 
-_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation, _fused_vertices)
+_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation, _fused_vertices, module_file=globals().get("__file__"))
 
 INPUTS = 64
 OUTPUTS = 1
@@ -144,8 +144,14 @@ HIDDEN_LAYERS = 3
 LAYER_SIZES = (64, 64, 64, 64, 1)
 ACTIVATION = 'tanh'
 ORDER = 2
-MULTI_INDICES = _KERNEL.MULTI_INDICES
 MULTIPLY_ADDS = _KERNEL.MULTIPLY_ADDS  # per point of a call: {"gemm", "elementwise", "total"}
+
+
+def __getattr__(name):
+    """MULTI_INDICES, made on first use (a tuple per coefficient: many at many inputs)."""
+    if name == "MULTI_INDICES":
+        return _KERNEL.MULTI_INDICES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def derivatives(params, x):
@@ -156,4 +162,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: ba79b66749b4baa42fc22ab8cc5f5a18e0f227a8687461f592ee70e5ec056b2f
+# sha256 of all lines above: b35c1133b7d8ff57b51062179290a92d68a8af70beb97c15a025283d66d9b59c

@@ -56,7 +56,7 @@ def _activation(z):
         t0*(c - s),
     )
 _VERTEX_POLYNOMIALS = None
-_KERNEL = TorchTaylorKernel(PLAN, _activation, _VERTEX_POLYNOMIALS)
+_KERNEL = TorchTaylorKernel(PLAN, _activation, _VERTEX_POLYNOMIALS, module_file=globals().get("__file__"))
 
 INPUTS = 64
 OUTPUTS = 1
@@ -64,8 +64,14 @@ HIDDEN_LAYERS = 3
 LAYER_SIZES = (64, 64, 64, 64, 1)
 ACTIVATION = 'tanh'
 ORDER = 2
-MULTI_INDICES = _KERNEL.MULTI_INDICES
 MULTIPLY_ADDS = _KERNEL.MULTIPLY_ADDS  # per point of a call: {"gemm", "elementwise", "total"}
+
+
+def __getattr__(name):
+    """MULTI_INDICES, made on first use (a tuple per coefficient: many at many inputs)."""
+    if name == "MULTI_INDICES":
+        return _KERNEL.MULTI_INDICES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def derivatives(params, x):
@@ -76,4 +82,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 760ee909e620cdff95dc1d3433230213bcd27d15d228d8d661b5a9f26fd5ab87
+# sha256 of all lines above: 322e5b52582c9f71d6aa6a877a57fae5d61dc5961e9c58bdd90feee7fe9d7c23

@@ -88,7 +88,7 @@ try:  # numba's loop of the same functions, one pass over z (numba is a dependen
 except ImportError:
     _fused_activation = _fused_vertices = None
 
-_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation, _fused_vertices)
+_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation, _fused_vertices, module_file=globals().get("__file__"))
 
 INPUTS = 64
 OUTPUTS = 1
@@ -96,8 +96,14 @@ HIDDEN_LAYERS = 3
 LAYER_SIZES = (64, 64, 64, 64, 1)
 ACTIVATION = 'tanh'
 ORDER = 3
-MULTI_INDICES = _KERNEL.MULTI_INDICES
 MULTIPLY_ADDS = _KERNEL.MULTIPLY_ADDS  # per point of a call: {"gemm", "elementwise", "total"}
+
+
+def __getattr__(name):
+    """MULTI_INDICES, made on first use (a tuple per coefficient: many at many inputs)."""
+    if name == "MULTI_INDICES":
+        return _KERNEL.MULTI_INDICES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def derivatives(params, x):
@@ -108,4 +114,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 9b0f1b756502599af7f5988ae8c54acd8c9a3436ded97580a529c21544159127
+# sha256 of all lines above: d740dbf7f42ca154b08838eff72adeb19e0ca1a6f547449a0c5aff61968da27b

@@ -58,7 +58,7 @@ def _activation(z):
         (8/3)*t0*(c**2 + s**2 - t1),
     )
 _VERTEX_POLYNOMIALS = None
-_KERNEL = TorchTaylorKernel(PLAN, _activation, _VERTEX_POLYNOMIALS)
+_KERNEL = TorchTaylorKernel(PLAN, _activation, _VERTEX_POLYNOMIALS, module_file=globals().get("__file__"))
 
 INPUTS = 64
 OUTPUTS = 1
@@ -66,8 +66,14 @@ HIDDEN_LAYERS = 3
 LAYER_SIZES = (64, 64, 64, 64, 1)
 ACTIVATION = 'tanh'
 ORDER = 3
-MULTI_INDICES = _KERNEL.MULTI_INDICES
 MULTIPLY_ADDS = _KERNEL.MULTIPLY_ADDS  # per point of a call: {"gemm", "elementwise", "total"}
+
+
+def __getattr__(name):
+    """MULTI_INDICES, made on first use (a tuple per coefficient: many at many inputs)."""
+    if name == "MULTI_INDICES":
+        return _KERNEL.MULTI_INDICES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def derivatives(params, x):
@@ -78,4 +84,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 0f490fa2d74926e4588a8e550c7d67d0f305795b7ca93378d193a3700c0b4ddf
+# sha256 of all lines above: ecbeaf65af0805c12dc4ca5bf459f6908029f50ed43a8482264e3ccf81652c4e

@@ -10,8 +10,13 @@ module builds them at import from the plan it was written with (the plan needs o
 sizes: the index arrays that only a kernel reads are built by _index_tables).
 """
 import functools
+import hashlib
+import io
 import itertools
+import json
 import math
+import os
+import sys
 
 import numpy as np
 
@@ -45,6 +50,71 @@ def _sorted_rows(columns):
         for i in range(step % 2, len(columns) - 1, 2):
             columns[i], columns[i + 1] = np.minimum(columns[i], columns[i + 1]), np.maximum(columns[i], columns[i + 1])
     return columns
+
+
+# Kernels whose index arrays hold at least this many numbers keep them in a file beside their
+# module (stored_tables), which a later import loads instead of building them again.
+STORE_FROM_NUMBERS = 2**20
+
+
+def _encode(value, arrays):
+    """A table (nested tuples, lists, dicts, slices, ranges, numbers, arrays) as JSON, its arrays
+    appended to `arrays`: integers in 32 bits where they fit, floats with few distinct values as
+    codes into those values (each an exact copy; _decode restores the dtype)."""
+    if isinstance(value, np.ndarray):
+        node = {"a": len(arrays), "dtype": value.dtype.str, "shape": list(value.shape)}
+        if value.dtype.kind == "i" and value.size and -2**31 <= value.min() and value.max() < 2**31:
+            arrays.append(value.astype(np.int32))
+        elif value.dtype.kind == "f" and value.size > 256:
+            values, codes = np.unique(value, return_inverse=True)
+            if len(values) > 255:
+                arrays.append(value)
+            else:
+                arrays.append(codes.astype(np.uint8).reshape(value.shape))
+                node["values"] = _encode(values, arrays)
+        else:
+            arrays.append(value)
+        return node
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"v": value}
+    if isinstance(value, (slice, range)):
+        return {"slice" if isinstance(value, slice) else "range": [value.start, value.stop, value.step]}
+    if isinstance(value, dict):
+        return {"dict": [[_encode(k, arrays), _encode(v, arrays)] for k, v in value.items()]}
+    if isinstance(value, (tuple, list)):
+        return {"tuple" if isinstance(value, tuple) else "list": [_encode(v, arrays) for v in value]}
+    raise TypeError(f"cannot store a table of type {type(value).__name__}")
+
+
+def _decode(node, arrays):
+    """The table _encode wrote."""
+    if "a" in node:
+        array = arrays[f"a{node['a']}"]
+        if "values" in node:
+            array = _decode(node["values"], arrays)[array]
+        return array.astype(np.dtype(node["dtype"])).reshape(node["shape"])
+    if "v" in node:
+        return node["v"]
+    if "slice" in node:
+        return slice(*node["slice"])
+    if "range" in node:
+        return range(*node["range"])
+    if "dict" in node:
+        return {_freeze(_decode(k, arrays)): _decode(v, arrays) for k, v in node["dict"]}
+    items = [_decode(v, arrays) for v in node.get("tuple", node.get("list", ()))]
+    return tuple(items) if "tuple" in node else items
+
+
+def _freeze(key):
+    """A dict key as it was (a tuple, not the list JSON would give)."""
+    return tuple(map(_freeze, key)) if isinstance(key, (list, tuple)) else key
+
+
+def stored_tables_path(module_file):
+    """Where a module's stored index tables lie: beside it, <module>.tables.npz."""
+    return os.path.splitext(module_file)[0] + ".tables.npz"
 
 
 def _key(plan):
@@ -93,8 +163,9 @@ class TaylorTables:
         self._START = tuple(np.cumsum([0, 0] + [len(m) for m in self._MONOMIALS[1:]]).tolist())
         self._SERIES_SIZE = self._START[-1]
 
-        # The keys of each order's monomials, increasing like their columns (_column_of finds them).
-        self._ORDER_KEYS = [self._keys(m) for m in self._MONOMIALS]
+        # The keys of each order's monomials, increasing like their columns (_positions bisects them;
+        # with every monomial a row's rank is computed instead).
+        self._ORDER_KEYS = None if self._FULL else [self._keys(m) for m in self._MONOMIALS]
 
         # Per requested multi-index its column in [value, series...] (0 for the constant).
         self._REQUESTED_COLUMNS = (np.arange(1 + self._SERIES_SIZE) if requested is None
@@ -123,9 +194,6 @@ class TaylorTables:
 
         # alpha! of each multi-index: derivatives are Taylor coefficients times alpha!.
         self._FACTORIALS = np.concatenate([[1.0], self._series_factorials()])[self._REQUESTED_COLUMNS]
-
-        # The keys of the top-order monomials, increasing like their columns (from _LOW).
-        self._TOP_KEYS = self._ORDER_KEYS[self.ORDER] if self.ORDER >= 2 else np.zeros(0, dtype=np.int64)
 
         # Every split of a low-order column into two non-constant factors (_split_rows): the
         # rows of the powers' and the equation's products.
@@ -172,21 +240,85 @@ class TaylorTables:
         _RECENT.clear()  # one kept: memory bounded by the largest kernel in use
         _RECENT[_key({**plan, "by_tangent": self._BY_TANGENT, "by_equation": self._BY_EQUATION})] = dict(vars(self))
 
-    def _index_tables(self):
-        """The index arrays only a kernel reads (the plan needs none of them): each top-order
-        block's Gram entries and the coefficient each adds to, their sums by groups, and where
-        each requested multi-index lies in the kernel's output."""
-        for block in self._TOP_BLOCKS:
-            block.update(self._block_entries(block))
+    def _index_tables(self, module_file=None):
+        """The index arrays only a kernel reads (the plan needs none of them): the top-order
+        blocks' Gram entries summed by groups onto their coefficients, and where each requested
+        multi-index lies in the kernel's output. module_file: the generated module's path, whose
+        stored tables (stored_tables) are loaded where they were written for it."""
+        self._BUILT, self._NESTED, self._BUILDING = {}, {}, 0
+        self._STORE = self._load_store(module_file)
 
-        self._TOP_GROUPS, self._TOP_ORDER = self._top_sums()
+        self._TOP_GROUPS, self._TOP_ORDER = self._stored("top sums", self._top_sums)
 
         self._TOP_GROUP_ENDS = np.cumsum([len(group) for _, group, _, _ in self._TOP_GROUPS]).tolist()
 
-        self._TOP_POSITION = np.argsort(self._TOP_ORDER)  # _TOP_ORDER[_TOP_POSITION[t]] = t
+        self._TOP_POSITION = self._stored("top position", lambda: np.argsort(self._TOP_ORDER))  # _TOP_ORDER[_TOP_POSITION[t]] = t
 
         # Where each requested multi-index lies in [value, low series..., top series (in _TOP_ORDER)...].
         self._OUTPUT_COLUMNS = np.concatenate([[0], 1 + np.arange(self._LOW), 1 + self._LOW + self._TOP_POSITION])[self._REQUESTED_COLUMNS]
+
+    # ---------------------------------------------------------------------------------------
+    # Stored tables: the large index arrays, built once at compile time and kept beside the
+    # module, for a later import to load (written by the compiler, diagramc.compiler.cache).
+
+    def _stored(self, name, build):
+        """The table `name`: from the module's stored tables where they hold it, else built once
+        (and kept for stored_tables where no other stored table is being built: a part of
+        another is kept in _NESTED only while the kernel's tables are being made)."""
+        for tables in (self._STORE or {}, self._BUILT, self._NESTED):
+            if name in tables:
+                return tables[name]
+        self._BUILDING += 1
+        try:
+            value = build()
+        finally:
+            self._BUILDING -= 1
+        (self._NESTED if self._BUILDING else self._BUILT)[name] = value
+        return value
+
+    def _identity(self, module_file):
+        """What stored tables must have been written for: the module's text (its seal, the last
+        line) and the code that builds the tables (every source file of this class's runtime bases)."""
+        with open(module_file, "rb") as fh:
+            digest = hashlib.sha256(fh.read().rstrip(b"\n").rsplit(b"\n", 1)[-1])
+        for path in sorted({getattr(sys.modules[c.__module__], "__file__", None) or "" for c in type(self).__mro__[:-1]}):
+            if path:
+                with open(path, "rb") as fh:
+                    digest.update(fh.read())
+        return np.frombuffer(digest.digest(), dtype=np.uint8)
+
+    def _load_store(self, module_file):
+        """The module's stored tables as {name: table}, or None where there are none for it
+        (missing, unreadable, or written for another text or runtime)."""
+        self._STORE_IDENTITY = None
+        if module_file is None:
+            return None
+        try:
+            self._STORE_IDENTITY = self._identity(module_file)
+            with np.load(stored_tables_path(module_file), allow_pickle=False) as arrays:
+                if not np.array_equal(arrays["identity"], self._STORE_IDENTITY):
+                    return None
+                return {name: _decode(node, arrays) for name, node in json.loads(bytes(arrays["skeleton"]).decode()).items()}
+        except (OSError, KeyError, ValueError):
+            return None
+
+    def _warm_tables(self):
+        """Builds the tables a first call would (a backend's tables made at the call)."""
+
+    def stored_tables(self):
+        """The large index arrays this kernel built, as the bytes of a .npz file for
+        stored_tables_path(module file), or None where it built none worth storing (loaded
+        them, or they are small) or has no module file."""
+        self._warm_tables()
+        self._NESTED.clear()  # the tables are made: their parts are no longer needed
+        arrays = []
+        skeleton = {name: _encode(value, arrays) for name, value in self._BUILT.items()}
+        if self._STORE_IDENTITY is None or sum(a.size for a in arrays) < STORE_FROM_NUMBERS:
+            return None
+        buffer = io.BytesIO()
+        np.savez(buffer, identity=self._STORE_IDENTITY, skeleton=np.frombuffer(json.dumps(skeleton).encode(), dtype=np.uint8),
+                 **{f"a{i}": a for i, a in enumerate(arrays)})
+        return buffer.getvalue()
 
     @functools.cached_property
     def _SERIES(self):
@@ -231,10 +363,33 @@ class TaylorTables:
 
     def _column_of(self, rows, order):
         """The series' column of each row of one order (sorted variable indices), -1 where it is none."""
-        keys, order_keys = self._keys(rows), self._ORDER_KEYS[order]
+        position = self._positions(list(rows.T), len(rows), order)
+        return np.where(position >= 0, self._START[order] + position, -1)
+
+    def _positions(self, columns, size, order):
+        """The position among the series' monomials of their order of each row given by its
+        sorted columns (arrays of one shape; size: that shape for order 0), -1 where it is none.
+        With every monomial in the series, a row's rank in the lexicographic order is a sum of
+        table lookups (_RANKS, no search); else the rows' keys are bisected in _ORDER_KEYS."""
+        if self._FULL:
+            ranks = self._rank_tables(order)
+            position = np.zeros(size, dtype=np.int64)
+            previous = 0
+            for table, column in zip(ranks, columns):
+                position += table[column] - table[previous]
+                previous = column
+            return position
+        keys, order_keys = self._column_keys(columns, size), self._ORDER_KEYS[order]
         position = np.searchsorted(order_keys, keys)
-        found = np.append(order_keys, -1)[position] == keys
-        return np.where(found, self._START[order] + position, -1)
+        return np.where(np.append(order_keys, -1)[position] == keys, position, -1)
+
+    def _rank_tables(self, order):
+        """Per position i of a sorted row of `order` indices, F_i[x]: how many monomials of that
+        order come before the first whose index i is x, given the indices before i, summed from
+        index 0 (F_i[x] = sum_(v < x) of the rows that continue from v: C(INPUTS - v + rest - 1, rest),
+        rest = order - i - 1). A row's rank is sum_i F_i[c_i] - F_i[c_(i-1)], c_(-1) = 0."""
+        return [np.concatenate([[0], np.cumsum([math.comb(self.INPUTS - x + order - i - 2, order - i - 1)
+                                                for x in range(self.INPUTS)])]).astype(np.int64) for i in range(order)]
 
     def _requested_columns(self, requested):
         """Per requested monomial its column in [value, series...], 0 for the constant."""
@@ -325,15 +480,13 @@ class TaylorTables:
             key = key * self.INPUTS + column.astype(dtype)
         return key
 
-    def _product_columns(self, alpha, gamma, order_keys=None):
+    def _product_columns(self, alpha, gamma):
         """Column, counted from the first of its order, of the product of each row of alpha with
         each row of gamma, (len(alpha), len(gamma)); -1 where the product is no column (not
-        requested). order_keys: _keys of the product's order (the top order by default)."""
-        columns = [a[:, None] for a in alpha.T] + [g[None, :] for g in gamma.T]
-        keys = self._column_keys(_sorted_rows(columns), (len(alpha), len(gamma)))
-        order_keys = self._TOP_KEYS if order_keys is None else order_keys
-        position = np.searchsorted(order_keys, keys)
-        return np.where(np.append(order_keys, -1)[position] == keys, position, -1)
+        requested)."""
+        small = np.int16 if self.INPUTS < 2**15 else np.int64  # indices in few bytes: the sorting network moves less
+        columns = [a[:, None].astype(small) for a in alpha.T] + [g[None, :].astype(small) for g in gamma.T]
+        return self._positions(_sorted_rows(columns), (len(alpha), len(gamma)), alpha.shape[1] + gamma.shape[1])
 
     def _top_block(self, a, symmetric, first_layer, terms):
         """The top-order terms whose left factor has order a: the Gram matrix
@@ -377,6 +530,15 @@ class TaylorTables:
         full_entries = np.flatnonzero(grid >= 0) if block["first_layer"] else np.zeros(0, dtype=np.int64)
         return {"entries": np.concatenate(entries), "targets": np.concatenate(targets),
                 "full_entries": full_entries, "full_targets": grid.ravel()[full_entries]}
+
+    def _entries_of(self, i):
+        """_block_entries of block i of _TOP_BLOCKS."""
+        return self._stored(f"block {i}", lambda: self._block_entries(self._TOP_BLOCKS[i]))
+
+    def _first_layer_entries(self):
+        """(full_entries, full_targets) of _FIRST_LAYER_BLOCK: layer 1's Gram entries and their coefficients."""
+        return self._stored("first layer entries", lambda: tuple(self._entries_of(self._FIRST_LAYER_BLOCK)[name]
+                                                                 for name in ("full_entries", "full_targets")))
 
     def _top_blocks(self):
         """One block per order a = 1..ORDER-1 of the left factor. sigma^(k)/k! Z^k = sigma^(k)/k! P_(k-1) Z
@@ -430,14 +592,15 @@ class TaylorTables:
         """The tangent's Gram entries G[c, a] = sum_j t_c N_a (first-order column c, next-to-top
         column a) that reach the top order, flat in that grid, and the position in _TOP_ORDER of
         the coefficient x_c a each adds to."""
-        grid = self._product_columns(self._monomial_array(1), self._monomial_array(self.ORDER - 1)).ravel()
-        entries = np.flatnonzero(grid >= 0)
-        return entries, self._TOP_POSITION[grid[entries]]
+        def build():
+            grid = self._product_columns(self._monomial_array(1), self._monomial_array(self.ORDER - 1)).ravel()
+            entries = np.flatnonzero(grid >= 0)
+            return entries, self._TOP_POSITION[grid[entries]]
+        return self._stored("tangent entries", build)
 
     def _tangent_sums(self):
         """_tangent_entries in groups (_group_by_count)."""
-        entries, positions = self._tangent_entries()
-        return self._group_by_count(entries, None, positions)
+        return self._stored("tangent sums", lambda: self._group_by_count(self._tangent_entries()[0], None, self._tangent_entries()[1]))
 
     def _top_sums(self):
         """All blocks' Gram entries, laid end to end, summed onto the top-order coefficients
@@ -445,8 +608,9 @@ class TaylorTables:
         (coefficients no block reaches come last, as zeros): _TOP_POSITION maps it back."""
         none = np.zeros(0, dtype=np.int64)
         offsets = np.cumsum([0] + [block["size"] for block in self._TOP_BLOCKS])
-        entries = np.concatenate([none] + [start + block["entries"] for start, block in zip(offsets, self._TOP_BLOCKS)])
-        targets = np.concatenate([none] + [block["targets"] for block in self._TOP_BLOCKS])
+        blocks = [self._entries_of(i) for i in range(len(self._TOP_BLOCKS))]
+        entries = np.concatenate([none] + [start + block["entries"] for start, block in zip(offsets, blocks)])
+        targets = np.concatenate([none] + [block["targets"] for block in blocks])
         groups = self._group_by_count(entries, None, targets)
         reached = np.concatenate([none] + [group for _, group, _, _ in groups])
         unreached = np.setdiff1d(np.arange(self._SERIES_SIZE - self._LOW), reached, assume_unique=True)
@@ -530,8 +694,8 @@ class TaylorTables:
 
 
 
-    def _buckets(self, index, left, right, target, position=None):
-        """_group_by_count's groups as the backend's index arrays (targets through `position`)."""
+    def _buckets(self, index, left, right, target, position=None, groups=None):
+        """_group_by_count's groups (or `groups`, made so) as the backend's index arrays (targets through `position`)."""
         return [
             {
                 "terms": count,
@@ -539,7 +703,7 @@ class TaylorTables:
                 "left": index(lefts),
                 **({"right": index(rights)} if right is not None else {}),
             }
-            for count, group, lefts, rights in self._group_by_count(left, right, target)
+            for count, group, lefts, rights in (self._group_by_count(left, right, target) if groups is None else groups)
         ]
 
     @staticmethod
@@ -579,8 +743,8 @@ class TaylorTables:
                              for count, group, lefts, _ in (self._tangent_sums() if self._BY_TANGENT else ())],
             "top_unreached": slice(self._TOP_GROUP_ENDS[-1] if self._TOP_GROUPS else 0, len(self._TOP_ORDER)),
             "first_layer_sums": None if self._FIRST_LAYER_BLOCK is None else self._buckets(
-                index, self._TOP_BLOCKS[self._FIRST_LAYER_BLOCK]["full_entries"], None,
-                self._TOP_BLOCKS[self._FIRST_LAYER_BLOCK]["full_targets"], self._TOP_POSITION),
+                index, None, None, None, self._TOP_POSITION,
+                self._stored("first layer sums", lambda: self._group_by_count(self._first_layer_entries()[0], None, self._first_layer_entries()[1]))),
             "first_order_columns": self._run_or_index(index, self._FIRST_ORDER_COLUMNS),
             "first_order_variables": self._run_or_index(index, self._FIRST_ORDER_VARIABLES),
             "outputs": index(self._OUTPUT_COLUMNS),

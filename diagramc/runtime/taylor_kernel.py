@@ -13,11 +13,11 @@ class TaylorKernel(TaylorTables):
     FUSED_LOOPS = False
     _LINE_ROWS = False
 
-    def __init__(self, plan, activation):
+    def __init__(self, plan, activation, module_file=None):
         """plan: see TaylorTables; activation(z) -> (sigma(z), (sigma^(k)(z)/k! for k = 1..ORDER,
-        None where identically zero))."""
+        None where identically zero)); module_file: the generated module's path (its stored tables)."""
         super().__init__(plan)
-        self._index_tables()
+        self._index_tables(module_file)
         self._activation = activation
         # The low series' orders that have columns: 1 to ORDER - 1 (order 1 alone at ORDER 1, none at 0).
         self._FIRST_LAYER_ORDERS = tuple(k for k in range(1, self.ORDER if self.ORDER >= 2 else self.ORDER + 1) if self._START[k] < self._START[k + 1])

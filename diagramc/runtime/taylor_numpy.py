@@ -49,12 +49,12 @@ class NumpyTaylorKernel(TaylorKernel):
     _fused_add_tangent_part = _loop("fused_add_tangent_part")
     _fused_equation_top = _loop("fused_equation_top")
 
-    def __init__(self, plan, activation, fused_activation=None, fused_vertices=None, fused=True):
+    def __init__(self, plan, activation, fused_activation=None, fused_vertices=None, fused=True, module_file=None):
         """plan: see TaylorTables, with weight_slots (per vertex weight its slot in the fused
         activation's stack, None where it vanishes) and by_points (order 2 point by point);
         fused_activation(zs, value, weights) and fused_vertices: the module's numba loops;
-        fused=False: NumPy operations alone (as without numba)."""
-        super().__init__(plan, activation)
+        fused=False: NumPy operations alone (as without numba); module_file: see TaylorKernel."""
+        super().__init__(plan, activation, module_file)
         self._FUSED = FUSED and fused and fused_activation is not None
         self._fused_activation, self._fused_vertices = fused_activation, fused_vertices
         self._WEIGHT_SLOTS = tuple(plan.get("weight_slots", ()))
@@ -134,19 +134,24 @@ class NumpyTaylorKernel(TaylorKernel):
         """_fused_equation_top's tables: per piece of a top-order block its rows of Q, columns
         of Z and first entry (pieces laid end to end, as in _top_sums); the entries' count; per
         top-order coefficient (in _TOP_ORDER) its entries, weighted (ORDER - a)/ORDER, twice
-        above a symmetric block's diagonal (an entry listed twice)."""
-        none = np.zeros(0, dtype=np.int64)
-        pieces, targets, entries, weights, offset = [], [none], [none], [np.zeros(0)], 0
-        for weight, block in zip(self._EQUATION_TOP_WEIGHTS, self._TOP_BLOCKS):
+        above a symmetric block's diagonal (an entry listed twice). _TOP_GROUPS already lists
+        each coefficient's entries in turn, in _TOP_ORDER (the unreached last, with none)."""
+        pieces, offsets, offset = [], [], 0
+        for block in self._TOP_BLOCKS:
             rows, cols = block["rows"], block["cols"]
-            entries.append(offset + block["entries"])
-            targets.append(self._TOP_POSITION[block["targets"]])
-            weights.append(np.full(len(block["entries"]), weight))
             for (r0, r1, c0), start in zip(block["pieces"], block["piece_starts"]):
                 pieces.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.stop, offset + start))
+            offsets.append(offset)
             offset += block["size"]
-        entries = np.concatenate(entries)
-        starts, entries, _, weights = self._by_target(np.concatenate(targets), entries, entries, np.concatenate(weights), len(self._TOP_ORDER))
+        none = np.zeros(0, dtype=np.int64)
+        entries = np.concatenate([none] + [lefts for _, _, lefts, _ in self._TOP_GROUPS])
+        counts = np.concatenate([none] + [np.full(len(group), count) for count, group, _, _ in self._TOP_GROUPS]
+                                + [np.zeros(len(self._TOP_ORDER) - self._TOP_GROUP_ENDS[-1] if self._TOP_GROUPS else len(self._TOP_ORDER), dtype=np.int64)])
+        block = np.zeros(len(entries), dtype=np.int64)  # each entry's block: how many blocks start at or before it, less 1
+        for start in offsets[1:]:
+            block += entries >= start
+        weights = np.asarray(self._EQUATION_TOP_WEIGHTS, dtype=np.float64)[block]
+        starts = np.concatenate([[0], np.cumsum(counts)])
         return np.asarray(pieces, dtype=np.int64).reshape(-1, 5), offset, starts, entries, weights
 
     def _scatters(self, a):

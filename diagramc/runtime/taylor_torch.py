@@ -16,11 +16,12 @@ class TorchTaylorKernel(TaylorKernel):
     EQUATION_THRESHOLD = 0.65  # its gathers and index_adds per degree cost more calls than the powers' products
     PRODUCTS_BY_CLASSES = True
 
-    def __init__(self, plan, activation, vertex_polynomials=None):
+    def __init__(self, plan, activation, vertex_polynomials=None, module_file=None):
         """plan: see TaylorTables, with by_points (order 2 by batched Jacobians); activation: see
         TaylorKernel; vertex_polynomials: (u(z), coefficients of each non-zero weight in u^0.., per
-        weight its row or None), where the activation's weights are polynomials in u = sigma(z)."""
-        super().__init__(plan, activation)
+        weight its row or None), where the activation's weights are polynomials in u = sigma(z);
+        module_file: see TaylorKernel."""
+        super().__init__(plan, activation, module_file)
         self._PLAN_BY_POINTS = bool(plan.get("by_points"))
         self._VERTEX_POLYNOMIALS = vertex_polynomials
         # ---------------------------------------------------------------------------------------
@@ -166,10 +167,18 @@ class TorchTaylorKernel(TaylorKernel):
 
     def _prepare(self, params, x):
         params, x = torch_arguments(params, x, self.LAYER_SIZES)
-        if x.device not in self._DEVICE_TABLES:
+        return params, x, self._prepare_tables(x.device)
+
+    def _prepare_tables(self, device):
+        """The index tables on device, made at its first call."""
+        if device not in self._DEVICE_TABLES:
             with torch.inference_mode(False):  # kept for later calls, which may need autograd
-                self._DEVICE_TABLES[x.device] = self._tables_on(x.device)
-        return params, x, self._DEVICE_TABLES[x.device]
+                self._DEVICE_TABLES[device] = self._tables_on(device)
+        return self._DEVICE_TABLES[device]
+
+    def _warm_tables(self):
+        """The CPU's tables, made as at a first call on the CPU (their large arrays are then stored)."""
+        self._prepare_tables(torch.device("cpu"))
 
     def _tables_on(self, device):
         """The index tables as tensors on device, with the GPU's: each top-order block's rows, and
@@ -181,9 +190,8 @@ class TorchTaylorKernel(TaylorKernel):
         if self._BY_TANGENT:  # the tangent's Gram entries onto the top order as one scatter-add (_add_tangent_part)
             tables["tangent_scatter"] = tuple(index(a) for a in self._tangent_entries())
         if self._FIRST_LAYER_BLOCK is not None:  # K's entries and their rows (_first_layer_matrix)
-            block = self._TOP_BLOCKS[self._FIRST_LAYER_BLOCK]
-            tables["first_layer_scatter"] = (index(block["full_entries"]),
-                                             index(self._TOP_POSITION[block["full_targets"]]))
+            entries, targets = self._first_layer_entries()
+            tables["first_layer_scatter"] = (index(entries), index(self._TOP_POSITION[targets]))
         if self._BY_EQUATION:
             tables["equation"] = [self._equation_degree(m, index) for m in range(1, self.ORDER)]
             # per top-order block: the weight of Q's rows of order a, and those rows
@@ -244,7 +252,7 @@ class TorchTaylorKernel(TaylorKernel):
         def targets(a, m):  # of the rows of order a times the columns of order m
             if a + m >= self.ORDER:
                 return np.full((self._START[a + 1] - self._START[a], self._START[m + 1] - self._START[m]), dropped)
-            position = self._product_columns(self._monomial_array(a), self._monomial_array(m), self._keys(self._monomial_array(a + m)))
+            position = self._product_columns(self._monomial_array(a), self._monomial_array(m))
             return np.where(position < 0, dropped, self._START[a + m] + position - self._START[k])
 
         orders = range(1, self.ORDER - k + 1)
