@@ -265,9 +265,11 @@ class TaylorTables:
         """The table `name`: from the module's stored tables where they hold it, else built once
         (and kept for stored_tables where no other stored table is being built: a part of
         another is kept in _NESTED only while the kernel's tables are being made)."""
-        for tables in (self._STORE or {}, self._BUILT, self._NESTED):
+        for tables in (self._STORE or {}, self._BUILT):
             if name in tables:
                 return tables[name]
+        if name in self._NESTED:  # made as a part of another; wanted on its own, it is kept as well
+            return self._NESTED[name] if self._BUILDING else self._BUILT.setdefault(name, self._NESTED.pop(name))
         self._BUILDING += 1
         try:
             value = build()
@@ -306,14 +308,14 @@ class TaylorTables:
         """Builds the tables a first call would (a backend's tables made at the call)."""
 
     def stored_tables(self):
-        """The large index arrays this kernel built, as the bytes of a .npz file for
-        stored_tables_path(module file), or None where it built none worth storing (loaded
-        them, or they are small) or has no module file."""
+        """The large index arrays this kernel built, with those it loaded, as the bytes of a .npz
+        file for stored_tables_path(module file), or None where it built none worth storing
+        (loaded them all, or they are small) or has no module file."""
         self._warm_tables()
         self._NESTED.clear()  # the tables are made: their parts are no longer needed
         arrays = []
-        skeleton = {name: _encode(value, arrays) for name, value in self._BUILT.items()}
-        if self._STORE_IDENTITY is None or not arrays or sum(a.size for a in arrays) < STORE_FROM_NUMBERS:
+        skeleton = {name: _encode(value, arrays) for name, value in {**(self._STORE or {}), **self._BUILT}.items()}
+        if self._STORE_IDENTITY is None or not self._BUILT or sum(a.size for a in arrays) < STORE_FROM_NUMBERS:
             return None
         buffer = io.BytesIO()
         np.savez(buffer, identity=self._STORE_IDENTITY, skeleton=np.frombuffer(json.dumps(skeleton).encode(), dtype=np.uint8),
