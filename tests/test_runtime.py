@@ -298,3 +298,21 @@ def test_kernel_loads_its_stored_tables_and_only_its_own(tmp_path, monkeypatch):
     module_file.write_text("# another module\n# sha256 of all lines above: 2\n")  # another text: its own tables
     tables_module._RECENT.clear()
     assert NumpyTaylorKernel(plan, activation, fused=False, module_file=str(module_file))._STORE is None
+
+
+def test_torch_kernel_stores_the_tables_of_its_first_call(tmp_path, monkeypatch):
+    import diagramc.runtime.tables as tables_module
+    monkeypatch.setattr(tables_module, "STORE_FROM_NUMBERS", 0)
+    module_file = tmp_path / "kernel.py"
+    module_file.write_text("# a module\n# sha256 of all lines above: 1\n")
+    plan, activation = _plan((3, 5, 4, 1), 4, by_tangent=True), lambda z: _tanh_weights(z, 4, torch)
+    tables_module._RECENT.clear()
+    built = TorchTaylorKernel(plan, activation, module_file=str(module_file))
+    (tmp_path / "kernel.tables.npz").write_bytes(built.stored_tables())
+    assert {"top sums", "tangent entries", "first layer entries"} <= set(built._BUILT)  # the CPU's tables' too
+    tables_module._RECENT.clear()
+    loaded = TorchTaylorKernel(plan, activation, module_file=str(module_file))
+    params = random_params((3, 5, 4, 1), torch.Generator().manual_seed(6))
+    x = torch.randn(9, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.equal(loaded.derivatives(params, x), built.derivatives(params, x))
+    assert loaded.stored_tables() is None  # all it used was stored

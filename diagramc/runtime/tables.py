@@ -112,6 +112,15 @@ def _freeze(key):
     return tuple(map(_freeze, key)) if isinstance(key, (list, tuple)) else key
 
 
+def _numbers(table):
+    """How many numbers a table's arrays hold."""
+    if isinstance(table, np.ndarray):
+        return table.size
+    if isinstance(table, dict):
+        return sum(map(_numbers, table.values()))
+    return sum(map(_numbers, table)) if isinstance(table, (tuple, list)) else 0
+
+
 def stored_tables_path(module_file):
     """Where a module's stored index tables lie: beside it, <module>.tables.npz."""
     return os.path.splitext(module_file)[0] + ".tables.npz"
@@ -311,7 +320,10 @@ class TaylorTables:
         """The large index arrays this kernel built, with those it loaded, as the bytes of a .npz
         file for stored_tables_path(module file), or None where it built none worth storing
         (loaded them all, or they are small) or has no module file."""
-        self._warm_tables()
+        if self._STORE_IDENTITY is None or not self._BUILT:
+            return None
+        if self._STORE is not None or _numbers(self._BUILT) >= STORE_FROM_NUMBERS:  # a small kernel's are made fast enough
+            self._warm_tables()
         self._NESTED.clear()  # the tables are made: their parts are no longer needed
         arrays = []
         skeleton = {name: _encode(value, arrays) for name, value in {**(self._STORE or {}), **self._BUILT}.items()}

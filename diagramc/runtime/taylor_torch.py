@@ -167,18 +167,15 @@ class TorchTaylorKernel(TaylorKernel):
 
     def _prepare(self, params, x):
         params, x = torch_arguments(params, x, self.LAYER_SIZES)
-        return params, x, self._prepare_tables(x.device)
-
-    def _prepare_tables(self, device):
-        """The index tables on device, made at its first call."""
-        if device not in self._DEVICE_TABLES:
+        if x.device not in self._DEVICE_TABLES:
             with torch.inference_mode(False):  # kept for later calls, which may need autograd
-                self._DEVICE_TABLES[device] = self._tables_on(device)
-        return self._DEVICE_TABLES[device]
+                self._DEVICE_TABLES[x.device] = self._tables_on(x.device)
+        return params, x, self._DEVICE_TABLES[x.device]
 
     def _warm_tables(self):
-        """The CPU's tables, made as at a first call on the CPU (their large arrays are then stored)."""
-        self._prepare_tables(torch.device("cpu"))
+        """The CPU's tables, made as at a first call on the CPU for their large arrays to be
+        stored (the tensors are dropped: a call on a GPU never needs them)."""
+        self._tables_on(torch.device("cpu"))
 
     def _tables_on(self, device):
         """The index tables as tensors on device, with the GPU's: each top-order block's rows, and
