@@ -163,6 +163,7 @@ class TaylorTables:
         # monomials of order ORDER: other top-order products are not wanted).
         # _MONOMIALS[k]: the series' monomials of order k, (count, k), k = 0..ORDER (none of order 0).
         self._FULL = requested is None
+        self._RANKS = {}  # _rank_tables per order, made once
         if self._FULL:
             self._MONOMIALS = [np.zeros((0, 0), dtype=np.int64)] + [_all_monomials(self.INPUTS, k) for k in range(1, self.ORDER + 1)]
         else:
@@ -386,7 +387,9 @@ class TaylorTables:
         With every monomial in the series, a row's rank in the lexicographic order is a sum of
         table lookups (_RANKS, no search); else the rows' keys are bisected in _ORDER_KEYS."""
         if self._FULL:
-            ranks = self._rank_tables(order)
+            if order not in self._RANKS:
+                self._RANKS[order] = self._rank_tables(order)
+            ranks = self._RANKS[order]
             position = np.zeros(size, dtype=np.int64)
             previous = 0
             for table, column in zip(ranks, columns):
