@@ -215,7 +215,7 @@ def _simple_equation_rows(series, low, c2):
 _SUBSET = ((), (0, 0, 2), (1, 2), (0, 1, 1, 2), (2, 2, 2, 2))
 
 
-@pytest.mark.parametrize("d,order,requested", [(1, 5, None), (2, 4, None), (3, 4, None), (4, 3, None), (3, 5, None),
+@pytest.mark.parametrize("d,order,requested", [(2, 0, None), (2, 0, ((),)), (1, 1, ((), (0,))), (1, 5, None), (2, 4, None), (3, 4, None), (4, 3, None), (3, 5, None),
                                                (3, 4, _SUBSET), (5, 4, ((), (4,), (0, 1, 3, 3)))])
 def test_array_tables_match_the_simple_construction(d, order, requested):
     tables = TaylorTables(_plan((d, 4, 1), order, requested=requested))

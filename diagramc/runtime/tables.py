@@ -185,7 +185,7 @@ class TaylorTables:
         # is produced at the vertices against the output line instead (see _top_order).
         self._LOW = self._START[self.ORDER] if self.ORDER >= 2 else self._SERIES_SIZE
 
-        self._FIRST_ORDER_COLUMNS = tuple(range(self._START[1], self._START[2]))
+        self._FIRST_ORDER_COLUMNS = tuple(range(self._START[1], self._START[min(2, self.ORDER + 1)]))  # none at order 0
 
         self._FIRST_ORDER_VARIABLES = tuple(self._MONOMIALS[1][:, 0].tolist()) if self.ORDER >= 1 else ()
 
