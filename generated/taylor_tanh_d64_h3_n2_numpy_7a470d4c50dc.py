@@ -83,7 +83,7 @@ try:  # numba's loop of the same functions, one pass over z (numba is a dependen
 except ImportError:
     _fused_activation = None
 
-_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation)
+_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation, module_file=globals().get("__file__"))
 
 INPUTS = 64
 OUTPUTS = 1
@@ -91,8 +91,14 @@ HIDDEN_LAYERS = 3
 LAYER_SIZES = (64, 64, 64, 64, 1)
 ACTIVATION = 'tanh'
 ORDER = 2
-MULTI_INDICES = _KERNEL.MULTI_INDICES
 MULTIPLY_ADDS = _KERNEL.MULTIPLY_ADDS  # per point of a call: {"gemm", "elementwise", "total"}
+
+
+def __getattr__(name):
+    """MULTI_INDICES, made on first use (a tuple per coefficient: many at many inputs)."""
+    if name == "MULTI_INDICES":
+        return _KERNEL.MULTI_INDICES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def derivatives(params, x):
@@ -103,4 +109,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: dda1981cc9bef6c352d2645c59ca2ecfcba1884f3dd4680d50dedbafdf24716f
+# sha256 of all lines above: 343a9bd27251cf7cac32f3155d3395dae894fd36dd2f681a6e7e629293c0e1b1

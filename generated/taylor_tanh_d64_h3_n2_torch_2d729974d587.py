@@ -57,7 +57,7 @@ def _activation(z):
         t0*(c - s),
     )
 _VERTEX_POLYNOMIALS = None
-_KERNEL = TorchTaylorKernel(PLAN, _activation, _VERTEX_POLYNOMIALS)
+_KERNEL = TorchTaylorKernel(PLAN, _activation, _VERTEX_POLYNOMIALS, module_file=globals().get("__file__"))
 
 INPUTS = 64
 OUTPUTS = 1
@@ -65,8 +65,14 @@ HIDDEN_LAYERS = 3
 LAYER_SIZES = (64, 64, 64, 64, 1)
 ACTIVATION = 'tanh'
 ORDER = 2
-MULTI_INDICES = _KERNEL.MULTI_INDICES
 MULTIPLY_ADDS = _KERNEL.MULTIPLY_ADDS  # per point of a call: {"gemm", "elementwise", "total"}
+
+
+def __getattr__(name):
+    """MULTI_INDICES, made on first use (a tuple per coefficient: many at many inputs)."""
+    if name == "MULTI_INDICES":
+        return _KERNEL.MULTI_INDICES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def derivatives(params, x):
@@ -77,4 +83,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 848b31a6654f04f70899ca7e9b3ecd90198477e3807073e562451e779450ef69
+# sha256 of all lines above: 6afb0901a6e84b1a5a55eb07138a18cce7b8e94a370768e6cb6379abc36efed4

@@ -87,7 +87,7 @@ try:  # numba's loop of the same functions, one pass over z (numba is a dependen
 except ImportError:
     _fused_activation = None
 
-_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation)
+_KERNEL = NumpyTaylorKernel(PLAN, _activation, _fused_activation, module_file=globals().get("__file__"))
 
 INPUTS = 64
 OUTPUTS = 1
@@ -95,8 +95,14 @@ HIDDEN_LAYERS = 3
 LAYER_SIZES = (64, 64, 64, 64, 1)
 ACTIVATION = 'tanh'
 ORDER = 3
-MULTI_INDICES = _KERNEL.MULTI_INDICES
 MULTIPLY_ADDS = _KERNEL.MULTIPLY_ADDS  # per point of a call: {"gemm", "elementwise", "total"}
+
+
+def __getattr__(name):
+    """MULTI_INDICES, made on first use (a tuple per coefficient: many at many inputs)."""
+    if name == "MULTI_INDICES":
+        return _KERNEL.MULTI_INDICES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def derivatives(params, x):
@@ -107,4 +113,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: 10f1d2ad40d14fcd6d883448a59614e4c83aa38c736765f4b774fa16ce5b3b25
+# sha256 of all lines above: 781f991380b0e6bb6aa3bfe526b36ebf634821cc6e24328349ac4e1a53cb16da

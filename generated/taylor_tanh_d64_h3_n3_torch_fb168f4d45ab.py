@@ -59,7 +59,7 @@ def _activation(z):
         (8/3)*t0*(c**2 + s**2 - t1),
     )
 _VERTEX_POLYNOMIALS = None
-_KERNEL = TorchTaylorKernel(PLAN, _activation, _VERTEX_POLYNOMIALS)
+_KERNEL = TorchTaylorKernel(PLAN, _activation, _VERTEX_POLYNOMIALS, module_file=globals().get("__file__"))
 
 INPUTS = 64
 OUTPUTS = 1
@@ -67,8 +67,14 @@ HIDDEN_LAYERS = 3
 LAYER_SIZES = (64, 64, 64, 64, 1)
 ACTIVATION = 'tanh'
 ORDER = 3
-MULTI_INDICES = _KERNEL.MULTI_INDICES
 MULTIPLY_ADDS = _KERNEL.MULTIPLY_ADDS  # per point of a call: {"gemm", "elementwise", "total"}
+
+
+def __getattr__(name):
+    """MULTI_INDICES, made on first use (a tuple per coefficient: many at many inputs)."""
+    if name == "MULTI_INDICES":
+        return _KERNEL.MULTI_INDICES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def derivatives(params, x):
@@ -79,4 +85,4 @@ def derivatives(params, x):
 def taylor_coefficients(params, x):
     """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype and device."""
     return _KERNEL.taylor_coefficients(params, x)
-# sha256 of all lines above: d23667e290c8ae9de42d1450f5c303288c8411a548e95195c821196c0209008b
+# sha256 of all lines above: 9d19452fe0f9b7a3374d1495dd9cf2bc067326625fd0b475d20b075c01290405

@@ -189,3 +189,21 @@ def test_numba_loops_kept_on_disk(tmp_path):
         path.write_bytes(b"not a cache file")
     third = run()
     assert third["hits"] == 0 and third["out"] == first["out"]
+
+
+def test_large_kernel_stores_its_tables_for_a_later_import(tmp_path):
+    """64 inputs, order 4 (814,385 coefficients): compiled, its index tables are stored beside the
+    module; imported again, as a later process does, it loads them and gives the same numbers."""
+    from diagramc.compiler.cache import import_path
+    arch = diagramc.Architecture((64, 64, 64, 64, 1), "tanh")
+    mod = diagramc.compile(arch, 4, "numpy", out_dir=tmp_path, force=True)
+    assert [p.name for p in tmp_path.glob("*.tables.npz")] == [Path(mod.__file__).stem + ".tables.npz"]
+    assert mod._KERNEL._STORE is None and mod._KERNEL._SERIES_SIZE == 814_384
+    again = import_path(Path(mod.__file__))
+    assert again._KERNEL._STORE is not None  # loaded, not built
+    rng = np.random.default_rng(0)
+    params = [rng.normal(size=s) * 0.3 for a, b in zip(arch.layer_sizes, arch.layer_sizes[1:]) for s in ((b, a), (b,))]
+    x = rng.normal(size=(1, 64)) * 0.5
+    got = again.derivatives(params, x)
+    assert got.shape == (1, 1, 814_385) and np.isfinite(got).all()
+    assert np.array_equal(got, mod.derivatives(params, x))

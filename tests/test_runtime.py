@@ -171,3 +171,148 @@ def test_kernel_rejects_wrong_shapes_naming_the_parameter():
         kernel.derivatives(params, np.zeros((4, 3)))
     with pytest.raises(ValueError, match=r"params\[2\] \(W2\) has shape \(2, 3\); expected \(1, 3\)"):
         kernel.derivatives(params[:2] + [np.zeros((2, 3)), np.zeros(1)], np.zeros((4, 2)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The array-built tables against the simple constructions they replace (Python tuples and dicts).
+
+def _simple_series(d, order, requested=None):
+    """The series' monomials as tuples: all up to order, or the requested ones' sub-monomials."""
+    if requested is None:
+        return [m for k in range(1, order + 1) for m in itertools.combinations_with_replacement(range(d), k)]
+    found = {s for m in requested for r in range(1, len(m) + 1) for s in itertools.combinations(m, r)}
+    return sorted(found, key=lambda m: (len(m), m))
+
+
+def _simple_power_table(series, start, low, k):
+    """P_k's rows as the loops over columns and their splits wrote them."""
+    column = {m: j for j, m in enumerate(series)}
+    left, right, target, squares = [], [], [], []
+    for j in range(start[k], low):
+        for alpha, gamma in TaylorTables._splits(series[j]):
+            if len(alpha) < k - 1:
+                continue
+            if k == 2 and alpha == gamma:
+                squares.append((column[alpha], j - start[k]))
+            elif k != 2 or column[alpha] < column[gamma]:
+                left.append(column[alpha] - start[k - 1])
+                right.append(column[gamma])
+                target.append(j - start[k])
+    return left, right, target, squares
+
+
+def _simple_equation_rows(series, low, c2):
+    column = {m: j for j, m in enumerate(series)}
+    s_rows, q_rows = [], []
+    for t, beta in enumerate(series[:low]):
+        for alpha, gamma in TaylorTables._splits(beta):
+            s_rows.append((t, column[alpha], column[gamma], len(alpha) / len(beta)))
+            if column[alpha] <= column[gamma]:
+                q_rows.append((t, column[alpha], column[gamma], c2 * (1.0 if alpha == gamma else 2.0)))
+    return s_rows, q_rows
+
+
+_SUBSET = ((), (0, 0, 2), (1, 2), (0, 1, 1, 2), (2, 2, 2, 2))
+
+
+@pytest.mark.parametrize("d,order,requested", [(2, 0, None), (2, 0, ((),)), (1, 1, ((), (0,))), (1, 5, None), (2, 4, None), (3, 4, None), (4, 3, None), (3, 5, None),
+                                               (3, 4, _SUBSET), (5, 4, ((), (4,), (0, 1, 3, 3)))])
+def test_array_tables_match_the_simple_construction(d, order, requested):
+    tables = TaylorTables(_plan((d, 4, 1), order, requested=requested))
+    series = _simple_series(d, order, requested and [m for m in requested if m])
+    assert list(tables._SERIES) == series
+    start = [next((j for j, m in enumerate(series) if len(m) >= k), len(series)) for k in range(order + 2)]
+    assert list(tables._START) == start
+    low = start[order] if order >= 2 else len(series)
+    for k, (left, right, target, squares) in tables._POWER_TABLES.items():
+        want = _simple_power_table(series, start, low, k)
+        assert (left.tolist(), right.tolist(), target.tolist()) == tuple(want[:3])
+        assert [tuple(s) for s in squares.tolist()] == want[3]
+    for rows, want in zip(tables._EQUATION_ROWS, _simple_equation_rows(series, low, -1.0)):
+        assert list(zip(*(a.tolist() for a in rows))) == want
+    wanted = ((),) + tuple(series) if requested is None else requested
+    exponents = [tuple(sum(1 for i in m if i == v) for v in range(d)) for m in wanted]
+    assert tables.MULTI_INDICES == tuple(exponents)
+    assert tables._FACTORIALS.tolist() == [float(math.prod(map(math.factorial, a))) for a in exponents]
+    column = {m: j for j, m in enumerate(series)}
+    for a in range(1, order):  # every product of two orders: its column among the product's order, or -1
+        grid = tables._product_columns(tables._monomial_array(a), tables._monomial_array(order - a))
+        for i, alpha in enumerate(tables._monomial_array(a).tolist()):
+            for j, gamma in enumerate(tables._monomial_array(order - a).tolist()):
+                product = tuple(sorted(alpha + gamma))
+                assert grid[i, j] == (column[product] - start[order] if product in column else -1)
+
+
+def test_all_monomials_and_sorted_rows():
+    from diagramc.runtime.tables import _all_monomials, _sorted_rows
+    for d in range(1, 6):
+        for k in range(0, 6):
+            want = list(itertools.combinations_with_replacement(range(d), k))
+            assert [tuple(r) for r in _all_monomials(d, k).tolist()] == want
+    rows = np.random.default_rng(3).integers(0, 9, (50, 5))
+    assert np.array_equal(np.stack(_sorted_rows(list(rows.T)), axis=1), np.sort(rows, axis=1))
+
+
+def test_stored_tables_round_trip_exactly():
+    from diagramc.runtime.tables import _decode, _encode
+    table = {"a": (np.arange(5), slice(2, 9), range(1, 4), None, 2.5, [np.array([0.5, 1 / 3] * 200)]),
+             3: [np.array([2**40, -1]), np.zeros((0, 5), dtype=np.int64), np.array([1.0, 2.0]), np.random.default_rng(0).normal(size=300)],
+             (1, 2): np.arange(12, dtype=np.intp).reshape(3, 4)}
+    arrays = []
+    node = _encode(table, arrays)
+    back = _decode(node, {f"a{i}": a for i, a in enumerate(arrays)})
+    assert list(back) == list(table) and back["a"][1:5] == table["a"][1:5]
+
+    def same(a, b):
+        if isinstance(a, np.ndarray):
+            assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        elif isinstance(a, (list, tuple)):
+            assert type(a) is type(b) and len(a) == len(b) and all(same(x, y) or True for x, y in zip(a, b))
+        elif isinstance(a, dict):
+            for k in a:
+                same(a[k], b[k])
+        return True
+    same(table, back)
+
+
+def test_kernel_loads_its_stored_tables_and_only_its_own(tmp_path, monkeypatch):
+    import diagramc.runtime.tables as tables_module
+    monkeypatch.setattr(tables_module, "STORE_FROM_NUMBERS", 0)  # store even a small kernel's
+    module_file = tmp_path / "kernel.py"
+    module_file.write_text("# a module\n# sha256 of all lines above: 1\n")
+    plan, activation = _plan((3, 5, 4, 1), 4), lambda z: _tanh_weights(z, 4)
+    tables_module._RECENT.clear()
+    built = NumpyTaylorKernel(plan, activation, fused=False, module_file=str(module_file))
+    data = built.stored_tables()
+    assert data is not None
+    (tmp_path / "kernel.tables.npz").write_bytes(data)
+    tables_module._RECENT.clear()
+    loaded = NumpyTaylorKernel(plan, activation, fused=False, module_file=str(module_file))
+    assert loaded._STORE and loaded.stored_tables() is None  # loaded, nothing built
+    assert np.array_equal(loaded._TOP_ORDER, built._TOP_ORDER) and np.array_equal(loaded._OUTPUT_COLUMNS, built._OUTPUT_COLUMNS)
+    params = [p.numpy() for p in random_params((3, 5, 4, 1), torch.Generator().manual_seed(4))]
+    x = np.random.default_rng(5).normal(size=(9, 3))
+    assert np.array_equal(loaded.derivatives(params, x), built.derivatives(params, x))
+    want = reference_derivatives([torch.as_tensor(p) for p in params], torch.as_tensor(x), "tanh", loaded.MULTI_INDICES)
+    np.testing.assert_allclose(loaded.derivatives(params, x), want.numpy(), rtol=1e-10, atol=1e-10 * float(want.abs().max()))
+    module_file.write_text("# another module\n# sha256 of all lines above: 2\n")  # another text: its own tables
+    tables_module._RECENT.clear()
+    assert NumpyTaylorKernel(plan, activation, fused=False, module_file=str(module_file))._STORE is None
+
+
+def test_torch_kernel_stores_the_tables_of_its_first_call(tmp_path, monkeypatch):
+    import diagramc.runtime.tables as tables_module
+    monkeypatch.setattr(tables_module, "STORE_FROM_NUMBERS", 0)
+    module_file = tmp_path / "kernel.py"
+    module_file.write_text("# a module\n# sha256 of all lines above: 1\n")
+    plan, activation = _plan((3, 5, 4, 1), 4, by_tangent=True), lambda z: _tanh_weights(z, 4, torch)
+    tables_module._RECENT.clear()
+    built = TorchTaylorKernel(plan, activation, module_file=str(module_file))
+    (tmp_path / "kernel.tables.npz").write_bytes(built.stored_tables())
+    assert {"top sums", "tangent entries", "first layer entries"} <= set(built._BUILT)  # the CPU's tables' too
+    tables_module._RECENT.clear()
+    loaded = TorchTaylorKernel(plan, activation, module_file=str(module_file))
+    params = random_params((3, 5, 4, 1), torch.Generator().manual_seed(6))
+    x = torch.randn(9, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert torch.equal(loaded.derivatives(params, x), built.derivatives(params, x))
+    assert loaded.stored_tables() is None  # all it used was stored

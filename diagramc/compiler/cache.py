@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import DiagramcError
+from ..runtime.tables import stored_tables_path
 
 
 def default_cache_dir() -> Path:
@@ -35,7 +36,7 @@ def is_intact(path: Path, source: str) -> bool:
         return False
 
 
-def write_atomic(path: Path, source: str) -> None:
+def write_atomic(path: Path, source: "str | bytes") -> None:
     """Write source to path through a temporary file and a rename: never a half-written file."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +46,7 @@ def write_atomic(path: Path, source: str) -> None:
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a module is an ordinary file
         with os.fdopen(fd, "wb") as fh:
-            fh.write(source.encode())
+            fh.write(source.encode() if isinstance(source, str) else source)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -77,14 +78,25 @@ _LOADED: dict[tuple[str, str], ModuleType] = {}
 
 def load(path: Path, source: str) -> ModuleType:
     """The module at path holding exactly source: reused from this process when the file is
-    still intact, else (re)written atomically and imported."""
+    still intact, else (re)written atomically and imported; its large index tables are then
+    stored beside it (store_tables) for later imports."""
     key = (str(path.resolve()), hashlib.sha256(source.encode()).hexdigest())
     if key in _LOADED and is_intact(path, source):
         return _LOADED[key]
     store(path, source)
     module = import_path(path)
+    store_tables(module, path)
     _LOADED[key] = module
     return module
+
+
+def store_tables(module: ModuleType, path: Path) -> None:
+    """Writes (atomically) the index tables the module's kernel built at import, where they are
+    large, to the file its runtime loads them from at a later import (built once per module)."""
+    kernel = getattr(module, "_KERNEL", None)
+    data = kernel.stored_tables() if hasattr(kernel, "stored_tables") else None
+    if data is not None:
+        write_atomic(Path(stored_tables_path(str(path))), data)
 
 
 def import_path(path: Path) -> ModuleType:

@@ -132,7 +132,7 @@ def make_plan(spec: KernelSpec) -> KernelPlan:
     tables = tables_class(rp)
     return KernelPlan(spec, vertex_orders, equation, by_points, bool(tables._BY_TANGENT),
                       bool(tables._BY_EQUATION), tuple(slots), dict(tables.MULTIPLY_ADDS),
-                      series_columns=tables._LOW, top_columns=len(tables._SERIES) - tables._LOW,
+                      series_columns=tables._LOW, top_columns=tables._SERIES_SIZE - tables._LOW,
                       numbers_per_point=tables._numbers_per_point(), points_per_thread=tables.points_per_thread())
 
 

@@ -119,7 +119,6 @@ def reverse(c, frac, t, timed, weights, K, series, store, G, grads, ybar, dweigh
     grads: a zeroed store; ybar: (K, batch, D) scratch."""
     L = len(weights)
     B = G.shape[1]
-    D = G.shape[2]
     offsets = _sizes(weights)
     c1, c2 = c[1], c[2]
     twice = c2 + c2

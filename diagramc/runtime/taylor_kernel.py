@@ -13,10 +13,11 @@ class TaylorKernel(TaylorTables):
     FUSED_LOOPS = False
     _LINE_ROWS = False
 
-    def __init__(self, plan, activation):
+    def __init__(self, plan, activation, module_file=None):
         """plan: see TaylorTables; activation(z) -> (sigma(z), (sigma^(k)(z)/k! for k = 1..ORDER,
-        None where identically zero))."""
+        None where identically zero)); module_file: the generated module's path (its stored tables)."""
         super().__init__(plan)
+        self._index_tables(module_file)
         self._activation = activation
         # The low series' orders that have columns: 1 to ORDER - 1 (order 1 alone at ORDER 1, none at 0).
         self._FIRST_LAYER_ORDERS = tuple(k for k in range(1, self.ORDER if self.ORDER >= 2 else self.ORDER + 1) if self._START[k] < self._START[k + 1])
@@ -231,7 +232,7 @@ class TaylorKernel(TaylorTables):
         k, scale, rows, cols = self._first_layer_term(tables)
         left = powers[k - 2][rows][:, 0]  # (rows, width)
         entries = (scale * left[:, None] * powers[0][cols][None, :, 0]).reshape(-1, left.shape[1])
-        K = self._zeros(entries, (len(self._SERIES) - self._LOW, entries.shape[1]))
+        K = self._zeros(entries, (self._SERIES_SIZE - self._LOW, entries.shape[1]))
         if self._scatters(entries):  # on a GPU, one gather and one scatter-add
             lefts, targets = tables["first_layer_scatter"]
             return K.index_add_(0, targets, entries.index_select(0, lefts))
@@ -320,7 +321,7 @@ class TaylorKernel(TaylorTables):
         if x.shape[0] == 0:
             return self._zeros(x, (0, self.OUTPUTS, len(self.MULTI_INDICES)))
         fold = self._folds(params, tables, x.shape[0])
-        out = self._empty(x, (x.shape[0], self.OUTPUTS, 1 + len(self._SERIES)))  # every chunk writes its rows
+        out = self._empty(x, (x.shape[0], self.OUTPUTS, 1 + self._SERIES_SIZE))  # every chunk writes its rows
         parts = self._parts(x.shape[0])  # the batch's rows, one slice per thread
         if self._by_points(x):  # order 2 in one fused call, layer 1's fold included; out in the series' order
             K = self._first_layer_for(params, tables, True)[1] if fold else None

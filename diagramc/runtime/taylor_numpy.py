@@ -51,12 +51,12 @@ class NumpyTaylorKernel(TaylorKernel):
     _fused_add_tangent_part = _loop("fused_add_tangent_part")
     _fused_equation_top = _loop("fused_equation_top")
 
-    def __init__(self, plan, activation, fused_activation=None, fused=True):
+    def __init__(self, plan, activation, fused_activation=None, fused=True, module_file=None):
         """plan: see TaylorTables, with weight_slots (per vertex weight its slot in the fused
         activation's stack, None where it vanishes) and by_points (order 2 point by point);
         fused_activation(zs, value, weights): the module's numba loop; fused=False: NumPy
-        operations alone (as without numba)."""
-        super().__init__(plan, activation)
+        operations alone (as without numba); module_file: see TaylorKernel."""
+        super().__init__(plan, activation, module_file)
         self._FUSED = FUSED and fused and fused_activation is not None
         self._fused_activation = fused_activation
         self._ACTIVATION_POINTERS = {}  # dtype -> the activation loop as a function pointer (fused_vertices')
@@ -72,7 +72,7 @@ class NumpyTaylorKernel(TaylorKernel):
         self._TABLES["order_two"] = self._order_two_table() if self._PLAN_BY_POINTS and len(self._TOP_BLOCKS) == 1 else None
 
         if self._BY_EQUATION and self._FUSED:
-            self._TABLES["equation"] = self._by_target(*zip(*self._EQUATION_ROWS[0]), self._LOW) + self._by_target(*zip(*self._EQUATION_ROWS[1]), self._LOW)
+            self._TABLES["equation"] = self._by_target(*self._EQUATION_ROWS[0], self._LOW) + self._by_target(*self._EQUATION_ROWS[1], self._LOW)
             self._TABLES["equation_grams"] = self._equation_top_table()
 
         if self._BY_TANGENT and self._FUSED:  # per tangent Gram entry (first-order column c, next-to-top column a) its top position, or -1
@@ -100,7 +100,7 @@ class NumpyTaylorKernel(TaylorKernel):
         self._TOP_SCALES = None
 
         if self._BY_POINTS:
-            _SERIES_FACTORIALS = np.ones(1 + len(self._SERIES))
+            _SERIES_FACTORIALS = np.ones(1 + self._SERIES_SIZE)
             _SERIES_FACTORIALS[np.arange(len(self._FACTORIALS)) if self._SERIES_OUTPUTS is None else self._SERIES_OUTPUTS] = self._FACTORIALS
             self._TOP_SCALES = {False: np.ones(len(self._TOP_ORDER)), True: _SERIES_FACTORIALS[1 + self._LOW :].copy()}
 
@@ -121,9 +121,9 @@ class NumpyTaylorKernel(TaylorKernel):
         """P_k's product table for _fused_product: rows of P_(k-1) and Z, weighted by the table's
         scale for a pair and 1 for a square."""
         left, right, target, squares = self._POWER_TABLES[k]
-        weight = [scale] * len(left) + [1.0] * len(squares)
-        return self._by_target(list(target) + [t for _, t in squares], list(left) + [c for c, _ in squares],
-                          list(right) + [c for c, _ in squares], weight, max(self._LOW - self._START[k], 0))
+        weight = np.concatenate([np.full(len(left), scale), np.ones(len(squares))])
+        return self._by_target(np.concatenate([target, squares[:, 1]]), np.concatenate([left, squares[:, 0]]),
+                          np.concatenate([right, squares[:, 0]]), weight, max(self._LOW - self._START[k], 0))
 
     def _order_two_table(self):
         """_fused_order_two's tables, per top-order coefficient in the series' order: its Gram
@@ -138,17 +138,24 @@ class NumpyTaylorKernel(TaylorKernel):
         """_fused_equation_top's tables: per piece of a top-order block its rows of Q, columns
         of Z and first entry (pieces laid end to end, as in _top_sums); the entries' count; per
         top-order coefficient (in _TOP_ORDER) its entries, weighted (ORDER - a)/ORDER, twice
-        above a symmetric block's diagonal (an entry listed twice)."""
-        pieces, targets, entries, weights, offset = [], [], [], [], 0
-        for weight, block in zip(self._EQUATION_TOP_WEIGHTS, self._TOP_BLOCKS):
+        above a symmetric block's diagonal (an entry listed twice). _TOP_GROUPS already lists
+        each coefficient's entries in turn, in _TOP_ORDER (the unreached last, with none)."""
+        pieces, offsets, offset = [], [], 0
+        for block in self._TOP_BLOCKS:
             rows, cols = block["rows"], block["cols"]
-            entries += (offset + block["entries"]).tolist()
-            targets += self._TOP_POSITION[block["targets"]].tolist()
-            weights += [weight] * len(block["entries"])
             for (r0, r1, c0), start in zip(block["pieces"], block["piece_starts"]):
                 pieces.append((rows.start + r0, rows.start + r1, cols.start + c0, cols.stop, offset + start))
+            offsets.append(offset)
             offset += block["size"]
-        starts, entries, _, weights = self._by_target(targets, entries, entries, weights, len(self._TOP_ORDER))
+        none = np.zeros(0, dtype=np.int64)
+        entries = np.concatenate([none] + [lefts for _, _, lefts, _ in self._TOP_GROUPS])
+        counts = np.concatenate([none] + [np.full(len(group), count) for count, group, _, _ in self._TOP_GROUPS]
+                                + [np.zeros(len(self._TOP_ORDER) - self._TOP_GROUP_ENDS[-1] if self._TOP_GROUPS else len(self._TOP_ORDER), dtype=np.int64)])
+        block = np.zeros(len(entries), dtype=np.int64)  # each entry's block: how many blocks start at or before it, less 1
+        for start in offsets[1:]:
+            block += entries >= start
+        weights = np.asarray(self._EQUATION_TOP_WEIGHTS, dtype=np.float64)[block]
+        starts = np.concatenate([[0], np.cumsum(counts)])
         return np.asarray(pieces, dtype=np.int64).reshape(-1, 5), offset, starts, entries, weights
 
     def _scatters(self, a):

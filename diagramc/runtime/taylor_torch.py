@@ -16,11 +16,12 @@ class TorchTaylorKernel(TaylorKernel):
     EQUATION_THRESHOLD = 0.65  # its gathers and index_adds per degree cost more calls than the powers' products
     PRODUCTS_BY_CLASSES = True
 
-    def __init__(self, plan, activation, vertex_polynomials=None):
+    def __init__(self, plan, activation, vertex_polynomials=None, module_file=None):
         """plan: see TaylorTables, with by_points (order 2 by batched Jacobians); activation: see
         TaylorKernel; vertex_polynomials: (u(z), coefficients of each non-zero weight in u^0.., per
-        weight its row or None), where the activation's weights are polynomials in u = sigma(z)."""
-        super().__init__(plan, activation)
+        weight its row or None), where the activation's weights are polynomials in u = sigma(z);
+        module_file: see TaylorKernel."""
+        super().__init__(plan, activation, module_file)
         self._PLAN_BY_POINTS = bool(plan.get("by_points"))
         self._VERTEX_POLYNOMIALS = vertex_polynomials
         # ---------------------------------------------------------------------------------------
@@ -46,8 +47,8 @@ class TorchTaylorKernel(TaylorKernel):
         self._ACCELERATOR_BY_POINTS_NUMBERS = 2**22
 
         # the k = 2 term's weight on Z's rows in R (_line_rows): 2 below half the order, 1 at it, 0 above
-        self._LINE_WEIGHTS = tuple(((2.0 if 2 * len(m) < self.ORDER else 1.0 if 2 * len(m) == self.ORDER else 0.0,),)
-                              for m in self._SERIES[:self._LOW])
+        _orders = np.repeat(np.arange(self.ORDER + 1), np.diff(self._START))[:self._LOW]  # each low column's order
+        self._LINE_WEIGHTS = np.where(2 * _orders < self.ORDER, 2.0, np.where(2 * _orders == self.ORDER, 1.0, 0.0))[:, None, None]
 
         self._LINE_ROWS = self._line_rows_pay()
 
@@ -93,7 +94,7 @@ class TorchTaylorKernel(TaylorKernel):
                     gram = G if gram is None else gram + G
                 J = W @ (slopes[layer][:, :, None] * J)  # (points, next width, columns)
             out[i : i + chunk, :, 1 : 1 + self._LOW] = J  # the output's: (points, OUTPUTS, columns)
-            top = self._zeros(z, z.shape + (len(self._SERIES) - self._LOW,)) if KT is None else lines[0] @ KT
+            top = self._zeros(z, z.shape + (self._SERIES_SIZE - self._LOW,)) if KT is None else lines[0] @ KT
             if gram is not None:  # none with one hidden layer, folded
                 sums = gram.flatten(-2).index_select(-1, entries) * entry_weights
                 top = top + sums if targets is None else top.index_add(-1, targets, sums)
@@ -171,28 +172,32 @@ class TorchTaylorKernel(TaylorKernel):
                 self._DEVICE_TABLES[x.device] = self._tables_on(x.device)
         return params, x, self._DEVICE_TABLES[x.device]
 
+    def _warm_tables(self):
+        """The CPU's tables, made as at a first call on the CPU for their large arrays to be
+        stored (the tensors are dropped: a call on a GPU never needs them)."""
+        self._tables_on(torch.device("cpu"))
+
     def _tables_on(self, device):
         """The index tables as tensors on device, with the GPU's: each top-order block's rows, and
         the top order's and K's sums as one scatter-add each (_scatters)."""
-        index = lambda seq: torch.tensor(seq, dtype=torch.long, device=device)  # noqa: E731
+        index = lambda seq: torch.tensor(np.asarray(seq, dtype=np.int64), device=device)  # noqa: E731
         tables = self._build_tables(index)
         tables["top_rows"] = [slice(block["rows"].start, block["rows"].stop) for block in self._TOP_BLOCKS]
         tables["top_scatter"] = self._top_scatter(index)
         if self._BY_TANGENT:  # the tangent's Gram entries onto the top order as one scatter-add (_add_tangent_part)
-            tables["tangent_scatter"] = tuple(index(a.tolist()) for a in self._tangent_entries())
+            tables["tangent_scatter"] = tuple(index(a) for a in self._tangent_entries())
         if self._FIRST_LAYER_BLOCK is not None:  # K's entries and their rows (_first_layer_matrix)
-            block = self._TOP_BLOCKS[self._FIRST_LAYER_BLOCK]
-            tables["first_layer_scatter"] = (index(block["full_entries"].tolist()),
-                                             index(self._TOP_POSITION[block["full_targets"]].tolist()))
+            entries, targets = self._first_layer_entries()
+            tables["first_layer_scatter"] = (index(entries), index(self._TOP_POSITION[targets]))
         if self._BY_EQUATION:
             tables["equation"] = [self._equation_degree(m, index) for m in range(1, self.ORDER)]
             # per top-order block: the weight of Q's rows of order a, and those rows
             tables["equation_top"] = list(zip(self._EQUATION_TOP_WEIGHTS, tables["top_rows"]))
         if self._BY_POINTS:
             entries, weights, targets = self._gram_sums()
-            tables["gram_sums"] = (index(entries.tolist()), torch.tensor(weights.tolist(), dtype=torch.float64, device=device),
-                                   None if np.array_equal(targets, np.arange(len(self._SERIES) - self._LOW)) else index(targets.tolist()))
-            tables["top_position"] = index(self._TOP_POSITION.tolist())
+            tables["gram_sums"] = (index(entries), torch.tensor(weights, dtype=torch.float64, device=device),
+                                   None if np.array_equal(targets, np.arange(self._SERIES_SIZE - self._LOW)) else index(targets))
+            tables["top_position"] = index(self._TOP_POSITION)
         return tables
 
     def _line_rows_pay(self):
@@ -229,7 +234,7 @@ class TorchTaylorKernel(TaylorKernel):
         for end, (count, group, left, _) in zip(self._TOP_GROUP_ENDS, self._TOP_GROUPS):
             lefts.append(np.asarray(left, dtype=np.int64))
             targets.append(np.repeat(np.arange(end - len(group), end), count))
-        return index(np.concatenate(lefts).tolist()), index(np.concatenate(targets).tolist())
+        return index(np.concatenate(lefts)), index(np.concatenate(targets))
 
     def _power_classes(self, k, one_point=False):
         """P_k = P_(k-1) * Z for scatter-adds (_product): per order m of Z's columns (or, for
@@ -244,7 +249,7 @@ class TorchTaylorKernel(TaylorKernel):
         def targets(a, m):  # of the rows of order a times the columns of order m
             if a + m >= self.ORDER:
                 return np.full((self._START[a + 1] - self._START[a], self._START[m + 1] - self._START[m]), dropped)
-            position = self._product_columns(self._monomial_array(a), self._monomial_array(m), self._keys(self._monomial_array(a + m)))
+            position = self._product_columns(self._monomial_array(a), self._monomial_array(m))
             return np.where(position < 0, dropped, self._START[a + m] + position - self._START[k])
 
         orders = range(1, self.ORDER - k + 1)
@@ -255,7 +260,7 @@ class TorchTaylorKernel(TaylorKernel):
             columns = slice(self._START[group[0]], self._START[group[-1] + 1])
             if rows.stop > rows.start and columns.stop > columns.start:
                 grid = np.block([[targets(a, m) for m in group] for a in row_orders])
-                classes.append((rows, columns, grid.ravel().tolist()))
+                classes.append((rows, columns, grid.ravel()))
         return classes
 
     def _equation_degree(self, m, index):
@@ -263,10 +268,9 @@ class TorchTaylorKernel(TaylorKernel):
         (left, right, target from the degree's first column, weights), or None where there are none."""
         columns = slice(self._START[m], self._START[m + 1])
         products = []
-        for rows in self._EQUATION_ROWS:
-            rows = [row for row in rows if columns.start <= row[0] < columns.stop]
-            target, left, right, weight = zip(*rows) if rows else ((),) * 4
-            products.append((index(left), index(right), index([t - columns.start for t in target]), weight) if rows else None)
+        for target, left, right, weight in self._EQUATION_ROWS:
+            rows = (columns.start <= target) & (target < columns.stop)
+            products.append((index(left[rows]), index(right[rows]), index(target[rows] - columns.start), weight[rows]) if rows.any() else None)
         return {"degree": m, "columns": columns, "s": products[0], "q": products[1]}
 
     def _by_equation(self, Z, h, factors):
