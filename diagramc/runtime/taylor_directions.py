@@ -13,6 +13,8 @@ sigma^(k)(z)/k! (W1 j)^k. The top coefficient n never passes through a weight ma
 layer's coefficient n made with the incoming one left out (R) is contracted against the output
 line g = df/dh (one reverse sweep), as the products plan does with its top order.
 """
+import math
+
 import numpy as np
 
 from . import interpolation, jet_series
@@ -71,6 +73,10 @@ class DirectionsKernel:
         self._GAMMA = {True: [None] + [interpolation.matrix(d, n, k).T.copy() for k in range(1, n + 1)]}
         self._GAMMA[False] = [None] + [g / f for g, f in zip(self._GAMMA[True][1:], factorials[1:])]
         self.MULTIPLY_ADDS = multiply_adds(self.LAYER_SIZES, n, self._RULE)
+        # Points per chunk: about 2^17 numbers (1 MB in float64) in a layer's series, so that a
+        # layer's product and the activation's loop find it in cache (a power of 2, at least 1)
+        numbers = n * len(self._DIRECTIONS) * max(self.LAYER_SIZES[1:-1], default=1)
+        self._CHUNK = 2 ** max(0, round(math.log2(2**17 / numbers)))
 
     def taylor_coefficients(self, params, x):
         """Taylor coefficients D^alpha f(x) / alpha!: (batch, OUTPUTS, len(MULTI_INDICES)), in x's dtype."""
@@ -84,6 +90,12 @@ class DirectionsKernel:
         params, x = self._prepare(params, x)
         if x.shape[0] == 0:
             return self._zeros(x, (0, self.OUTPUTS, len(self.MULTI_INDICES)))
+        chunks = [self._chunk_coefficients(params, x[i : i + self._CHUNK], derivatives)
+                  for i in range(0, x.shape[0], self._CHUNK)]
+        return chunks[0] if len(chunks) == 1 else self._cat(chunks, 0)
+
+    def _chunk_coefficients(self, params, x, derivatives):
+        """One chunk's coefficients: the series along the directions, then interpolation."""
         value, lower, top = self._along(params, x)
         gammas = self._GAMMA[derivatives]
         blocks = [value[:, :, None]]
