@@ -61,9 +61,7 @@ def main(picked):
     rounds = int(os.environ.get("ROUNDS", 9))
     folder = tempfile.mkdtemp(prefix="directions-ab-")
     report = []
-    for d, n, batch in CELLS:
-        if picked and f"{d},{n},{batch}" not in picked:
-            continue
+    for d, n, batch in [tuple(map(int, c.split(","))) for c in picked] or CELLS:
         cell = Cell(d, n, batch)
         arch = diagramc.Architecture((d, *HIDDEN, 1), "tanh")
         params, x = make_problem(cell)

@@ -49,6 +49,25 @@ def test_interpolation_matrix_as_floats_and_in_the_canonical_order():
     assert np.count_nonzero(interpolation.matrix(2, 4, 3)[0]) == 1
 
 
+@pytest.mark.parametrize("d,n", [(2, 8), (3, 5), (4, 4), (8, 4)])
+def test_pushed_directions_determine_the_others(d, n):
+    """Order k along the first pushed[k-1] directions gives it along the rest: expand V_first = V_rest,
+    V[j, i] = j^i (a homogeneous polynomial of degree k in the direction)."""
+    order, pushed, expand = interpolation.pushed_directions(d, n)
+    assert sorted(order) == list(range(math.comb(d + n - 1, n)))
+    directions = [interpolation.directions(d, n)[c] for c in order]
+    from diagramc.runtime.taylor_directions import pushed_counts
+    assert pushed == pushed_counts(d, n)
+    for k in range(1, n):
+        V = np.array(interpolation._powers(directions, interpolation.multi_indices(d, k)), dtype=np.float64)
+        p = pushed[k - 1]
+        assert p == min(len(interpolation.multi_indices(d, k)) if len(interpolation.multi_indices(d, k)) <= interpolation.MAX_PUSHED else len(directions), len(directions))
+        if expand[k - 1] is None:
+            assert p == len(directions)
+            continue
+        np.testing.assert_allclose(expand[k - 1] @ V[:p], V[p:], rtol=1e-12, atol=1e-12 * np.abs(V).max())
+
+
 def test_interpolation_growth_stays_small_where_the_plan_may_choose_directions():
     assert interpolation.growth(1, 8) == 1.0
     assert 100 < interpolation.growth(2, 8) < 1000  # about 2.5 digits lost at (2, 8)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .printing import activation_code
 from ..runtime import taylor_directions
+from ..runtime.taylor_directions import pushed_counts
 from ..runtime.interpolation import growth as interpolation_growth
 from ..runtime.tables import TaylorTables
 from .spec import KernelSpec
@@ -145,8 +146,12 @@ class KernelPlan:
             f"  by directions: univariate Taylor series of f along the {self.directions} directions "
             f"(the order-{n} multi-indices as vectors), then every D^alpha f by exact interpolation",
             "  layer 1: affine along x + t j, so sigma's coefficients there are sigma^(k)(z)/k! (W1 j)^k",
-            f"  layers 2..{H}: coefficients 1..{n - 1} of every direction through the weights, one matrix product; "
-            f"the activation's series by its rule {self.rule[0]!r} (the value once per point, shared)",
+            f"  layers 2..{H + 1}: coefficients 1..{n - 1} through the weights, one matrix product: "
+            f"order k at {list(pushed_counts(self.spec.architecture.inputs, n))} directions (k = 1..{n - 1}), "
+            "the other directions' from theirs by an exact linear map (a homogeneous polynomial of degree k "
+            "in the direction)",
+            f"  activation: its series by the rule {self.rule[0]!r} along every direction "
+            "(the value once per point, shared)",
             f"  top coefficient {n}: each layer's against the output line df/dh (one reverse sweep), "
             "never through a weight matrix",
             "  interpolation: per order k, a fixed (directions x multi-indices) matrix of exact rationals "

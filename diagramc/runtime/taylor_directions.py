@@ -7,7 +7,10 @@ coefficient and needs no index tables, where the multivariate products cost O(pa
 decides from the work counts below (``multiply_adds``) which way a kernel goes.
 
 Inside, per hidden layer: coefficient 0 (the value) once per point, shared by all directions;
-coefficients 1..n - 1 as (n - 1, D, batch, width), one matrix product per layer. Layer 1 is
+coefficients 1..n as (n, D, batch, width). Coefficient k along direction j is a homogeneous
+polynomial of degree k in j, so where C(d+k-1, k) < D only that many directions' go through a
+layer's weights and the rest are made from them by an exact linear map (interpolation.
+pushed_directions): one matrix product per layer over Sum_k min(C(d+k-1, k), D) rows. Layer 1 is
 affine in x, so along x + t j its series is z + t W1 j: sigma's coefficients there are
 sigma^(k)(z)/k! (W1 j)^k. The top coefficient n never passes through a weight matrix: each
 layer's coefficient n made with the incoming one left out (R) is contracted against the output
@@ -36,19 +39,30 @@ def series_work(rule, order):
     return sum(1 + sum(k - m + 2 for m in range(2, k + 1)) for k in range(1, n + 1))
 
 
+def pushed_counts(d, order):
+    """Per order k = 1..n-1, how many directions' coefficients go through a layer's weights
+    (interpolation.pushed_directions, counted without building it)."""
+    D = math.comb(d + order - 1, order)
+    sizes = [math.comb(d + k - 1, k) for k in range(1, order)]
+    return tuple(size if size <= interpolation.MAX_PUSHED and size < D else D for size in sizes)
+
+
 def multiply_adds(layer_sizes, order, rule):
     """Multiply-adds per point of a call by directions: {"gemm", "elementwise", "total"}.
-    Matrix products: the values, coefficients 1..n-1 of every direction through each layer,
-    the output line's reverse sweep, the top coefficient's contractions and the interpolation."""
+    Matrix products: the values, the pushed coefficients 1..n-1 through each layer, the output
+    line's reverse sweep, the top coefficient's contractions and the interpolation."""
     d, m = layer_sizes[0], layer_sizes[-1]
     hidden = layer_sizes[1:-1]
     n = order
-    D = len(interpolation.directions(d, n))
-    coefficients = sum(len(interpolation.multi_indices(d, k)) for k in range(1, n + 1))
-    rows = 1 + (n - 1) * D  # the value and coefficients 1..n-1 of every direction
+    D = math.comb(d + n - 1, n)
+    pushed = pushed_counts(d, n)
+    coefficients = sum(math.comb(d + k - 1, k) for k in range(1, n + 1))
+    rows = 1 + sum(pushed)  # the value and the pushed coefficients
+    expand = sum((D - p) * p for p in pushed)  # the rest made from the pushed, per number of a layer
     gemm = d * layer_sizes[1] + sum(rows * a * b for a, b in zip(layer_sizes[1:-1], layer_sizes[2:]))
     gemm += sum(m * a * b for a, b in zip(hidden[:-1], hidden[1:])) + D * m * sum(hidden) + coefficients * D * m
     elementwise = 2 * n * D * hidden[0] + sum(D * w * series_work(rule, n) for w in hidden[1:]) + 2 * m * sum(hidden)
+    elementwise += expand * (sum(hidden[1:]) + m)
     return {"gemm": gemm, "elementwise": elementwise, "total": gemm + elementwise}
 
 
@@ -65,12 +79,14 @@ class DirectionsKernel:
         self._RULE = (plan["rule"][0], tuple(plan["rule"][1]))
         self._activation = activation
         d, n = self.INPUTS, self.ORDER
-        self._DIRECTIONS = np.array(interpolation.directions(d, n), dtype=np.float64).reshape(-1, d)
+        # the directions in the order whose first ones are pushed (interpolation.pushed_directions)
+        order, self._PUSHED, self._EXPAND = interpolation.pushed_directions(d, n)
+        self._DIRECTIONS = np.array(interpolation.directions(d, n), dtype=np.float64).reshape(-1, d)[list(order)]
         orders = [interpolation.multi_indices(d, k) for k in range(n + 1)]
         self.MULTI_INDICES = tuple(alpha for block in orders for alpha in block)
         factorials = [np.array([_factorial(alpha) for alpha in block]) for block in orders]
         # per order k: gamma (derivatives) and gamma / alpha! (Taylor coefficients), transposed: (D, C(d+k-1, k))
-        self._GAMMA = {True: [None] + [interpolation.matrix(d, n, k).T.copy() for k in range(1, n + 1)]}
+        self._GAMMA = {True: [None] + [interpolation.matrix(d, n, k)[:, list(order)].T.copy() for k in range(1, n + 1)]}
         self._GAMMA[False] = [None] + [g / f for g, f in zip(self._GAMMA[True][1:], factorials[1:])]
         self.MULTIPLY_ADDS = multiply_adds(self.LAYER_SIZES, n, self._RULE)
         # Points per chunk: about 2^17 numbers (1 MB in float64) in a layer's series, so that a
@@ -128,11 +144,11 @@ class DirectionsKernel:
         slopes, tops = [slope], [series[n - 1]]
         for W, b in zip(weights[1:-1], biases[1:-1]):
             z = self._affine(value, W, b)
-            value, slope, series = self._through_activation(z, self._rows_times(series[: n - 1], W.T))
+            value, slope, series = self._through_activation(z, self._push(series, W))
             slopes.append(slope)
             tops.append(series[n - 1])
         out = self._affine(value, weights[-1], biases[-1])
-        lower = self._rows_times(series[: n - 1], weights[-1].T)  # (n - 1, D, batch, OUTPUTS)
+        lower = self._push(series, weights[-1])[: n - 1]  # (n - 1, D, batch, OUTPUTS)
         # the top coefficient: each layer's R against the output line g = df/dh (reverse sweep)
         g, top = weights[-1][None], None
         for layer in reversed(range(self.HIDDEN_LAYERS)):
@@ -146,13 +162,34 @@ class DirectionsKernel:
         """a @ matrix over a's last axis, as one matrix product."""
         return (a.reshape(-1, a.shape[-1]) @ matrix).reshape(tuple(a.shape[:-1]) + (matrix.shape[-1],))
 
-    def _through_activation(self, z, lower):
+    def _push(self, series, W):
+        """The next layer's coefficients 1..n along every direction, (n, D, batch, width), the
+        n-th zeros (left out, see _along): per order k the first _PUSHED[k-1] directions' through
+        W (one matrix product for all orders), the others' from theirs by _EXPAND[k-1]."""
+        n, D = self.ORDER, series.shape[1]
+        shape = tuple(series.shape[2:-1]) + (W.shape[0],)
+        if n == 1:
+            return self._zeros(series, (1, D) + shape)
+        parts = [series[k, :p].reshape(-1, series.shape[-1]) for k, p in enumerate(self._PUSHED)]
+        flat = self._cat(parts, 0) @ W.T
+        out, start = [], 0
+        for k, p in enumerate(self._PUSHED):
+            block = flat[start : start + p * flat.shape[0] // sum(self._PUSHED)].reshape((p,) + shape)
+            start += p * flat.shape[0] // sum(self._PUSHED)
+            if p < D:
+                rest = self._constant(("expand", k), self._EXPAND[k], series) @ block.reshape(p, -1)
+                block = self._cat([block, rest.reshape((D - p,) + shape)], 0)
+            out.append(block)
+        out.append(self._zeros(series, (D,) + shape))
+        return self._stack(out)
+
+    def _through_activation(self, z, incoming):
         """(sigma(z), sigma'(z), coefficients 1..n of sigma along each direction), from z and the
-        incoming coefficients 1..n-1 (n - 1, D, batch, width); the n-th is made with the incoming
-        n-th left out (it never passes a weight matrix). By the activation's rule (jet_series)."""
+        incoming coefficients 1..n (n, D, batch, width), the n-th zeros: sigma's n-th is made
+        with it left out (it never passes a weight matrix). By the activation's rule (jet_series)."""
         value, factors = self._vertex_weights(z)
         state = jet_series.RULES[self._RULE[0]](self._RULE[1], value, factors, self._addcmul)
-        h = [z] + list(lower) + [self._zeros(z, tuple(lower.shape[1:]))]
+        h = [z] + list(incoming)
         series = [state.push(h[: k + 1]) for k in range(1, self.ORDER + 1)]
         return value, factors[0], self._stack(series)
 
@@ -245,17 +282,35 @@ class NumpyDirectionsKernel(DirectionsKernel):
             return value, tuple(None if slot is None else weights[slot] for slot in self._WEIGHT_SLOTS)
         return self._activation(z)
 
-    def _through_activation(self, z, lower):
-        if not self._fuses(z, lower):
-            return super()._through_activation(z, lower)
+    def _push(self, series, W):
+        """As DirectionsKernel's, into one array: the pushed rows gathered for one matrix product,
+        its result written into place, the rest expanded into theirs."""
+        n, D = self.ORDER, series.shape[1]
+        shape = series.shape[2:-1] + (W.shape[0],)
+        Z = np.empty((n, D) + shape, dtype=series.dtype)
+        Z[n - 1] = 0.0  # the top coefficient's own input is left out (see _along)
+        if n == 1:
+            return Z
+        pushed = np.concatenate([series[k, :p] for k, p in enumerate(self._PUSHED)])
+        flat = pushed.reshape(-1, series.shape[-1]) @ W.T
+        start = 0
+        for k, p in enumerate(self._PUSHED):
+            block = flat[start : start + p * flat.shape[0] // len(pushed)].reshape((p,) + shape)
+            start += p * flat.shape[0] // len(pushed)
+            Z[k, :p] = block
+            if p < D:
+                np.matmul(self._constant(("expand", k), self._EXPAND[k], series), block.reshape(p, -1),
+                          out=Z[k, p:].reshape(D - p, -1))
+        return Z
+
+    def _through_activation(self, z, Z):
+        if not self._fuses(z, Z):
+            return super()._through_activation(z, Z)
         value, factors = self._vertex_weights(z)
         c0, c1, c2 = self._RULE[1]
-        n, rows = self.ORDER, int(np.prod(lower.shape[1:]))
-        Z = np.empty((n,) + lower.shape[1:], dtype=z.dtype)
-        Z[: n - 1] = lower
-        Z[n - 1] = 0.0  # the top coefficient's own input is left out (see _along)
+        n, rows = self.ORDER, int(np.prod(Z.shape[1:]))
         S, Q = np.empty_like(Z), np.empty_like(Z)
-        D = lower.shape[1]
+        D = Z.shape[1]
         slope = np.broadcast_to(c1 + 2.0 * c2 * value, (D,) + z.shape).reshape(-1)
         q0 = np.broadcast_to(factors[0], (D,) + z.shape).reshape(-1)
         self._LOOPS.fused_equation_series(Z.reshape(n, rows), slope, q0, *self._EQUATION_TABLES,
