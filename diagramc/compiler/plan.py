@@ -23,8 +23,8 @@ from .spec import KernelSpec
 
 
 # The directions plan only where interpolation amplifies rounding errors less than this (see
-# runtime.interpolation.growth): float64 results then keep about 9 digits of each order's largest coefficient.
-MAX_INTERPOLATION_GROWTH = 1e7
+# runtime.interpolation.growth): float64 results then keep about 10 digits of each order's largest derivative.
+MAX_INTERPOLATION_GROWTH = 1e6
 # Directions considered at most: their exact interpolation coefficients are made in seconds.
 MAX_DIRECTIONS = 2000
 
@@ -169,12 +169,13 @@ class KernelPlan:
         if "products_only" in c:
             return [f"  algorithm: products ({c['products_only']})"]
         chosen = "directions" if self.by_directions else "products"
-        if c["growth"] > MAX_INTERPOLATION_GROWTH:
+        if c["growth"] is not None and c["growth"] > MAX_INTERPOLATION_GROWTH:
             return [f"  algorithm: products: interpolating from directions would amplify rounding errors "
                     f"{c['growth']:.1e} times (above {MAX_INTERPOLATION_GROWTH:.0e})"]
         return [f"  algorithm: {chosen}: directions cost {c['factor']} x {c['directions']:,} = "
                 f"{c['factor'] * c['directions']:,.0f} against the products' {c['products']:,} multiply-adds per point "
-                f"(DIRECTIONS_FACTOR of the {self.spec.backend} backend; interpolation growth {c['growth']:.1e})"]
+                f"(DIRECTIONS_FACTOR of the {self.spec.backend} backend"
+                + ("" if c["growth"] is None else f"; interpolation growth {c['growth']:.1e}") + ")"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -210,10 +211,12 @@ def make_plan(spec: KernelSpec) -> KernelPlan:
         return dataclasses.replace(products, choice={"products_only": why})
     directions = _directions_plan(spec, vertex_orders, equation, tuple(slots), {})
     choice = {"products": products.multiply_adds["total"], "directions": directions.multiply_adds["total"],
-              "factor": cls.DIRECTIONS_FACTOR, "growth": interpolation_growth(spec.architecture.inputs, spec.order)}
-    if cls.DIRECTIONS_FACTOR * choice["directions"] < choice["products"] and choice["growth"] <= MAX_INTERPOLATION_GROWTH:
-        return dataclasses.replace(directions, choice=choice)
-    return dataclasses.replace(products, choice=choice)
+              "factor": cls.DIRECTIONS_FACTOR, "growth": None}
+    if cls.DIRECTIONS_FACTOR * choice["directions"] >= choice["products"]:
+        return dataclasses.replace(products, choice=choice)
+    # only now the exact coefficients (seconds for hundreds of directions)
+    choice["growth"] = interpolation_growth(spec.architecture.inputs, spec.order)
+    return dataclasses.replace(directions if choice["growth"] <= MAX_INTERPOLATION_GROWTH else products, choice=choice)
 
 
 def _directions_excluded(spec: KernelSpec, vertex_orders) -> "str | None":
