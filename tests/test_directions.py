@@ -243,3 +243,7 @@ def test_strategy_in_the_request():
         KernelSpec.create(arch, 4, "numpy", strategy="diagonal")
     with pytest.raises(DiagramcError, match="every multi-index"):
         KernelSpec.create(arch, 4, "numpy", multi_indices=[(1, 1)], strategy="directions")
+    affine = diagramc.Architecture((2, 1), "tanh")
+    with pytest.raises(DiagramcError, match="hidden layer"):
+        KernelSpec.create(affine, 4, "numpy", strategy="directions")
+    assert not make_plan(KernelSpec.create(affine, 4, "torch")).by_directions

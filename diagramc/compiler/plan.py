@@ -225,7 +225,7 @@ def _directions_excluded(spec: KernelSpec, vertex_orders) -> "str | None":
         return "a subset of multi-indices: the directions make them all"
     if spec.order < 3:
         return "order below 3: the products plan's matrix products are the whole work"
-    if not vertex_orders:
+    if not vertex_orders or spec.architecture.hidden_layers == 0:
         return "no vertex weight: every coefficient above order 1 vanishes"
     if math.comb(spec.architecture.inputs + spec.order - 1, spec.order) > MAX_DIRECTIONS:
         return f"more than {MAX_DIRECTIONS:,} directions"

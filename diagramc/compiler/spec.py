@@ -105,9 +105,9 @@ class KernelSpec(ModuleSpec):
                     f"multi-index {too_high[0]} has order {sum(too_high[0])}, above the compiled order {order}"
                 )
             full = len(alphas) == total
-        if strategy == "directions" and (not full or order < 1):
-            raise DiagramcError("strategy 'directions' makes every multi-index of orders 0..order, order >= 1: "
-                                "ask for all of them (no multi_indices)")
+        if strategy == "directions" and (not full or order < 1 or architecture.hidden_layers == 0):
+            raise DiagramcError("strategy 'directions' makes every multi-index of orders 0..order, order >= 1, "
+                                "through at least one hidden layer: ask for all of them (no multi_indices)")
         return cls(architecture, order, backend, alphas, full, strategy)
 
     def description(self) -> dict:
