@@ -237,7 +237,12 @@ def _directions_plan(spec: KernelSpec, vertex_orders, equation, slots, choice) -
     from .jets import series_rule
 
     arch = spec.architecture
-    rule = series_rule(arch.activation)
+    act = arch.activation
+    if act.is_custom:  # the vertex sum, or its quadratic equation (series_rule's simplify can take minutes)
+        quadratic = act.quadratic_equation()
+        rule = ("vertex", ()) if quadratic is None else ("quadratic", quadratic)
+    else:
+        rule = series_rule(act)
     work = taylor_directions.multiply_adds(tuple(arch.layer_sizes), spec.order, rule)
     count = math.comb(arch.inputs + spec.order - 1, spec.order)
     # per point: the widest layer's coefficients along every direction, S, Q and the incoming ones
