@@ -720,7 +720,7 @@ def test_torch_func_transforms_over_x(order, kernel_dir):
     jacrev and jacfwd of the value give its first-order coefficients. (vmap over stacked
     parameters does not: the kernels write into their outputs in place; the README says so.)"""
     arch, params, x = _case(90, "tanh", order, d=2, hidden=3)
-    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
+    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir, strategy="products")  # (directions: test_directions)
     assert mod._KERNEL._BY_EQUATION == (order == 7)
     want = mod.derivatives(params, x)
     got = torch.func.vmap(lambda xi: mod.derivatives(params, xi[None])[0])(x)

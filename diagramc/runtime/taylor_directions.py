@@ -85,6 +85,7 @@ class DirectionsKernel:
         orders = [interpolation.multi_indices(d, k) for k in range(n + 1)]
         self.MULTI_INDICES = tuple(alpha for block in orders for alpha in block)
         factorials = [np.array([_factorial(alpha) for alpha in block]) for block in orders]
+        self._FACTORIALS = np.concatenate(factorials)  # alpha! of each multi-index
         # per order k: gamma (derivatives) and gamma / alpha! (Taylor coefficients), transposed: (D, C(d+k-1, k))
         self._GAMMA = {True: [None] + [interpolation.matrix(d, n, k)[:, list(order)].T.copy() for k in range(1, n + 1)]}
         self._GAMMA[False] = [None] + [g / f for g, f in zip(self._GAMMA[True][1:], factorials[1:])]
