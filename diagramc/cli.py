@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-model", action="store_true", help="allow unpickling a whole pickled module (runs code)")
     p.add_argument("--force", action="store_true", help="compile even above the size limit on distinct coefficients")
     p.add_argument("--plan", action="store_true", help="print the kernel's plan (what it does, what it costs); write nothing")
+    p.add_argument("--strategy", choices=("products", "directions"), default=None,
+                   help="the Taylor kernel's algorithm, instead of the plan's choice: multivariate products, or "
+                        "univariate series along directions and exact interpolation")
     p.add_argument("--json", action="store_true", help="with --plan: the plan as JSON")
 
     p = sub.add_parser(
@@ -297,7 +300,7 @@ def _compile(args) -> None:
         from .compiler.plan import make_plan, plan_json
         from .compiler.spec import KernelSpec
 
-        plan = make_plan(KernelSpec.create(arch, args.order, args.backend, args.multi_index, args.force))
+        plan = make_plan(KernelSpec.create(arch, args.order, args.backend, args.multi_index, args.force, args.strategy))
         print(plan_json(plan) if args.json else plan.explain())
         return
     out_dir = args.out_dir
@@ -307,7 +310,7 @@ def _compile(args) -> None:
         module = compile_operator(arch, operator, args.backend, dims=args.dims, out_dir=out_dir)
     else:
         module = compile(arch, args.order, args.backend, multi_indices=args.multi_index, out_dir=out_dir,
-                         force=args.force)
+                         force=args.force, strategy=args.strategy)
     print(Path(module.__file__))
 
 

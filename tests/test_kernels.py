@@ -663,7 +663,8 @@ def test_the_equation_is_taken_where_it_does_less_work(activation, d, order, num
     p quadratic, below each backend's threshold (NumPy 1.1, torch 0.65); MULTIPLY_ADDS counts
     the path taken on a CPU, _MULTIPLY_ADDS_BY_POWERS the powers' (a GPU, NumPy without numba)."""
     arch = diagramc.Architecture((d, 64, 64, 64, 1), activation)
-    mods = {b: diagramc.compile(arch, order, b, out_dir=kernel_dir) for b in ("numpy", "torch")}
+    # the products' choice (torch at (2, 8) goes by directions: test_directions)
+    mods = {b: diagramc.compile(arch, order, b, out_dir=kernel_dir, strategy="products") for b in ("numpy", "torch")}
     assert getattr(mods["numpy"]._KERNEL, "_BY_EQUATION", False) == numpy_takes_it
     assert getattr(mods["torch"]._KERNEL, "_BY_EQUATION", False) == torch_takes_it
     powers = [getattr(mod._KERNEL, "_MULTIPLY_ADDS_BY_POWERS", getattr(mod._KERNEL, "_MULTIPLY_ADDS_BY_STRIPS", mod.MULTIPLY_ADDS))
@@ -690,7 +691,7 @@ def test_torch_series_by_the_activation_equation(activation, subset, kernel_dir,
     """On a CPU the torch kernels follow the equation at orders 7 and 8: values match jacfwd and
     the powers path, in float64 and float32, and so do the gradients of a loss in every parameter."""
     arch, params, _ = _case(81, activation, 7, d=2, hidden=3)
-    mod = diagramc.compile(arch, 7, "torch", multi_indices=subset, out_dir=kernel_dir)
+    mod = diagramc.compile(arch, 7, "torch", multi_indices=subset, out_dir=kernel_dir, strategy="products")
     assert mod._KERNEL._BY_EQUATION and mod._KERNEL._by_equation(params[0], None, None)
     calls, by_equation = [], mod._KERNEL._equation_series
     monkeypatch.setattr(mod._KERNEL, "_equation_series", lambda *args: calls.append(1) or by_equation(*args))
@@ -719,7 +720,7 @@ def test_torch_func_transforms_over_x(order, kernel_dir):
     jacrev and jacfwd of the value give its first-order coefficients. (vmap over stacked
     parameters does not: the kernels write into their outputs in place; the README says so.)"""
     arch, params, x = _case(90, "tanh", order, d=2, hidden=3)
-    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir)
+    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir, strategy="products")  # (directions: test_directions)
     assert mod._KERNEL._BY_EQUATION == (order == 7)
     want = mod.derivatives(params, x)
     got = torch.func.vmap(lambda xi: mod.derivatives(params, xi[None])[0])(x)

@@ -29,7 +29,8 @@ def _plan(arch, order, backend="numpy", multi_indices=None):
      ((4, 64, 64, 64, 1), "sin", 5, "numpy", False, True, False),  # sin has no quadratic equation
      ((3, 8, 1), "relu", 3, "numpy", False, False, False)])  # no vertices at all
 def test_choices(sizes, activation, order, backend, by_points, by_tangent, by_equation):
-    plan = _plan(diagramc.Architecture(sizes, activation), order, backend)
+    """The products plan's choices (the directions plan, where it is cheaper, is test_directions')."""
+    plan = make_plan(KernelSpec.create(diagramc.Architecture(sizes, activation), order, backend, strategy="products"))
     assert (plan.by_points, plan.by_tangent, plan.by_equation) == (by_points, by_tangent, by_equation)
 
 
@@ -40,6 +41,9 @@ def test_the_module_is_built_from_its_plan(tmp_path):
         plan = _plan(arch, 6, backend)
         mod = diagramc.compile(arch, 6, backend, out_dir=tmp_path)
         assert mod.PLAN == plan.runtime_plan()
+        if plan.by_directions:  # the other algorithm (test_directions)
+            assert type(mod._KERNEL).__name__.endswith("DirectionsKernel")
+            continue
         assert (mod._KERNEL._BY_TANGENT, mod._KERNEL._BY_EQUATION) == (plan.by_tangent, plan.by_equation)
 
 

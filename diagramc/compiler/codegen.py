@@ -96,10 +96,12 @@ def render(spec: KernelSpec, out_dir: str) -> str:
         activation=code,
         scalar_activation=scalar,
         by_points=plan.by_points,
+        by_directions=plan.by_directions,
         weight_count=sum(s is not None for s in plan.weight_slots),
         weight_slots=plan.weight_slots,
         # torch on a GPU: every vertex weight as a polynomial in the auxiliary u, one matrix product
-        vertex_polynomials=_vertex_polynomials(act, spec.order, code) if spec.backend == "torch" else None,
+        vertex_polynomials=(_vertex_polynomials(act, spec.order, code)
+                            if spec.backend == "torch" and not plan.by_directions else None),
         **({} if scalar is None else _stacked_weights(scalar.factors)),
     )
 

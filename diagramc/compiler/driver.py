@@ -32,14 +32,16 @@ def compile(
     multi_indices: "Iterable[Sequence[int]] | None" = None,
     out_dir: "str | Path | None" = None,
     force: bool = False,
+    strategy: "str | None" = None,
 ) -> ModuleType:
     """Compile the Taylor-coefficient kernel of an architecture up to ``order``; return the imported module.
 
     ``multi_indices`` restricts the module to a subset (canonical order); ``out_dir``
     defaults to the per-user cache. A module already there is reused only when intact.
     Requests above ``spec.MAX_COEFFICIENTS`` distinct coefficients need ``force=True``.
+    ``strategy`` ("products" or "directions") overrides the plan's choice of algorithm.
     """
-    spec = KernelSpec.create(arch, order, backend, multi_indices, force)
+    spec = KernelSpec.create(arch, order, backend, multi_indices, force, strategy)
     folder = Path(out_dir) if out_dir is not None else cache.default_cache_dir()
     path = folder / f"{spec.module_name()}.py"
     return cache.load(path, compile_source(spec, folder))

@@ -8,17 +8,29 @@ run here at compile time with the backend's cost constants, so they can be print
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import math
 from dataclasses import dataclass, field
 
 from .printing import activation_code
+from ..runtime import taylor_directions
+from ..runtime.taylor_directions import pushed_counts
+from ..runtime.interpolation import growth as interpolation_growth
 from ..runtime.tables import TaylorTables
 from .spec import KernelSpec
 
 
+# The directions plan only where interpolation amplifies rounding errors less than this (see
+# runtime.interpolation.growth): float64 results then keep about 10 digits of each order's largest derivative.
+MAX_INTERPOLATION_GROWTH = 1e6
+# Directions considered at most: their exact interpolation coefficients are made in seconds.
+MAX_DIRECTIONS = 2000
+
+
 def _backend_class(backend: str):
-    """The runtime class whose cost constants (TANGENT_FACTOR, EQUATION_THRESHOLD) the plan uses."""
+    """The runtime class whose cost constants (TANGENT_FACTOR, EQUATION_THRESHOLD, DIRECTIONS_FACTOR) the plan uses."""
     if backend == "numpy":
         from ..runtime.taylor_numpy import NumpyTaylorKernel
         return NumpyTaylorKernel
@@ -42,10 +54,21 @@ class KernelPlan:
     top_columns: int = 0  # top-order coefficients made at the vertices
     numbers_per_point: int = 0  # the widest layer's series and the Gram matrices: a call's working set per point
     points_per_thread: "int | None" = None  # a call splits its batch over threads, this many points each at least
+    by_directions: bool = False  # univariate series along C(d+n-1, n) directions, then exact interpolation
+    rule: "tuple | None" = None  # by directions: the activation's series rule (runtime.jet_series)
+    directions: int = 0  # C(d+n-1, n)
+    # why: the multiply-adds per point of each way, the backend's factor, the interpolation's growth
+    choice: dict = field(default_factory=dict, compare=False)
 
     def runtime_plan(self) -> dict:
         """The data the generated module hands to the runtime (literals only)."""
         spec, arch = self.spec, self.spec.architecture
+        if self.by_directions:
+            return {
+                "inputs": arch.inputs, "outputs": arch.outputs, "layer_sizes": tuple(arch.layer_sizes),
+                "activation": arch.activation.name, "order": spec.order, "by_directions": True,
+                "rule": self.rule, "weight_slots": self.weight_slots,
+            }
         requested = None if spec.full else tuple(
             tuple(i for i, a in enumerate(alpha) for _ in range(a)) for alpha in spec.multi_indices)
         return {
@@ -68,6 +91,9 @@ class KernelPlan:
             "multiply_adds_per_point": self.multiply_adds,
             "memory_per_point_bytes": 8 * self.numbers_per_point,
             "threads": {"points_per_thread": self.points_per_thread},
+            "algorithm": "directions" if self.by_directions else "products",
+            **({"directions": {"count": self.directions, "rule": list(self.rule)}} if self.by_directions else {}),
+            "choice": self.choice,
         }
 
     def explain(self) -> str:
@@ -77,6 +103,10 @@ class KernelPlan:
         lines = [
             f"Taylor kernel, {spec.backend}: MLP {'-'.join(map(str, arch.layer_sizes))} ({arch.activation.name}), "
             f"order {spec.order}, {len(spec.multi_indices)} multi-indices",
+        ]
+        if self.by_directions:
+            return "\n".join(lines + self._explain_directions())
+        lines += [
             f"  series: {self.series_columns} low-order columns pushed through the layers, "
             f"{self.top_columns} top-order coefficients made at the vertices",
             f"  vertices: sigma^(k) for k in {list(self.vertex_orders) or 'none (every diagram with a vertex vanishes)'}",
@@ -107,7 +137,45 @@ class KernelPlan:
         else:
             lines.append(f"  threads: a call splits its batch over the threads (diagramc.set_num_threads, else the cores) "
                          f"from {self.points_per_thread} points per thread, BLAS on one thread inside each")
-        return "\n".join(lines)
+        return "\n".join(lines + self._explain_choice())
+
+    def _explain_directions(self) -> list:
+        n, H = self.spec.order, self.spec.architecture.hidden_layers
+        ma = self.multiply_adds
+        return [
+            f"  by directions: univariate Taylor series of f along the {self.directions} directions "
+            f"(the order-{n} multi-indices as vectors), then every D^alpha f by exact interpolation",
+            "  layer 1: affine along x + t j, so sigma's coefficients there are sigma^(k)(z)/k! (W1 j)^k",
+            f"  layers 2..{H + 1}: coefficients 1..{n - 1} through the weights, one matrix product: "
+            f"order k at {list(pushed_counts(self.spec.architecture.inputs, n))} directions (k = 1..{n - 1}), "
+            "the other directions' from theirs by an exact linear map (a homogeneous polynomial of degree k "
+            "in the direction)",
+            f"  activation: its series by the rule {self.rule[0]!r} along every direction "
+            "(the value once per point, shared)",
+            f"  top coefficient {n}: each layer's against the output line df/dh (one reverse sweep), "
+            "never through a weight matrix",
+            "  interpolation: per order k, a fixed (directions x multi-indices) matrix of exact rationals "
+            "(Griewank, Utke & Walther 2000), rounded once",
+            f"  work per point: {ma['total']:,} multiply-adds ({ma['gemm']:,} in matrix products, "
+            f"{ma['elementwise']:,} elementwise)",
+        ] + self._explain_choice()
+
+    def _explain_choice(self) -> list:
+        c = self.choice
+        if not c:
+            return []
+        if "asked" in c:
+            return [f"  algorithm: {c['asked']}, as asked (--strategy)"]
+        if "products_only" in c:
+            return [f"  algorithm: products ({c['products_only']})"]
+        chosen = "directions" if self.by_directions else "products"
+        if c["growth"] is not None and c["growth"] > MAX_INTERPOLATION_GROWTH:
+            return [f"  algorithm: products: interpolating from directions would amplify rounding errors "
+                    f"{c['growth']:.1e} times (above {MAX_INTERPOLATION_GROWTH:.0e})"]
+        return [f"  algorithm: {chosen}: directions cost {c['factor']} x {c['directions']:,} = "
+                f"{c['factor'] * c['directions']:,.0f} against the products' {c['products']:,} multiply-adds per point "
+                f"(DIRECTIONS_FACTOR of the {self.spec.backend} backend"
+                + ("" if c["growth"] is None else f"; interpolation growth {c['growth']:.1e}") + ")"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -129,11 +197,58 @@ def make_plan(spec: KernelSpec) -> KernelPlan:
         "TANGENT_FACTOR": cls.TANGENT_FACTOR, "EQUATION_THRESHOLD": cls.EQUATION_THRESHOLD,
         "PARALLEL_WORK": cls.PARALLEL_WORK})
     rp = dict(draft.runtime_plan(), by_tangent=None, by_equation=None)
+    if spec.strategy == "directions":  # the products' tables are not built for a kernel asked to go by directions
+        return _directions_plan(spec, vertex_orders, equation, tuple(slots), {"asked": "directions"})
     tables = tables_class(rp)
-    return KernelPlan(spec, vertex_orders, equation, by_points, bool(tables._BY_TANGENT),
-                      bool(tables._BY_EQUATION), tuple(slots), dict(tables.MULTIPLY_ADDS),
-                      series_columns=tables._LOW, top_columns=tables._SERIES_SIZE - tables._LOW,
-                      numbers_per_point=tables._numbers_per_point(), points_per_thread=tables.points_per_thread())
+    products = KernelPlan(spec, vertex_orders, equation, by_points, bool(tables._BY_TANGENT),
+                          bool(tables._BY_EQUATION), tuple(slots), dict(tables.MULTIPLY_ADDS),
+                          series_columns=tables._LOW, top_columns=tables._SERIES_SIZE - tables._LOW,
+                          numbers_per_point=tables._numbers_per_point(), points_per_thread=tables.points_per_thread())
+    if spec.strategy == "products":
+        return dataclasses.replace(products, choice={"asked": "products"})
+    why = _directions_excluded(spec, vertex_orders)
+    if why is not None:
+        return dataclasses.replace(products, choice={"products_only": why})
+    directions = _directions_plan(spec, vertex_orders, equation, tuple(slots), {})
+    choice = {"products": products.multiply_adds["total"], "directions": directions.multiply_adds["total"],
+              "factor": cls.DIRECTIONS_FACTOR, "growth": None}
+    if cls.DIRECTIONS_FACTOR * choice["directions"] >= choice["products"]:
+        return dataclasses.replace(products, choice=choice)
+    # only now the exact coefficients (seconds for hundreds of directions)
+    choice["growth"] = interpolation_growth(spec.architecture.inputs, spec.order)
+    return dataclasses.replace(directions if choice["growth"] <= MAX_INTERPOLATION_GROWTH else products, choice=choice)
+
+
+def _directions_excluded(spec: KernelSpec, vertex_orders) -> "str | None":
+    """Why the directions plan is not considered for a request, or None."""
+    if not spec.full:
+        return "a subset of multi-indices: the directions make them all"
+    if spec.order < 3:
+        return "order below 3: the products plan's matrix products are the whole work"
+    if not vertex_orders or spec.architecture.hidden_layers == 0:
+        return "no vertex weight: every coefficient above order 1 vanishes"
+    if math.comb(spec.architecture.inputs + spec.order - 1, spec.order) > MAX_DIRECTIONS:
+        return f"more than {MAX_DIRECTIONS:,} directions"
+    return None
+
+
+def _directions_plan(spec: KernelSpec, vertex_orders, equation, slots, choice) -> KernelPlan:
+    """The plan by directions: the activation's series rule and the work counts."""
+    from .jets import series_rule
+
+    arch = spec.architecture
+    act = arch.activation
+    if act.is_custom:  # the vertex sum, or its quadratic equation (series_rule's simplify can take minutes)
+        quadratic = act.quadratic_equation()
+        rule = ("vertex", ()) if quadratic is None else ("quadratic", quadratic)
+    else:
+        rule = series_rule(act)
+    work = taylor_directions.multiply_adds(tuple(arch.layer_sizes), spec.order, rule)
+    count = math.comb(arch.inputs + spec.order - 1, spec.order)
+    # per point: the widest layer's coefficients along every direction, S, Q and the incoming ones
+    numbers = 3 * spec.order * count * max(arch.layer_sizes[1:-1])
+    return KernelPlan(spec, vertex_orders, equation, False, False, False, slots, work, numbers_per_point=numbers,
+                      by_directions=True, rule=(rule[0], tuple(rule[1])), directions=count, choice=choice)
 
 
 def plan_json(plan: KernelPlan) -> str:

@@ -18,6 +18,8 @@ MAX_ORDER = 12
 # Distinct coefficients a kernel may carry without force=True (--force): the index tables
 # are built at import and every call holds (coefficients x batch x width) numbers.
 MAX_COEFFICIENTS = 1_000_000
+# How a Taylor kernel may be asked to go: None lets the plan's cost model choose.
+STRATEGIES = ("products", "directions")
 
 
 def canonical_json(description: dict) -> str:
@@ -68,6 +70,7 @@ class KernelSpec(ModuleSpec):
     backend: str
     multi_indices: tuple[mi.MultiIndex, ...]  # canonical order
     full: bool  # all multi-indices of orders 0..order (then written compactly in the module)
+    strategy: "str | None" = None  # "products" or "directions" as asked for; None: the plan's cost model chooses
 
     @classmethod
     def create(
@@ -77,8 +80,11 @@ class KernelSpec(ModuleSpec):
         backend: str = "numpy",
         multi_indices: "Iterable[Sequence[int]] | None" = None,
         force: bool = False,
+        strategy: "str | None" = None,
     ) -> "KernelSpec":
         check_request(architecture, backend, order)
+        if strategy is not None and strategy not in STRATEGIES:
+            raise DiagramcError(f"unknown strategy {strategy!r}: expected one of {', '.join(STRATEGIES)} (or None to choose)")
         d = architecture.inputs
         total = sum(mi.count_of_order(d, k) for k in range(order + 1))  # counted before anything is built
         if multi_indices is None:
@@ -99,7 +105,10 @@ class KernelSpec(ModuleSpec):
                     f"multi-index {too_high[0]} has order {sum(too_high[0])}, above the compiled order {order}"
                 )
             full = len(alphas) == total
-        return cls(architecture, order, backend, alphas, full)
+        if strategy == "directions" and (not full or order < 1 or architecture.hidden_layers == 0):
+            raise DiagramcError("strategy 'directions' makes every multi-index of orders 0..order, order >= 1, "
+                                "through at least one hidden layer: ask for all of them (no multi_indices)")
+        return cls(architecture, order, backend, alphas, full, strategy)
 
     def description(self) -> dict:
         return {
@@ -108,6 +117,7 @@ class KernelSpec(ModuleSpec):
             "activation": self.architecture.activation.name,
             "order": self.order,
             "multi_indices": "all" if self.full else [list(a) for a in self.multi_indices],
+            **({} if self.strategy is None else {"strategy": self.strategy}),  # a request without one hashes as before
         }
 
     def module_name(self) -> str:
@@ -136,5 +146,7 @@ class KernelSpec(ModuleSpec):
         if not self.full:
             for a in self.multi_indices:
                 words += ["--multi-index", ",".join(map(str, a))]
+        if self.strategy is not None:
+            words += ["--strategy", self.strategy]
         words += ["-o", out_dir]
         return shlex.join(words)

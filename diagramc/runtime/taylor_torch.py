@@ -14,6 +14,7 @@ class TorchTaylorKernel(TaylorKernel):
     FUSED_LOOPS = False
     TANGENT_FACTOR = 12  # each of the tangent's products and sums is a kernel call
     EQUATION_THRESHOLD = 0.65  # its gathers and index_adds per degree cost more calls than the powers' products
+    DIRECTIONS_FACTOR = 1.08  # the plan by directions where this x its multiply-adds are fewer (runtime.taylor_directions)
     PRODUCTS_BY_CLASSES = True
 
     def __init__(self, plan, activation, vertex_polynomials=None, module_file=None):
