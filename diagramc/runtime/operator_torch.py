@@ -8,6 +8,8 @@ Every operation is differentiable and keeps x's device and dtype; no loop over t
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import operator_series
@@ -114,9 +116,38 @@ def fused(tables: Tables, mixing: bool, hidden_layers: int) -> bool:
             and tables.quadratic_kind in ("uniform", "none"))
 
 
+# Multiply-adds of a layer's product below which the kernel runs on one thread: MKL's threads
+# cost tens of milliseconds per small product when the cores are shared, and give little
+SMALL_PRODUCT = 2**27
+
+
 def forward_laplacian(params, x, activation, t):
     """The forward Laplacian of the whole network as one autograd node (see ForwardLaplacian)."""
     return ForwardLaplacian.apply(x, activation, t, *params)
+
+
+@contextlib.contextmanager
+def _threads_for(rows, params):
+    """One intra-op thread for the duration when every layer's product is small (SMALL_PRODUCT);
+    torch's own setting otherwise (and restored after)."""
+    with _one_thread(rows * max(W.shape[0] * W.shape[1] for W in params[0::2]) < SMALL_PRODUCT):
+        yield
+
+
+@contextlib.contextmanager
+def _one_thread(small=True):
+    """One intra-op thread for the duration where small: a parallel region on a few hundred
+    thousand elements waits for every thread to be scheduled, which on shared cores costs more
+    than the work."""
+    threads = torch.get_num_threads()
+    small = small and threads > 1
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(threads)
 
 
 def _vertex(F, k, like):
@@ -129,13 +160,14 @@ def _vertex(F, k, like):
 
 def _vertices(a, activation):
     """sigma(a) and sigma^(k)(a)/k! for k = 1, 2, 3, each a tensor like a."""
-    s, F = activation(a)
-    return (s,) + tuple(_vertex(F, k, a) for k in (1, 2, 3))
+    with _one_thread():  # a dozen elementwise operations on (batch, width) only
+        s, F = activation(a)
+        return (s,) + tuple(_vertex(F, k, a) for k in (1, 2, 3))
 
 
 def _squares(rows):
     """sum_i Z_i^2 over the first-order rows (all rows but the collapsed last), one reduction pass."""
-    return torch.linalg.vector_norm(rows[:, :-1], dim=1).square()
+    return torch.linalg.vector_norm(rows[:, :-1], dim=1).square_()
 
 
 def _rows_out(rows, S, s, F1, F2, q):
@@ -157,6 +189,17 @@ class ForwardLaplacian(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, activation, t, *params):
+        with _threads_for(x.shape[0] * t["input_rows"].shape[0], params):
+            return ForwardLaplacian._forward(ctx, x, activation, t, *params)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        with _threads_for(ctx.rows, ctx.saved_tensors[2:]):
+            return ForwardLaplacian._backward(ctx, g_out)
+
+    @staticmethod
+    def _forward(ctx, x, activation, t, *params):
         q = t["uniform_q"]
         W, b = params[0::2], params[1::2]
         C1 = (t["input_rows"] @ W[0].T)[None]  # layer 1's rows other than the value: the same for every point
@@ -172,13 +215,12 @@ class ForwardLaplacian(torch.autograd.Function):
         A = t["output"][:, 0]
         Y = torch.matmul(A, H)  # the rows combined by the operator's coefficients, then one product
         out = torch.addmm(b[-1] * A[0], Y, W[-1].T)
-        ctx.t, ctx.stored = t, stored
+        ctx.t, ctx.stored, ctx.rows = t, stored, x.shape[0] * t["input_rows"].shape[0]
         ctx.save_for_backward(x, Y, *params)
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_out):
+    def _backward(ctx, g_out):
         x, Y, *params = ctx.saved_tensors
         W = params[0::2]
         t, stored = ctx.t, ctx.stored
@@ -208,15 +250,16 @@ class ForwardLaplacian(torch.autograd.Function):
 def _rows_back(dH, rows, S, s, F1, F2, F3, q):
     """The gradient of a layer's pre-activation rows from that of its output rows, in dH's memory:
     d value = F1 dh + 2 F2 dF1 + 3 q F3 S dL, d Z_i = F1 dH_i + 2 q F2 Z_i dL, d L = F1 dL
-    (F_k = sigma^(k)/k!), with dF1 = sum_r dH_r rows_r over the rows after the value."""
+    (F_k = sigma^(k)/k!), with dF1 = sum_r dH_r rows_r over the rows after the value. In place and
+    in this order: each step reads only rows of dH that no earlier step has changed."""
     dF1 = (dH[:, 1:] * rows).sum(1)
     dL = dH[:, -1]
-    da = dH[:, 0] * F1 + 2.0 * F2 * dF1
-    if q:
-        da += (3.0 * q) * F3 * S * dL
-        coupling = (2.0 * q) * F2 * dL  # d(F2 q sum Z_i^2)/dZ_i
+    with _one_thread():  # (batch, width) only
+        da = dH[:, 0].mul_(F1).addcmul_(F2, dF1, value=2.0)
+        if q:
+            da.addcmul_(F3 * S, dL, value=3.0 * q)
+            coupling = F2 * dL  # d(F2 q sum Z_i^2)/dZ_i = 2 q F2 Z_i, times dL
     dH[:, 1:].mul_(F1[:, None])
     if q:
-        dH[:, 1:-1].addcmul_(rows[:, :-1], coupling[:, None])
-    dH[:, 0] = da
+        dH[:, 1:-1].addcmul_(rows[:, :-1], coupling[:, None], value=2.0 * q)
     return dH
