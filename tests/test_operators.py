@@ -345,3 +345,18 @@ def test_fused_forward_laplacian_and_its_written_backward(tmp_path, sizes, activ
     for a, b in zip(g_got, g_want):
         assert a.shape == b.shape
         assert torch.allclose(a, b, rtol=TOL, atol=TOL * max(b.abs().max().item(), 1e-3))
+
+
+def test_fused_kernel_restores_threads_and_keeps_float32(tmp_path):
+    sizes = (3, 8, 8, 1)
+    generator = torch.Generator().manual_seed(5)
+    params = [p.float().requires_grad_(True) for p in random_params(sizes, generator)]
+    x = torch.randn(6, 3, generator=generator).float()
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), "laplacian", "torch", out_dir=tmp_path)
+    threads = torch.get_num_threads()
+    out = module.apply(params, x)
+    torch.autograd.grad(out.sum(), params)
+    assert torch.get_num_threads() == threads
+    assert out.dtype == torch.float32
+    want = contracted([p.double() for p in params], x.double(), "tanh", module.OPERATOR, module.MIXING)
+    assert torch.allclose(out.double(), want, rtol=1e-4, atol=1e-4)

@@ -166,8 +166,11 @@ def _vertices(a, activation):
 
 
 def _squares(rows):
-    """sum_i Z_i^2 over the first-order rows (all rows but the collapsed last), one reduction pass."""
-    return torch.linalg.vector_norm(rows[:, :-1], dim=1).square_()
+    """sum_i Z_i^2 over the first-order rows (all rows but the collapsed last)."""
+    Z = rows[:, :-1]
+    if Z.numel() > 2**20:  # one reduction pass, no temporary the size of Z
+        return torch.linalg.vector_norm(Z, dim=1).square_()
+    return Z.square().sum(1)  # vector_norm over a strided middle dimension is slow on small arrays
 
 
 def _rows_out(rows, S, s, F1, F2, q):
