@@ -282,7 +282,13 @@ def _status_kib(field):
 def probe_memory(name, method, folder):
     """Bytes a differentiable call (forward + backward) adds to this process's resident memory at
     its peak: after a warm-up call (JAX compiled), the kernel's high-water mark is reset
-    (/proc/self/clear_refs) and the call's peak VmHWM less the VmRSS before it is taken."""
+    (/proc/self/clear_refs) and the call's peak VmHWM less the VmRSS before it is taken. Large
+    blocks go through mmap, so that memory freed by the warm-up is not resident already."""
+    import ctypes
+
+    # every block of 128 KiB or more straight from mmap and back at free (no dynamic threshold):
+    # resident memory then follows the live arrays of torch and XLA alike
+    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
     params, x, module, methods = setup(name, folder, [method] if method != "diagramc" else [])
     call = methods[method]
     timed(call, params, True)
