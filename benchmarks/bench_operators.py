@@ -1,6 +1,7 @@
-"""Differential operators: diagramc's compiled kernel against torch.func and nested autodiff.
+"""Differential operators: diagramc's compiled kernel against torch.func, nested autodiff and JAX.
 
-    python benchmarks/bench_operators.py [--cells small|all|NAME ...] [--rounds N] [--threads N] [--json FILE]
+    python benchmarks/bench_operators.py [--cells small|all|NAME ...] [--rounds N] [--threads N]
+                                         [--memory] [--methods LABEL ...] [--json FILE]
 
 Cells (float64, tanh): the Laplacian on a 3 x 64 network at D = 4 and D = 64 (batch 256),
 on collapsed Taylor mode's network (D = 50, 768-768-512-512-1, batch 256: slow, in "all"),
@@ -12,17 +13,23 @@ Anchors: torch.func's vmap(hessian) (= jacfwd(jacrev)) and vmap(jacrev(jacrev)),
 contracted with the operator (the Laplacian: the Hessian's trace), and nested first-order
 autodiff (one backward pass for the gradient, then one per second derivative, as the
 collapsed Taylor mode paper times it); where JAX and folx are installed, folx's forward
-Laplacian and jax.hessian's trace under jit (their multiply-adds: XLA's flop count, halved). Methods run in interleaved rounds; medians are
-reported, with each method's matrix-product multiply-adds per call (torch's
-FlopCounterMode, halved), ours as the plan counts them (MULTIPLY_ADDS per point), and our
-matmul rate against bare GEMMs of the same shapes timed in the same rounds.
+Laplacian and jax.hessian's trace under jit (for the biharmonic: each applied twice). Methods
+run in interleaved rounds after an idle pause each (PAUSE); medians are reported, with each
+method's multiply-adds per call (torch's FlopCounterMode on matrix products, halved; for JAX,
+XLA's flop count of the whole program, halved), our matmul rate against bare GEMMs of the same
+shapes and against one large float64 GEMM at default threads (the machine's rate), both timed
+in the same rounds. --memory adds each method's peak resident memory in a differentiable call,
+measured in a fresh process per method (probe_memory: VmHWM after /proc/self/clear_refs).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -43,6 +50,10 @@ CELLS = {
     "biharmonic-big": ((5, 768, 768, 512, 512, 1), "biharmonic", 256),
 }
 SMALL = ("laplacian-d4", "laplacian-d64", "heat-d3+t")
+# idle seconds before each timed call: spinning thread pools (XLA's, OpenMP's) of the method
+# before go quiet, so that no method is timed against another's spinning threads
+PAUSE = 0.05
+MACHINE_GEMM = 2048  # the machine's rate: a float64 (n, n) @ (n, n) at default threads
 
 
 def network(sizes, generator):
@@ -151,8 +162,21 @@ def jax_methods(name, module, params, x):
         _, dt = jax.jvp(lambda v: f(p, v), (y,), (jnp.zeros_like(y).at[t].set(1.0),))
         return time_terms[0][1] * dt - lap
 
+    def laplacian_of(g):
+        return lambda v: jnp.trace(jax.hessian(g)(v))
+
+    def biharmonic_by_hessian(p, y):
+        return laplacian_of(laplacian_of(lambda v: f(p, v)))(y)
+
+    def biharmonic_by_folx(p, y):
+        inner = lambda v: forward_laplacian(lambda w: f(p, w))(v).laplacian  # noqa: E731
+        return forward_laplacian(inner)(y).laplacian
+
+    points = ((("folx twice", biharmonic_by_folx), ("jax.hessian twice (jit)", biharmonic_by_hessian))
+              if name.startswith("biharmonic") else
+              (("folx forward_laplacian", by_folx), ("jax.hessian (jit)", by_hessian)))
     found = {}
-    for label, point in (("folx forward_laplacian", by_folx), ("jax.hessian (jit)", by_hessian)):
+    for label, point in points:
         batched = jax.vmap(point, in_axes=(None, 0))
 
         def both(p, X, batched=batched):
@@ -176,17 +200,18 @@ def jax_methods(name, module, params, x):
     return found
 
 
-def methods_for(name, module, params, x):
+def methods_for(name, module, params, x, only=None):
     ours = lambda: module.apply(params, x)[:, 0]  # noqa: E731
     found = {"diagramc": ours}
     if name.startswith("biharmonic"):
         found["nested autodiff"] = lambda: biharmonic_nested(params, x, module, True)
-        return found
-    found["vmap(hessian)"] = lambda: by_hessian(params, x, module, hessian)
-    found["vmap(jacrev(jacrev))"] = lambda: by_hessian(params, x, module, lambda f: jacrev(jacrev(f)))
-    found["nested autodiff"] = lambda: nested_autodiff(params, x, module, True)
-    found.update(jax_methods(name, module, params, x))
-    return found
+    else:
+        found["vmap(hessian)"] = lambda: by_hessian(params, x, module, hessian)
+        found["vmap(jacrev(jacrev))"] = lambda: by_hessian(params, x, module, lambda f: jacrev(jacrev(f)))
+        found["nested autodiff"] = lambda: nested_autodiff(params, x, module, True)
+    if only is None or any(m not in found for m in only):  # JAX's compile is slow: only when asked for
+        found.update(jax_methods(name, module, params, x))
+    return {m: c for m, c in found.items() if only is None or m == "diagramc" or m in only}
 
 
 def is_jax(call):
@@ -194,6 +219,7 @@ def is_jax(call):
 
 
 def timed(call, params, backward):
+    time.sleep(PAUSE)
     start = time.perf_counter()
     if is_jax(call):
         out = call(backward)[0]
@@ -233,13 +259,60 @@ def gemm_reference(sizes, batch, rows, backward):
     return call, macs
 
 
-def run_cell(name, rounds, folder):
+def machine_gemm():
+    """One large float64 matmul: the machine's matmul rate at default threads (timed each round)."""
+    A, B = (torch.randn(MACHINE_GEMM, MACHINE_GEMM, dtype=torch.float64) for _ in range(2))
+    return lambda: (A @ B)[:1, 0], MACHINE_GEMM**3
+
+
+def setup(name, folder, only=None):
     sizes, operator, batch = CELLS[name]
     generator = torch.Generator().manual_seed(0)
     params = [p.requires_grad_(True) for p in network(sizes, generator)]
     x = torch.randn(batch, sizes[0], generator=generator, dtype=torch.float64)
     module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), operator, "torch", out_dir=folder)
-    methods = methods_for(name, module, params, x)
+    return params, x, module, methods_for(name, module, params, x, only)
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+
+
+def probe_memory(name, method, folder):
+    """Bytes a differentiable call (forward + backward) adds to this process's resident memory at
+    its peak: after a warm-up call (JAX compiled), the kernel's high-water mark is reset
+    (/proc/self/clear_refs) and the call's peak VmHWM less the VmRSS before it is taken. Large
+    blocks go through mmap, so that memory freed by the warm-up is not resident already."""
+    import ctypes
+
+    # every block of 128 KiB or more straight from mmap and back at free (no dynamic threshold):
+    # resident memory then follows the live arrays of torch and XLA alike
+    ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    params, x, module, methods = setup(name, folder, [method] if method != "diagramc" else [])
+    call = methods[method]
+    timed(call, params, True)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = _status_kib("VmRSS")
+    timed(call, params, True)
+    return (_status_kib("VmHWM") - before) * 1024
+
+
+def peak_memory(name, methods):
+    """probe_memory for each method in a fresh process of its own: {method: bytes}."""
+    found = {}
+    for method in methods:
+        done = subprocess.run([sys.executable, __file__, "--probe", name, method], capture_output=True, text=True)
+        found[method] = int(done.stdout.split()[-1]) if done.returncode == 0 else None
+    return found
+
+
+def run_cell(name, rounds, folder, memory=False, only=None):
+    params, x, module, methods = setup(name, folder, only)
+    sizes, _, batch = CELLS[name]
+    big, big_macs = machine_gemm()
     result = {"cell": name, "layer_sizes": sizes, "batch": batch, "plan": json.loads(module.PLAN)["kind"],
               "ours_multiply_adds_per_point": module.MULTIPLY_ADDS, "modes": {}}
     reference = None
@@ -248,6 +321,7 @@ def run_cell(name, rounds, folder):
         gemm, gemm_macs = gemm_reference(sizes, batch, json.loads(module.PLAN)["rows"], backward)
         times = {m: [] for m in methods}
         times["GEMM"] = []
+        times["machine GEMM"] = []
         counted = {}
         for m, call in methods.items():  # warm-up: multiply-adds counted, and every method agrees
             out, counted[m] = counted_call(call, params, backward)
@@ -258,8 +332,10 @@ def run_cell(name, rounds, folder):
             for m, call in methods.items():
                 times[m].append(timed(call, params, backward)[0])
             times["GEMM"].append(timed(gemm, params, False)[0])
+            times["machine GEMM"].append(timed(big, params, False)[0])
         medians = {m: statistics.median(t) for m, t in times.items()}
         gemm_time = medians.pop("GEMM")
+        machine = big_macs / medians.pop("machine GEMM")
         fastest_anchor = min(v for m, v in medians.items() if m != "diagramc")
         result["modes"][mode] = {
             "median_s": medians,
@@ -267,7 +343,10 @@ def run_cell(name, rounds, folder):
             "speedup_vs_fastest_anchor": fastest_anchor / medians["diagramc"],
             "gemm_rate_multiply_adds_per_s": gemm_macs / gemm_time,
             "ours_rate_multiply_adds_per_s": counted["diagramc"] / medians["diagramc"],
+            "machine_gemm_multiply_adds_per_s": machine,
         }
+        if memory and backward:
+            result["modes"][mode]["peak_bytes"] = peak_memory(name, methods)
     return result
 
 
@@ -277,12 +356,15 @@ def format_cell(r):
     for mode, m in r["modes"].items():
         ours = m["median_s"]["diagramc"]
         rate, gemm = m["ours_rate_multiply_adds_per_s"], m["gemm_rate_multiply_adds_per_s"]
+        machine = m["machine_gemm_multiply_adds_per_s"]
         lines.append(f"  {mode}: ours {ours * 1e3:.2f} ms, {rate / 1e9:.2f} G matmul multiply-adds/s = {rate / gemm:.0%} "
-                     f"of bare GEMMs on its products ({gemm / 1e9:.2f} G/s); {m['speedup_vs_fastest_anchor']:.2f}x "
-                     "the fastest anchor")
+                     f"of bare GEMMs on its products ({gemm / 1e9:.2f} G/s), {rate / machine:.0%} of the machine's "
+                     f"{MACHINE_GEMM}^2 GEMM ({machine / 1e9:.2f} G/s); {m['speedup_vs_fastest_anchor']:.2f}x the fastest anchor")
+        peak = m.get("peak_bytes", {})
         for name, t in m["median_s"].items():
-            lines.append(f"    {name:22s} {t * 1e3:10.2f} ms  {t / ours:6.2f}x ours  "
-                         f"{m['matmul_multiply_adds'][name] / 1e6:10.1f} M matmul multiply-adds")
+            memory = f"  peak {peak[name] / 2**20:8.1f} MiB" if peak.get(name) is not None else ""
+            lines.append(f"    {name:24s} {t * 1e3:10.2f} ms  {t / ours:6.2f}x ours  "
+                         f"{m['matmul_multiply_adds'][name] / 1e6:10.1f} M multiply-adds{memory}")
     return "\n".join(lines)
 
 
@@ -292,7 +374,16 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--memory", action="store_true",
+                        help="also each method's peak resident memory in a differentiable call, a process each")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="the anchors to time (default: all); JAX ones by label, e.g. 'folx forward_laplacian'")
+    parser.add_argument("--probe", nargs=2, metavar=("CELL", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe:
+        with tempfile.TemporaryDirectory() as folder:
+            print(probe_memory(*args.probe, folder))
+        return None
     if args.threads:
         torch.set_num_threads(args.threads)
         if args.threads == 1:  # XLA's pool otherwise spins between calls and slows torch's turns
@@ -303,7 +394,7 @@ def main(argv=None):
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
-            results.append(run_cell(name, args.rounds, folder))
+            results.append(run_cell(name, args.rounds, folder, args.memory, args.methods))
             print(format_cell(results[-1]), flush=True)
     if args.json:
         with open(args.json, "w") as fh:

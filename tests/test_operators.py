@@ -316,3 +316,47 @@ def test_collapsed_twice_through_the_runtime(tmp_path, sizes, activation, operat
         got = torch.as_tensor(rt.output(state, p[-2], p[-1], t, module.MIXING))
         want = contracted(params, x, activation, module.OPERATOR, module.MIXING)
         assert (got - want).abs().max().item() <= TOL * want.abs().max().item()
+
+
+FUSED = [  # layer sizes, activation, operator: first-order series and one collapsed row
+    ((3, 7, 1), "tanh", "laplacian"),
+    ((4, 6, 5, 2), "sigmoid", "laplacian"),
+    ((3, 5, 6, 4, 1), "softplus", {(1, 0, 0): 0.7, (0, 2, 0): -1.3, (0, 0, 2): -1.3}),
+    ((2, 5, 4, 3, 6, 3), "gelu", "laplacian"),
+    ((3, 6, 5, 1), "sin", {(0, 1, 0): 1.0, (0, 0, 1): -0.5}),  # first order only: no quadratic form
+    ((4, 6, 6, 2), "silu", "laplacian"),
+    ((3, 5, 5, 1), "x*tanh(x)", {(2, 0, 0): 0.5, (0, 2, 0): 0.5, (0, 0, 2): 0.5, (1, 0, 0): 2.0}),
+]
+
+
+@pytest.mark.parametrize("sizes,activation,operator", FUSED)
+def test_fused_forward_laplacian_and_its_written_backward(tmp_path, sizes, activation, operator):
+    generator = torch.Generator().manual_seed(len(sizes) * 31 + sizes[1])
+    params = [p.requires_grad_(True) for p in random_params(sizes, generator)]
+    x = (torch.randn(5, sizes[0], generator=generator, dtype=torch.float64) + 0.5).requires_grad_(True)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, "torch", out_dir=tmp_path)
+    assert "rt.forward_laplacian(" in open(module.__file__).read()
+    got = module.apply(params, x)
+    want = contracted(params, x, activation, module.OPERATOR, module.MIXING)
+    assert (got - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)
+    weights = torch.randn(got.shape, generator=generator, dtype=torch.float64)
+    g_got = torch.autograd.grad((got * weights).sum(), params + [x])
+    g_want = torch.autograd.grad((want * weights).sum(), params + [x], allow_unused=True, materialize_grads=True)
+    for a, b in zip(g_got, g_want):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=TOL, atol=TOL * max(b.abs().max().item(), 1e-3))
+
+
+def test_fused_kernel_restores_threads_and_keeps_float32(tmp_path):
+    sizes = (3, 8, 8, 1)
+    generator = torch.Generator().manual_seed(5)
+    params = [p.float().requires_grad_(True) for p in random_params(sizes, generator)]
+    x = torch.randn(6, 3, generator=generator).float()
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), "laplacian", "torch", out_dir=tmp_path)
+    threads = torch.get_num_threads()
+    out = module.apply(params, x)
+    torch.autograd.grad(out.sum(), params)
+    assert torch.get_num_threads() == threads
+    assert out.dtype == torch.float32
+    want = contracted([p.double() for p in params], x.double(), "tanh", module.OPERATOR, module.MIXING)
+    assert torch.allclose(out.double(), want, rtol=1e-4, atol=1e-4)

@@ -240,16 +240,29 @@ def _activation_code(activation, order: int, backend: str):
     return activation_code(activation, order, backend)
 
 
+def _fused(spec: OperatorSpec, plan: OperatorPlan) -> bool:
+    """Whether the torch kernel runs the forward Laplacian as one autograd node (operator_torch.fused)."""
+    from ..runtime.operator_torch import fused
+
+    arch = spec.architecture
+    tables = Tables(spec.terms, arch.inputs, arch.outputs, spec.mixing, plan.collapse, plan.twice)
+    return fused(tables, spec.mixing, arch.hidden_layers)
+
+
 @functools.lru_cache(maxsize=64)
 def render(spec: OperatorSpec, out_dir: str) -> str:
     """The module's source: header, constants, the activation printed by sympy, straight-line layers."""
     arch = spec.architecture
     plan = make_plan(spec)
     act = arch.activation
+    fused = spec.backend == "torch" and _fused(spec, plan)
     return render_template(
         "operator_kernel.py.jinja",
         **module_context(spec, out_dir),
-        activation=_activation_code(act, spec.order, spec.backend),
+        # the written-out backward of the fused forward Laplacian needs sigma''' too
+        activation=_activation_code(act, spec.order + (1 if fused else 0), spec.backend),
+        vertex_order=spec.order + (1 if fused else 0),
+        fused=fused,
         order=spec.order,
         operator_name=spec.name,
         dims=spec.dims,

@@ -8,6 +8,8 @@ Every operation is differentiable and keeps x's device and dtype; no loop over t
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import operator_series
@@ -43,14 +45,11 @@ def _tensors(tables: Tables, outputs: int, device, dtype) -> dict:
         "second_rows": tables.second_rows,
         "firsts": len(tables.firsts),
         "quadratic_kind": tables.quadratic_kind,
+        "uniform_q": float(Q[0, 0, 0]) if tables.quadratic_kind == "uniform" else 0.0,
         "quadratic": real(Q),
         "quadratic_diagonal": real(Q.diagonal(axis1=1, axis2=2).copy()),
         "output": real(tables.output_matrix(outputs)),
     }
-
-
-
-
 
 
 def affine(state, W):
@@ -69,13 +68,6 @@ def _quadratic(Z, t):
         return torch.matmul(t["quadratic_diagonal"], Z.square())
     Q = t["quadratic"]
     return torch.stack([(torch.matmul(Q[g], Z) * Z).sum(1) for g in range(Q.shape[0])], 1)
-
-
-
-
-
-
-
 
 def output(state, W, b, t, mixing: bool):
     """The linear output layer contracted with the operator's coefficients: (batch, OUTPUTS) or (batch, 1)."""
@@ -115,3 +107,162 @@ def collapsed_activation(state, b, activation, t):
 
 def series_activation(state, b, activation, t):
     return operator_series.series_activation(state, b, activation, t, _OPS)
+
+
+def fused(tables: Tables, mixing: bool, hidden_layers: int) -> bool:
+    """Whether the forward-Laplacian rows run as one autograd node with the backward written out:
+    first-order series, one collapsed row, sigma'' times c sum_i Z_i^2 (the Laplacian, u_t - Delta u)."""
+    return (tables.first_order_only and not mixing and hidden_layers >= 1 and len(tables.groups) == 1
+            and tables.quadratic_kind in ("uniform", "none"))
+
+
+# Multiply-adds of a layer's product below which the kernel runs on one thread: MKL's threads
+# cost tens of milliseconds per small product when the cores are shared, and give little
+SMALL_PRODUCT = 2**27
+
+
+def forward_laplacian(params, x, activation, t):
+    """The forward Laplacian of the whole network as one autograd node (see ForwardLaplacian)."""
+    return ForwardLaplacian.apply(x, activation, t, *params)
+
+
+@contextlib.contextmanager
+def _threads_for(rows, params):
+    """One intra-op thread for the duration when every layer's product is small (SMALL_PRODUCT);
+    torch's own setting otherwise (and restored after)."""
+    with _one_thread(rows * max(W.shape[0] * W.shape[1] for W in params[0::2]) < SMALL_PRODUCT):
+        yield
+
+
+@contextlib.contextmanager
+def _one_thread(small=True):
+    """One intra-op thread for the duration where small: a parallel region on a few hundred
+    thousand elements waits for every thread to be scheduled, which on shared cores costs more
+    than the work."""
+    threads = torch.get_num_threads()
+    small = small and threads > 1
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if small:
+            torch.set_num_threads(threads)
+
+
+def _vertex(F, k, like):
+    """sigma^(k)/k! as a tensor like `like` (printed constants are numbers, vanishing ones None)."""
+    f = F[k - 1] if k - 1 < len(F) else None
+    if isinstance(f, torch.Tensor):
+        return f
+    return torch.full_like(like, 0.0 if f is None else float(f))
+
+
+def _vertices(a, activation):
+    """sigma(a) and sigma^(k)(a)/k! for k = 1, 2, 3, each a tensor like a."""
+    with _one_thread():  # a dozen elementwise operations on (batch, width) only
+        s, F = activation(a)
+        return (s,) + tuple(_vertex(F, k, a) for k in (1, 2, 3))
+
+
+def _squares(rows):
+    """sum_i Z_i^2 over the first-order rows (all rows but the collapsed last)."""
+    Z = rows[:, :-1]
+    if Z.numel() > 2**20:  # one reduction pass, no temporary the size of Z
+        return torch.linalg.vector_norm(Z, dim=1).square_()
+    return Z.square().sum(1)  # vector_norm over a strided middle dimension is slow on small arrays
+
+
+def _rows_out(rows, S, s, F1, F2, q):
+    """A layer's output rows: value sigma, sigma' times every other row, and sigma''/2 q sum Z_i^2
+    added to the collapsed row."""
+    H = s.new_empty((s.shape[0], rows.shape[1] + 1, s.shape[1]))
+    H[:, 0] = s
+    torch.mul(rows, F1[:, None], out=H[:, 1:])
+    if q:
+        H[:, -1].addcmul_(F2, S, value=q)
+    return H
+
+
+class ForwardLaplacian(torch.autograd.Function):
+    """Value, Jacobian rows and the collapsed row through every layer, each layer's rows one
+    matrix product (batch * rows, n_in) @ W^T; the backward is written out and reuses what the
+    forward stored (each layer's pre-activation rows and its sigma^(k); the post-activation rows
+    are remade), so autograd records one node instead of a dozen per layer on (batch, rows, width)."""
+
+    @staticmethod
+    def forward(ctx, x, activation, t, *params):
+        with _threads_for(x.shape[0] * t["input_rows"].shape[0], params):
+            return ForwardLaplacian._forward(ctx, x, activation, t, *params)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        with _threads_for(ctx.rows, ctx.saved_tensors[2:]):
+            return ForwardLaplacian._backward(ctx, g_out)
+
+    @staticmethod
+    def _forward(ctx, x, activation, t, *params):
+        q = t["uniform_q"]
+        W, b = params[0::2], params[1::2]
+        C1 = (t["input_rows"] @ W[0].T)[None]  # layer 1's rows other than the value: the same for every point
+        a = torch.addmm(b[0], x, W[0].T)
+        stored = [(C1, _squares(C1), *_vertices(a, activation))]
+        H = _rows_out(C1, *stored[0][1:5], q)
+        for l in range(1, len(W) - 1):
+            X = (H.reshape(-1, H.shape[2]) @ W[l].T).reshape(H.shape[0], H.shape[1], -1)
+            a = X[:, 0].add_(b[l])
+            rows = X[:, 1:]
+            stored.append((rows, _squares(rows), *_vertices(a, activation)))
+            H = _rows_out(rows, *stored[-1][1:5], q)
+        A = t["output"][:, 0]
+        Y = torch.matmul(A, H)  # the rows combined by the operator's coefficients, then one product
+        out = torch.addmm(b[-1] * A[0], Y, W[-1].T)
+        ctx.t, ctx.stored, ctx.rows = t, stored, x.shape[0] * t["input_rows"].shape[0]
+        ctx.save_for_backward(x, Y, *params)
+        return out
+
+    @staticmethod
+    def _backward(ctx, g_out):
+        x, Y, *params = ctx.saved_tensors
+        W = params[0::2]
+        t, stored = ctx.t, ctx.stored
+        q, A = t["uniform_q"], t["output"][:, 0]
+        grads = [None] * len(params)
+        grads[-2] = g_out.T @ Y
+        grads[-1] = A[0] * g_out.sum(0)
+        dH = A[None, :, None] * (g_out @ W[-1])[:, None]  # d/d(rows of the last hidden layer)
+        dx = None
+        for l in range(len(W) - 2, -1, -1):
+            dX = _rows_back(dH, *stored[l], q)
+            if l:
+                H_prev = _rows_out(*stored[l - 1][:5], q)
+                flat = dX.reshape(-1, dX.shape[2])
+                grads[2 * l] = flat.T @ H_prev.reshape(-1, H_prev.shape[2])
+                grads[2 * l + 1] = dX[:, 0].sum(0)
+                del H_prev
+                dH = (flat @ W[l]).reshape(dX.shape[0], dX.shape[1], -1)
+            else:
+                grads[0] = dX[:, 0].T @ x + dX[:, 1:].sum(0).T @ t["input_rows"]
+                grads[1] = dX[:, 0].sum(0)
+                dx = dX[:, 0] @ W[0] if ctx.needs_input_grad[0] else None
+        ctx.stored = None
+        return (dx, None, None, *grads)
+
+
+def _rows_back(dH, rows, S, s, F1, F2, F3, q):
+    """The gradient of a layer's pre-activation rows from that of its output rows, in dH's memory:
+    d value = F1 dh + 2 F2 dF1 + 3 q F3 S dL, d Z_i = F1 dH_i + 2 q F2 Z_i dL, d L = F1 dL
+    (F_k = sigma^(k)/k!), with dF1 = sum_r dH_r rows_r over the rows after the value. In place and
+    in this order: each step reads only rows of dH that no earlier step has changed."""
+    dF1 = (dH[:, 1:] * rows).sum(1)
+    dL = dH[:, -1]
+    with _one_thread():  # (batch, width) only
+        da = dH[:, 0].mul_(F1).addcmul_(F2, dF1, value=2.0)
+        if q:
+            da.addcmul_(F3 * S, dL, value=3.0 * q)
+            coupling = F2 * dL  # d(F2 q sum Z_i^2)/dZ_i = 2 q F2 Z_i, times dL
+    dH[:, 1:].mul_(F1[:, None])
+    if q:
+        dH[:, 1:-1].addcmul_(rows[:, :-1], coupling[:, None], value=2.0 * q)
+    return dH
