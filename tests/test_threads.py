@@ -95,16 +95,23 @@ def test_split_call_matches_jacfwd_and_one_thread(activation, order, sizes, batc
 
 
 def test_plan_records_the_split_rule():
+    """A NumPy call splits from order 5 and point by point at order 2 (1e6 multiply-adds a
+    thread at least); not at orders 3-4, nor for torch (its own threads)."""
     from diagramc.compiler.plan import make_plan
     from diagramc.compiler.spec import KernelSpec
 
     arch = diagramc.Architecture(layer_sizes=(4, 64, 64, 64, 1), activation="tanh")
-    plan = make_plan(KernelSpec.create(arch, 4, "numpy"))
-    per_point = plan.multiply_adds["total"]
-    assert plan.points_per_thread == -(-10**6 // per_point)
+    plan = make_plan(KernelSpec.create(arch, 5, "numpy", strategy="products"))
+    assert plan.points_per_thread == -(-10**6 // plan.multiply_adds["total"])
     assert plan.runtime_plan()["points_per_thread"] == plan.points_per_thread
     assert "points per thread" in plan.explain()
-    assert make_plan(KernelSpec.create(arch, 4, "torch")).points_per_thread is None
+    order_two = make_plan(KernelSpec.create(arch, 2, "numpy"))
+    assert order_two.by_points and order_two.points_per_thread == -(-10**6 // order_two.multiply_adds["total"])
+    for order in (3, 4):
+        plan = make_plan(KernelSpec.create(arch, order, "numpy"))
+        assert plan.points_per_thread is None and "queue for the GIL" in plan.explain()
+    assert make_plan(KernelSpec.create(arch, 5, "torch")).points_per_thread is None
+
 
 
 def test_first_compilation_is_announced_once(monkeypatch):

@@ -132,8 +132,11 @@ class KernelPlan:
                      f"{ma['elementwise']:,} elementwise)")
         lines.append(f"  memory per point: {8 * self.numbers_per_point / 1024:,.0f} KiB in float64 "
                      "(series and Gram matrices; a call takes points in chunks of about 1 MB)")
-        if self.points_per_thread is None:
+        if self.points_per_thread is None and spec.backend != "numpy":
             lines.append("  threads: torch's own (its operations use the cores)")
+        elif self.points_per_thread is None:
+            lines.append("  threads: one a call, BLAS on the threads the call may use (at orders 3-4 two threads "
+                         "queue for the GIL between a chunk's many short calls)")
         else:
             lines.append(f"  threads: a call splits its batch over the threads (diagramc.set_num_threads, else the cores) "
                          f"from {self.points_per_thread} points per thread, BLAS on one thread inside each")
@@ -195,7 +198,7 @@ def make_plan(spec: KernelSpec) -> KernelPlan:
     # the table arithmetic alone (no backend arrays), with the backend's cost constants
     tables_class = type("PlanTables", (TaylorTables,), {
         "TANGENT_FACTOR": cls.TANGENT_FACTOR, "EQUATION_THRESHOLD": cls.EQUATION_THRESHOLD,
-        "PARALLEL_WORK": cls.PARALLEL_WORK})
+        "PARALLEL_WORK": cls.PARALLEL_WORK, "PARALLEL_FROM_ORDER": cls.PARALLEL_FROM_ORDER})
     rp = dict(draft.runtime_plan(), by_tangent=None, by_equation=None)
     if spec.strategy == "directions":  # the products' tables are not built for a kernel asked to go by directions
         return _directions_plan(spec, vertex_orders, equation, tuple(slots), {"asked": "directions"})
@@ -203,7 +206,7 @@ def make_plan(spec: KernelSpec) -> KernelPlan:
     products = KernelPlan(spec, vertex_orders, equation, by_points, bool(tables._BY_TANGENT),
                           bool(tables._BY_EQUATION), tuple(slots), dict(tables.MULTIPLY_ADDS),
                           series_columns=tables._LOW, top_columns=tables._SERIES_SIZE - tables._LOW,
-                          numbers_per_point=tables._numbers_per_point(), points_per_thread=tables.points_per_thread())
+                          numbers_per_point=tables._numbers_per_point(), points_per_thread=tables.points_per_thread(by_points))
     if spec.strategy == "products":
         return dataclasses.replace(products, choice={"asked": "products"})
     why = _directions_excluded(spec, vertex_orders)

@@ -141,6 +141,7 @@ class TaylorTables:
     EQUATION_THRESHOLD = 1.0
     PRODUCTS_BY_CLASSES = False
     PARALLEL_WORK = None
+    PARALLEL_FROM_ORDER = None
 
     def __init__(self, plan):
         """plan: inputs, outputs, layer_sizes, activation, order, vertex_orders, requested
@@ -669,11 +670,12 @@ class TaylorTables:
             return 2 * self._LOW + sum(len(rows[0]) for rows in self._EQUATION_ROWS) + sum(len(block["rows"]) for block in self._TOP_BLOCKS)
         return sum(self._powers_work())
 
-    def points_per_thread(self):
+    def points_per_thread(self, by_points):
         """The fewest points a thread takes when a call splits its batch (PARALLEL_WORK
-        multiply-adds at least); None where the backend does not split (its operations use
-        the cores themselves)."""
-        if self.PARALLEL_WORK is None:
+        multiply-adds at least); None where a call does not split: a backend whose operations
+        use the cores themselves, and orders 3 to PARALLEL_FROM_ORDER - 1, whose chunks make
+        a hundred short calls each (two threads then queue for the GIL between them)."""
+        if self.PARALLEL_WORK is None or not (by_points or self.ORDER >= self.PARALLEL_FROM_ORDER):
             return None
         return max(1, -(-self.PARALLEL_WORK // max(self.MULTIPLY_ADDS["total"], 1)))
 

@@ -44,6 +44,7 @@ class NumpyTaylorKernel(TaylorKernel):
     DIRECTIONS_FACTOR = 1.7  # the plan by directions where this x its multiply-adds are fewer: the fused products' are cheaper
     PRODUCTS_BY_CLASSES = False
     PARALLEL_WORK = 10**6  # multiply-adds a thread's part takes at least: the hand-over (tens of us) is paid over
+    PARALLEL_FROM_ORDER = 5  # and from this order on (or point by point at order 2): see docs/performance.md
     _fused_product = _loop("fused_product")
     _fused_add_scaled = _loop("fused_add_scaled")
     _fused_scaled_rows = _loop("fused_scaled_rows")
@@ -62,7 +63,8 @@ class NumpyTaylorKernel(TaylorKernel):
         self._fused_activation = fused_activation
         self._ACTIVATION_POINTERS = {}  # dtype -> the activation loop as a function pointer (fused_vertices')
         self._WEIGHT_SLOTS = tuple(plan.get("weight_slots", ()))
-        self._POINTS_PER_THREAD = plan.get("points_per_thread") or self.points_per_thread()
+        self._POINTS_PER_THREAD = (plan["points_per_thread"] if "points_per_thread" in plan
+                                   else self.points_per_thread(bool(plan.get("by_points"))))
         self._WEIGHT_COUNT = sum(slot is not None for slot in self._WEIGHT_SLOTS)
         self._PLAN_BY_POINTS = bool(plan.get("by_points")) and self._FUSED
         self._TABLES = self._build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
@@ -291,6 +293,8 @@ class NumpyTaylorKernel(TaylorKernel):
     def _parts(self, batch):
         """One slice of the batch per thread, each of at least _POINTS_PER_THREAD points (the
         whole batch, None, where it has too few for two)."""
+        if self._POINTS_PER_THREAD is None:
+            return [None]
         count = min(threads.get_num_threads(), batch // self._POINTS_PER_THREAD)
         if count <= 1:
             return [None]
@@ -299,6 +303,12 @@ class NumpyTaylorKernel(TaylorKernel):
 
     def _run_parts(self, function, parts):
         return threads.run_parts(function, parts, len(parts))
+
+    def _coefficients(self, params, x, derivatives):
+        # BLAS on no more threads than the call may use: more than the cores it may run on
+        # (a pinned process, a busy machine) spin against each other, 10x slower
+        with threads.blas_threads(threads.get_num_threads()):
+            return super()._coefficients(params, x, derivatives)
 
     def _times_factorials(self, coefficients):
         """coefficients * alpha!, in place (taylor_coefficients' array is always new): only the
