@@ -305,6 +305,8 @@ class NumpyTaylorKernel(TaylorKernel):
         return threads.run_parts(function, parts, len(parts))
 
     def _coefficients(self, params, x, derivatives):
+        if len(x) * self.MULTIPLY_ADDS["total"] < self.PARALLEL_WORK:  # products too small for BLAS's threads
+            return super()._coefficients(params, x, derivatives)
         # BLAS on no more threads than the call may use: more than the cores it may run on
         # (a pinned process, a busy machine) spin against each other, 10x slower
         with threads.blas_threads(threads.get_num_threads()):
