@@ -95,47 +95,19 @@ def test_split_call_matches_jacfwd_and_one_thread(activation, order, sizes, batc
 
 
 def test_plan_records_the_split_rule():
-    """A NumPy call splits from order 5 and point by point at order 2 (1e6 multiply-adds a
-    thread at least); not at orders 3-4, nor for torch (its own threads)."""
+    """A NumPy call splits point by point at order 2 and, chunked, from order 5 at up to 2
+    inputs (1e6 multiply-adds a thread at least); not elsewhere, nor for torch (its own threads)."""
     from diagramc.compiler.plan import make_plan
     from diagramc.compiler.spec import KernelSpec
 
-    arch = diagramc.Architecture(layer_sizes=(4, 64, 64, 64, 1), activation="tanh")
-    plan = make_plan(KernelSpec.create(arch, 5, "numpy", strategy="products"))
-    assert plan.points_per_thread == -(-10**6 // plan.multiply_adds["total"])
-    assert plan.runtime_plan()["points_per_thread"] == plan.points_per_thread
-    assert "points per thread" in plan.explain()
-    order_two = make_plan(KernelSpec.create(arch, 2, "numpy"))
-    assert order_two.by_points and order_two.points_per_thread == -(-10**6 // order_two.multiply_adds["total"])
-    for order in (3, 4):
-        plan = make_plan(KernelSpec.create(arch, order, "numpy"))
-        assert plan.points_per_thread is None and "queue for the GIL" in plan.explain()
-    assert make_plan(KernelSpec.create(arch, 5, "torch")).points_per_thread is None
+    def plan(d, order, backend="numpy"):
+        arch = diagramc.Architecture(layer_sizes=(d, 64, 64, 64, 1), activation="tanh")
+        return make_plan(KernelSpec.create(arch, order, backend, strategy="products" if order >= 3 else None))
 
-
-
-def test_first_compilation_is_announced_once(monkeypatch):
-    """numba raises its compile event only where its disk cache misses: a runtime loop's says
-    so once per process; a generated module's own loop says nothing."""
-    import io
-    import sys
-
-    import numba.core.event
-
-    from diagramc.runtime import numpy_loops as loops
-
-    stream = io.StringIO()
-    monkeypatch.setattr(loops, "_ANNOUNCED", [])
-    monkeypatch.setattr(sys, "stderr", stream)
-
-    def compile_event(py_func):
-        data = {"dispatcher": type("D", (), {"py_func": py_func})()}
-        with numba.core.event.trigger_event("numba:compile", data=data):
-            pass
-
-    compile_event(lambda: None)  # not the runtime's
-    assert stream.getvalue() == ""
-    compile_event(loops.fused_product.py_func)
-    compile_event(loops.gemm.py_func)
-    assert stream.getvalue() == ("diagramc: numba is compiling the NumPy kernels' loops for this machine, once "
-                                 "(up to a minute); later processes load them from its disk cache\n")
+    for split in (plan(2, 8), plan(2, 5), plan(64, 2)):
+        assert split.points_per_thread == -(-10**6 // split.multiply_adds["total"])
+        assert split.runtime_plan()["points_per_thread"] == split.points_per_thread
+        assert "points per thread" in split.explain()
+    for whole in (plan(2, 4), plan(3, 5), plan(4, 5), plan(4, 4), plan(16, 3)):
+        assert whole.points_per_thread is None and "queue for the GIL" in whole.explain()
+    assert plan(2, 8, "torch").points_per_thread is None

@@ -44,7 +44,8 @@ class NumpyTaylorKernel(TaylorKernel):
     DIRECTIONS_FACTOR = 1.7  # the plan by directions where this x its multiply-adds are fewer: the fused products' are cheaper
     PRODUCTS_BY_CLASSES = False
     PARALLEL_WORK = 10**6  # multiply-adds a thread's part takes at least: the hand-over (tens of us) is paid over
-    PARALLEL_FROM_ORDER = 5  # and from this order on (or point by point at order 2): see docs/performance.md
+    PARALLEL_FROM_ORDER = 5  # chunked calls split from this order at most PARALLEL_MAX_INPUTS inputs (or point by
+    PARALLEL_MAX_INPUTS = 2  # point at order 2): where two threads measured faster, docs/performance.md
     _fused_product = _loop("fused_product")
     _fused_add_scaled = _loop("fused_add_scaled")
     _fused_scaled_rows = _loop("fused_scaled_rows")
