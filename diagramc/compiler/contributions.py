@@ -83,7 +83,7 @@ class ContributionSpec(ModuleSpec):
                 "hidden_layers": self.hidden_layers, "multi_index": list(self.multi_index)}
 
     def module_name(self) -> str:
-        act = self.activation.name if self.activation.name.isidentifier() else "custom"
+        act = self.file_label(self.activation)
         return (f"contributions_{act}_d{len(self.multi_index)}_h{self.hidden_layers}_n{self.order}"
                 f"_{self.digest[:12]}")
 

@@ -73,8 +73,7 @@ class JetSpec(ModuleSpec):
                 "activation": self.architecture.activation.name, "order": self.order}
 
     def module_name(self) -> str:
-        act = self.architecture.activation.name
-        act = act if act.isidentifier() else "custom"
+        act = self.file_label(self.architecture.activation)
         return (
             f"jet_{act}_d{self.architecture.inputs}_h{self.architecture.hidden_layers}"
             f"_n{self.order}_{self.backend}_{self.digest[:12]}"

@@ -63,8 +63,7 @@ class OperatorSpec(ModuleSpec):
                 "activation": self.architecture.activation.name, **described}
 
     def module_name(self) -> str:
-        act = self.architecture.activation.name
-        act = act if act.isidentifier() else "custom"
+        act = self.file_label(self.architecture.activation)
         return (f"operator_{self.name or 'custom'}_{act}_d{self.architecture.inputs}"
                 f"_h{self.architecture.hidden_layers}_{self.backend}_{self.digest[:12]}")
 

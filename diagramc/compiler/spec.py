@@ -60,6 +60,11 @@ class ModuleSpec:
     def digest(self) -> str:
         return sha256(self.inputs_json())
 
+    @staticmethod
+    def file_label(activation) -> str:
+        """The activation's name as a module's file name shows it ("custom" for an expression)."""
+        return activation.name if activation.name.isidentifier() else "custom"
+
 
 @dataclass(frozen=True)
 class KernelSpec(ModuleSpec):
@@ -122,8 +127,7 @@ class KernelSpec(ModuleSpec):
 
     def module_name(self) -> str:
         """A file name that says what the kernel is and, by its hash, exactly which."""
-        act = self.architecture.activation.name
-        act = act if act.isidentifier() else "custom"
+        act = self.file_label(self.architecture.activation)
         return (
             f"taylor_{act}_d{self.architecture.inputs}_h{self.architecture.hidden_layers}"
             f"_n{self.order}_{self.backend}_{self.digest[:12]}"

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from . import interpolation, jet_series
+from .arrays import NumpyArrays
 
 
 def series_work(rule, order):
@@ -204,7 +205,7 @@ def _factorial(alpha):
     return out
 
 
-class NumpyDirectionsKernel(DirectionsKernel):
+class NumpyDirectionsKernel(NumpyArrays, DirectionsKernel):
     """NumPy arrays in x's dtype; tanh's and sigmoid's series in numba's equation loop."""
 
     def __init__(self, plan, activation, fused_activation=None):
@@ -245,15 +246,6 @@ class NumpyDirectionsKernel(DirectionsKernel):
 
     def _constant(self, name, values, like):
         return values if values.dtype == like.dtype else values.astype(like.dtype)
-
-    def _zeros(self, like, shape):
-        return np.zeros(shape, dtype=like.dtype)
-
-    def _empty(self, like, shape):
-        return np.empty(shape, dtype=like.dtype)
-
-    def _cat(self, arrays, axis):
-        return np.concatenate(arrays, axis=axis)
 
     def _stack(self, arrays):
         return np.stack(arrays)

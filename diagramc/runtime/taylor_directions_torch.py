@@ -4,9 +4,10 @@ import torch
 
 from .arguments import torch_arguments
 from .taylor_directions import DirectionsKernel
+from .taylor_torch import TorchArrays
 
 
-class TorchDirectionsKernel(DirectionsKernel):
+class TorchDirectionsKernel(TorchArrays, DirectionsKernel):
     """torch tensors on any device and dtype, differentiable, no Python loop over the batch."""
 
     def __init__(self, plan, activation):
@@ -15,22 +16,6 @@ class TorchDirectionsKernel(DirectionsKernel):
 
     def _prepare(self, params, x):
         return torch_arguments(params, x, self.LAYER_SIZES)
-
-    def _constant(self, name, values, like):
-        key = (name, like.device, like.dtype)
-        if key not in self._CONSTANTS_ON:
-            with torch.inference_mode(False):  # kept for later calls, which may need autograd
-                self._CONSTANTS_ON[key] = torch.as_tensor(values, dtype=like.dtype, device=like.device)
-        return self._CONSTANTS_ON[key]
-
-    def _zeros(self, like, shape):
-        return like.new_zeros(shape)
-
-    def _empty(self, like, shape):
-        return like.new_empty(shape)
-
-    def _cat(self, tensors, dim):
-        return torch.cat(tensors, dim)
 
     def _stack(self, tensors):
         return torch.stack(tensors)

@@ -6,6 +6,7 @@ import numpy as np
 
 from . import threads
 from .arguments import numpy_arguments
+from .arrays import NumpyArrays
 from .taylor_kernel import TaylorKernel
 
 try:
@@ -35,7 +36,7 @@ def _loop(name):
     return None if loops is None else staticmethod(getattr(loops, name))
 
 
-class NumpyTaylorKernel(TaylorKernel):
+class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
     """NumPy arrays in x's dtype; the fused loops where numba takes it."""
 
     FUSED_LOOPS = True
@@ -236,15 +237,6 @@ class NumpyTaylorKernel(TaylorKernel):
         loops.fused_order_two(blas, syrk, J, K is None, KT, slopes, lines, weights, out, *tables["order_two"],
                          self._TOP_SCALES[derivatives])
         return derivatives
-
-    def _zeros(self, like, shape):
-        return np.zeros(shape, dtype=like.dtype)
-
-    def _empty(self, like, shape):
-        return np.empty(shape, dtype=like.dtype)
-
-    def _cat(self, arrays, axis):
-        return np.concatenate(arrays, axis=axis)
 
     def _affine(self, h, W, b):
         """h @ W.T + b."""

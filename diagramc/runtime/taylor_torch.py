@@ -8,7 +8,29 @@ from .arguments import torch_arguments
 from .taylor_kernel import TaylorKernel
 
 
-class TorchTaylorKernel(TaylorKernel):
+class TorchArrays:
+    """The tensor primitives a torch kernel's shared algorithm calls (the Taylor kernel's and the
+    kernel by directions'); the class sets _CONSTANTS_ON = {} in its __init__."""
+
+    def _zeros(self, like, shape):
+        return like.new_zeros(shape)
+
+    def _empty(self, like, shape):
+        return like.new_empty(shape)
+
+    def _cat(self, tensors, dim):
+        return torch.cat(tensors, dim)
+
+    def _constant(self, name, values, like):
+        """values in like's dtype on like's device, kept under name (a call copies nothing from the host)."""
+        key = (name, like.device, like.dtype)
+        if key not in self._CONSTANTS_ON:
+            with torch.inference_mode(False):  # kept for later calls, which may need autograd
+                self._CONSTANTS_ON[key] = torch.as_tensor(values, dtype=like.dtype, device=like.device)
+        return self._CONSTANTS_ON[key]
+
+
+class TorchTaylorKernel(TorchArrays, TaylorKernel):
     """torch tensors on any device and dtype, differentiable, no Python loop over the batch."""
 
     FUSED_LOOPS = False
@@ -102,15 +124,6 @@ class TorchTaylorKernel(TaylorKernel):
             out[i : i + chunk, :, 1 + self._LOW :] = top
         return False
 
-    def _zeros(self, like, shape):
-        return like.new_zeros(shape)
-
-    def _empty(self, like, shape):
-        return like.new_empty(shape)
-
-    def _cat(self, tensors, dim):
-        return torch.cat(tensors, dim)
-
     def _affine(self, h, W, b):
         """h @ W.T + b, one kernel (addmm)."""
         return torch.addmm(b, h, W.T)
@@ -140,13 +153,6 @@ class TorchTaylorKernel(TaylorKernel):
         chunk launches the same few hundred kernels."""
         return self._CHUNK if x.device.type == "cpu" else self._ACCELERATOR_CHUNK
 
-    def _constant(self, name, values, like):
-        """values in like's dtype on like's device, kept under name (a call copies nothing from the host)."""
-        key = (name, like.device, like.dtype)
-        if key not in self._CONSTANTS_ON:
-            with torch.inference_mode(False):  # kept for later calls, which may need autograd
-                self._CONSTANTS_ON[key] = torch.as_tensor(values, dtype=like.dtype, device=like.device)
-        return self._CONSTANTS_ON[key]
 
     def _times_factorials(self, coefficients):
         """coefficients * alpha! (a new tensor: autograd may hold the coefficients)."""

@@ -12,7 +12,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 _ENVIRONMENT = ("DIAGRAMC_NUM_THREADS", "NUMBA_NUM_THREADS", "OMP_NUM_THREADS")
-_state = {"threads": None, "pool": None, "pool_size": 0, "controller": None}
+_state = {"threads": None, "pool": None, "pool_size": 0, "blas": None}
 _lock = threading.Lock()
 
 
@@ -55,7 +55,7 @@ def _pool(size):
 
 def _forget_pool_in_child():
     """A forked child has the pool's object but none of its threads: it makes its own."""
-    _state["pool"], _state["pool_size"], _state["controller"] = None, 0, None
+    _state["pool"], _state["pool_size"], _state["blas"] = None, 0, None
 
 
 if hasattr(os, "register_at_fork"):
@@ -65,7 +65,7 @@ if hasattr(os, "register_at_fork"):
 def _blas_libraries():
     """threadpoolctl's controllers of the BLAS libraries loaded (NumPy's and SciPy's), found
     once; none without threadpoolctl."""
-    if _state["controller"] is None:
+    if _state["blas"] is None:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:
@@ -73,8 +73,8 @@ def _blas_libraries():
         libraries = tuple(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
         if "scipy.linalg.cython_blas" not in sys.modules:  # SciPy's BLAS (the numba loops') not loaded yet: look again later
             return libraries
-        _state["controller"] = libraries
-    return _state["controller"]
+        _state["blas"] = libraries
+    return _state["blas"]
 
 
 @contextlib.contextmanager
