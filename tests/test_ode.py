@@ -250,3 +250,35 @@ def test_compiled_pass_sees_parameters_changed_in_place():
     second = diagramc.ode_derivatives(model, z, 3)
     torch.testing.assert_close(second, lie_derivatives(model, z, 3), rtol=1e-10, atol=1e-11)
     assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("time_input, dtype", [(False, torch.float64), (True, torch.float64), (True, torch.float32)])
+def test_compiled_pass_split_over_threads(monkeypatch, time_input, dtype):
+    """A batch split into parts on threads gives the torch operations' values and gradients."""
+    from diagramc.runtime import jet_torch
+
+    monkeypatch.setattr(jet_torch, "ROWS_PER_THREAD", 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        model = make_model(3, (7, 6, 5), "tanh", time_input, seed=11).to(dtype)
+        z = torch.randn(13, 3, dtype=dtype, requires_grad=True)
+        t = torch.randn(13, dtype=dtype, requires_grad=True) if time_input else None
+        weights = torch.randn(13, 3, 5, dtype=dtype)
+        inputs = [z, *([t] if time_input else []), *model.parameters()]
+
+        def run():
+            out = diagramc.ode_derivatives(model, z, 4, t)
+            reg = diagramc.taylor_regularizer(model, z, 4, t)
+            loss = (out * weights).sum() + (reg * torch.arange(13.0, dtype=dtype)).sum()
+            return out, reg, torch.autograd.grad(loss, inputs)
+
+        (a, ra, ga), (b, rb, gb) = _both_paths(monkeypatch, run)
+        assert any(len(layout.parts) == 3 for layout in jet_torch._LAYOUTS.values())
+    finally:
+        torch.set_num_threads(threads)
+    tol = dict(rtol=1e-11, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
+    torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(ra, rb, **tol)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, **tol)

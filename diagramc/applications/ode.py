@@ -16,26 +16,38 @@ import torch
 from ..errors import DiagramcError
 from ..compiler.jets import compile_jet
 from ..network import Architecture, params_from_torch
+from ..runtime import jet_torch
 
 _MODULES: dict = {}  # (architecture, order) -> the loaded torch jet module
-_READ = weakref.WeakKeyDictionary()  # model -> (its layers, their weights' shapes, architecture, Linear layers)
+_READ = weakref.WeakKeyDictionary()  # model -> _Read
 
 
-def _layers(model):
-    """The model's architecture and Linear layers, read again only when its layers change
-    (walking and checking an nn.Sequential costs more than a small pass itself)."""
+class _Read:
+    """What a model was read as: its layers, their weights' shapes, its architecture, its Linear
+    layers and the jet modules it used, by order (walking and checking an nn.Sequential, or
+    hashing its architecture, costs more than a small pass itself)."""
+
+    __slots__ = ("children", "arch", "linears", "shapes", "modules", "__weakref__")
+
+    def __init__(self, children, arch, linears, shapes):
+        self.children, self.arch, self.linears, self.shapes, self.modules = children, arch, linears, shapes, {}
+
+
+def _read(model):
+    """The model's _Read and its [W1, b1, ..., WL, bL], read again only when its layers change."""
     children = tuple(getattr(model, "_modules", {}).values())
     known = _READ.get(model) if isinstance(model, torch.nn.Module) else None
-    if known is not None and known[0] == children:
-        params = [p for lin in known[2] for p in (lin._parameters["weight"], lin._parameters["bias"])]
-        if all(p is not None and p.shape == shape for p, shape in zip(params, known[3])):
-            return known[1], params
+    if known is not None and known.children == children:
+        params = [p for lin in known.linears for p in (lin._parameters["weight"], lin._parameters["bias"])]
+        if all(p is not None and p.shape == shape for p, shape in zip(params, known.shapes)):
+            return known, params
     arch = Architecture.from_torch(model)
     params = params_from_torch(model)  # its checks too: every Linear has its bias
     linears = [m for m in children if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Linear"]
+    known = _Read(children, arch, linears, tuple(p.shape for p in params))
     if isinstance(model, torch.nn.Module):
-        _READ[model] = (children, arch, linears, tuple(p.shape for p in params))
-    return arch, params
+        _READ[model] = known
+    return known, params
 
 
 def _prepared(model, order: int):
@@ -43,11 +55,14 @@ def _prepared(model, order: int):
     the model's [W1, b1, ..., WL, bL]."""
     if isinstance(order, bool) or not isinstance(order, int) or order < 0:
         raise DiagramcError(f"order must be a non-negative integer, got {order!r}")
-    arch, params = _layers(model)
-    key = (arch, order)
-    module = _MODULES.get(key)
+    known, params = _read(model)
+    module = known.modules.get(order)
     if module is None:
-        module = _MODULES[key] = compile_jet(arch, max(order, 1), "torch")
+        key = (known.arch, order)
+        module = _MODULES.get(key)
+        if module is None:
+            module = _MODULES[key] = compile_jet(known.arch, max(order, 1), "torch")
+        known.modules[order] = module
     return module, params
 
 
@@ -59,7 +74,13 @@ def _series(model, z, order, t, regularizer=False):
     module, params = _prepared(model, order)
     if not isinstance(z, torch.Tensor):
         raise ValueError(f"z must be a torch.Tensor of shape (batch, D), got {type(z).__name__}")
-    return module.ode_series(params, z, t, order, regularizer)
+    D = module.INPUTS - (t is not None)
+    if (z.dim() == 2 and z.shape[1] == D == module.OUTPUTS and order <= module.ORDER + 1
+            and all(p.dtype == z.dtype and p.device == z.device for p in params)):
+        # the module's own checks, made here for a model read above: the runtime directly
+        return jet_torch.ode_series(params, z, t, order, module.series_activation, module.SERIES_RULE,
+                                    module.ACTIVATION, regularizer)
+    return module.ode_series(params, z, t, order, regularizer)  # its error says what is wrong
 
 
 def _factorials(order, like):

@@ -45,22 +45,25 @@ def affine(x, transposed, bias, t, w_t, timed, pre, blas, ints, zero, one):
 
 
 @jit(fastmath={"reassoc", "contract"})
-def forward(c, frac, t, timed, weights, transposed, biases, K, series, store, blas, ints, zero, one):
-    """series[k] = z_[k] for k = 1..K and the store filled (see the module's docstring), from
-    series[0] = z and each hidden layer's coefficient 0, P[0] and A[0] = sigma(P[0]), set by the caller
-    (sigma by NumPy's vectorized functions: numba's tanh is scalar and ten times slower).
+def forward(c, frac, t, timed, weights, transposed, biases, K, first_p, first_a, lo, hi, series, store, top,
+            top_scale, blas, ints, zero, one):
+    """Rows lo..hi of the batch: series[k] = z_[k] for k = 1..K and this part's store filled (see
+    the module's docstring), from series[0] = z and each hidden layer's coefficient 0 for the
+    whole batch, first_p[l] = P[0] and first_a[l] = A[0] = sigma(P[0]) (sigma by NumPy's
+    vectorized functions: numba's tanh is scalar and ten times slower), set by the caller; top
+    (batch,), unless empty, gets top_scale times the sum of squares of z_[K] per row.
 
     c = (c0, c1, c2) of sigma' = c0 + c1 sigma + c2 sigma^2 and frac[k, j] = j / k, both in the
     dtype (no float64 inside the float32 loops); t (batch,) read when timed (time the last input
     of the first layer); transposed: the weights' transposes without the time column."""
     L = len(weights)
-    B, D = series.shape[1], series.shape[2]
+    B, D = hi - lo, series.shape[2]
     offsets = _sizes(weights)
     c0, c1, c2 = c[0], c[1], c[2]
     twice = c2 + c2  # in the dtype: a float64 constant would widen the float32 loops
     y = np.empty((B, D), dtype=series.dtype)
     for k in range(K):
-        x = series[k]
+        x = series[k][lo:hi]
         for l in range(L):
             n = weights[l].shape[0]
             last = l == L - 1
@@ -69,7 +72,11 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, series, store, bl
                 A = _block(store, offsets, l, 1, K, B, n)
                 U = _block(store, offsets, l, 2, K, B, n)
             if k == 0 and not last:  # P[0], A[0] given: sigma' at coefficient 0 by the equation
-                a, u = A[0], U[0]
+                p, a, u, fp, fa = P[0], A[0], U[0], first_p[l], first_a[l]
+                for b in range(B):
+                    for o in range(n):
+                        p[b * n + o] = fp[lo + b, o]
+                        a[b * n + o] = fa[lo + b, o]
                 for i in range(B * n):
                     u[i] = c0 + c1 * a[i] + c2 * a[i] * a[i]
                 x = a.reshape((B, n))
@@ -81,11 +88,11 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, series, store, bl
             if l == 0 and timed and k <= 1:  # time's series is t0 + 1 s
                 w_t = weights[0][:, weights[0].shape[1] - 1]
                 for b in range(B):
-                    scale = t[b] if k == 0 else 1.0
+                    scale = t[lo + b] if k == 0 else 1.0
                     for o in range(n):
                         pre[b, o] += scale * w_t[o]
             if last:
-                series[k + 1] = y * frac[k + 1, 1]
+                series[k + 1][lo:hi] = y * frac[k + 1, 1]
                 break
             p, a = P[k], A[k]
             m = k - 1  # sigma' to coefficient k - 1, then sigma to k
@@ -110,19 +117,38 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, series, store, bl
                 for i in range(B * n):
                     a[i] += w * pj[i] * ur[i]
             x = a.reshape((B, n))
+    if top.shape[0] > 0:
+        zk = series[K]
+        for b in range(B):
+            total = 0.0
+            for i in range(D):
+                total += zk[lo + b, i] * zk[lo + b, i]
+            top[lo + b] = top_scale * total
 
 
 @jit(fastmath={"reassoc", "contract"})
-def reverse(c, frac, t, timed, weights, K, series, store, G, grads, ybar, dweights, dbiases, dz, dt, blas, ints, zero, one):
-    """The adjoint of forward: from G (K + 1, batch, D), the gradient of series, accumulate
-    dweights, dbiases (zeroed by the caller), dz (batch, D) and dt (batch,) when timed.
-    grads: a zeroed store; ybar: (K, batch, D) scratch."""
+def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_scale, dweights, dbiases, dz, dt,
+            blas, ints, zero, one):
+    """The adjoint of forward on rows lo..hi: from G (K + 1, batch, D), the gradient of series (empty:
+    none), and g_top (batch,) that of forward's top (empty: none), accumulate this part's dweights
+    and dbiases (zeroed by the caller), and write its rows of dz (batch, D) and dt (batch,, zeroed
+    by the caller, read when timed)."""
     L = len(weights)
-    B = G.shape[1]
+    B, D = hi - lo, series.shape[2]
     offsets = _sizes(weights)
     c1, c2 = c[1], c[2]
     twice = c2 + c2
-    zbar = G.copy()
+    zbar = np.zeros((K + 1, B, D), dtype=series.dtype)
+    if G.shape[0] > 0:
+        zbar[:] = G[:, lo:hi]
+    if g_top.shape[0] > 0:
+        top = series[K]
+        for b in range(B):
+            scale = top_scale * g_top[lo + b]
+            for i in range(D):
+                zbar[K, b, i] += scale * top[lo + b, i]
+    grads = np.zeros_like(store)
+    ybar = np.empty((K, B, D), dtype=series.dtype)
     for k in range(K - 1, -1, -1):
         ybar[k] = zbar[k + 1] * frac[k + 1, 1]
         pbar = ybar[k]
@@ -165,10 +191,10 @@ def reverse(c, frac, t, timed, weights, K, series, store, G, grads, ybar, dweigh
                         total = 0.0
                         for o in range(n):
                             total += pbar[b, o] * w_t[o]
-                        dt[b] += total
+                        dt[lo + b] += total
                 if k <= 1:  # time's series is t0 + 1 s
                     for b in range(B):
-                        scale = t[b] if k == 0 else 1.0
+                        scale = t[lo + b] if k == 0 else 1.0
                         for o in range(n):
                             dweights[0][o, inputs] += scale * pbar[b, o]
             if l == 0:
@@ -180,7 +206,7 @@ def reverse(c, frac, t, timed, weights, K, series, store, G, grads, ybar, dweigh
                 for b in range(B):
                     for o in range(n):
                         dbiases[l][o] += pbar[b, o]
-    dz[:] = zbar[0]
+    dz[lo:hi] = zbar[0]
     # each layer's weight gradient over all steps at once: sum_k pbar_k^T x_k
     for l in range(L):
         n = weights[l].shape[0]
@@ -189,8 +215,9 @@ def reverse(c, frac, t, timed, weights, K, series, store, G, grads, ybar, dweigh
             Pall = ybar.reshape((K * B, n))
         else:
             Pall = _block(grads, offsets, l, 0, K, B, n).reshape((K * B, n))
-        if l == 0:
-            X = series[:K].reshape((K * B, inputs))
+        if l == 0:  # this part's rows of each coefficient: not one block
+            for k in range(K):
+                gemm(blas, Pall[k * B: (k + 1) * B], series[k][lo:hi], dweights[0][:, :inputs], True, False, one, ints, one)
         else:
             X = _block(store, offsets, l - 1, 1, K, B, weights[l - 1].shape[0]).reshape((K * B, inputs))
-        gemm(blas, Pall, X, dweights[l][:, :inputs], True, False, one, ints, one)
+            gemm(blas, Pall, X, dweights[l][:, :inputs], True, False, one, ints, one)

@@ -75,18 +75,18 @@ def _tanh(x, out):
 _SIGMA = (_tanh, _sigmoid)  # NumPy's vectorized functions, by kind
 
 
-_BLAS: dict = {}  # dtype -> gemm's routine and scratch (numba calls hold the GIL: one scratch serves all)
+_BLAS: dict = {}  # dtype -> gemm's routine and constants (its integer scratch is per call: calls run on threads)
 
 
 def _blas_arguments(dtype):
-    """gemm's routine and scratch (numpy_loops.gemm) for a dtype."""
+    """gemm's routine, an empty array, and gemm's constants 0 and 1 (numpy_loops.gemm) for a dtype."""
     arguments = _BLAS.get(dtype)
     if arguments is None:
         import numpy as np
 
         from .numpy_loops import DGEMM, SGEMM
 
-        arguments = _BLAS[dtype] = (DGEMM if dtype == np.float64 else SGEMM, np.empty(8, dtype=np.int32),
+        arguments = _BLAS[dtype] = (DGEMM if dtype == np.float64 else SGEMM, np.zeros(0, dtype=dtype),
                                     np.zeros(1, dtype=dtype), np.ones(1, dtype=dtype))
     return arguments
 
@@ -106,45 +106,87 @@ def _compiled_applies(name, rule, params, z, t, order):
 
 
 _ARRAYS: dict = {}  # the parameters' NumPy views, by identity and storage, a few sets at a time
-_FRACTIONS: dict = {}  # (order, dtype) -> frac[k, j] = j / k
+_LAYOUTS: dict = {}  # per shapes, batch, order, dtype and activation: what a call needs that only they decide
+
+# Rows of the batch per thread below which a compiled call runs on the calling thread alone:
+# handing a part to another thread costs tens of microseconds
+ROWS_PER_THREAD = 48
 
 
-def _prepared(flat, timed):
-    """(weights, biases, transposes without the time column) as NumPy arrays: the views kept while
-    the parameters keep their storage (a solver calls with the same ones many times), the
-    transposes made each call (values may change in place, even through .data, unversioned)."""
-    import numpy as np
-
+def _views(flat):
+    """The parameters as NumPy arrays, [W1, b1, ...]: views kept while the parameters keep their
+    storage (a solver calls with the same ones many times; values may change in place, even
+    through .data, unversioned, and views see that)."""
     key = tuple((id(p), p.data_ptr()) for p in flat)
     entry = _ARRAYS.get(key)
     if entry is None:
         if len(_ARRAYS) >= 8:
             _ARRAYS.pop(next(iter(_ARRAYS)))
         entry = _ARRAYS[key] = (flat, tuple(p.detach().contiguous().numpy() for p in flat))  # flat held: ids stay theirs
-    weights, biases = entry[1][0::2], entry[1][1::2]
-    transposed = tuple(np.ascontiguousarray(W[:, : W.shape[1] - (timed and l == 0)].T) for l, W in enumerate(weights))
-    return weights, biases, transposed
+    return entry[1]
 
 
-def _fractions(order, dtype):
-    key = (order, dtype)
-    frac = _FRACTIONS.get(key)
-    if frac is None:
+class _Layout:
+    """What a compiled call needs that depends only on the shapes, the order, the dtype and the
+    activation (made once, kept): each thread's rows and its share of the store, step fractions,
+    the activation's equation, and the gradient buffer's layout."""
+
+    def __init__(self, arrays, B, D, K, dtype, kind, c, timed, threads):
         import numpy as np
 
-        frac = _FRACTIONS[key] = np.array([[j / k if k else 0.0 for j in range(order + 2)] for k in range(order + 2)],
-                                          dtype=dtype)
-    return frac
+        weights = arrays[0::2]
+        self.kind, self.timed, self.K, self.D = kind, timed, K, D
+        self.widths = [W.shape[0] for W in weights[:-1]]
+        self.c = np.asarray(c, dtype=dtype)
+        self.frac = np.array([[j / k if k else 0.0 for j in range(K + 2)] for k in range(K + 2)], dtype=dtype)
+        parts = max(1, min(threads, B // ROWS_PER_THREAD))
+        cuts = [B * i // parts for i in range(parts + 1)]
+        self.parts = list(zip(cuts[:-1], cuts[1:]))
+        per_row = 3 * K * sum(self.widths)  # P, A and U of every hidden layer, K coefficients each
+        self.stores = [(per_row * lo, per_row * hi) for lo, hi in self.parts]
+        self.store_size = per_row * B
+        sizes = [W.size for W in weights] + [W.shape[0] for W in weights]
+        ends = np.cumsum(sizes).tolist()
+        self.gradient_size = ends[-1]
+        self.weight_slices = [(e - W.size, e, W.shape) for W, e in zip(weights, ends)]
+        self.bias_slices = [(e - W.shape[0], e) for W, e in zip(weights, ends[len(weights):])]
+        self.top_scale = float(math.factorial(K)) ** 2 / D  # mean over the states of (K! z_K)^2
+        self.blas = _blas_arguments(dtype)
+
+    def gradients(self, buffer):
+        """The weights' and biases' gradients as views of one buffer: ([dW1, ...], [db1, ...])."""
+        return ([buffer[a:e].reshape(shape) for a, e, shape in self.weight_slices],
+                [buffer[a:e] for a, e in self.bias_slices])
 
 
-def _unread_time(dtype):
-    """An unread time array (autonomous dynamics)."""
-    return _blas_arguments(dtype)[2]
+def _layout(arrays, B, D, K, dtype, kind, c, timed, threads):
+    key = (tuple(a.shape for a in arrays[0::2]), B, K, dtype, kind, c, timed, threads)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        if len(_LAYOUTS) >= 64:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        layout = _LAYOUTS[key] = _Layout(arrays, B, D, K, dtype, kind, c, timed, threads)
+    return layout
+
+
+def _in_parts(function, lay):
+    """[function(i) for each part i of the batch's rows], several at once on threads (runtime.threads;
+    each part is one compiled call, which lets go of the GIL), one BLAS thread each."""
+    if len(lay.parts) == 1:
+        return [function(0)]
+    return threads.run_parts(function, range(len(lay.parts)), len(lay.parts))
+
+
+def _unread(dtype):
+    """An empty array: an unread time (autonomous dynamics), no gradient given."""
+    return _blas_arguments(dtype)[1]
 
 
 class _CompiledSeries(torch.autograd.Function):
-    """ode_series as two numba calls (runtime.jet_ode_loops): the forward pass, and its adjoint by
-    hand. Autograd records one node instead of hundreds of small ones."""
+    """ode_series as compiled passes (runtime.jet_ode_loops): coefficient 0 through the network for
+    the whole batch, then the forward pass and its adjoint written by hand, each one numba call per
+    part of the batch's rows, the parts on torch's threads where the batch is large enough.
+    Autograd records one node instead of hundreds of small ones."""
 
     @staticmethod
     def forward(ctx, kind, activation, rule, order, regularizer, z, t, *flat):
@@ -154,38 +196,42 @@ class _CompiledSeries(torch.autograd.Function):
 
         timed = t is not None
         zn = z.detach().contiguous().numpy()
-        dtype = zn.dtype
-        tn = t.detach().contiguous().numpy() if timed else _unread_time(dtype)
-        weights, biases, transposed = _prepared(flat, timed)
         B, D = zn.shape
-        K = order
-        frac = _fractions(K, dtype)
-        series = np.empty((K + 1, B, D), dtype=dtype)
-        widths = [W.shape[0] for W in weights[:-1]]
-        store = np.empty(3 * K * B * sum(widths), dtype=dtype)
-        c = np.asarray(rule[1], dtype=dtype)
-        blas, ints, zero, one = _blas_arguments(dtype)
+        dtype = zn.dtype
+        tn = t.detach().contiguous().numpy() if timed else _unread(dtype)
+        arrays = _views(flat)
+        weights, biases = arrays[0::2], arrays[1::2]
+        lay = _layout(arrays, B, D, order, dtype, kind, rule[1], timed, torch.get_num_threads())
+        blas, _, zero, one = lay.blas
+        # remade each call: values may have changed in place
+        transposed = tuple(np.ascontiguousarray(W[:, : W.shape[1] - (timed and l == 0)].T) for l, W in enumerate(weights))
+        series = np.empty((order + 1, B, D), dtype=dtype)
         series[0] = zn
-        x, start = zn, 0
-        with threads.blas_threads(torch.get_num_threads()):  # BLAS follows torch.set_num_threads
-            for l, n in enumerate(widths):  # coefficient 0 through the network
-                P0 = store[start: start + B * n].reshape(B, n)
-                A0 = store[start + K * B * n: start + (K + 1) * B * n].reshape(B, n)
+        store = np.empty(lay.store_size, dtype=dtype)
+        top = np.empty(B if regularizer else 0, dtype=dtype)
+        with threads.blas_threads(1 if len(lay.parts) > 1 else torch.get_num_threads()):  # BLAS follows torch's threads
+            first_p, first_a, x = [], [], zn
+            for l, n in enumerate(lay.widths):  # coefficient 0 through the network, the whole batch
+                P0, A0 = np.empty((B, n), dtype=dtype), np.empty((B, n), dtype=dtype)
                 w_t = weights[0][:, -1] if timed and l == 0 else biases[l]
-                loops.affine(x, transposed[l], biases[l], tn, w_t, timed and l == 0, P0, blas, ints, zero, one)
+                loops.affine(x, transposed[l], biases[l], tn, w_t, timed and l == 0, P0, blas, np.empty(8, np.int32), zero, one)
                 _SIGMA[kind](P0, out=A0)
-                x, start = A0, start + 3 * K * B * n
-            loops.forward(c, frac, tn, timed, weights, transposed, biases, K, series, store, blas, ints, zero, one)
-        out = torch.from_numpy(series)
-        top = None
-        if regularizer:  # the regularizer here too: no autograd nodes of its own
-            scaled = series[K] * float(math.factorial(K))
-            top = torch.from_numpy(np.square(scaled, out=scaled).sum(axis=1) / D)
-        ctx.numpy = (c, frac, tn, weights, store, blas)
-        ctx.setup = (activation, rule, order, timed, regularizer)
-        ctx.save_for_backward(z, t, out, *flat)
+                first_p.append(P0)
+                first_a.append(A0)
+                x = A0
+            first_p, first_a = tuple(first_p), tuple(first_a)
+
+            def forward(i):
+                (lo, hi), (start, end) = lay.parts[i], lay.stores[i]
+                loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, first_p, first_a, lo, hi,
+                              series, store[start:end], top, lay.top_scale, blas, np.empty(8, np.int32), zero, one)
+
+            _in_parts(forward, lay)
+        ctx.numpy = (lay, tn, weights, series, store)
+        ctx.setup = (activation, rule, order, timed)
+        ctx.save_for_backward(z, t, *flat)
         ctx.set_materialize_grads(False)
-        return out, top
+        return torch.from_numpy(series), torch.from_numpy(top) if regularizer else None
 
     @staticmethod
     def backward(ctx, G, G_top):
@@ -193,28 +239,32 @@ class _CompiledSeries(torch.autograd.Function):
 
         from . import jet_ode_loops as loops
 
-        activation, rule, order, timed, regularizer = ctx.setup
-        z, t, series, *flat = ctx.saved_tensors
+        activation, rule, order, timed = ctx.setup
+        z, t, *flat = ctx.saved_tensors
         if torch.is_grad_enabled():  # a gradient of the gradient: the same pass as torch operations
             return (None,) * 5 + _recorded_backward(z, t if timed else None, flat, order, activation, rule, G, G_top)
-        c, frac, tn, weights, store, blas = ctx.numpy
-        dtype = c.dtype
-        K = order
-        B, D = z.shape
-        Gn = np.zeros((K + 1, B, D), dtype=dtype) if G is None else G.detach().to(z.dtype).numpy().copy()
-        if G_top is not None:  # d/dz_K of mean((K! z_K)^2) over the states
-            Gn[K] += (G_top.detach().to(z.dtype).numpy() * (2.0 * math.factorial(K) ** 2 / D))[:, None] * series[K].numpy()
-        sizes = [W.size for W in weights] + [W.shape[0] for W in weights]
-        buffer = np.zeros(sum(sizes) + B, dtype=dtype)  # every gradient a view of one zeroed buffer
-        ends = np.cumsum(sizes)
-        dweights = tuple(buffer[e - W.size: e].reshape(W.shape) for W, e in zip(weights, ends))
-        dbiases = tuple(buffer[e - W.shape[0]: e] for W, e in zip(weights, ends[len(weights):]))
-        dz = np.empty((B, D), dtype=dtype)
-        dt = buffer[ends[-1]:]
-        with threads.blas_threads(torch.get_num_threads()):  # BLAS follows torch.set_num_threads
-            loops.reverse(c, frac, tn, timed, weights, K, series.detach().numpy(), store, Gn, np.zeros_like(store),
-                          np.empty((K, B, D), dtype=dtype), dweights, dbiases, dz, dt, *_blas_arguments(dtype))
-        grads = [torch.from_numpy(a) for pair in zip(dweights, dbiases) for a in pair]
+        lay, tn, weights, series, store = ctx.numpy
+        ctx.numpy = None
+        dtype = series.dtype
+        B, D = series.shape[1], series.shape[2]
+        Gn = np.zeros((0, 0, 0), dtype=dtype) if G is None else np.ascontiguousarray(G.detach().to(z.dtype).numpy())
+        gn = _unread(dtype) if G_top is None else G_top.detach().to(z.dtype).contiguous().numpy()
+        dz, dt = np.empty((B, D), dtype=dtype), np.zeros(B, dtype=dtype)
+        blas, _, zero, one = lay.blas
+
+        def reverse(i):
+            (lo, hi), (start, end) = lay.parts[i], lay.stores[i]
+            buffer = np.zeros(lay.gradient_size, dtype=dtype)
+            dweights, dbiases = lay.gradients(buffer)
+            loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, store[start:end], Gn, gn,
+                          2.0 * lay.top_scale, tuple(dweights), tuple(dbiases), dz, dt, blas, np.empty(8, np.int32), zero, one)
+            return buffer
+
+        with threads.blas_threads(1 if len(lay.parts) > 1 else torch.get_num_threads()):
+            buffers = _in_parts(reverse, lay)
+        buffer = buffers[0] if len(buffers) == 1 else np.sum(buffers, axis=0)
+        dweights, dbiases = lay.gradients(buffer)
+        grads = [torch.from_numpy(g) for pair in zip(dweights, dbiases) for g in pair]
         return (None,) * 5 + (torch.from_numpy(dz), torch.from_numpy(dt) if timed else None, *grads)
 
 
