@@ -273,11 +273,23 @@ def activation_pointer(loop, dtype):
     pointer.compile()
     return pointer
 
+@numba.extending.intrinsic
+def _call_activation(typingctx, address, zs, value, weights):
+    """Calls the activation cfunc at `address` (activation_pointer's) with its three arrays, each
+    passed as its struct by value, the way numba's cfunc wrapper takes them. An integer address,
+    not the cfunc object: typing a function object costs a call more than the work at one point."""
+    def codegen(context, builder, signature, args):
+        argtypes = [context.get_value_type(t) for t in signature.args[1:]]
+        routine = llvmlite.ir.FunctionType(context.get_value_type(numba.types.void), argtypes)
+        builder.call(builder.inttoptr(args[0], routine.as_pointer()), args[1:])
+        return context.get_dummy_value()
+    return numba.types.void(address, zs, value, weights), codegen
+
 @jit()
 def fused_vertices(activation, weight_count, slope_slot, curvature_slot, blas, x, weights, biases, out, slopes, lines):
     """The point-independent part of order 2 for a batch, without NumPy's per-operation
     cost (most of a one-point call): layer by layer z = h W^T + b (one BLAS product; up to
-    FEW_ROWS points, a numba loop) and sigma'(z) by `activation` (activation_pointer: it
+    FEW_ROWS points, a numba loop) and sigma'(z) by `activation` (activation_pointer's address: it
     writes the weight_count non-zero vertex weights, sigma' in slope_slot, sigma''/2 in
     curvature_slot) into slopes (hidden layers, batch, widest), the output value into
     out[:, :, 0] (out whole, as fused_order_two takes it); then the output lines g = df/dh
@@ -304,7 +316,7 @@ def fused_vertices(activation, weight_count, slope_slot, curvature_slot, blas, x
                     value[b, o] = z[b, o]
             break
         h, factors = np.empty_like(z), np.empty((weight_count,) + z.shape, dtype=z.dtype)
-        activation(z, h, factors)
+        _call_activation(activation, z, h, factors)
         for b in range(batch):
             for j in range(width):
                 slopes[l, b, j] = factors[slope_slot, b, j]

@@ -232,7 +232,7 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         widest = max([self.OUTPUTS] + [W.shape[0] for W in weights])
         slopes = self._empty(x, (len(weights) - 1, x.shape[0], widest))  # layer l's sigma' in slopes[l, :, :width]
         lines = self._empty(x, (len(weights) - 1, x.shape[0], self.OUTPUTS, widest))
-        loops.fused_vertices(self._activation_pointer(x.dtype), self._WEIGHT_COUNT, self._WEIGHT_SLOTS[0],
+        loops.fused_vertices(self._activation_pointer(x.dtype).address, self._WEIGHT_COUNT, self._WEIGHT_SLOTS[0],
                              self._WEIGHT_SLOTS[1], blas, C(x), weights, biases, out, slopes, lines)
         loops.fused_order_two(blas, syrk, J, K is None, KT, slopes, lines, weights, out, *tables["order_two"],
                          self._TOP_SCALES[derivatives])
