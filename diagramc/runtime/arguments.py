@@ -1,5 +1,6 @@
 """Checks of a kernel call's arguments, the same for every kernel kind: a ValueError naming the
 parameter and what it expects."""
+import functools
 
 
 def param_name(i: int) -> str:
@@ -9,18 +10,23 @@ def param_name(i: int) -> str:
 
 def param_shapes(layer_sizes) -> list:
     """The shapes of [W1, b1, ..., WL, bL] in the torch.nn.Linear convention."""
-    return [s for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]) for s in ((n_out, n_in), (n_out,))]
+    return list(_param_shapes(tuple(layer_sizes)))
+
+
+@functools.lru_cache(maxsize=64)  # read on every kernel call
+def _param_shapes(layer_sizes: tuple) -> tuple:
+    return tuple(s for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]) for s in ((n_out, n_in), (n_out,)))
 
 
 def check_params(params, layer_sizes) -> None:
     """The layer count and every parameter's shape."""
-    shapes = param_shapes(layer_sizes)
+    shapes = _param_shapes(tuple(layer_sizes))
     if len(params) != len(shapes):
         layers = len(shapes) // 2
         raise ValueError(f"params has {len(params)} arrays; expected {len(shapes)}: "
                          f"[W1, b1, ..., W{layers}, b{layers}] for layer sizes {tuple(layer_sizes)}")
     for i, (p, shape) in enumerate(zip(params, shapes)):
-        if tuple(getattr(p, "shape", ())) != shape:
+        if getattr(p, "shape", ()) != shape and tuple(getattr(p, "shape", ())) != shape:  # (a tuple or torch.Size: equal as they are)
             raise ValueError(f"params[{i}] ({param_name(i)}) has shape {tuple(getattr(p, 'shape', ()))}; expected {shape}")
 
 

@@ -286,7 +286,7 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
     def _parts(self, batch):
         """One slice of the batch per thread, each of at least _POINTS_PER_THREAD points (the
         whole batch, None, where it has too few for two)."""
-        if self._POINTS_PER_THREAD is None:
+        if self._POINTS_PER_THREAD is None or batch < 2 * self._POINTS_PER_THREAD:
             return [None]
         count = min(threads.get_num_threads(), batch // self._POINTS_PER_THREAD)
         if count <= 1:
