@@ -254,10 +254,12 @@ def test_compiled_pass_sees_parameters_changed_in_place():
 
 @pytest.mark.parametrize("time_input, dtype", [(False, torch.float64), (True, torch.float64), (True, torch.float32)])
 def test_compiled_pass_split_over_threads(monkeypatch, time_input, dtype):
-    """A batch split into parts on threads gives the torch operations' values and gradients."""
+    """A batch in tiles, spread over threads, gives the torch operations' values and gradients."""
     from diagramc.runtime import jet_torch
 
     monkeypatch.setattr(jet_torch, "ROWS_PER_THREAD", 4)
+    monkeypatch.setattr(jet_torch, "SPLIT_WORK", 1)
+    monkeypatch.setattr(jet_torch, "TILE_BYTES", 1)  # a tile a row: several tiles a thread
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
@@ -274,7 +276,7 @@ def test_compiled_pass_split_over_threads(monkeypatch, time_input, dtype):
             return out, reg, torch.autograd.grad(loss, inputs)
 
         (a, ra, ga), (b, rb, gb) = _both_paths(monkeypatch, run)
-        assert any(len(layout.parts) == 3 for layout in jet_torch._LAYOUTS.values())
+        assert any(len(layout.groups) == 3 and len(layout.parts) == 13 for layout in jet_torch._LAYOUTS.values())
     finally:
         torch.set_num_threads(threads)
     tol = dict(rtol=1e-11, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)

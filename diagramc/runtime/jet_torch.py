@@ -108,9 +108,15 @@ def _compiled_applies(name, rule, params, z, t, order):
 _ARRAYS: dict = {}  # the parameters' NumPy views, by identity and storage, a few sets at a time
 _LAYOUTS: dict = {}  # per shapes, batch, order, dtype and activation: what a call needs that only they decide
 
-# Rows of the batch per thread below which a compiled call runs on the calling thread alone:
-# handing a part to another thread costs tens of microseconds
+# A compiled call goes through its batch in tiles of rows whose share of the store takes at most
+# TILE_BYTES (kept in a core's cache: a store of megabytes runs several times slower), and
+# spreads the tiles over threads from ROWS_PER_THREAD rows and SPLIT_WORK multiply-adds a
+# thread: handing work to another thread and back costs tens of microseconds
+TILE_BYTES = 2**20
 ROWS_PER_THREAD = 48
+SPLIT_WORK = 2**25
+# Multiply-adds of a layer's product from which an unsplit call lets BLAS use torch's threads
+BLAS_THREADS_WORK = 2**24
 
 
 def _views(flat):
@@ -128,7 +134,8 @@ def _views(flat):
 
 class _Layout:
     """What a compiled call needs that depends only on the shapes, the order, the dtype and the
-    activation (made once, kept): each thread's rows and its share of the store, step fractions,
+    activation (made once, kept): the tiles' rows and their shares of the store, each thread's
+    tiles, step fractions,
     the activation's equation, and the gradient buffer's layout."""
 
     def __init__(self, arrays, B, D, K, dtype, kind, c, timed, threads):
@@ -139,12 +146,19 @@ class _Layout:
         self.widths = [W.shape[0] for W in weights[:-1]]
         self.c = np.asarray(c, dtype=dtype)
         self.frac = np.array([[j / k if k else 0.0 for j in range(K + 2)] for k in range(K + 2)], dtype=dtype)
-        parts = max(1, min(threads, B // ROWS_PER_THREAD))
-        cuts = [B * i // parts for i in range(parts + 1)]
-        self.parts = list(zip(cuts[:-1], cuts[1:]))
         per_row = 3 * K * sum(self.widths)  # P, A and U of every hidden layer, K coefficients each
+        tiles = max(1, min(B, -(-per_row * B * np.dtype(dtype).itemsize // TILE_BYTES)))
+        cuts = [B * i // tiles for i in range(tiles + 1)]
+        self.parts = list(zip(cuts[:-1], cuts[1:]))  # the tiles' rows
         self.stores = [(per_row * lo, per_row * hi) for lo, hi in self.parts]
         self.store_size = per_row * B
+        # a call's multiply-adds, forward and back: K coefficients through every layer, three times
+        work = 3 * K * B * sum(W.size for W in weights)
+        count = max(1, min(threads, tiles, B // ROWS_PER_THREAD, work // SPLIT_WORK))
+        self.groups = [range(tiles * i // count, tiles * (i + 1) // count) for i in range(count)]  # each thread's tiles
+        # BLAS's own threads only for products large enough to pay for waking them
+        self.blas_threads = threads if count == 1 and max(hi - lo for lo, hi in self.parts) * max(
+            W.size for W in weights) >= BLAS_THREADS_WORK else 1
         sizes = [W.size for W in weights] + [W.shape[0] for W in weights]
         ends = np.cumsum(sizes).tolist()
         self.gradient_size = ends[-1]
@@ -170,11 +184,11 @@ def _layout(arrays, B, D, K, dtype, kind, c, timed, threads):
 
 
 def _in_parts(function, lay):
-    """[function(i) for each part i of the batch's rows], several at once on threads (runtime.threads;
-    each part is one compiled call, which lets go of the GIL), one BLAS thread each."""
-    if len(lay.parts) == 1:
-        return [function(0)]
-    return threads.run_parts(function, range(len(lay.parts)), len(lay.parts))
+    """[function(group) for each thread's group of tiles]: several groups at once on threads
+    (runtime.threads; each tile is one compiled call, which lets go of the GIL), or one here."""
+    if len(lay.groups) == 1:
+        return [function(lay.groups[0])]
+    return threads.run_parts(function, lay.groups, len(lay.groups))
 
 
 def _unread(dtype):
@@ -209,7 +223,7 @@ class _CompiledSeries(torch.autograd.Function):
         series[0] = zn
         store = np.empty(lay.store_size, dtype=dtype)
         top = np.empty(B if regularizer else 0, dtype=dtype)
-        with threads.blas_threads(1 if len(lay.parts) > 1 else torch.get_num_threads()):  # BLAS follows torch's threads
+        with threads.blas_threads(lay.blas_threads):
             first_p, first_a, x = [], [], zn
             for l, n in enumerate(lay.widths):  # coefficient 0 through the network, the whole batch
                 P0, A0 = np.empty((B, n), dtype=dtype), np.empty((B, n), dtype=dtype)
@@ -221,10 +235,12 @@ class _CompiledSeries(torch.autograd.Function):
                 x = A0
             first_p, first_a = tuple(first_p), tuple(first_a)
 
-            def forward(i):
-                (lo, hi), (start, end) = lay.parts[i], lay.stores[i]
-                loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, first_p, first_a, lo, hi,
-                              series, store[start:end], top, lay.top_scale, blas, np.empty(8, np.int32), zero, one)
+            def forward(group):
+                ints = np.empty(8, np.int32)
+                for i in group:
+                    (lo, hi), (start, end) = lay.parts[i], lay.stores[i]
+                    loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, first_p, first_a, lo,
+                                  hi, series, store[start:end], top, lay.top_scale, blas, ints, zero, one)
 
             _in_parts(forward, lay)
         ctx.numpy = (lay, tn, weights, series, store)
@@ -252,15 +268,16 @@ class _CompiledSeries(torch.autograd.Function):
         dz, dt = np.empty((B, D), dtype=dtype), np.zeros(B, dtype=dtype)
         blas, _, zero, one = lay.blas
 
-        def reverse(i):
-            (lo, hi), (start, end) = lay.parts[i], lay.stores[i]
-            buffer = np.zeros(lay.gradient_size, dtype=dtype)
-            dweights, dbiases = lay.gradients(buffer)
-            loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, store[start:end], Gn, gn,
-                          2.0 * lay.top_scale, tuple(dweights), tuple(dbiases), dz, dt, blas, np.empty(8, np.int32), zero, one)
+        def reverse(group):  # the group's tiles accumulate into one buffer
+            buffer, ints = np.zeros(lay.gradient_size, dtype=dtype), np.empty(8, np.int32)
+            dweights, dbiases = map(tuple, lay.gradients(buffer))
+            for i in group:
+                (lo, hi), (start, end) = lay.parts[i], lay.stores[i]
+                loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, store[start:end], Gn, gn,
+                              2.0 * lay.top_scale, dweights, dbiases, dz, dt, blas, ints, zero, one)
             return buffer
 
-        with threads.blas_threads(1 if len(lay.parts) > 1 else torch.get_num_threads()):
+        with threads.blas_threads(lay.blas_threads):
             buffers = _in_parts(reverse, lay)
         buffer = buffers[0] if len(buffers) == 1 else np.sum(buffers, axis=0)
         dweights, dbiases = lay.gradients(buffer)
