@@ -47,6 +47,7 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
     PARALLEL_WORK = 10**6  # multiply-adds a thread's part takes at least: the hand-over (tens of us) is paid over
     PARALLEL_FROM_ORDER = 5  # chunked calls split from this order at most PARALLEL_MAX_INPUTS inputs (or point by
     PARALLEL_MAX_INPUTS = 2  # point at order 2): where two threads measured faster, docs/performance.md
+    BLAS_THREADS_WORK = 2**25  # multiply-adds of a chunk's largest product from which BLAS uses the call's threads
     _fused_product = _loop("fused_product")
     _fused_add_scaled = _loop("fused_add_scaled")
     _fused_scaled_rows = _loop("fused_scaled_rows")
@@ -300,10 +301,16 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
     def _coefficients(self, params, x, derivatives):
         if len(x) * self.MULTIPLY_ADDS["total"] < self.PARALLEL_WORK:  # products too small for BLAS's threads
             return super()._coefficients(params, x, derivatives)
-        # BLAS on no more threads than the call may use: more than the cores it may run on
-        # (a pinned process, a busy machine) spin against each other, 10x slower
-        with threads.blas_threads(threads.get_num_threads()):
-            return super()._coefficients(params, x, derivatives)
+        # BLAS on no more threads than the call may use (more than the cores it may run on, on a
+        # pinned process or a busy machine, spin against each other, 10x slower), and on one
+        # where a chunk's products are small: waking BLAS's threads for each costs more than they give
+        return self._with_blas_threads(lambda: super(NumpyTaylorKernel, self)._coefficients(params, x, derivatives))
+
+    def _with_blas_threads(self, call):
+        largest = self._CHUNK * self._LOW * max(self.LAYER_SIZES[1:-1], default=1) ** 2
+        count = threads.get_num_threads() if largest >= self.BLAS_THREADS_WORK else 1
+        with threads.blas_threads(count):
+            return call()
 
     def _times_factorials(self, coefficients):
         """coefficients * alpha!, in place (taylor_coefficients' array is always new): only the
