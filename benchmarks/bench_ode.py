@@ -10,7 +10,10 @@ on their latent-ODE dynamics (20 states, 4 x 50 tanh, batch 150, autonomous) and
 time-dependent one (2 states + t, 2 x 64 tanh, batch 512), K = 2, 3, 4, 6. Medians over
 interleaved rounds; ratios are the other's time over diagramc's (above 1: diagramc faster).
 
-    python benchmarks/bench_ode.py [--rounds 15] [--threads 1] [--dtype float32] [--orders 2,3,4,6] [--out DIR]
+    python benchmarks/bench_ode.py [--rounds 15] [--threads N] [--dtype float32] [--orders 2,3,4,6] [--out DIR]
+
+By default every method runs at its library's default threads on all cores, as a user runs it;
+--threads N pins the process to N cores with N torch and XLA threads.
 
 The JAX contenders run when jax is installed (pip install jax). Time is a scalar, as in an ODE solver.
 """
@@ -36,7 +39,8 @@ TARGETS = {"jax-kelly": lambda K: max(0.8 * (K + 1) / 2, 2.0 if K == 3 else 0.0)
 def parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--threads", type=int, default=1, help="torch and XLA threads (the machine is shared)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="pin the process to N cores, N torch and XLA threads (default 0: each library's defaults)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--orders", default="2,3,4,6")
     p.add_argument("--cells", default="latent,timed")
@@ -184,6 +188,7 @@ def time_round(fn, seconds=0.02):
 def main():
     args = parse()
     if args.threads:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
         os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={args.threads}")
     import torch
 
