@@ -8,7 +8,7 @@
 
 on their latent-ODE dynamics (20 states, 4 x 50 tanh, batch 150, autonomous) and a small
 time-dependent one (2 states + t, 2 x 64 tanh, batch 512), K = 2, 3, 4, 6. Medians over
-interleaved rounds; ratios are the other's time over diagramc's (above 1: diagramc faster).
+interleaved rounds, each after an idle pause; ratios are the other's time over diagramc's (above 1: diagramc faster).
 
     python benchmarks/bench_ode.py [--rounds 15] [--threads N] [--dtype float32] [--orders 2,3,4,6] [--out DIR]
 
@@ -173,8 +173,14 @@ def make_model(states, widths, timed, dtype, device, seed=0):
     return torch.nn.Sequential(*layers).to(dtype=dtype, device=device)
 
 
+# Idle seconds before each method's round: the threads another library left spinning after its
+# round (XLA's, torch's, OpenBLAS's) go quiet before this one is timed
+PAUSE = 0.05
+
+
 def time_round(fn, seconds=0.02):
-    """Seconds per call: as many calls as fill about `seconds` (at least one)."""
+    """Seconds per call, after an idle PAUSE: as many calls as fill about `seconds` (at least one)."""
+    time.sleep(PAUSE)
     start = time.perf_counter()
     fn()
     one = time.perf_counter() - start

@@ -36,6 +36,9 @@ def _loop(name):
     return None if loops is None else staticmethod(getattr(loops, name))
 
 
+_NO_MATRIX = {"d": np.empty((0, 0), dtype=np.float64), "f": np.empty((0, 0), dtype=np.float32)}  # K^T where unfolded
+
+
 class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
     """NumPy arrays in x's dtype; the fused loops where numba takes it."""
 
@@ -228,9 +231,9 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         C = np.ascontiguousarray  # numba takes C-ordered arrays (one compiled loop); mostly they are already
         weights, biases = tuple(map(C, params[0::2])), tuple(map(C, params[1::2]))
         blas, syrk = (loops.DGEMM, loops.DSYRK) if x.dtype.itemsize == 8 else (loops.SGEMM, loops.SSYRK)
-        KT = self._empty(x, (0, 0)) if K is None else self._fold_matrix(K)
+        KT = _NO_MATRIX[x.dtype.char] if K is None else self._fold_matrix(K)
         J = C(weights[0][:, tables["first_order_variables"]])
-        widest = max([self.OUTPUTS] + [W.shape[0] for W in weights])
+        widest = max(self.LAYER_SIZES[1:])  # the widest layer's, the output layer's included
         slopes = self._empty(x, (len(weights) - 1, x.shape[0], widest))  # layer l's sigma' in slopes[l, :, :width]
         lines = self._empty(x, (len(weights) - 1, x.shape[0], self.OUTPUTS, widest))
         loops.fused_vertices(self._activation_pointer(x.dtype).address, self._WEIGHT_COUNT, self._WEIGHT_SLOTS[0],
