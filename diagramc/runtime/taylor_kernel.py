@@ -325,8 +325,11 @@ class TaylorKernel(TaylorTables):
         parts = self._parts(x.shape[0])  # the batch's rows, one slice per thread
         if self._by_points(x):  # order 2 in one fused call, layer 1's fold included; out in the series' order
             K = self._first_layer_for(params, tables, True)[1] if fold else None
-            scaled = self._run_parts(lambda rows: self._series_by_points(params, _rows(x, rows), tables, K, _rows(out, rows),
-                                                                         derivatives), parts)[0]
+            if parts == [None]:  # the whole batch here (a one-point call: no closure, no slicing)
+                scaled = self._series_by_points(params, x, tables, K, out, derivatives)
+            else:
+                scaled = self._run_parts(lambda rows: self._series_by_points(params, _rows(x, rows), tables, K,
+                                                                             _rows(out, rows), derivatives), parts)[0]
             out = out if tables["series_outputs"] is None else self._take_last(out, tables["series_outputs"])
             return self._times_factorials(out) if derivatives and not scaled else out
         first_powers, K = self._first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
