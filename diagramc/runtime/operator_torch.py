@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from . import operator_series
@@ -121,9 +122,40 @@ def fused(tables: Tables, mixing: bool, hidden_layers: int) -> bool:
 SMALL_PRODUCT = 2**27
 
 
-def forward_laplacian(params, x, activation, t):
-    """The forward Laplacian of the whole network as one autograd node (see ForwardLaplacian)."""
+def forward_laplacian(params, x, activation, t, fused_activation=None):
+    """The forward Laplacian of the whole network as one autograd node (see ForwardLaplacian);
+    fused_activation(z, value, weights): the module's numba loop of sigma and sigma^(k)/k!,
+    k = 1..3, which runs the elementwise work as numba loops where _loops_apply."""
+    if fused_activation is not None and _loops_apply(params, x):
+        return ForwardLaplacianLoops.apply(x, fused_activation, t, *params)
     return ForwardLaplacian.apply(x, activation, t, *params)
+
+
+def _loops_apply(params, x) -> bool:
+    """Whether the numba loops serve this call: CPU float32/float64 tensors, numba and SciPy's
+    BLAS installed, no torch.func transform around it (NumPy views need real tensors)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch._C._are_functorch_transforms_active() or _loops() is None:
+        return False
+    return all(p.device.type == "cpu" and p.dtype == x.dtype for p in params)
+
+
+def _import_loops():
+    try:
+        from . import operator_loops
+    except Exception:  # numba missing or broken: the torch operations serve
+        return None
+    return operator_loops
+
+
+_LOOPS = []  # [operator_loops] once imported, [None] where it cannot be
+
+
+def _loops():
+    if not _LOOPS:
+        _LOOPS.append(_import_loops())
+    return _LOOPS[0]
 
 
 @contextlib.contextmanager
@@ -266,3 +298,118 @@ def _rows_back(dH, rows, S, s, F1, F2, F3, q):
     if q:
         dH[:, 1:-1].addcmul_(rows[:, :-1], coupling[:, None], value=2.0 * q)
     return dH
+
+
+def _numpy(tensor):
+    """A tensor's NumPy view (no copy on the CPU)."""
+    return tensor.detach().numpy()
+
+
+def _numpy_tables(t):
+    """The tables' input rows and output coefficients as NumPy arrays, made once per tables."""
+    if "numpy" not in t:
+        t["numpy"] = (_numpy(t["input_rows"]), np.ascontiguousarray(_numpy(t["output"][:, 0])))
+    return t["numpy"]
+
+
+class ForwardLaplacianLoops(torch.autograd.Function):
+    """ForwardLaplacian's algebra on NumPy views of CPU tensors: each layer's elementwise work
+    (activation, output rows, their gradient) one numba loop (operator_loops), each product one
+    NumPy matmul (its BLAS beats torch's on small products); one autograd node as ForwardLaplacian."""
+
+    @staticmethod
+    def forward(ctx, x, fused_activation, t, *params):
+        from . import threads
+
+        ctx.rows = x.shape[0] * t["input_rows"].shape[0]
+        with threads.blas_threads(_blas_count(ctx.rows, params)):
+            out, ctx.stored, ctx.Y = _loops_forward(_numpy(x), [_numpy(p) for p in params], fused_activation, t)
+        ctx.t = t
+        ctx.save_for_backward(x, *params)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        from . import threads
+
+        x, *params = ctx.saved_tensors
+        with threads.blas_threads(_blas_count(ctx.rows, params)):
+            dx, grads = _loops_backward(_numpy(g_out), _numpy(x), [_numpy(p) for p in params], ctx.stored, ctx.Y,
+                                        ctx.t, ctx.needs_input_grad[0])
+        ctx.stored = ctx.Y = None
+        return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
+
+
+def _blas_count(rows, params):
+    """BLAS threads for a call: one where every layer's product is small (SMALL_PRODUCT), torch's count otherwise."""
+    small = rows * max(W.shape[0] * W.shape[1] for W in params[0::2]) < SMALL_PRODUCT
+    return 1 if small else torch.get_num_threads()
+
+
+def _loop_vertices(a, fused_activation):
+    """sigma(a) and sigma^(k)/k!, k = 1..3, by the module's numba loop (unwritten weights stay zero)."""
+    value, F = np.empty(a.shape, dtype=a.dtype), np.zeros((3,) + a.shape, dtype=a.dtype)
+    fused_activation(a, value, F)
+    return value, F
+
+
+def _loops_forward(x, params, fused_activation, t):
+    """(out, per hidden layer (rows, S, value, F), Y): ForwardLaplacian._forward on NumPy arrays."""
+    loops = _loops()
+    q = t["uniform_q"]
+    rows_in, A = _numpy_tables(t)
+    W, b = params[0::2], params[1::2]
+    rows = np.matmul(rows_in, W[0].T)[None]  # layer 1's rows other than the value: the same for every point
+    a = np.matmul(x, W[0].T)
+    a += b[0]
+    stored = []
+    for l in range(len(W) - 1):
+        value, F = _loop_vertices(a, fused_activation)
+        S = np.empty((rows.shape[0], a.shape[1]), dtype=x.dtype)
+        stored.append((rows, S, value, F))
+        if l == len(W) - 2:  # the rows combined by the operator's coefficients, then one product
+            Y = np.empty_like(value)
+            loops.rows_combined(rows, value, F, q, A, Y, S)
+            break
+        H = np.empty((a.shape[0], rows.shape[1] + 1, a.shape[1]), dtype=x.dtype)
+        loops.rows_out(rows, value, F, q, H, S)
+        X = np.matmul(H.reshape(-1, H.shape[2]), W[l + 1].T).reshape(H.shape[0], H.shape[1], -1)
+        a = X[:, 0]
+        a += b[l + 1]
+        rows = X[:, 1:]
+    out = np.matmul(Y, W[-1].T)
+    out += A[0] * b[-1]
+    return out, stored, Y
+
+
+def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
+    """(dx or None, the parameters' gradients): ForwardLaplacian._backward on NumPy arrays."""
+    loops = _loops()
+    q = t["uniform_q"]
+    rows_in, A = _numpy_tables(t)
+    W = params[0::2]
+    grads = [None] * len(params)
+    grads[-2] = np.matmul(g_out.T, Y)
+    grads[-1] = A[0] * g_out.sum(0)
+    G = np.matmul(g_out, W[-1])  # d/d(the combined rows Y)
+    dH = np.empty((0, 1, 1), dtype=x.dtype)  # the last hidden layer's is A[r] G: never made
+    dx = None
+    for l in range(len(W) - 2, -1, -1):
+        rows, S, value, F = stored[l]
+        dX = dH if dH.shape[0] else np.empty((value.shape[0], rows.shape[1] + 1, value.shape[1]), dtype=x.dtype)
+        loops.rows_back(dH, A, G, rows, S, F, q, dX)
+        if l:
+            rows_p, S_p, value_p, F_p = stored[l - 1]
+            H_prev = np.empty((value_p.shape[0], dX.shape[1], value_p.shape[1]), dtype=x.dtype)
+            loops.rows_out(rows_p, value_p, F_p, q, H_prev, np.empty_like(S_p))
+            flat = dX.reshape(-1, dX.shape[2])
+            grads[2 * l] = np.matmul(flat.T, H_prev.reshape(-1, H_prev.shape[2]))
+            grads[2 * l + 1] = dX[:, 0].sum(0)
+            del H_prev
+            dH = np.matmul(flat, W[l]).reshape(dX.shape[0], dX.shape[1], -1)
+        else:
+            grads[0] = np.matmul(dX[:, 0].T, x) + np.matmul(dX[:, 1:].sum(0).T, rows_in)
+            grads[1] = dX[:, 0].sum(0)
+            dx = np.matmul(dX[:, 0], W[0]) if input_grad else None
+    return dx, grads
