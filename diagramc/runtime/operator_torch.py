@@ -348,36 +348,37 @@ def _blas_count(rows, params):
 
 
 def _loop_vertices(a, fused_activation):
-    """sigma(a) and sigma^(k)/k!, k = 1..3, by the module's numba loop (unwritten weights stay zero)."""
-    value, F = np.empty(a.shape, dtype=a.dtype), np.zeros((3,) + a.shape, dtype=a.dtype)
+    """sigma(a) and sigma^(k)/k!, k = 1..3, by the module's numba loop (it writes every weight, zero where one vanishes)."""
+    value, F = np.empty(a.shape, dtype=a.dtype), np.empty((3,) + a.shape, dtype=a.dtype)
     fused_activation(a, value, F)
     return value, F
 
 
 def _loops_forward(x, params, fused_activation, t):
-    """(out, per hidden layer (rows, S, value, F), Y): ForwardLaplacian._forward on NumPy arrays."""
+    """(out, per hidden layer (X, S, value, F), Y): ForwardLaplacian._forward on NumPy arrays, each
+    layer's pre-activation rows X whole (operator_loops), the value row's a = X[:, 0] + b apart."""
     loops = _loops()
     q = t["uniform_q"]
     rows_in, A = _numpy_tables(t)
     W, b = params[0::2], params[1::2]
-    rows = np.matmul(rows_in, W[0].T)[None]  # layer 1's rows other than the value: the same for every point
+    X = np.zeros((1, rows_in.shape[0] + 1, W[0].shape[0]), dtype=x.dtype)  # layer 1's rows: the same for every point
+    np.matmul(rows_in, W[0].T, out=X[0, 1:])
     a = np.matmul(x, W[0].T)
     a += b[0]
     stored = []
     for l in range(len(W) - 1):
         value, F = _loop_vertices(a, fused_activation)
-        S = np.empty((rows.shape[0], a.shape[1]), dtype=x.dtype)
-        stored.append((rows, S, value, F))
+        S = np.empty((X.shape[0], a.shape[1]), dtype=x.dtype)
+        stored.append((X, S, value, F))
         if l == len(W) - 2:  # the rows combined by the operator's coefficients, then one product
             Y = np.empty_like(value)
-            loops.rows_combined(rows, value, F, q, A, Y, S)
+            loops.rows_combined(X, value, F, q, A, Y, S)
             break
-        H = np.empty((a.shape[0], rows.shape[1] + 1, a.shape[1]), dtype=x.dtype)
-        loops.rows_out(rows, value, F, q, H, S)
+        H = np.empty((a.shape[0], X.shape[1], a.shape[1]), dtype=x.dtype)
+        loops.rows_out(X, value, F, q, H, S)
         X = np.matmul(H.reshape(-1, H.shape[2]), W[l + 1].T).reshape(H.shape[0], H.shape[1], -1)
-        a = X[:, 0]
-        a += b[l + 1]
-        rows = X[:, 1:]
+        del H
+        a = np.add(X[:, 0], b[l + 1])  # contiguous: the activation's loops vectorize
     out = np.matmul(Y, W[-1].T)
     out += A[0] * b[-1]
     return out, stored, Y
@@ -396,20 +397,21 @@ def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
     dH = np.empty((0, 1, 1), dtype=x.dtype)  # the last hidden layer's is A[r] G: never made
     dx = None
     for l in range(len(W) - 2, -1, -1):
-        rows, S, value, F = stored[l]
-        dX = dH if dH.shape[0] else np.empty((value.shape[0], rows.shape[1] + 1, value.shape[1]), dtype=x.dtype)
-        loops.rows_back(dH, A, G, rows, S, F, q, dX)
+        X, S, value, F = stored[l]
+        dX = dH if dH.shape[0] else np.empty((value.shape[0], X.shape[1], value.shape[1]), dtype=x.dtype)
+        sums = np.empty((X.shape[1], X.shape[2]), dtype=x.dtype)
+        loops.rows_back(dH, A, G, X, S, F, q, dX, sums, l == 0)
         if l:
-            rows_p, S_p, value_p, F_p = stored[l - 1]
-            H_prev = np.empty((value_p.shape[0], dX.shape[1], value_p.shape[1]), dtype=x.dtype)
-            loops.rows_out(rows_p, value_p, F_p, q, H_prev, np.empty_like(S_p))
+            X_p, S_p, value_p, F_p = stored[l - 1]
+            H_prev = np.empty((value_p.shape[0], X_p.shape[1], value_p.shape[1]), dtype=x.dtype)
+            loops.rows_out(X_p, value_p, F_p, q, H_prev, np.empty_like(S_p))
             flat = dX.reshape(-1, dX.shape[2])
             grads[2 * l] = np.matmul(flat.T, H_prev.reshape(-1, H_prev.shape[2]))
-            grads[2 * l + 1] = dX[:, 0].sum(0)
+            grads[2 * l + 1] = sums[0]
             del H_prev
             dH = np.matmul(flat, W[l]).reshape(dX.shape[0], dX.shape[1], -1)
         else:
-            grads[0] = np.matmul(dX[:, 0].T, x) + np.matmul(dX[:, 1:].sum(0).T, rows_in)
-            grads[1] = dX[:, 0].sum(0)
+            grads[0] = np.matmul(dX[:, 0].T, x) + np.matmul(sums[1:].T, rows_in)
+            grads[1] = sums[0]
             dx = np.matmul(dX[:, 0], W[0]) if input_grad else None
     return dx, grads
