@@ -312,6 +312,70 @@ def _numpy_tables(t):
     return t["numpy"]
 
 
+_VIEWS: dict = {}  # the parameters' NumPy views, by identity and storage, a few sets at a time (as jet_torch's)
+
+
+def _param_views(params):
+    """The parameters' NumPy views, kept while they keep their storage (a training loop calls with
+    the same tensors, updated in place, which the views see)."""
+    key = tuple((id(p), p.data_ptr()) for p in params)
+    entry = _VIEWS.get(key)
+    if entry is None:
+        if len(_VIEWS) >= 8:
+            _VIEWS.pop(next(iter(_VIEWS)))
+        entry = _VIEWS[key] = (params, [_numpy(p) for p in params])  # params held: ids stay theirs
+    return entry[1]
+
+
+_OPENBLAS: list = []  # [(get, set) of NumPy's OpenBLAS thread count] or [None], found once
+
+
+def _numpy_openblas():
+    """OpenBLAS's own thread-count calls for NumPy's BLAS where it is OpenBLAS on pthreads, else None."""
+    if not _OPENBLAS:
+        found = None
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+                if "numpy" in lib.filepath and lib.threading_layer == "pthreads":
+                    prefix, suffix = lib._find_affixes()
+                    found = tuple(getattr(lib.dynlib, f"{prefix}openblas_{name}_num_threads{suffix}") for name in ("get", "set"))
+        except Exception:  # no threadpoolctl, another layout: runtime.threads serves
+            found = None
+        _OPENBLAS.append(found)
+    return _OPENBLAS[0]
+
+
+class _BlasThreads:
+    """NumPy's BLAS on `count` threads for the duration, restored after: by OpenBLAS's own calls
+    where found (threadpoolctl's generic path costs tens of microseconds, more when cold), else
+    by runtime.threads."""
+
+    def __init__(self, count):
+        self.count, self.before, self.other = count, None, None
+
+    def __enter__(self):
+        calls = _numpy_openblas()
+        if calls is None:
+            from . import threads
+
+            self.other = threads.blas_threads(self.count)
+            self.other.__enter__()
+        else:
+            before = calls[0]()
+            if before != self.count:
+                calls[1](self.count)
+                self.before = before
+
+    def __exit__(self, *exc):
+        if self.other is not None:
+            return self.other.__exit__(*exc)
+        if self.before is not None:
+            _numpy_openblas()[1](self.before)
+        return None
+
+
 class ForwardLaplacianLoops(torch.autograd.Function):
     """ForwardLaplacian's algebra on NumPy views of CPU tensors: each layer's elementwise work
     (activation, output rows, their gradient) one numba loop (operator_loops), each product one
@@ -319,11 +383,9 @@ class ForwardLaplacianLoops(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fused_activation, t, *params):
-        from . import threads
-
         ctx.rows = x.shape[0] * t["input_rows"].shape[0]
-        with threads.blas_threads(_blas_count(ctx.rows, params)):
-            out, ctx.stored, ctx.Y = _loops_forward(_numpy(x), [_numpy(p) for p in params], fused_activation, t)
+        with _BlasThreads(_blas_count(ctx.rows, params)):
+            out, ctx.stored, ctx.Y = _loops_forward(_numpy(x), _param_views(params), fused_activation, t)
         ctx.t = t
         ctx.save_for_backward(x, *params)
         return torch.from_numpy(out)
@@ -331,11 +393,9 @@ class ForwardLaplacianLoops(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
-        from . import threads
-
         x, *params = ctx.saved_tensors
-        with threads.blas_threads(_blas_count(ctx.rows, params)):
-            dx, grads = _loops_backward(_numpy(g_out), _numpy(x), [_numpy(p) for p in params], ctx.stored, ctx.Y,
+        with _BlasThreads(_blas_count(ctx.rows, params)):
+            dx, grads = _loops_backward(_numpy(g_out), _numpy(x), _param_views(params), ctx.stored, ctx.Y,
                                         ctx.t, ctx.needs_input_grad[0])
         ctx.stored = ctx.Y = None
         return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
