@@ -10,7 +10,7 @@ form's coefficient (0: none); A the output's row coefficients.
 """
 import numpy as np
 
-from .numpy_loops import jit
+from .numpy_loops import gemm, jit
 
 
 @jit(fastmath={"reassoc", "contract"})  # the sum of squares vectorizes only if it may be reordered
@@ -128,3 +128,118 @@ def rows_back(dH, A, G, X, S, F, q, dX, sums, value_only):
                 total[j] += o[j]
             if not value_only:
                 out[i, :] = o
+
+
+@jit()
+def _product(blas, A, W, C):
+    """C = A @ W^T by BLAS's gemm (numpy_loops.gemm; rows of unit stride)."""
+    ints = np.empty(8, dtype=np.int32)
+    zero, one = np.zeros(1, dtype=C.dtype), np.ones(1, dtype=C.dtype)
+    gemm(blas, A, W, C, False, True, zero, ints, one)
+
+
+@jit()
+def first_layer(blas, x, W, bias, rows_in):
+    """Layer 1's pre-activation rows X (1, rows, width: the value row zero, the others rows_in W^T, the
+    same for every point) and a = x W^T + bias (batch, width)."""
+    X = np.zeros((1, rows_in.shape[0] + 1, W.shape[0]), dtype=x.dtype)
+    _product(blas, rows_in, W, X[0, 1:])
+    a = np.empty((x.shape[0], W.shape[0]), dtype=x.dtype)
+    _product(blas, x, W, a)
+    for b in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[b, j] += bias[j]
+    return X, a
+
+
+@jit()
+def next_layer(blas, X, value, F, q, W, bias, S):
+    """The next layer's pre-activation rows from a layer's X: its output rows (rows_out, S made),
+    one product by W^T for all of them, and the next value a = X_next[:, 0] + bias (contiguous);
+    returns (X_next, a). One call: no allocation or product goes through Python."""
+    batch, rows = value.shape[0], X.shape[1]
+    H = np.empty((batch, rows, value.shape[1]), dtype=X.dtype)
+    rows_out(X, value, F, q, H, S)
+    X_next = np.empty((batch, rows, W.shape[0]), dtype=X.dtype)
+    _product(blas, H.reshape((batch * rows, H.shape[2])), W, X_next.reshape((batch * rows, W.shape[0])))
+    a = np.empty((batch, W.shape[0]), dtype=X.dtype)
+    for b in range(batch):
+        for j in range(a.shape[1]):
+            a[b, j] = X_next[b, 0, j] + bias[j]
+    return X_next, a
+
+
+@jit()
+def last_layer(blas, X, value, F, q, A, W, bias, S):
+    """The output: Y = sum_r A[r] H_r of the last hidden layer's rows (rows_combined), then
+    Y W^T + A[0] bias; returns (out, Y)."""
+    Y = np.empty_like(value)
+    rows_combined(X, value, F, q, A, Y, S)
+    out = np.empty((value.shape[0], W.shape[0]), dtype=X.dtype)
+    _product(blas, Y, W, out)
+    for b in range(out.shape[0]):
+        for o in range(out.shape[1]):
+            out[b, o] += A[0] * bias[o]
+    return out, Y
+
+
+@jit()
+def back_top(g, Y, W, a0):
+    """The output layer's gradients from g = d/d(out) (batch, outputs): W's (g^T Y), the bias's
+    (a0 sum_b g) and G = g W, the gradient of the combined rows Y (a few outputs: plain loops)."""
+    gW = np.zeros((g.shape[1], Y.shape[1]), dtype=Y.dtype)
+    gb = np.zeros(g.shape[1], dtype=Y.dtype)
+    G = np.zeros_like(Y)
+    for b in range(g.shape[0]):
+        for o in range(g.shape[1]):
+            c, w, row = g[b, o], W[o], gW[o]
+            gb[o] += a0 * c
+            for j in range(Y.shape[1]):
+                row[j] += c * Y[b, j]
+                G[b, j] += c * w[j]
+    return gW, gb, G
+
+
+@jit()
+def back_layer(blas, dH, A, G, X, S, F, q, X_p, S_p, value_p, F_p, W):
+    """A hidden layer after the first, backward: dX by rows_back (in dH's memory where dH is made),
+    W's gradient dX^T H_prev with the layer below's output rows H_prev made again (rows_out), and
+    dH_prev = dX W, each product one BLAS call; returns (W's gradient, dX summed over the batch, dH_prev)."""
+    batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
+    dX = dH if dH.shape[0] else np.empty((batch, rows, width), dtype=F.dtype)
+    sums = np.empty((rows, width), dtype=F.dtype)
+    rows_back(dH, A, G, X, S, F, q, dX, sums, False)
+    n = W.shape[1]
+    H = np.empty((batch, rows, n), dtype=F.dtype)
+    rows_out(X_p, value_p, F_p, q, H, np.empty_like(S_p))
+    ints = np.empty(8, dtype=np.int32)
+    zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
+    flat = dX.reshape((batch * rows, width))
+    gW = np.empty((width, n), dtype=F.dtype)
+    gemm(blas, flat, H.reshape((batch * rows, n)), gW, True, False, zero, ints, one)
+    dH_prev = np.empty((batch, rows, n), dtype=F.dtype)
+    gemm(blas, flat, W, dH_prev.reshape((batch * rows, n)), False, False, zero, ints, one)
+    return gW, sums, dH_prev
+
+
+@jit()
+def back_first(blas, dH, A, G, X, S, F, q, x, rows_in, W, input_grad):
+    """The first layer, backward: its value row's gradient d (rows_back; the other rows are the
+    same for every point, only their sums over the batch serve), W's gradient d^T x + sums^T rows_in,
+    the bias's and, where input_grad, x's (d W); returns (W's gradient, the bias's, x's or an empty array)."""
+    batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
+    dX = dH if dH.shape[0] else np.empty((batch, rows, width), dtype=F.dtype)
+    sums = np.empty((rows, width), dtype=F.dtype)
+    rows_back(dH, A, G, X, S, F, q, dX, sums, True)
+    d = np.empty((batch, width), dtype=F.dtype)
+    for b in range(batch):
+        d[b, :] = dX[b, 0]
+    ints = np.empty(8, dtype=np.int32)
+    zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
+    gW = np.empty((width, x.shape[1]), dtype=F.dtype)
+    gemm(blas, d, x, gW, True, False, zero, ints, one)
+    gemm(blas, sums[1:], rows_in, gW, True, False, one, ints, one)
+    dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=F.dtype)
+    if input_grad:
+        gemm(blas, d, W, dx, False, False, zero, ints, one)
+    return gW, sums[0].copy(), dx

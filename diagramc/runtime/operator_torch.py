@@ -143,10 +143,10 @@ def _loops_apply(params, x) -> bool:
 
 def _import_loops():
     try:
-        from . import operator_loops
+        from . import numpy_loops, operator_loops
     except Exception:  # numba missing or broken: the torch operations serve
         return None
-    return operator_loops
+    return operator_loops if numpy_loops.DGEMM is not None and numpy_loops.SGEMM is not None else None
 
 
 _LOOPS = []  # [operator_loops] once imported, [None] where it cannot be
@@ -327,52 +327,55 @@ def _param_views(params):
     return entry[1]
 
 
-_OPENBLAS: list = []  # [(get, set) of NumPy's OpenBLAS thread count] or [None], found once
+_OPENBLAS: list = []  # [((get, set) per BLAS library)] or [None], found once
 
 
-def _numpy_openblas():
-    """OpenBLAS's own thread-count calls for NumPy's BLAS where it is OpenBLAS on pthreads, else None."""
+def _openblas_calls():
+    """OpenBLAS's own thread-count calls, (get, set) for each BLAS library loaded (NumPy's, which
+    the backward's products use, and SciPy's, the forward's), where all are OpenBLAS on pthreads; else None."""
     if not _OPENBLAS:
-        found = None
+        found = []
         try:
             from threadpoolctl import ThreadpoolController
 
-            for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
-                if "numpy" in lib.filepath and lib.threading_layer == "pthreads":
-                    prefix, suffix = lib._find_affixes()
-                    found = tuple(getattr(lib.dynlib, f"{prefix}openblas_{name}_num_threads{suffix}") for name in ("get", "set"))
-        except Exception:  # no threadpoolctl, another layout: runtime.threads serves
+            for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+                if lib.internal_api != "openblas" or lib.threading_layer != "pthreads":
+                    raise LookupError(lib.internal_api)
+                prefix, suffix = lib._find_affixes()
+                found.append(tuple(getattr(lib.dynlib, f"{prefix}openblas_{name}_num_threads{suffix}") for name in ("get", "set")))
+        except Exception:  # no threadpoolctl, another BLAS: runtime.threads serves
             found = None
-        _OPENBLAS.append(found)
+        _OPENBLAS.append(found or None)
     return _OPENBLAS[0]
 
 
 class _BlasThreads:
-    """NumPy's BLAS on `count` threads for the duration, restored after: by OpenBLAS's own calls
-    where found (threadpoolctl's generic path costs tens of microseconds, more when cold), else
-    by runtime.threads."""
+    """BLAS on `count` threads for the duration, restored after: by OpenBLAS's own calls where
+    found (threadpoolctl's generic path costs tens of microseconds, more when cold), else by
+    runtime.threads."""
 
     def __init__(self, count):
-        self.count, self.before, self.other = count, None, None
+        self.count, self.changed, self.other = count, [], None
 
     def __enter__(self):
-        calls = _numpy_openblas()
+        calls = _openblas_calls()
         if calls is None:
             from . import threads
 
             self.other = threads.blas_threads(self.count)
             self.other.__enter__()
-        else:
-            before = calls[0]()
+            return
+        for get, set_ in calls:
+            before = get()
             if before != self.count:
-                calls[1](self.count)
-                self.before = before
+                set_(self.count)
+                self.changed.append((set_, before))
 
     def __exit__(self, *exc):
         if self.other is not None:
             return self.other.__exit__(*exc)
-        if self.before is not None:
-            _numpy_openblas()[1](self.before)
+        for set_, before in self.changed:
+            set_(before)
         return None
 
 
@@ -416,62 +419,45 @@ def _loop_vertices(a, fused_activation):
 
 def _loops_forward(x, params, fused_activation, t):
     """(out, per hidden layer (X, S, value, F), Y): ForwardLaplacian._forward on NumPy arrays, each
-    layer's pre-activation rows X whole (operator_loops), the value row's a = X[:, 0] + b apart."""
+    layer's pre-activation rows X whole (operator_loops), its products by SciPy's BLAS inside the loops."""
+    from .numpy_loops import DGEMM, SGEMM
+
     loops = _loops()
     q = t["uniform_q"]
     rows_in, A = _numpy_tables(t)
-    W, b = params[0::2], params[1::2]
-    X = np.zeros((1, rows_in.shape[0] + 1, W[0].shape[0]), dtype=x.dtype)  # layer 1's rows: the same for every point
-    np.matmul(rows_in, W[0].T, out=X[0, 1:])
-    a = np.matmul(x, W[0].T)
-    a += b[0]
+    blas = DGEMM if x.dtype == np.float64 else SGEMM
+    W, b = [np.ascontiguousarray(w) for w in params[0::2]], params[1::2]  # BLAS takes rows of unit stride
+    X, a = loops.first_layer(blas, np.ascontiguousarray(x), W[0], b[0], rows_in)
     stored = []
     for l in range(len(W) - 1):
         value, F = _loop_vertices(a, fused_activation)
         S = np.empty((X.shape[0], a.shape[1]), dtype=x.dtype)
         stored.append((X, S, value, F))
         if l == len(W) - 2:  # the rows combined by the operator's coefficients, then one product
-            Y = np.empty_like(value)
-            loops.rows_combined(X, value, F, q, A, Y, S)
-            break
-        H = np.empty((a.shape[0], X.shape[1], a.shape[1]), dtype=x.dtype)
-        loops.rows_out(X, value, F, q, H, S)
-        X = np.matmul(H.reshape(-1, H.shape[2]), W[l + 1].T).reshape(H.shape[0], H.shape[1], -1)
-        del H
-        a = np.add(X[:, 0], b[l + 1])  # contiguous: the activation's loops vectorize
-    out = np.matmul(Y, W[-1].T)
-    out += A[0] * b[-1]
+            out, Y = loops.last_layer(blas, X, value, F, q, A, W[-1], b[-1], S)
+        else:
+            X, a = loops.next_layer(blas, X, value, F, q, W[l + 1], b[l + 1], S)
     return out, stored, Y
 
 
 def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
-    """(dx or None, the parameters' gradients): ForwardLaplacian._backward on NumPy arrays."""
+    """(dx or None, the parameters' gradients): ForwardLaplacian._backward on NumPy arrays, a layer
+    each numba call (operator_loops.back_layer), products by SciPy's BLAS inside them."""
+    from .numpy_loops import DGEMM, SGEMM
+
     loops = _loops()
     q = t["uniform_q"]
     rows_in, A = _numpy_tables(t)
-    W = params[0::2]
+    blas = DGEMM if x.dtype == np.float64 else SGEMM
+    W = [np.ascontiguousarray(w) for w in params[0::2]]
     grads = [None] * len(params)
-    grads[-2] = np.matmul(g_out.T, Y)
-    grads[-1] = A[0] * g_out.sum(0)
-    G = np.matmul(g_out, W[-1])  # d/d(the combined rows Y)
+    grads[-2], grads[-1], G = loops.back_top(np.ascontiguousarray(g_out), Y, W[-1], A[0])
     dH = np.empty((0, 1, 1), dtype=x.dtype)  # the last hidden layer's is A[r] G: never made
-    dx = None
-    for l in range(len(W) - 2, -1, -1):
-        X, S, value, F = stored[l]
-        dX = dH if dH.shape[0] else np.empty((value.shape[0], X.shape[1], value.shape[1]), dtype=x.dtype)
-        sums = np.empty((X.shape[1], X.shape[2]), dtype=x.dtype)
-        loops.rows_back(dH, A, G, X, S, F, q, dX, sums, l == 0)
-        if l:
-            X_p, S_p, value_p, F_p = stored[l - 1]
-            H_prev = np.empty((value_p.shape[0], X_p.shape[1], value_p.shape[1]), dtype=x.dtype)
-            loops.rows_out(X_p, value_p, F_p, q, H_prev, np.empty_like(S_p))
-            flat = dX.reshape(-1, dX.shape[2])
-            grads[2 * l] = np.matmul(flat.T, H_prev.reshape(-1, H_prev.shape[2]))
-            grads[2 * l + 1] = sums[0]
-            del H_prev
-            dH = np.matmul(flat, W[l]).reshape(dX.shape[0], dX.shape[1], -1)
-        else:
-            grads[0] = np.matmul(dX[:, 0].T, x) + np.matmul(sums[1:].T, rows_in)
-            grads[1] = sums[0]
-            dx = np.matmul(dX[:, 0], W[0]) if input_grad else None
-    return dx, grads
+    for l in range(len(W) - 2, 0, -1):
+        X, S, _, F = stored[l]
+        grads[2 * l], sums, dH = loops.back_layer(blas, dH, A, G, X, S, F, q, *stored[l - 1], W[l])
+        grads[2 * l + 1] = sums[0]
+    X, S, _, F = stored[0]
+    grads[0], grads[1], dx = loops.back_first(blas, dH, A, G, X, S, F, q, np.ascontiguousarray(x), rows_in, W[0],
+                                              input_grad)
+    return (dx if input_grad else None), grads
