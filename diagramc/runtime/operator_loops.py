@@ -138,49 +138,43 @@ def _product(blas, A, W, C):
     gemm(blas, A, W, C, False, True, zero, ints, one)
 
 
+# The loops below take their large arrays from the caller (NumPy's allocations): arrays of megabytes
+# made inside numba went back to the system at each free and cost a page fault per 4 kB at each call.
+
+
 @jit()
-def first_layer(blas, x, W, bias, rows_in):
-    """Layer 1's pre-activation rows X (1, rows, width: the value row zero, the others rows_in W^T, the
-    same for every point) and a = x W^T + bias (batch, width)."""
-    X = np.zeros((1, rows_in.shape[0] + 1, W.shape[0]), dtype=x.dtype)
+def first_layer(blas, x, W, bias, rows_in, X, a):
+    """Layer 1's pre-activation rows into X (1, rows, width; zero on entry: its value row stays
+    zero, the others rows_in W^T, the same for every point) and a = x W^T + bias (batch, width)."""
     _product(blas, rows_in, W, X[0, 1:])
-    a = np.empty((x.shape[0], W.shape[0]), dtype=x.dtype)
     _product(blas, x, W, a)
     for b in range(a.shape[0]):
         for j in range(a.shape[1]):
             a[b, j] += bias[j]
-    return X, a
 
 
 @jit()
-def next_layer(blas, X, value, F, q, W, bias, S):
-    """The next layer's pre-activation rows from a layer's X: its output rows (rows_out, S made),
-    one product by W^T for all of them, and the next value a = X_next[:, 0] + bias (contiguous);
-    returns (X_next, a). One call: no allocation or product goes through Python."""
+def next_layer(blas, X, value, F, q, W, bias, S, H, X_next, a):
+    """The next layer's pre-activation rows X_next from a layer's X: its output rows H (rows_out,
+    S made), one product by W^T for all of them, and the next value a = X_next[:, 0] + bias
+    (contiguous). One call: no product goes through Python."""
     batch, rows = value.shape[0], X.shape[1]
-    H = np.empty((batch, rows, value.shape[1]), dtype=X.dtype)
     rows_out(X, value, F, q, H, S)
-    X_next = np.empty((batch, rows, W.shape[0]), dtype=X.dtype)
     _product(blas, H.reshape((batch * rows, H.shape[2])), W, X_next.reshape((batch * rows, W.shape[0])))
-    a = np.empty((batch, W.shape[0]), dtype=X.dtype)
     for b in range(batch):
         for j in range(a.shape[1]):
             a[b, j] = X_next[b, 0, j] + bias[j]
-    return X_next, a
 
 
 @jit()
-def last_layer(blas, X, value, F, q, A, W, bias, S):
+def last_layer(blas, X, value, F, q, A, W, bias, S, Y, out):
     """The output: Y = sum_r A[r] H_r of the last hidden layer's rows (rows_combined), then
-    Y W^T + A[0] bias; returns (out, Y)."""
-    Y = np.empty_like(value)
+    out = Y W^T + A[0] bias."""
     rows_combined(X, value, F, q, A, Y, S)
-    out = np.empty((value.shape[0], W.shape[0]), dtype=X.dtype)
     _product(blas, Y, W, out)
     for b in range(out.shape[0]):
         for o in range(out.shape[1]):
             out[b, o] += A[0] * bias[o]
-    return out, Y
 
 
 @jit()
@@ -201,34 +195,30 @@ def back_top(g, Y, W, a0):
 
 
 @jit()
-def back_layer(blas, dH, A, G, X, S, F, q, X_p, S_p, value_p, F_p, W):
-    """A hidden layer after the first, backward: dX by rows_back (in dH's memory where dH is made),
-    W's gradient dX^T H_prev with the layer below's output rows H_prev made again (rows_out), and
-    dH_prev = dX W, each product one BLAS call; returns (W's gradient, dX summed over the batch, dH_prev)."""
+def back_layer(blas, dH, A, G, X, S, F, q, X_p, S_p, value_p, F_p, W, dX, H, dH_prev):
+    """A hidden layer after the first, backward: dX by rows_back (dX may be dH), W's gradient
+    dX^T H_prev with the layer below's output rows H_prev made again into H (rows_out), and
+    dH_prev = dX W, each product one BLAS call; returns (W's gradient, dX summed over the batch)."""
     batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
-    dX = dH if dH.shape[0] else np.empty((batch, rows, width), dtype=F.dtype)
     sums = np.empty((rows, width), dtype=F.dtype)
     rows_back(dH, A, G, X, S, F, q, dX, sums, False)
     n = W.shape[1]
-    H = np.empty((batch, rows, n), dtype=F.dtype)
     rows_out(X_p, value_p, F_p, q, H, np.empty_like(S_p))
     ints = np.empty(8, dtype=np.int32)
     zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
     flat = dX.reshape((batch * rows, width))
     gW = np.empty((width, n), dtype=F.dtype)
     gemm(blas, flat, H.reshape((batch * rows, n)), gW, True, False, zero, ints, one)
-    dH_prev = np.empty((batch, rows, n), dtype=F.dtype)
     gemm(blas, flat, W, dH_prev.reshape((batch * rows, n)), False, False, zero, ints, one)
-    return gW, sums, dH_prev
+    return gW, sums
 
 
 @jit()
-def back_first(blas, dH, A, G, X, S, F, q, x, rows_in, W, input_grad):
+def back_first(blas, dH, A, G, X, S, F, q, x, rows_in, W, dX, dx):
     """The first layer, backward: its value row's gradient d (rows_back; the other rows are the
     same for every point, only their sums over the batch serve), W's gradient d^T x + sums^T rows_in,
-    the bias's and, where input_grad, x's (d W); returns (W's gradient, the bias's, x's or an empty array)."""
+    the bias's and, where dx has rows, x's (d W) into dx; returns (W's gradient, the bias's)."""
     batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
-    dX = dH if dH.shape[0] else np.empty((batch, rows, width), dtype=F.dtype)
     sums = np.empty((rows, width), dtype=F.dtype)
     rows_back(dH, A, G, X, S, F, q, dX, sums, True)
     d = np.empty((batch, width), dtype=F.dtype)
@@ -239,7 +229,6 @@ def back_first(blas, dH, A, G, X, S, F, q, x, rows_in, W, input_grad):
     gW = np.empty((width, x.shape[1]), dtype=F.dtype)
     gemm(blas, d, x, gW, True, False, zero, ints, one)
     gemm(blas, sums[1:], rows_in, gW, True, False, one, ints, one)
-    dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=F.dtype)
-    if input_grad:
+    if dx.shape[0]:
         gemm(blas, d, W, dx, False, False, zero, ints, one)
-    return gW, sums[0].copy(), dx
+    return gW, sums[0].copy()

@@ -427,16 +427,23 @@ def _loops_forward(x, params, fused_activation, t):
     rows_in, A = _numpy_tables(t)
     blas = DGEMM if x.dtype == np.float64 else SGEMM
     W, b = [np.ascontiguousarray(w) for w in params[0::2]], params[1::2]  # BLAS takes rows of unit stride
-    X, a = loops.first_layer(blas, np.ascontiguousarray(x), W[0], b[0], rows_in)
+    batch, rows, dtype = x.shape[0], rows_in.shape[0] + 1, x.dtype
+    X, a = np.zeros((1, rows, W[0].shape[0]), dtype=dtype), np.empty((batch, W[0].shape[0]), dtype=dtype)
+    loops.first_layer(blas, np.ascontiguousarray(x), W[0], b[0], rows_in, X, a)
     stored = []
     for l in range(len(W) - 1):
         value, F = _loop_vertices(a, fused_activation)
-        S = np.empty((X.shape[0], a.shape[1]), dtype=x.dtype)
+        S = np.empty((X.shape[0], a.shape[1]), dtype=dtype)
         stored.append((X, S, value, F))
         if l == len(W) - 2:  # the rows combined by the operator's coefficients, then one product
-            out, Y = loops.last_layer(blas, X, value, F, q, A, W[-1], b[-1], S)
+            Y, out = np.empty_like(value), np.empty((batch, W[-1].shape[0]), dtype=dtype)
+            loops.last_layer(blas, X, value, F, q, A, W[-1], b[-1], S, Y, out)
         else:
-            X, a = loops.next_layer(blas, X, value, F, q, W[l + 1], b[l + 1], S)
+            n = W[l + 1].shape[0]
+            H, X, a = np.empty((batch, rows, a.shape[1]), dtype=dtype), np.empty((batch, rows, n), dtype=dtype), \
+                np.empty((batch, n), dtype=dtype)
+            loops.next_layer(blas, stored[-1][0], value, F, q, W[l + 1], b[l + 1], S, H, X, a)
+            del H
     return out, stored, Y
 
 
@@ -450,14 +457,21 @@ def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
     rows_in, A = _numpy_tables(t)
     blas = DGEMM if x.dtype == np.float64 else SGEMM
     W = [np.ascontiguousarray(w) for w in params[0::2]]
+    batch, rows, dtype = x.shape[0], rows_in.shape[0] + 1, x.dtype
     grads = [None] * len(params)
     grads[-2], grads[-1], G = loops.back_top(np.ascontiguousarray(g_out), Y, W[-1], A[0])
-    dH = np.empty((0, 1, 1), dtype=x.dtype)  # the last hidden layer's is A[r] G: never made
+    dH = np.empty((0, 1, 1), dtype=dtype)  # the last hidden layer's is A[r] G: never made
     for l in range(len(W) - 2, 0, -1):
         X, S, _, F = stored[l]
-        grads[2 * l], sums, dH = loops.back_layer(blas, dH, A, G, X, S, F, q, *stored[l - 1], W[l])
+        dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
+        n = W[l].shape[1]
+        H, dH_prev = np.empty((batch, rows, n), dtype=dtype), np.empty((batch, rows, n), dtype=dtype)
+        grads[2 * l], sums = loops.back_layer(blas, dH, A, G, X, S, F, q, *stored[l - 1], W[l], dX, H, dH_prev)
         grads[2 * l + 1] = sums[0]
+        del H, dX
+        dH = dH_prev
     X, S, _, F = stored[0]
-    grads[0], grads[1], dx = loops.back_first(blas, dH, A, G, X, S, F, q, np.ascontiguousarray(x), rows_in, W[0],
-                                              input_grad)
+    dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
+    dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
+    grads[0], grads[1] = loops.back_first(blas, dH, A, G, X, S, F, q, np.ascontiguousarray(x), rows_in, W[0], dX, dx)
     return (dx if input_grad else None), grads
