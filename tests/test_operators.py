@@ -396,6 +396,31 @@ def test_numba_loops_agree_with_the_torch_forward_laplacian(tmp_path, activation
             assert torch.allclose(a, b, rtol=1e-11, atol=1e-11 * max(b.abs().max().item(), 1e-3))
 
 
+def test_loops_restore_blas_threads(tmp_path):
+    """The loops hold BLAS to one thread for small products and give each library its count back."""
+    from diagramc.runtime import operator_torch as ot
+
+    calls = ot._openblas_calls()
+    if calls is None:
+        pytest.skip("BLAS is not OpenBLAS on pthreads here")
+    sizes = (3, 8, 8, 1)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), "laplacian", "torch", out_dir=tmp_path)
+    params = [p.requires_grad_(True) for p in random_params(sizes, torch.Generator().manual_seed(2))]
+    x = torch.randn(5, 3, dtype=torch.float64)
+    before = [get() for get, _ in calls]
+    try:
+        for _, set_ in calls:
+            set_(2)
+        seen = []
+        with ot._BlasThreads(1):
+            seen = [get() for get, _ in calls]
+        torch.autograd.grad(module.apply(params, x).sum(), params)
+        assert seen == [1] * len(calls) and [get() for get, _ in calls] == [2] * len(calls)
+    finally:
+        for (_, set_), count in zip(calls, before):
+            set_(count)
+
+
 def test_split_activation_hoists_only_calls_on_z():
     from diagramc.compiler.operators import split_activation
     from diagramc.compiler.printing import activation_code

@@ -132,13 +132,12 @@ def forward_laplacian(params, x, activation, t, fused_activation=None):
 
 
 def _loops_apply(params, x) -> bool:
-    """Whether the numba loops serve this call: CPU float32/float64 tensors, numba and SciPy's
-    BLAS installed, no torch.func transform around it (NumPy views need real tensors)."""
+    """Whether the numba loops serve this call: CPU float32/float64 tensors (the parameters are x's
+    dtype and device: prepare checked), numba and SciPy's BLAS installed, no torch.func transform
+    around it (NumPy views need real tensors)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    if torch._C._are_functorch_transforms_active() or _loops() is None:
-        return False
-    return all(p.device.type == "cpu" and p.dtype == x.dtype for p in params)
+    return not torch._C._are_functorch_transforms_active() and _loops() is not None
 
 
 def _import_loops():
@@ -386,8 +385,8 @@ class ForwardLaplacianLoops(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fused_activation, t, *params):
-        ctx.rows = x.shape[0] * t["input_rows"].shape[0]
-        with _BlasThreads(_blas_count(ctx.rows, params)):
+        ctx.blas_threads = _blas_count(x.shape[0] * t["input_rows"].shape[0], params)
+        with _BlasThreads(ctx.blas_threads):
             out, ctx.stored, ctx.Y = _loops_forward(_numpy(x), _param_views(params), fused_activation, t)
         ctx.t = t
         ctx.save_for_backward(x, *params)
@@ -397,7 +396,7 @@ class ForwardLaplacianLoops(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
         x, *params = ctx.saved_tensors
-        with _BlasThreads(_blas_count(ctx.rows, params)):
+        with _BlasThreads(ctx.blas_threads):
             dx, grads = _loops_backward(_numpy(g_out), _numpy(x), _param_views(params), ctx.stored, ctx.Y,
                                         ctx.t, ctx.needs_input_grad[0])
         ctx.stored = ctx.Y = None
@@ -412,9 +411,9 @@ def _blas_count(rows, params):
 
 def _loop_vertices(a, fused_activation):
     """sigma(a) and sigma^(k)/k!, k = 1..3, by the module's numba loop (it writes every weight, zero where one vanishes)."""
-    value, F = np.empty(a.shape, dtype=a.dtype), np.empty((3,) + a.shape, dtype=a.dtype)
-    fused_activation(a, value, F)
-    return value, F
+    block = np.empty((4,) + a.shape, dtype=a.dtype)
+    fused_activation(a, block[0], block[1:])
+    return block[0], block[1:]
 
 
 def _loops_forward(x, params, fused_activation, t):
