@@ -396,6 +396,25 @@ def test_numba_loops_agree_with_the_torch_forward_laplacian(tmp_path, activation
             assert torch.allclose(a, b, rtol=1e-11, atol=1e-11 * max(b.abs().max().item(), 1e-3))
 
 
+def test_loops_see_parameters_updated_in_place(tmp_path):
+    """The loops keep NumPy views of the parameters between calls: an optimizer's in-place steps show."""
+    from diagramc.runtime import operator_torch as ot
+
+    sizes = (3, 8, 7, 1)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), "laplacian", "torch", out_dir=tmp_path)
+    params = [p.requires_grad_(True) for p in random_params(sizes, torch.Generator().manual_seed(4))]
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) + 0.2
+    optimizer = torch.optim.SGD(params, lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        module.apply(params, x).square().sum().backward()
+        optimizer.step()
+    t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
+    got = ot.ForwardLaplacianLoops.apply(x, module._fused_activation, t, *params)
+    want = contracted(params, x, "tanh", module.OPERATOR, module.MIXING)
+    assert (got - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)
+
+
 def test_loops_restore_blas_threads(tmp_path):
     """The loops hold BLAS to one thread for small products and give each library its count back."""
     from diagramc.runtime import operator_torch as ot
