@@ -415,6 +415,26 @@ def test_loops_see_parameters_updated_in_place(tmp_path):
     assert (got - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)
 
 
+def test_activation_numba_cannot_compile_falls_back_to_torch(tmp_path):
+    from diagramc.runtime import operator_torch as ot
+    from diagramc.runtime.numpy_loops import jit
+
+    @jit()
+    def untyped(zs, value, weights):
+        value[0, 0] = np.linalg.svd(zs)  # an array into a number: numba refuses to type it
+
+    sizes = (3, 6, 5, 1)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), "laplacian", "torch", out_dir=tmp_path)
+    params = [p.requires_grad_(True) for p in random_params(sizes, torch.Generator().manual_seed(6))]
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
+    got = ot.forward_laplacian(params, x, module._activation, t, untyped)
+    assert untyped in ot._UNCOMPILED
+    want = contracted(params, x, "tanh", module.OPERATOR, module.MIXING)
+    assert (got - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)
+    assert torch.autograd.grad(got.sum(), params)[0].shape == params[0].shape
+
+
 def test_loops_restore_blas_threads(tmp_path):
     """The loops hold BLAS to one thread for small products and give each library its count back."""
     from diagramc.runtime import operator_torch as ot

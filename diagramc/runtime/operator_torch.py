@@ -126,9 +126,25 @@ def forward_laplacian(params, x, activation, t, fused_activation=None):
     """The forward Laplacian of the whole network as one autograd node (see ForwardLaplacian);
     fused_activation(z, value, weights): the module's numba loop of sigma and sigma^(k)/k!,
     k = 1..3, which runs the elementwise work as numba loops where _loops_apply."""
-    if fused_activation is not None and _loops_apply(params, x):
-        return ForwardLaplacianLoops.apply(x, fused_activation, t, *params)
+    if fused_activation is not None and fused_activation not in _UNCOMPILED and _loops_apply(params, x):
+        try:
+            return ForwardLaplacianLoops.apply(x, fused_activation, t, *params)
+        except Exception as error:  # an activation numba cannot compile (a custom one): torch's operations serve
+            if not _is_numba_error(error):
+                raise
+            _UNCOMPILED.add(fused_activation)
     return ForwardLaplacian.apply(x, activation, t, *params)
+
+
+_UNCOMPILED: set = set()  # modules' activation loops that numba could not compile
+
+
+def _is_numba_error(error) -> bool:
+    try:
+        from numba.core.errors import NumbaError
+    except ImportError:
+        return False
+    return isinstance(error, NumbaError)
 
 
 def _loops_apply(params, x) -> bool:
