@@ -360,3 +360,111 @@ def test_fused_kernel_restores_threads_and_keeps_float32(tmp_path):
     assert out.dtype == torch.float32
     want = contracted([p.double() for p in params], x.double(), "tanh", module.OPERATOR, module.MIXING)
     assert torch.allclose(out.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("activation,hidden,seed", [
+    ("tanh", 2, 0), ("sigmoid", 3, 1), ("softplus", 2, 2), ("gelu", 3, 3), ("sin", 2, 4), ("silu", 2, 5),
+    ("x*tanh(x)", 3, 6),
+])
+def test_numba_loops_agree_with_the_torch_forward_laplacian(tmp_path, activation, hidden, seed):
+    """ForwardLaplacianLoops (numba loops, NumPy's products) against ForwardLaplacian's torch
+    operations in float64: values and gradients in x and every parameter, Laplacian and u_t - Delta u."""
+    from diagramc.runtime import operator_torch as ot
+
+    rng = random.Random(seed)
+    d = rng.randint(2, 5)
+    sizes = (d,) + tuple(rng.randint(3, 9) for _ in range(hidden)) + (rng.randint(1, 2),)
+    heat = {tuple(int(i == 0) for i in range(d)): 0.7,
+            **{tuple(2 * int(i == k) for i in range(d)): -1.3 for k in range(1, d)}}
+    generator = torch.Generator().manual_seed(seed)
+    for operator in ("laplacian", heat):
+        module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, "torch",
+                                           out_dir=tmp_path)
+        assert module._fused_activation is not None
+        params = [p.requires_grad_(True) for p in random_params(sizes, generator)]
+        x = (torch.randn(7, d, generator=generator, dtype=torch.float64) + 0.3).requires_grad_(True)
+        t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
+        got = ot.ForwardLaplacianLoops.apply(x, module._fused_activation, t, *params)
+        want = ot.ForwardLaplacian.apply(x, module._activation, t, *params)
+        assert got.dtype == torch.float64 and got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12 * want.abs().max().item())
+        weights = torch.randn(got.shape, generator=generator, dtype=torch.float64)
+        g_got = torch.autograd.grad((got * weights).sum(), params + [x])
+        g_want = torch.autograd.grad((want * weights).sum(), params + [x])
+        for a, b in zip(g_got, g_want):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            assert torch.allclose(a, b, rtol=1e-11, atol=1e-11 * max(b.abs().max().item(), 1e-3))
+
+
+def test_loops_see_parameters_updated_in_place(tmp_path):
+    """The loops keep NumPy views of the parameters between calls: an optimizer's in-place steps show."""
+    from diagramc.runtime import operator_torch as ot
+
+    sizes = (3, 8, 7, 1)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), "laplacian", "torch", out_dir=tmp_path)
+    params = [p.requires_grad_(True) for p in random_params(sizes, torch.Generator().manual_seed(4))]
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) + 0.2
+    optimizer = torch.optim.SGD(params, lr=0.05)
+    for _ in range(3):
+        optimizer.zero_grad()
+        module.apply(params, x).square().sum().backward()
+        optimizer.step()
+    t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
+    got = ot.ForwardLaplacianLoops.apply(x, module._fused_activation, t, *params)
+    want = contracted(params, x, "tanh", module.OPERATOR, module.MIXING)
+    assert (got - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)
+
+
+def test_activation_numba_cannot_compile_falls_back_to_torch(tmp_path):
+    from diagramc.runtime import operator_torch as ot
+    from diagramc.runtime.numpy_loops import jit
+
+    @jit()
+    def untyped(zs, value, weights):
+        value[0, 0] = np.linalg.svd(zs)  # an array into a number: numba refuses to type it
+
+    sizes = (3, 6, 5, 1)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), "laplacian", "torch", out_dir=tmp_path)
+    params = [p.requires_grad_(True) for p in random_params(sizes, torch.Generator().manual_seed(6))]
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
+    got = ot.forward_laplacian(params, x, module._activation, t, untyped)
+    assert untyped in ot._UNCOMPILED
+    want = contracted(params, x, "tanh", module.OPERATOR, module.MIXING)
+    assert (got - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)
+    assert torch.autograd.grad(got.sum(), params)[0].shape == params[0].shape
+
+
+def test_loops_restore_blas_threads(tmp_path):
+    """The loops hold BLAS to one thread for small products and give each library its count back."""
+    from diagramc.runtime import operator_torch as ot
+
+    calls = ot._openblas_calls()
+    if calls is None:
+        pytest.skip("BLAS is not OpenBLAS on pthreads here")
+    sizes = (3, 8, 8, 1)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), "laplacian", "torch", out_dir=tmp_path)
+    params = [p.requires_grad_(True) for p in random_params(sizes, torch.Generator().manual_seed(2))]
+    x = torch.randn(5, 3, dtype=torch.float64)
+    before = [get() for get, _ in calls]
+    try:
+        for _, set_ in calls:
+            set_(2)
+        seen = []
+        with ot._BlasThreads(1):
+            seen = [get() for get, _ in calls]
+        torch.autograd.grad(module.apply(params, x).sum(), params)
+        assert seen == [1] * len(calls) and [get() for get, _ in calls] == [2] * len(calls)
+    finally:
+        for (_, set_), count in zip(calls, before):
+            set_(count)
+
+
+def test_split_activation_hoists_only_calls_on_z():
+    from diagramc.compiler.operators import split_activation
+    from diagramc.compiler.printing import activation_code
+
+    calls, rest = split_activation(activation_code(diagramc.Architecture((2, 3, 1), "tanh").activation, 3, "scalar"))
+    assert [(n, f) for n, f, _ in calls] == [("u", "tanh"), ("s_exp", "exp")] and not any("math." in r for r in rest)
+    calls, rest = split_activation(activation_code(diagramc.Architecture((2, 3, 1), "softplus").activation, 3, "scalar"))
+    assert [f for _, f, _ in calls] == ["exp"] and any("math.log1p" in r for r in rest)  # log1p(exp(...)): nested, kept

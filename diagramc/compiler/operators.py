@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,36 @@ def _activation_code(activation, order: int, backend: str):
     return activation_code(activation, order, backend)
 
 
+# math's functions that NumPy evaluates vectorized over a whole array (numba calls them one number at a time)
+_VECTORIZED = {"exp": "exp", "expm1": "expm1", "log": "log", "log1p": "log1p", "tanh": "tanh", "sin": "sin",
+               "cos": "cos", "sqrt": "sqrt", "sinh": "sinh", "cosh": "cosh", "atan": "arctan"}
+_CALL = re.compile(r"^(\w+) = math\.(\w+)\((.*)\)$")
+
+
+def split_activation(code) -> tuple:
+    """The scalar activation's lines `name = math.f(argument)` whose argument reads z alone and whose
+    f NumPy has, as (name, NumPy function, argument) to evaluate as arrays first; and the other lines."""
+    calls, lines = [], []
+    for line in code.lines:
+        match = _CALL.match(line)
+        if match and match.group(2) in _VECTORIZED and _whole_argument(match.group(3)) and \
+                set(re.findall(r"[A-Za-z_]\w*", match.group(3))) <= {"z", "abs", "min", "max"}:
+            calls.append((match.group(1), _VECTORIZED[match.group(2)], match.group(3)))
+        else:
+            lines.append(line)
+    return tuple(calls), tuple(lines)
+
+
+def _whole_argument(text: str) -> bool:
+    """Whether text's parentheses balance without closing below its start (one call's argument)."""
+    depth = 0
+    for ch in text:
+        depth += (ch == "(") - (ch == ")")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def _fused(spec: OperatorSpec, plan: OperatorPlan) -> bool:
     """Whether the torch kernel runs the forward Laplacian as one autograd node (operator_torch.fused)."""
     from ..runtime.operator_torch import fused
@@ -255,12 +286,16 @@ def render(spec: OperatorSpec, out_dir: str) -> str:
     plan = make_plan(spec)
     act = arch.activation
     fused = spec.backend == "torch" and _fused(spec, plan)
+    scalar = _activation_code(act, spec.order + 1, "scalar") if fused else None
     return render_template(
         "operator_kernel.py.jinja",
         **module_context(spec, out_dir),
         # the written-out backward of the fused forward Laplacian needs sigma''' too
         activation=_activation_code(act, spec.order + (1 if fused else 0), spec.backend),
         vertex_order=spec.order + (1 if fused else 0),
+        # the same as scalar code, for the fused kernel's numba loop on CPU tensors
+        scalar_activation=scalar,
+        vectorized_calls=split_activation(scalar) if fused else ((), ()),
         fused=fused,
         order=spec.order,
         operator_name=spec.name,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from . import operator_series
@@ -121,9 +122,55 @@ def fused(tables: Tables, mixing: bool, hidden_layers: int) -> bool:
 SMALL_PRODUCT = 2**27
 
 
-def forward_laplacian(params, x, activation, t):
-    """The forward Laplacian of the whole network as one autograd node (see ForwardLaplacian)."""
+def forward_laplacian(params, x, activation, t, fused_activation=None):
+    """The forward Laplacian of the whole network as one autograd node (see ForwardLaplacian);
+    fused_activation(z, value, weights): the module's numba loop of sigma and sigma^(k)/k!,
+    k = 1..3, which runs the elementwise work as numba loops where _loops_apply."""
+    if fused_activation is not None and fused_activation not in _UNCOMPILED and _loops_apply(params, x):
+        try:
+            return ForwardLaplacianLoops.apply(x, fused_activation, t, *params)
+        except Exception as error:  # an activation numba cannot compile (a custom one): torch's operations serve
+            if not _is_numba_error(error):
+                raise
+            _UNCOMPILED.add(fused_activation)
     return ForwardLaplacian.apply(x, activation, t, *params)
+
+
+_UNCOMPILED: set = set()  # modules' activation loops that numba could not compile
+
+
+def _is_numba_error(error) -> bool:
+    try:
+        from numba.core.errors import NumbaError
+    except ImportError:
+        return False
+    return isinstance(error, NumbaError)
+
+
+def _loops_apply(params, x) -> bool:
+    """Whether the numba loops serve this call: CPU float32/float64 tensors (the parameters are x's
+    dtype and device: prepare checked), numba and SciPy's BLAS installed, no torch.func transform
+    around it (NumPy views need real tensors)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    return not torch._C._are_functorch_transforms_active() and _loops() is not None
+
+
+def _import_loops():
+    try:
+        from . import numpy_loops, operator_loops
+    except Exception:  # numba missing or broken: the torch operations serve
+        return None
+    return operator_loops if numpy_loops.DGEMM is not None and numpy_loops.SGEMM is not None else None
+
+
+_LOOPS = []  # [operator_loops] once imported, [None] where it cannot be
+
+
+def _loops():
+    if not _LOOPS:
+        _LOOPS.append(_import_loops())
+    return _LOOPS[0]
 
 
 @contextlib.contextmanager
@@ -266,3 +313,180 @@ def _rows_back(dH, rows, S, s, F1, F2, F3, q):
     if q:
         dH[:, 1:-1].addcmul_(rows[:, :-1], coupling[:, None], value=2.0 * q)
     return dH
+
+
+def _numpy(tensor):
+    """A tensor's NumPy view (no copy on the CPU)."""
+    return tensor.detach().numpy()
+
+
+def _numpy_tables(t):
+    """The tables' input rows and output coefficients as NumPy arrays, made once per tables."""
+    if "numpy" not in t:
+        t["numpy"] = (_numpy(t["input_rows"]), np.ascontiguousarray(_numpy(t["output"][:, 0])))
+    return t["numpy"]
+
+
+_VIEWS: dict = {}  # the parameters' NumPy views, by identity and storage, a few sets at a time (as jet_torch's)
+
+
+def _param_views(params):
+    """The parameters' NumPy views, kept while they keep their storage (a training loop calls with
+    the same tensors, updated in place, which the views see)."""
+    key = tuple((id(p), p.data_ptr()) for p in params)
+    entry = _VIEWS.get(key)
+    if entry is None:
+        if len(_VIEWS) >= 8:
+            _VIEWS.pop(next(iter(_VIEWS)))
+        entry = _VIEWS[key] = (params, [_numpy(p) for p in params])  # params held: ids stay theirs
+    return entry[1]
+
+
+_OPENBLAS: list = []  # [((get, set) per BLAS library)] or [None], found once
+
+
+def _openblas_calls():
+    """OpenBLAS's own thread-count calls, (get, set) for each BLAS library loaded (NumPy's, which
+    the backward's products use, and SciPy's, the forward's), where all are OpenBLAS on pthreads; else None."""
+    if not _OPENBLAS:
+        found = []
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+                if lib.internal_api != "openblas" or lib.threading_layer != "pthreads":
+                    raise LookupError(lib.internal_api)
+                prefix, suffix = lib._find_affixes()
+                found.append(tuple(getattr(lib.dynlib, f"{prefix}openblas_{name}_num_threads{suffix}") for name in ("get", "set")))
+        except Exception:  # no threadpoolctl, another BLAS: runtime.threads serves
+            found = None
+        _OPENBLAS.append(found or None)
+    return _OPENBLAS[0]
+
+
+class _BlasThreads:
+    """BLAS on `count` threads for the duration, restored after: by OpenBLAS's own calls where
+    found (threadpoolctl's generic path costs tens of microseconds, more when cold), else by
+    runtime.threads."""
+
+    def __init__(self, count):
+        self.count, self.changed, self.other = count, [], None
+
+    def __enter__(self):
+        calls = _openblas_calls()
+        if calls is None:
+            from . import threads
+
+            self.other = threads.blas_threads(self.count)
+            self.other.__enter__()
+            return
+        for get, set_ in calls:
+            before = get()
+            if before != self.count:
+                set_(self.count)
+                self.changed.append((set_, before))
+
+    def __exit__(self, *exc):
+        if self.other is not None:
+            return self.other.__exit__(*exc)
+        for set_, before in self.changed:
+            set_(before)
+        return None
+
+
+class ForwardLaplacianLoops(torch.autograd.Function):
+    """ForwardLaplacian's algebra on NumPy views of CPU tensors: each layer's elementwise work
+    (activation, output rows, their gradient) one numba loop (operator_loops), each product one
+    NumPy matmul (its BLAS beats torch's on small products); one autograd node as ForwardLaplacian."""
+
+    @staticmethod
+    def forward(ctx, x, fused_activation, t, *params):
+        ctx.blas_threads = _blas_count(x.shape[0] * t["input_rows"].shape[0], params)
+        with _BlasThreads(ctx.blas_threads):
+            out, ctx.stored, ctx.Y = _loops_forward(_numpy(x), _param_views(params), fused_activation, t)
+        ctx.t = t
+        ctx.save_for_backward(x, *params)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        x, *params = ctx.saved_tensors
+        with _BlasThreads(ctx.blas_threads):
+            dx, grads = _loops_backward(_numpy(g_out), _numpy(x), _param_views(params), ctx.stored, ctx.Y,
+                                        ctx.t, ctx.needs_input_grad[0])
+        ctx.stored = ctx.Y = None
+        return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
+
+
+def _blas_count(rows, params):
+    """BLAS threads for a call: one where every layer's product is small (SMALL_PRODUCT), torch's count otherwise."""
+    small = rows * max(W.shape[0] * W.shape[1] for W in params[0::2]) < SMALL_PRODUCT
+    return 1 if small else torch.get_num_threads()
+
+
+def _loop_vertices(a, fused_activation):
+    """sigma(a) and sigma^(k)/k!, k = 1..3, by the module's numba loop (it writes every weight, zero where one vanishes)."""
+    block = np.empty((4,) + a.shape, dtype=a.dtype)
+    fused_activation(a, block[0], block[1:])
+    return block[0], block[1:]
+
+
+def _loops_forward(x, params, fused_activation, t):
+    """(out, per hidden layer (X, S, value, F), Y): ForwardLaplacian._forward on NumPy arrays, each
+    layer's pre-activation rows X whole (operator_loops), its products by SciPy's BLAS inside the loops."""
+    from .numpy_loops import DGEMM, SGEMM
+
+    loops = _loops()
+    q = t["uniform_q"]
+    rows_in, A = _numpy_tables(t)
+    blas = DGEMM if x.dtype == np.float64 else SGEMM
+    W, b = [np.ascontiguousarray(w) for w in params[0::2]], params[1::2]  # BLAS takes rows of unit stride
+    batch, rows, dtype = x.shape[0], rows_in.shape[0] + 1, x.dtype
+    X, a = np.zeros((1, rows, W[0].shape[0]), dtype=dtype), np.empty((batch, W[0].shape[0]), dtype=dtype)
+    loops.first_layer(blas, np.ascontiguousarray(x), W[0], b[0], rows_in, X, a)
+    stored = []
+    for l in range(len(W) - 1):
+        value, F = _loop_vertices(a, fused_activation)
+        S = np.empty((X.shape[0], a.shape[1]), dtype=dtype)
+        stored.append((X, S, value, F))
+        if l == len(W) - 2:  # the rows combined by the operator's coefficients, then one product
+            Y, out = np.empty_like(value), np.empty((batch, W[-1].shape[0]), dtype=dtype)
+            loops.last_layer(blas, X, value, F, q, A, W[-1], b[-1], S, Y, out)
+        else:
+            n = W[l + 1].shape[0]
+            H, X, a = np.empty((batch, rows, a.shape[1]), dtype=dtype), np.empty((batch, rows, n), dtype=dtype), \
+                np.empty((batch, n), dtype=dtype)
+            loops.next_layer(blas, stored[-1][0], value, F, q, W[l + 1], b[l + 1], S, H, X, a)
+            del H
+    return out, stored, Y
+
+
+def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
+    """(dx or None, the parameters' gradients): ForwardLaplacian._backward on NumPy arrays, a layer
+    each numba call (operator_loops.back_layer), products by SciPy's BLAS inside them."""
+    from .numpy_loops import DGEMM, SGEMM
+
+    loops = _loops()
+    q = t["uniform_q"]
+    rows_in, A = _numpy_tables(t)
+    blas = DGEMM if x.dtype == np.float64 else SGEMM
+    W = [np.ascontiguousarray(w) for w in params[0::2]]
+    batch, rows, dtype = x.shape[0], rows_in.shape[0] + 1, x.dtype
+    grads = [None] * len(params)
+    grads[-2], grads[-1], G = loops.back_top(np.ascontiguousarray(g_out), Y, W[-1], A[0])
+    dH = np.empty((0, 1, 1), dtype=dtype)  # the last hidden layer's is A[r] G: never made
+    for l in range(len(W) - 2, 0, -1):
+        X, S, _, F = stored[l]
+        dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
+        n = W[l].shape[1]
+        H, dH_prev = np.empty((batch, rows, n), dtype=dtype), np.empty((batch, rows, n), dtype=dtype)
+        grads[2 * l], sums = loops.back_layer(blas, dH, A, G, X, S, F, q, *stored[l - 1], W[l], dX, H, dH_prev)
+        grads[2 * l + 1] = sums[0]
+        del H, dX
+        dH = dH_prev
+    X, S, _, F = stored[0]
+    dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
+    dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
+    grads[0], grads[1] = loops.back_first(blas, dH, A, G, X, S, F, q, np.ascontiguousarray(x), rows_in, W[0], dX, dx)
+    return (dx if input_grad else None), grads

@@ -1,0 +1,234 @@
+"""The forward Laplacian's elementwise work (operator_torch.ForwardLaplacianLoops) as numba loops,
+one pass over (batch, rows, width) per layer and direction, in place of a dozen torch operations.
+
+A layer's pre-activation rows X are (batch or 1, rows, width) with row 0 the value (not read
+here: the activation has it), rows 1..m the first-order series and row m + 1 the collapsed
+row; a first layer's rows are the same for every point and keep a batch axis of 1. Whole
+C-ordered arrays, not slices: numba vectorizes only loops over unit-stride rows it can see.
+F is (3, batch, width), the vertex weights sigma^(k)/k!, k = 1..3; q the uniform quadratic
+form's coefficient (0: none); A the output's row coefficients.
+"""
+import numpy as np
+
+from .numpy_loops import gemm, jit
+
+
+@jit(fastmath={"reassoc", "contract"})  # the sum of squares vectorizes only if it may be reordered
+def _squares(X, S):
+    """S[b] = sum_i Z_i^2 over the first-order rows of X[b]."""
+    for b in range(S.shape[0]):
+        Sb = S[b]
+        Sb[:] = 0.0
+        for i in range(1, X.shape[1] - 1):
+            z = X[b, i]
+            for j in range(z.shape[0]):
+                Sb[j] += z[j] * z[j]
+
+
+@jit(fastmath={"reassoc", "contract"})
+def rows_out(X, value, F, q, H, S):
+    """A layer's output rows into H (batch, rows, width): the value, F1 times every other row, and
+    q F2 S added to the collapsed row; S = sum_i Z_i^2 (rows' batch, width) made first."""
+    _squares(X, S)
+    last = X.shape[1] - 1
+    for b in range(H.shape[0]):
+        xb = b if X.shape[0] > 1 else 0
+        f1, f2, Sb, Hb, Xb = F[0, b], F[1, b], S[xb], H[b], X[xb]
+        Hb[0, :] = value[b]
+        for i in range(1, last + 1):
+            z, h = Xb[i], Hb[i]
+            for j in range(h.shape[0]):
+                h[j] = f1[j] * z[j]
+        if q != 0.0:
+            h = Hb[last]
+            for j in range(h.shape[0]):
+                h[j] += q * f2[j] * Sb[j]
+
+
+@jit(fastmath={"reassoc", "contract"})
+def rows_combined(X, value, F, q, A, Y, S):
+    """sum_r A[r] H[:, r] of the output rows rows_out would make, into Y (batch, width), never
+    making H; S as rows_out's."""
+    _squares(X, S)
+    last = X.shape[1] - 1
+    for b in range(Y.shape[0]):
+        xb = b if X.shape[0] > 1 else 0
+        f1, f2, Sb, y, v, Xb = F[0, b], F[1, b], S[xb], Y[b], value[b], X[xb]
+        for j in range(y.shape[0]):
+            y[j] = A[0] * v[j]
+        for i in range(1, last + 1):
+            z, a = Xb[i], A[i]
+            if a != 0.0:
+                for j in range(y.shape[0]):
+                    y[j] += a * f1[j] * z[j]
+        a = A[last] * q
+        if a != 0.0:
+            for j in range(y.shape[0]):
+                y[j] += a * f2[j] * Sb[j]
+
+
+@jit(fastmath={"reassoc", "contract"})
+def rows_back(dH, A, G, X, S, F, q, dX, sums, value_only):
+    """The gradient of a layer's pre-activation rows dX (batch, rows, width) from that of its
+    output rows, dH (same shape), or where dH is empty dH[b, r] = A[r] G[b] (the last hidden
+    layer: the output takes sum_r A[r] H_r): with F_k = sigma^(k)/k!,
+    d value = F1 dh + 2 F2 dF1 + 3 q F3 S dL, d Z_i = F1 dH_i + 2 q F2 Z_i dL, d L = F1 dL,
+    dF1 = sum_r dH_r X_r over the rows after the value. dX may be dH itself. sums (rows, width):
+    dX summed over the batch; value_only: dX's value row alone is written (the first layer's
+    other rows are the same for every point: their sums serve)."""
+    last, w = X.shape[1] - 1, X.shape[2]
+    combined = dH.shape[0] == 0
+    cubic = q != 0.0
+    s, dL, coupling = np.empty(w, dtype=dX.dtype), np.empty(w, dtype=dX.dtype), np.empty(w, dtype=dX.dtype)
+    o = np.empty(w, dtype=dX.dtype)
+    sums[:] = 0.0
+    for b in range(dX.shape[0]):
+        xb = b if X.shape[0] > 1 else 0
+        f1, f2, f3, Sb, out, z = F[0, b], F[1, b], F[2, b], S[xb], dX[b], X[xb]
+        s[:] = 0.0
+        if combined:
+            g = G[b]
+            for i in range(1, last + 1):
+                a = A[i]
+                for j in range(w):
+                    s[j] += a * z[i, j]
+            for j in range(w):
+                s[j] *= g[j]
+                dL[j] = A[last] * g[j]
+                out[0, j] = A[0] * g[j] * f1[j]
+        else:
+            d = dH[b]
+            for i in range(1, last + 1):
+                for j in range(w):
+                    s[j] += d[i, j] * z[i, j]
+            for j in range(w):
+                dL[j] = d[last, j]
+                out[0, j] = d[0, j] * f1[j]
+        for j in range(w):
+            da = out[0, j] + 2.0 * f2[j] * s[j]
+            if cubic:
+                da += 3.0 * q * f3[j] * Sb[j] * dL[j]
+            out[0, j] = da
+            sums[0, j] += da
+            coupling[j] = 2.0 * q * f2[j] * dL[j]
+        for i in range(1, last + 1):
+            zi, total = z[i], sums[i]
+            if i == last:
+                for j in range(w):
+                    o[j] = f1[j] * dL[j]
+            elif combined:
+                a, g = A[i], G[b]
+                for j in range(w):
+                    o[j] = f1[j] * a * g[j] + coupling[j] * zi[j]
+            else:
+                d = dH[b, i]
+                for j in range(w):
+                    o[j] = f1[j] * d[j] + coupling[j] * zi[j]
+            for j in range(w):
+                total[j] += o[j]
+            if not value_only:
+                out[i, :] = o
+
+
+@jit()
+def _product(blas, A, W, C):
+    """C = A @ W^T by BLAS's gemm (numpy_loops.gemm; rows of unit stride)."""
+    ints = np.empty(8, dtype=np.int32)
+    zero, one = np.zeros(1, dtype=C.dtype), np.ones(1, dtype=C.dtype)
+    gemm(blas, A, W, C, False, True, zero, ints, one)
+
+
+# The loops below take their large arrays from the caller (NumPy's allocations): arrays of megabytes
+# made inside numba went back to the system at each free and cost a page fault per 4 kB at each call.
+
+
+@jit()
+def first_layer(blas, x, W, bias, rows_in, X, a):
+    """Layer 1's pre-activation rows into X (1, rows, width; zero on entry: its value row stays
+    zero, the others rows_in W^T, the same for every point) and a = x W^T + bias (batch, width)."""
+    _product(blas, rows_in, W, X[0, 1:])
+    _product(blas, x, W, a)
+    for b in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[b, j] += bias[j]
+
+
+@jit()
+def next_layer(blas, X, value, F, q, W, bias, S, H, X_next, a):
+    """The next layer's pre-activation rows X_next from a layer's X: its output rows H (rows_out,
+    S made), one product by W^T for all of them, and the next value a = X_next[:, 0] + bias
+    (contiguous). One call: no product goes through Python."""
+    batch, rows = value.shape[0], X.shape[1]
+    rows_out(X, value, F, q, H, S)
+    _product(blas, H.reshape((batch * rows, H.shape[2])), W, X_next.reshape((batch * rows, W.shape[0])))
+    for b in range(batch):
+        for j in range(a.shape[1]):
+            a[b, j] = X_next[b, 0, j] + bias[j]
+
+
+@jit()
+def last_layer(blas, X, value, F, q, A, W, bias, S, Y, out):
+    """The output: Y = sum_r A[r] H_r of the last hidden layer's rows (rows_combined), then
+    out = Y W^T + A[0] bias."""
+    rows_combined(X, value, F, q, A, Y, S)
+    _product(blas, Y, W, out)
+    for b in range(out.shape[0]):
+        for o in range(out.shape[1]):
+            out[b, o] += A[0] * bias[o]
+
+
+@jit()
+def back_top(g, Y, W, a0):
+    """The output layer's gradients from g = d/d(out) (batch, outputs): W's (g^T Y), the bias's
+    (a0 sum_b g) and G = g W, the gradient of the combined rows Y (a few outputs: plain loops)."""
+    gW = np.zeros((g.shape[1], Y.shape[1]), dtype=Y.dtype)
+    gb = np.zeros(g.shape[1], dtype=Y.dtype)
+    G = np.zeros_like(Y)
+    for b in range(g.shape[0]):
+        for o in range(g.shape[1]):
+            c, w, row = g[b, o], W[o], gW[o]
+            gb[o] += a0 * c
+            for j in range(Y.shape[1]):
+                row[j] += c * Y[b, j]
+                G[b, j] += c * w[j]
+    return gW, gb, G
+
+
+@jit()
+def back_layer(blas, dH, A, G, X, S, F, q, X_p, S_p, value_p, F_p, W, dX, H, dH_prev):
+    """A hidden layer after the first, backward: dX by rows_back (dX may be dH), W's gradient
+    dX^T H_prev with the layer below's output rows H_prev made again into H (rows_out), and
+    dH_prev = dX W, each product one BLAS call; returns (W's gradient, dX summed over the batch)."""
+    batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
+    sums = np.empty((rows, width), dtype=F.dtype)
+    rows_back(dH, A, G, X, S, F, q, dX, sums, False)
+    n = W.shape[1]
+    rows_out(X_p, value_p, F_p, q, H, np.empty_like(S_p))
+    ints = np.empty(8, dtype=np.int32)
+    zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
+    flat = dX.reshape((batch * rows, width))
+    gW = np.empty((width, n), dtype=F.dtype)
+    gemm(blas, flat, H.reshape((batch * rows, n)), gW, True, False, zero, ints, one)
+    gemm(blas, flat, W, dH_prev.reshape((batch * rows, n)), False, False, zero, ints, one)
+    return gW, sums
+
+
+@jit()
+def back_first(blas, dH, A, G, X, S, F, q, x, rows_in, W, dX, dx):
+    """The first layer, backward: its value row's gradient d (rows_back; the other rows are the
+    same for every point, only their sums over the batch serve), W's gradient d^T x + sums^T rows_in,
+    the bias's and, where dx has rows, x's (d W) into dx; returns (W's gradient, the bias's)."""
+    batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
+    sums = np.empty((rows, width), dtype=F.dtype)
+    rows_back(dH, A, G, X, S, F, q, dX, sums, True)
+    d = np.empty((batch, width), dtype=F.dtype)
+    for b in range(batch):
+        d[b, :] = dX[b, 0]
+    ints = np.empty(8, dtype=np.int32)
+    zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
+    gW = np.empty((width, x.shape[1]), dtype=F.dtype)
+    gemm(blas, d, x, gW, True, False, zero, ints, one)
+    gemm(blas, sums[1:], rows_in, gW, True, False, one, ints, one)
+    if dx.shape[0]:
+        gemm(blas, d, W, dx, False, False, zero, ints, one)
+    return gW, sums[0].copy()
