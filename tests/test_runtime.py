@@ -173,6 +173,32 @@ def test_kernel_rejects_wrong_shapes_naming_the_parameter():
         kernel.derivatives(params[:2] + [np.zeros((2, 3)), np.zeros(1)], np.zeros((4, 2)))
 
 
+
+def test_kernel_sees_parameters_changed_in_place_and_checks_them_again():
+    """Calls with the same parameter arrays reuse their checked list: values changed in place
+    are seen, a shape changed in place is refused, and converted arrays are never kept."""
+    sizes, order = (2, 5, 4, 1), 2
+    params = [p.numpy() for p in random_params(sizes, torch.Generator().manual_seed(5))]
+    x = np.random.default_rng(0).normal(size=(3, 2)) + 0.3
+    kernel = NumpyTaylorKernel(_plan(sizes, order), lambda z: _tanh_weights(z, order), fused=False)
+
+    def want(arrays):
+        tensors = [torch.as_tensor(np.asarray(p, dtype=np.float64)) for p in arrays]
+        return reference_derivatives(tensors, torch.as_tensor(x), "tanh", kernel.MULTI_INDICES).numpy()
+
+    first = kernel.derivatives(params, x)
+    np.testing.assert_allclose(first, want(params), rtol=1e-10, atol=1e-12)
+    params[0] *= 0.5  # an optimizer's step, in place
+    np.testing.assert_allclose(kernel.derivatives(list(params), x), want(params), rtol=1e-10, atol=1e-12)
+    params[2].shape = (1, 20)  # the same array, reshaped in place
+    with pytest.raises(ValueError, match=r"params\[2\] \(W2\) has shape \(1, 20\); expected \(4, 5\)"):
+        kernel.derivatives(params, x)
+    params[2].shape = (4, 5)
+    single = [p.astype(np.float32) for p in params]  # converted to x's float64 on each call
+    kernel.derivatives(single, x)
+    single[0] *= 2.0
+    np.testing.assert_allclose(kernel.derivatives(single, x), want(single), rtol=1e-6, atol=1e-7)
+
 # ---------------------------------------------------------------------------------------------
 # The array-built tables against the simple constructions they replace (Python tuples and dicts).
 

@@ -114,6 +114,7 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
             self._TOP_SCALES = {False: np.ones(len(self._TOP_ORDER)), True: _SERIES_FACTORIALS[1 + self._LOW :].copy()}
 
         self._KEPT_FOLD_MATRIX = [None]  # [(K, K^T in the series' order)] for the K _first_layer_for keeps
+        self._KEPT_PARAMS = [None]  # [(x's dtype, the last call's checked parameters, their shapes)]
 
 
     @staticmethod
@@ -335,7 +336,17 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         return kept.dtype == a.dtype and np.array_equal(kept, a)
 
     def _prepare(self, params, x):
+        # The same parameter arrays as the last call (a loop over points, a solver): the checked
+        # list again, the arrays themselves (values changed in place are seen), unless a shape changed
+        kept = self._KEPT_PARAMS[0]
+        if (kept is not None and type(x) is np.ndarray and x.dtype == kept[0] and x.ndim == 2
+                and x.shape[1] == self.INPUTS and len(params) == len(kept[1])
+                and all(p is q and p.shape == shape for p, q, shape in zip(params, kept[1], kept[2]))):
+            return kept[1], x, self._TABLES
+        given = params
         params, x = numpy_arguments(params, x, self.LAYER_SIZES)
+        if len(params) == len(given) and all(p is q for p, q in zip(params, given)):  # none converted
+            self._KEPT_PARAMS[0] = (x.dtype, params, tuple(p.shape for p in params))  # one assignment
         return params, x, self._TABLES
 
     def _product(self, A, Z, table):
