@@ -14,7 +14,8 @@ contracted with the operator (the Laplacian: the Hessian's trace), and nested fi
 autodiff (one backward pass for the gradient, then one per second derivative, as the
 collapsed Taylor mode paper times it); where JAX and folx are installed, folx's forward
 Laplacian and jax.hessian's trace under jit (for the biharmonic: each applied twice). Methods
-run in interleaved rounds after an idle pause each (PAUSE); medians are reported, with each
+run in interleaved rounds, each turn a burst of calls after an idle pause (PAUSE, BURST: the
+steady state a training loop gets); medians are reported, with each
 method's multiply-adds per call (torch's FlopCounterMode on matrix products, halved; for JAX,
 XLA's flop count of the whole program, halved), our matmul rate against bare GEMMs of the same
 shapes and against one large float64 GEMM at default threads (the machine's rate), both timed
@@ -54,6 +55,7 @@ SMALL = ("laplacian-d4", "laplacian-d64", "heat-d3+t")
 # idle seconds before each timed call: spinning thread pools (XLA's, OpenMP's) of the method
 # before go quiet, so that no method is timed against another's spinning threads
 PAUSE = 0.05
+BURST = 0.02  # seconds of calls a method's turn times, after its first (see timed)
 MACHINE_GEMM = 2048  # the machine's rate: a float64 (n, n) @ (n, n) at default threads
 
 
@@ -219,8 +221,7 @@ def is_jax(call):
     return "jitted" in getattr(call, "__code__", timed.__code__).co_varnames
 
 
-def timed(call, params, backward):
-    time.sleep(PAUSE)
+def _once(call, params, backward):
     start = time.perf_counter()
     if is_jax(call):
         out = call(backward)[0]
@@ -229,6 +230,18 @@ def timed(call, params, backward):
     if backward:
         torch.autograd.grad(out.sum(), params, allow_unused=True)
     return time.perf_counter() - start, out.detach()
+
+
+def timed(call, params, backward):
+    """Seconds of a call in steady state, after an idle PAUSE: the median of a burst of about
+    BURST seconds of calls after the first (a training loop calls back to back: the first
+    call after a pause, with cold caches, is not what it gets); a call longer than BURST alone."""
+    time.sleep(PAUSE)
+    first, out = _once(call, params, backward)
+    if first >= BURST:
+        return first, out
+    times = [_once(call, params, backward)[0] for _ in range(max(2, min(25, int(BURST / max(first, 1e-6)))))]
+    return statistics.median(times), out
 
 
 @contextlib.contextmanager
