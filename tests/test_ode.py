@@ -276,7 +276,7 @@ def test_compiled_pass_split_over_threads(monkeypatch, time_input, dtype):
             return out, reg, torch.autograd.grad(loss, inputs)
 
         (a, ra, ga), (b, rb, gb) = _both_paths(monkeypatch, run)
-        assert any(len(layout.groups) == 3 and len(layout.parts) == 13 for layout in jet_torch._LAYOUTS.values())
+        assert any(len(layout.groups) == 3 and len(layout.tiles) == 13 for layout in jet_torch._LAYOUTS.values())
     finally:
         torch.set_num_threads(threads)
     tol = dict(rtol=1e-11, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)

@@ -135,8 +135,7 @@ def _views(flat):
 class _Layout:
     """What a compiled call needs that depends only on the shapes, the order, the dtype and the
     activation (made once, kept): the tiles' rows and their shares of the store, each thread's
-    tiles, step fractions,
-    the activation's equation, and the gradient buffer's layout."""
+    tiles, step fractions, the activation's equation, and the gradient buffer's layout."""
 
     def __init__(self, arrays, B, D, K, dtype, kind, c, timed, threads):
         import numpy as np
@@ -149,15 +148,15 @@ class _Layout:
         per_row = 3 * K * sum(self.widths)  # P, A and U of every hidden layer, K coefficients each
         tiles = max(1, min(B, -(-per_row * B * np.dtype(dtype).itemsize // TILE_BYTES)))
         cuts = [B * i // tiles for i in range(tiles + 1)]
-        self.parts = list(zip(cuts[:-1], cuts[1:]))  # the tiles' rows
-        self.stores = [(per_row * lo, per_row * hi) for lo, hi in self.parts]
+        self.tiles = list(zip(cuts[:-1], cuts[1:]))  # the tiles' rows
+        self.stores = [(per_row * lo, per_row * hi) for lo, hi in self.tiles]
         self.store_size = per_row * B
         # a call's multiply-adds, forward and back: K coefficients through every layer, three times
         work = 3 * K * B * sum(W.size for W in weights)
         count = max(1, min(threads, tiles, B // ROWS_PER_THREAD, work // SPLIT_WORK))
         self.groups = [range(tiles * i // count, tiles * (i + 1) // count) for i in range(count)]  # each thread's tiles
         # BLAS's own threads only for products large enough to pay for waking them
-        self.blas_threads = threads if count == 1 and max(hi - lo for lo, hi in self.parts) * max(
+        self.blas_threads = threads if count == 1 and max(hi - lo for lo, hi in self.tiles) * max(
             W.size for W in weights) >= BLAS_THREADS_WORK else 1
         sizes = [W.size for W in weights] + [W.shape[0] for W in weights]
         ends = np.cumsum(sizes).tolist()
@@ -183,7 +182,7 @@ def _layout(arrays, B, D, K, dtype, kind, c, timed, threads):
     return layout
 
 
-def _in_parts(function, lay):
+def _in_groups(function, lay):
     """[function(group) for each thread's group of tiles]: several groups at once on threads
     (runtime.threads; each tile is one compiled call, which lets go of the GIL), or one here."""
     if len(lay.groups) == 1:
@@ -198,8 +197,8 @@ def _unread(dtype):
 
 class _CompiledSeries(torch.autograd.Function):
     """ode_series as compiled passes (runtime.jet_ode_loops): coefficient 0 through the network for
-    the whole batch, then the forward pass and its adjoint written by hand, each one numba call per
-    part of the batch's rows, the parts on torch's threads where the batch is large enough.
+    the whole batch, then the forward pass and its adjoint written by hand, one numba call per
+    tile of the batch's rows, the tiles spread over torch's threads where a call is large enough.
     Autograd records one node instead of hundreds of small ones."""
 
     @staticmethod
@@ -238,11 +237,11 @@ class _CompiledSeries(torch.autograd.Function):
             def forward(group):
                 ints = np.empty(8, np.int32)
                 for i in group:
-                    (lo, hi), (start, end) = lay.parts[i], lay.stores[i]
+                    (lo, hi), (start, end) = lay.tiles[i], lay.stores[i]
                     loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, first_p, first_a, lo,
                                   hi, series, store[start:end], top, lay.top_scale, blas, ints, zero, one)
 
-            _in_parts(forward, lay)
+            _in_groups(forward, lay)
         ctx.numpy = (lay, tn, weights, series, store)
         ctx.setup = (activation, rule, order, timed)
         ctx.save_for_backward(z, t, *flat)
@@ -272,13 +271,13 @@ class _CompiledSeries(torch.autograd.Function):
             buffer, ints = np.zeros(lay.gradient_size, dtype=dtype), np.empty(8, np.int32)
             dweights, dbiases = map(tuple, lay.gradients(buffer))
             for i in group:
-                (lo, hi), (start, end) = lay.parts[i], lay.stores[i]
+                (lo, hi), (start, end) = lay.tiles[i], lay.stores[i]
                 loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, store[start:end], Gn, gn,
                               2.0 * lay.top_scale, dweights, dbiases, dz, dt, blas, ints, zero, one)
             return buffer
 
         with threads.blas_threads(lay.blas_threads):
-            buffers = _in_parts(reverse, lay)
+            buffers = _in_groups(reverse, lay)
         buffer = buffers[0] if len(buffers) == 1 else np.sum(buffers, axis=0)
         dweights, dbiases = lay.gradients(buffer)
         grads = [torch.from_numpy(g) for pair in zip(dweights, dbiases) for g in pair]

@@ -308,13 +308,9 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         # BLAS on no more threads than the call may use (more than the cores it may run on, on a
         # pinned process or a busy machine, spin against each other, 10x slower), and on one
         # where a chunk's products are small: waking BLAS's threads for each costs more than they give
-        return self._with_blas_threads(lambda: super(NumpyTaylorKernel, self)._coefficients(params, x, derivatives))
-
-    def _with_blas_threads(self, call):
         largest = self._CHUNK * self._LOW * max(self.LAYER_SIZES[1:-1], default=1) ** 2
-        count = threads.get_num_threads() if largest >= self.BLAS_THREADS_WORK else 1
-        with threads.blas_threads(count):
-            return call()
+        with threads.blas_threads(threads.get_num_threads() if largest >= self.BLAS_THREADS_WORK else 1):
+            return super()._coefficients(params, x, derivatives)
 
     def _times_factorials(self, coefficients):
         """coefficients * alpha!, in place (taylor_coefficients' array is always new): only the
