@@ -416,6 +416,22 @@ def test_order_two_point_by_point_matches_jacfwd(seed, activation, kernel_dir, m
     assert calls == ([True, True, True, True, False, False] if expected else [])
 
 
+def test_order_two_point_by_point_sees_parameters_changed_in_place(kernel_dir):
+    """Calls with the same parameter arrays reuse them as the fused loops took them: steps taken
+    in place (every layer, W1 included) are seen, one point and a batch, against jacfwd."""
+    sizes = (3, 5, 4, 1)
+    params = [q.numpy().copy() for q in random_params(sizes, torch.Generator().manual_seed(11))]
+    mod = diagramc.compile(diagramc.Architecture(sizes, "tanh"), 2, "numpy", out_dir=kernel_dir)
+    for batch in (1, 4):
+        x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
+        for step in range(3):
+            got = mod.derivatives(params, x.numpy())
+            want = reference_derivatives([torch.from_numpy(q) for q in params], x, "tanh", mod.MULTI_INDICES)
+            _assert_matches(got, want)
+            for q in params:
+                q *= 0.9 + 0.1 * step  # an optimizer's step, in place
+
+
 @pytest.mark.parametrize("batch", [1, 3, 12])
 def test_order_two_point_by_point_with_many_outputs(batch, kernel_dir):
     """Six outputs at order 2: more rows than the few-row loops take (the output layer's Z and

@@ -115,6 +115,7 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
 
         self._KEPT_FOLD_MATRIX = [None]  # [(K, K^T in the series' order)] for the K _first_layer_for keeps
         self._KEPT_PARAMS = [None]  # [(x's dtype, the last call's checked parameters, their shapes)]
+        self._KEPT_ORDERED = [None]  # [(that list, its weights and biases as the fused loops take them, layer 1's J)]
 
 
     @staticmethod
@@ -230,10 +231,16 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         where `derivatives` (returned: whether out holds the derivatives). Layer 1's first-order
         series is W1's columns of the first-order variables (W1 itself where all are)."""
         C = np.ascontiguousarray  # numba takes C-ordered arrays (one compiled loop); mostly they are already
-        weights, biases = tuple(map(C, params[0::2])), tuple(map(C, params[1::2]))
+        kept = self._KEPT_ORDERED[0]
+        if kept is not None and kept[0] is params:  # the kept parameter list again (_prepare): its arrays as they were
+            weights, biases, J = kept[1:]
+        else:
+            weights, biases = tuple(map(C, params[0::2])), tuple(map(C, params[1::2]))
+            J = C(weights[0][:, tables["first_order_variables"]])
+            if all(w is p for w, p in zip(weights + biases, params[0::2] + params[1::2])) and np.shares_memory(J, weights[0]):
+                self._KEPT_ORDERED[0] = (params, weights, biases, J)  # views of the caller's arrays: never stale
         blas, syrk = (loops.DGEMM, loops.DSYRK) if x.dtype.itemsize == 8 else (loops.SGEMM, loops.SSYRK)
         KT = _NO_MATRIX[x.dtype.char] if K is None else self._fold_matrix(K)
-        J = C(weights[0][:, tables["first_order_variables"]])
         widest = max(self.LAYER_SIZES[1:])  # the widest layer's, the output layer's included
         slopes = self._empty(x, (len(weights) - 1, x.shape[0], widest))  # layer l's sigma' in slopes[l, :, :width]
         lines = self._empty(x, (len(weights) - 1, x.shape[0], self.OUTPUTS, widest))
