@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 import torch
 
-from . import operator_series
+from . import operator_series, threads
 from .arguments import torch_arguments
 from .operator_tables import Tables
 
@@ -186,15 +186,15 @@ def _one_thread(small=True):
     """One intra-op thread for the duration where small: a parallel region on a few hundred
     thousand elements waits for every thread to be scheduled, which on shared cores costs more
     than the work."""
-    threads = torch.get_num_threads()
-    small = small and threads > 1
+    count = torch.get_num_threads()
+    small = small and count > 1
     if small:
         torch.set_num_threads(1)
     try:
         yield
     finally:
         if small:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(count)
 
 
 def _vertex(F, k, like):
@@ -342,58 +342,6 @@ def _param_views(params):
     return entry[1]
 
 
-_OPENBLAS: list = []  # [((get, set) per BLAS library)] or [None], found once
-
-
-def _openblas_calls():
-    """OpenBLAS's own thread-count calls, (get, set) for each BLAS library loaded (NumPy's, which
-    the backward's products use, and SciPy's, the forward's), where all are OpenBLAS on pthreads; else None."""
-    if not _OPENBLAS:
-        found = []
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
-                if lib.internal_api != "openblas" or lib.threading_layer != "pthreads":
-                    raise LookupError(lib.internal_api)
-                prefix, suffix = lib._find_affixes()
-                found.append(tuple(getattr(lib.dynlib, f"{prefix}openblas_{name}_num_threads{suffix}") for name in ("get", "set")))
-        except Exception:  # no threadpoolctl, another BLAS: runtime.threads serves
-            found = None
-        _OPENBLAS.append(found or None)
-    return _OPENBLAS[0]
-
-
-class _BlasThreads:
-    """BLAS on `count` threads for the duration, restored after: by OpenBLAS's own calls where
-    found (threadpoolctl's generic path costs tens of microseconds, more when cold), else by
-    runtime.threads."""
-
-    def __init__(self, count):
-        self.count, self.changed, self.other = count, [], None
-
-    def __enter__(self):
-        calls = _openblas_calls()
-        if calls is None:
-            from . import threads
-
-            self.other = threads.blas_threads(self.count)
-            self.other.__enter__()
-            return
-        for get, set_ in calls:
-            before = get()
-            if before != self.count:
-                set_(self.count)
-                self.changed.append((set_, before))
-
-    def __exit__(self, *exc):
-        if self.other is not None:
-            return self.other.__exit__(*exc)
-        for set_, before in self.changed:
-            set_(before)
-        return None
-
-
 class ForwardLaplacianLoops(torch.autograd.Function):
     """ForwardLaplacian's algebra on NumPy views of CPU tensors: each layer's elementwise work
     (activation, output rows, their gradient) one numba loop (operator_loops), each product one
@@ -402,7 +350,7 @@ class ForwardLaplacianLoops(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fused_activation, t, *params):
         ctx.blas_threads = _blas_count(x.shape[0] * t["input_rows"].shape[0], params)
-        with _BlasThreads(ctx.blas_threads):
+        with threads.blas_threads(ctx.blas_threads):
             out, ctx.stored, ctx.Y = _loops_forward(_numpy(x), _param_views(params), fused_activation, t)
         ctx.t = t
         ctx.save_for_backward(x, *params)
@@ -412,7 +360,7 @@ class ForwardLaplacianLoops(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
         x, *params = ctx.saved_tensors
-        with _BlasThreads(ctx.blas_threads):
+        with threads.blas_threads(ctx.blas_threads):
             dx, grads = _loops_backward(_numpy(g_out), _numpy(x), _param_views(params), ctx.stored, ctx.Y,
                                         ctx.t, ctx.needs_input_grad[0])
         ctx.stored = ctx.Y = None

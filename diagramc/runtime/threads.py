@@ -63,18 +63,31 @@ if hasattr(os, "register_at_fork"):
 
 
 def _blas_libraries():
-    """threadpoolctl's controllers of the BLAS libraries loaded (NumPy's and SciPy's), found
+    """(get, set) of the thread count of each BLAS library loaded (NumPy's and SciPy's), found
     once; none without threadpoolctl."""
     if _state["blas"] is None:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:
             return ()
-        libraries = tuple(lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
+        libraries = tuple(_count_calls(lib) for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas")
         if "scipy.linalg.cython_blas" not in sys.modules:  # SciPy's BLAS (the numba loops') not loaded yet: look again later
             return libraries
         _state["blas"] = libraries
     return _state["blas"]
+
+
+def _count_calls(library):
+    """A threadpoolctl controller's get and set of its thread count: OpenBLAS's own functions on
+    pthreads (threadpoolctl's path costs tens of microseconds a call, more when cold), else the
+    controller's methods."""
+    if library.internal_api == "openblas" and getattr(library, "threading_layer", None) == "pthreads":
+        try:
+            prefix, suffix = library._find_affixes()
+            return tuple(getattr(library.dynlib, f"{prefix}openblas_{name}_num_threads{suffix}") for name in ("get", "set"))
+        except Exception:  # threadpoolctl's internals moved: its public methods
+            pass
+    return library.get_num_threads, library.set_num_threads
 
 
 @contextlib.contextmanager
@@ -82,16 +95,16 @@ def blas_threads(count):
     """A context in which BLAS runs on `count` threads, its settings restored after (only
     the libraries whose count differs are touched: a set costs microseconds)."""
     changed = []
-    for library in _blas_libraries():
-        before = library.get_num_threads()
+    for get, set_ in _blas_libraries():
+        before = get()
         if before != count:
-            library.set_num_threads(count)
-            changed.append((library, before))
+            set_(count)
+            changed.append((set_, before))
     try:
         yield
     finally:
-        for library, before in changed:
-            library.set_num_threads(before)
+        for set_, before in changed:
+            set_(before)
 
 
 def one_blas_thread():
