@@ -5,11 +5,11 @@ import functools
 import itertools
 import math
 import time
-from fractions import Fraction
 
 import numpy as np
 
 from ..combinatorics import multi_index as mi
+from ..runtime import interpolation
 from .measure import repeat_call, method_result, skipped_result, synchronize
 from .problem import Cell, Settings, make_problem, pack_dense
 
@@ -184,39 +184,14 @@ def bench_jax_hessian(cell: Cell, settings: Settings) -> dict:
     return method_result(times, pack_dense([np.asarray(t) for t in out], cell.d), call, compile_s=compile_s)
 
 
-@functools.lru_cache(maxsize=None)
-def _generalised_binomial(r: Fraction, q: int) -> Fraction:
-    out = Fraction(1)
-    for t in range(q):
-        out *= r - t
-    return out / math.factorial(q)
-
-
-@functools.lru_cache(maxsize=None)
-def _gamma(pairs: tuple, n: int) -> Fraction:
-    """gamma_ij from the pairs (i_m, j_m) over supp(i): invariant under permuting the variables."""
-    k = sum(a for a, _ in pairs)
-    gamma = Fraction(0)
-    for parts in itertools.product(*(range(a + 1) for a, _ in pairs)):
-        size = sum(parts)
-        if size == 0:
-            continue
-        term = Fraction((-1) ** (k - size)) * Fraction(size, n) ** k
-        for (a, b), lm in zip(pairs, parts):
-            term *= math.comb(a, lm) * _generalised_binomial(Fraction(n * lm, size), b)
-        gamma += term
-    return gamma
-
-
 @functools.lru_cache(maxsize=32)
 def interpolation_coefficients(d: int, n: int, k: int):
     """Griewank-Utke-Walther: D^i f(x) = sum_j gamma_ij c_k(j) for every |i| = k <= n.
 
     j runs over the order-n multi-indices, read as directions in R^d; c_k(j) is the k-th
-    Taylor coefficient (d^k/dt^k / k!) of t -> f(x + t j). Exact rationals:
-        gamma_ij = sum_{0 < l <= i} (-1)^(|i - l|) C(i, l) C(n l / |l|, j) (|l| / n)^k
-    (C of multi-indices: products of generalised binomials). gamma_ij vanishes unless
-    supp(j) is within supp(i). Returns sparse (rows, cols, values) over the canonical
+    Taylor coefficient (d^k/dt^k / k!) of t -> f(x + t j); gamma_ij in exact rationals
+    (runtime.interpolation.gamma), zero unless supp(j) is within supp(i), so only those j are
+    visited. Returns sparse (rows, cols, values) over the canonical
     lists of order k (rows) and order n (cols).
     """
     directions = {j: c for c, j in enumerate(mi.of_order(d, n))}
@@ -225,7 +200,7 @@ def interpolation_coefficients(d: int, n: int, k: int):
         support = [m for m in range(d) if i[m]]
         for combo in itertools.combinations_with_replacement(support, n):
             j = mi.exponents(combo, d)
-            gamma = _gamma(tuple(sorted((i[m], j[m]) for m in support)), n)
+            gamma = interpolation.gamma(tuple(sorted((i[m], j[m]) for m in support)), n)
             if gamma:
                 rows.append(r)
                 cols.append(directions[j])

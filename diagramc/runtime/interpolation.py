@@ -50,7 +50,7 @@ def _binomial(r: Fraction, q: int) -> Fraction:
 
 
 @functools.lru_cache(maxsize=None)
-def _gamma(pairs: tuple, n: int) -> Fraction:
+def gamma(pairs: tuple, n: int) -> Fraction:
     """gamma_ij from the pairs (i_m, j_m) over supp(i): the same for any order of the variables."""
     k = sum(a for a, _ in pairs)
     gamma = Fraction(0)
@@ -77,7 +77,7 @@ def exact_matrix(d, n, k):
             if any(j[m] for m in range(d) if not i[m]):
                 row.append(Fraction(0))  # supp(j) outside supp(i)
             else:
-                row.append(_gamma(tuple(sorted((i[m], j[m]) for m in support)), n))
+                row.append(gamma(tuple(sorted((i[m], j[m]) for m in support)), n))
         rows.append(row)
     return rows
 
