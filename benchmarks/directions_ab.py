@@ -8,7 +8,6 @@ ratios taken within a round. Pin it to one core with the bench's environment:
     taskset -c 0 python benchmarks/directions_ab.py [d,n,batch ...]   (ROUNDS=9 by default)
 """
 import json
-import math
 import os
 import statistics
 import sys
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 import diagramc
-from diagramc.bench.anchors import _jax_mlp, import_jax, interpolation_coefficients
+from diagramc.bench.anchors import import_jax, jet_program
 from diagramc.bench.problem import HIDDEN, Cell, make_problem
 from diagramc.combinatorics import multi_index as mi
 from diagramc.compiler.plan import make_plan
@@ -29,31 +28,11 @@ CELLS = [(2, 8, 256), (4, 4, 256), (4, 5, 256), (8, 4, 256), (16, 3, 64)]
 
 
 def jax_jet(cell):
-    """JAX jet along the C(d+n-1, n) directions with exact interpolation, jitted (as the bench's anchor)."""
+    """JAX jet along the C(d+n-1, n) directions with exact interpolation, jitted (the bench's anchor)."""
     jax = import_jax()
-    import jax.numpy as jnp
-    from jax.experimental.jet import jet
-
-    params, x = make_problem(cell)
-    f = _jax_mlp(params)
-    n = cell.order
-    directions = jnp.asarray(np.array(mi.of_order(cell.d, n), dtype=float))
-    tables = [interpolation_coefficients(cell.d, n, k) for k in range(1, n + 1)]
-
-    def along(v, s):
-        value, terms = jet(f, (v,), ([s] + [jnp.zeros_like(s)] * (n - 1),))
-        return value, jnp.stack(terms)
-
-    def all_orders(xs):
-        values, terms = jax.vmap(jax.vmap(along, (None, 0)), (0, None))(xs, directions)
-        out = [values[:, 0]]
-        for k, (rows, cols, gamma) in enumerate(tables, start=1):
-            taylor = terms[:, :, k - 1] / math.factorial(k)
-            out.append(jax.ops.segment_sum((taylor[:, cols] * gamma).T, rows, num_segments=mi.count_of_order(cell.d, k)).T)
-        return jnp.concatenate([out[0][:, None]] + out[1:], axis=1)
-
-    compiled = jax.jit(all_orders).lower(jnp.asarray(x)).compile()
-    xj = jnp.asarray(x)
+    all_orders, x, _ = jet_program(cell)
+    xj = jax.numpy.asarray(x)
+    compiled = jax.jit(all_orders).lower(xj).compile()
     return lambda: np.asarray(jax.block_until_ready(compiled(xj)))
 
 

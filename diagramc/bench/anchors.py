@@ -208,10 +208,10 @@ def interpolation_coefficients(d: int, n: int, k: int):
     return np.array(rows, dtype=np.int32), np.array(cols, dtype=np.int32), np.array(values)
 
 
-def bench_jax_jet(cell: Cell, settings: Settings) -> dict:
-    jax = import_jax()
-    if jax is None:
-        return skipped_result("unavailable", "JAX is not installed (pip install diagramc[bench])")
+def jet_program(cell: Cell):
+    """(all_orders, x, directions): JAX jet along the C(d+n-1, n) directions with exact
+    interpolation, as a function of the points to jit, the cell's points, the direction count."""
+    import jax
     import jax.numpy as jnp
     from jax.experimental.jet import jet
 
@@ -235,5 +235,13 @@ def bench_jax_jet(cell: Cell, settings: Settings) -> dict:
             out.append(jax.ops.segment_sum(contributions, rows, num_segments=mi.count_of_order(cell.d, k)).T)
         return jnp.concatenate([out[0][:, None]] + out[1:], axis=1)
 
-    times, compile_s, out, call = _jit_timed(all_orders, (jnp.asarray(x),), settings)
-    return method_result(times, np.asarray(out), call, compile_s=compile_s, directions=int(directions.shape[0]))
+    return all_orders, x, int(directions.shape[0])
+
+
+def bench_jax_jet(cell: Cell, settings: Settings) -> dict:
+    jax = import_jax()
+    if jax is None:
+        return skipped_result("unavailable", "JAX is not installed (pip install diagramc[bench])")
+    all_orders, x, directions = jet_program(cell)
+    times, compile_s, out, call = _jit_timed(all_orders, (jax.numpy.asarray(x),), settings)
+    return method_result(times, np.asarray(out), call, compile_s=compile_s, directions=directions)
