@@ -3,7 +3,6 @@ exact interpolation (runtime.taylor_directions, runtime.interpolation), against 
 torch.func.jacfwd, and the plan's choice between it and the products."""
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from fractions import Fraction
@@ -155,18 +154,6 @@ def test_directions_torch_is_differentiable(kernel_dir):
         grads[strategy] = [q.grad for q in p] + [xx.grad]
     for a, b in zip(grads["products"], grads["directions"]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-
-
-def test_directions_torch_func_transforms_over_x(kernel_dir):
-    """vmap gives the batched call's values; jacrev and jacfwd of the value its first-order coefficients."""
-    arch, params, x = _case(90, "tanh", 2, 7, hidden=3)
-    mod = diagramc.compile(arch, 7, "torch", out_dir=kernel_dir, strategy="directions")
-    want = mod.derivatives(params, x)
-    got = torch.func.vmap(lambda xi: mod.derivatives(params, xi[None])[0])(x)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    value = lambda xi: mod.derivatives(params, xi[None])[0, 0, 0]  # noqa: E731
-    for jacobian in (torch.func.jacrev, torch.func.jacfwd):
-        torch.testing.assert_close(jacobian(value)(x[0]), want[0, 0, 1:3], rtol=1e-12, atol=1e-12)
 
 
 def test_directions_float32_numpy(kernel_dir):

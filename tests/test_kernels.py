@@ -730,14 +730,16 @@ def test_torch_series_by_the_activation_equation(activation, subset, kernel_dir,
     assert len(calls) == 4
 
 
-@pytest.mark.parametrize("order", [4, 7])  # the powers of Z, and (from order 7) the activation's equation
-def test_torch_func_transforms_over_x(order, kernel_dir):
+# the powers of Z, (from order 7) the activation's equation, and the kernel by directions
+@pytest.mark.parametrize("order, strategy", [(4, "products"), (7, "products"), (7, "directions")])
+def test_torch_func_transforms_over_x(order, strategy, kernel_dir):
     """torch.func over x works on the torch kernels: vmap gives the batched call's values, and
     jacrev and jacfwd of the value give its first-order coefficients. (vmap over stacked
     parameters does not: the kernels write into their outputs in place; the README says so.)"""
     arch, params, x = _case(90, "tanh", order, d=2, hidden=3)
-    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir, strategy="products")  # (directions: test_directions)
-    assert mod._KERNEL._BY_EQUATION == (order == 7)
+    mod = diagramc.compile(arch, order, "torch", out_dir=kernel_dir, strategy=strategy)
+    if strategy == "products":
+        assert mod._KERNEL._BY_EQUATION == (order == 7)
     want = mod.derivatives(params, x)
     got = torch.func.vmap(lambda xi: mod.derivatives(params, xi[None])[0])(x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
