@@ -76,18 +76,19 @@ _SIGMA = (_tanh, _sigmoid)  # NumPy's vectorized functions, by kind
 
 
 _BLAS: dict = {}  # dtype -> gemm's routine and constants (its integer scratch is per call: calls run on threads)
+_EMPTY: dict = {}  # dtype -> an empty array
 
 
 def _blas_arguments(dtype):
-    """gemm's routine, an empty array, and gemm's constants 0 and 1 (numpy_loops.gemm) for a dtype."""
+    """gemm's routine and its constants 0 and 1 (numpy_loops.gemm) for a dtype."""
     arguments = _BLAS.get(dtype)
     if arguments is None:
         import numpy as np
 
         from .numpy_loops import DGEMM, SGEMM
 
-        arguments = _BLAS[dtype] = (DGEMM if dtype == np.float64 else SGEMM, np.zeros(0, dtype=dtype),
-                                    np.zeros(1, dtype=dtype), np.ones(1, dtype=dtype))
+        arguments = _BLAS[dtype] = (DGEMM if dtype == np.float64 else SGEMM, np.zeros(1, dtype=dtype),
+                                    np.ones(1, dtype=dtype))
     return arguments
 
 
@@ -192,7 +193,12 @@ def _in_groups(function, lay):
 
 def _unread(dtype):
     """An empty array: an unread time (autonomous dynamics), no gradient given."""
-    return _blas_arguments(dtype)[1]
+    empty = _EMPTY.get(dtype)
+    if empty is None:
+        import numpy as np
+
+        empty = _EMPTY[dtype] = np.zeros(0, dtype=dtype)
+    return empty
 
 
 class _CompiledSeries(torch.autograd.Function):
@@ -215,7 +221,7 @@ class _CompiledSeries(torch.autograd.Function):
         arrays = _views(flat)
         weights, biases = arrays[0::2], arrays[1::2]
         lay = _layout(arrays, B, D, order, dtype, kind, rule[1], timed, torch.get_num_threads())
-        blas, _, zero, one = lay.blas
+        blas, zero, one = lay.blas
         # remade each call: values may have changed in place
         transposed = tuple(np.ascontiguousarray(W[:, : W.shape[1] - (timed and l == 0)].T) for l, W in enumerate(weights))
         series = np.empty((order + 1, B, D), dtype=dtype)
@@ -265,7 +271,7 @@ class _CompiledSeries(torch.autograd.Function):
         Gn = np.zeros((0, 0, 0), dtype=dtype) if G is None else np.ascontiguousarray(G.detach().to(z.dtype).numpy())
         gn = _unread(dtype) if G_top is None else G_top.detach().to(z.dtype).contiguous().numpy()
         dz, dt = np.empty((B, D), dtype=dtype), np.zeros(B, dtype=dtype)
-        blas, _, zero, one = lay.blas
+        blas, zero, one = lay.blas
 
         def reverse(group):  # the group's tiles accumulate into one buffer
             buffer, ints = np.zeros(lay.gradient_size, dtype=dtype), np.empty(8, np.int32)
