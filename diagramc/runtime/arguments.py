@@ -65,3 +65,22 @@ def torch_arguments(params, x, layer_sizes):
         if p.dtype != x.dtype or p.device != x.device:
             raise ValueError(f"params[{i}] ({param_name(i)}) is {p.dtype} on {p.device}; expected x's {x.dtype} on {x.device}")
     return list(params), x
+
+
+_VIEWS: dict = {}  # the parameters' NumPy views, by identity and storage, a few sets at a time
+
+
+def numpy_views(params) -> tuple:
+    """CPU tensors' NumPy views, kept while the tensors keep their storage: a training loop or an
+    ODE solver calls with the same ones many times, and values changed in place (even through
+    .data, unversioned) are seen by the views. A tensor that is not contiguous is copied each call."""
+    key = tuple((id(p), p.data_ptr()) for p in params)
+    entry = _VIEWS.get(key)
+    if entry is not None:
+        return entry[1]
+    views = tuple(p.detach().contiguous().numpy() for p in params)
+    if all(p.is_contiguous() for p in params):  # views, never stale
+        if len(_VIEWS) >= 8:
+            _VIEWS.pop(next(iter(_VIEWS)))
+        _VIEWS[key] = (params, views)  # params held: their ids stay theirs
+    return views

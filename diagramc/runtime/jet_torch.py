@@ -11,6 +11,7 @@ import math
 import torch
 
 from . import jet_series, threads
+from .arguments import numpy_views
 
 
 def jet(params, x, activation, rule):
@@ -106,7 +107,6 @@ def _compiled_applies(name, rule, params, z, t, order):
     return DGEMM is not None and SGEMM is not None
 
 
-_ARRAYS: dict = {}  # the parameters' NumPy views, by identity and storage, a few sets at a time
 _LAYOUTS: dict = {}  # per shapes, batch, order, dtype and activation: what a call needs that only they decide
 
 # A compiled call goes through its batch in tiles of rows whose share of the store takes at most
@@ -118,19 +118,6 @@ ROWS_PER_THREAD = 48
 SPLIT_WORK = 2**25
 # Multiply-adds of a layer's product from which an unsplit call lets BLAS use torch's threads
 BLAS_THREADS_WORK = 2**24
-
-
-def _views(flat):
-    """The parameters as NumPy arrays, [W1, b1, ...]: views kept while the parameters keep their
-    storage (a solver calls with the same ones many times; values may change in place, even
-    through .data, unversioned, and views see that)."""
-    key = tuple((id(p), p.data_ptr()) for p in flat)
-    entry = _ARRAYS.get(key)
-    if entry is None:
-        if len(_ARRAYS) >= 8:
-            _ARRAYS.pop(next(iter(_ARRAYS)))
-        entry = _ARRAYS[key] = (flat, tuple(p.detach().contiguous().numpy() for p in flat))  # flat held: ids stay theirs
-    return entry[1]
 
 
 class _Layout:
@@ -218,7 +205,7 @@ class _CompiledSeries(torch.autograd.Function):
         B, D = zn.shape
         dtype = zn.dtype
         tn = t.detach().contiguous().numpy() if timed else _unread(dtype)
-        arrays = _views(flat)
+        arrays = numpy_views(flat)
         weights, biases = arrays[0::2], arrays[1::2]
         lay = _layout(arrays, B, D, order, dtype, kind, rule[1], timed, torch.get_num_threads())
         blas, zero, one = lay.blas

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import operator_series, threads
-from .arguments import torch_arguments
+from .arguments import numpy_views, torch_arguments
 from .operator_tables import Tables
 
 
@@ -327,21 +327,6 @@ def _numpy_tables(t):
     return t["numpy"]
 
 
-_VIEWS: dict = {}  # the parameters' NumPy views, by identity and storage, a few sets at a time (as jet_torch's)
-
-
-def _param_views(params):
-    """The parameters' NumPy views, kept while they keep their storage (a training loop calls with
-    the same tensors, updated in place, which the views see)."""
-    key = tuple((id(p), p.data_ptr()) for p in params)
-    entry = _VIEWS.get(key)
-    if entry is None:
-        if len(_VIEWS) >= 8:
-            _VIEWS.pop(next(iter(_VIEWS)))
-        entry = _VIEWS[key] = (params, [_numpy(p) for p in params])  # params held: ids stay theirs
-    return entry[1]
-
-
 class ForwardLaplacianLoops(torch.autograd.Function):
     """ForwardLaplacian's algebra on NumPy views of CPU tensors: each layer's elementwise work
     (activation, output rows, their gradient) one numba loop (operator_loops), each product one
@@ -351,7 +336,7 @@ class ForwardLaplacianLoops(torch.autograd.Function):
     def forward(ctx, x, fused_activation, t, *params):
         ctx.blas_threads = _blas_count(x.shape[0] * t["input_rows"].shape[0], params)
         with threads.blas_threads(ctx.blas_threads):
-            out, ctx.stored, ctx.Y = _loops_forward(_numpy(x), _param_views(params), fused_activation, t)
+            out, ctx.stored, ctx.Y = _loops_forward(_numpy(x), numpy_views(params), fused_activation, t)
         ctx.t = t
         ctx.save_for_backward(x, *params)
         return torch.from_numpy(out)
@@ -361,7 +346,7 @@ class ForwardLaplacianLoops(torch.autograd.Function):
     def backward(ctx, g_out):
         x, *params = ctx.saved_tensors
         with threads.blas_threads(ctx.blas_threads):
-            dx, grads = _loops_backward(_numpy(g_out), _numpy(x), _param_views(params), ctx.stored, ctx.Y,
+            dx, grads = _loops_backward(_numpy(g_out), _numpy(x), numpy_views(params), ctx.stored, ctx.Y,
                                         ctx.t, ctx.needs_input_grad[0])
         ctx.stored = ctx.Y = None
         return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
