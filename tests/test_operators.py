@@ -469,3 +469,90 @@ def test_split_activation_hoists_only_calls_on_z():
     assert [(n, f) for n, f, _ in calls] == [("u", "tanh"), ("s_exp", "exp")] and not any("math." in r for r in rest)
     calls, rest = split_activation(activation_code(diagramc.Architecture((2, 3, 1), "softplus").activation, 3, "scalar"))
     assert [f for _, f, _ in calls] == ["exp"] and any("math.log1p" in r for r in rest)  # log1p(exp(...)): nested, kept
+
+
+BIHARMONIC = [  # layer sizes, activation, operator, dims: c sum_ik d_i^2 d_k^2, the fused kernel's form
+    ((3, 7, 1), "tanh", "biharmonic", None),
+    ((4, 6, 5, 2), "sigmoid", "biharmonic", (0, 2, 3)),
+    ((3, 5, 6, 4, 1), "softplus", "biharmonic", None),
+    ((2, 5, 4, 3, 6, 3), "gelu", "biharmonic", None),
+    ((3, 6, 5, 1), "sin", {(4, 0, 0): -0.5, (0, 4, 0): -0.5, (2, 2, 0): -1.0}, None),  # -1/2 over inputs 0, 1
+    ((5, 6, 6, 2), "silu", "biharmonic", (4,)),
+    ((2, 5, 5, 1), "x*tanh(x)", "biharmonic", None),
+]
+
+
+@pytest.mark.parametrize("sizes,activation,operator,dims", BIHARMONIC)
+def test_fused_biharmonic_and_its_written_backward(tmp_path, sizes, activation, operator, dims):
+    """ForwardBiharmonicLoops (value, first and second derivatives, collapsed third and fourth)
+    against nested jacfwd contracted with the operator: values, and gradients in x and every parameter."""
+    from diagramc.runtime import operator_torch as ot
+
+    generator = torch.Generator().manual_seed(len(sizes) * 17 + sizes[1])
+    params = [p.requires_grad_(True) for p in random_params(sizes, generator)]
+    x = (torch.randn(5, sizes[0], generator=generator, dtype=torch.float64) + 0.4).requires_grad_(True)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, "torch", dims=dims,
+                                       out_dir=tmp_path)
+    assert "rt.forward_biharmonic(" in open(module.__file__).read()
+    t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
+    used = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ot.ForwardBiharmonicLoops, "apply",
+                      lambda *a, apply=ot.ForwardBiharmonicLoops.apply: used.append(1) or apply(*a))
+        got = module.apply(params, x)
+    assert used and "biharmonic" in t
+    want = contracted(params, x, activation, module.OPERATOR, module.MIXING)
+    assert (got - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)
+    weights = torch.randn(got.shape, generator=generator, dtype=torch.float64)
+    g_got = torch.autograd.grad((got * weights).sum(), params + [x], allow_unused=True, materialize_grads=True)
+    g_want = torch.autograd.grad((want * weights).sum(), params + [x], allow_unused=True, materialize_grads=True)
+    for a, b in zip(g_got, g_want):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=TOL, atol=TOL * max(b.abs().max().item(), 1e-3))
+
+
+def test_fused_biharmonic_float32_and_the_series_where_loops_cannot_serve(tmp_path):
+    """float32 stays float32; under a torch.func transform (no NumPy views) the module's series serve."""
+    sizes = (3, 8, 8, 1)
+    generator = torch.Generator().manual_seed(8)
+    params = random_params(sizes, generator)
+    x = torch.randn(6, 3, generator=generator, dtype=torch.float64)
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, "tanh"), "biharmonic", "torch", out_dir=tmp_path)
+    want = contracted(params, x, "tanh", module.OPERATOR, module.MIXING)
+    out = module.apply([p.float() for p in params], x.float())
+    assert out.dtype == torch.float32
+    assert torch.allclose(out.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    per_point = torch.func.vmap(lambda y: module.apply(params, y[None])[0])(x)
+    assert (per_point - want).abs().max().item() <= TOL * want.abs().max().item()
+
+
+@pytest.mark.parametrize("operator,dims,form", [
+    ("biharmonic", None, ((0, 1, 2), 1.0)),
+    ("biharmonic", (0, 2), ((0, 2), 1.0)),
+    ({(4, 0, 0): 3.0, (0, 4, 0): 3.0, (2, 2, 0): 6.0}, None, ((0, 1), 3.0)),
+    ({(4, 0, 0): 1.0, (0, 4, 0): 1.0, (2, 2, 0): 1.0}, None, None),  # not the biharmonic's 2
+    ({(4, 0, 0): 1.0, (0, 4, 0): 1.0, (2, 2, 0): 2.0, (1, 0, 0): 1.0}, None, None),  # a term more
+    ("laplacian", None, None),
+])
+def test_biharmonic_form_recognises_the_operator(operator, dims, form):
+    from diagramc.compiler.operators import biharmonic_form
+
+    spec = OperatorSpec.create(diagramc.Architecture((3, 4, 1), "tanh"), operator, "torch", dims)
+    assert biharmonic_form(spec) == form
+
+
+def test_fused_biharmonic_gives_way_where_numba_cannot_compile_the_activation(tmp_path):
+    from diagramc.runtime import operator_torch as ot
+    from diagramc.runtime.numpy_loops import jit
+
+    @jit()
+    def untyped(zs, value, weights):
+        value[0, 0] = np.linalg.svd(zs)  # an array into a number: numba refuses to type it
+
+    module = diagramc.compile_operator(diagramc.Architecture((2, 5, 4, 1), "tanh"), "biharmonic", "torch",
+                                       out_dir=tmp_path)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    params = random_params((2, 5, 4, 1), torch.Generator().manual_seed(3))
+    t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
+    assert ot.forward_biharmonic(params, x, t, untyped, (0, 1), 1.0) is None
+    assert untyped in ot._UNCOMPILED

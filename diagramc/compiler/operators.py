@@ -181,6 +181,7 @@ class OperatorPlan:
     multiply_adds: int  # per point
     candidates: tuple  # (name, rows, multiply-adds per point)
     why: str
+    kernel: str = "layers"  # "layers", or one fused autograd node: "fused-laplacian", "fused-biharmonic"
 
     def describe(self) -> str:
         how = ("top and next-to-top collapsed" if self.twice else "top collapsed" if self.collapse
@@ -192,6 +193,8 @@ class OperatorPlan:
         lines += [f"  candidate {name}: {rows} rows, {cost:,} multiply-adds per point"
                   for name, rows, cost in self.candidates]
         lines.append(f"  why: {self.why}")
+        if self.kernel != "layers":
+            lines.append(f"  kernel: {KERNELS[self.kernel]}")
         return "\n".join(lines)
 
     def to_json(self, compact: bool = False) -> dict:
@@ -201,7 +204,7 @@ class OperatorPlan:
                 "series": listed(self.series), "top": listed(self.top),
                 "groups": self.groups, "multiply_adds": self.multiply_adds,
                 "candidates": [{"name": n, "rows": r, "multiply_adds": c} for n, r, c in self.candidates],
-                "why": self.why}
+                "why": self.why, "kernel": self.kernel}
 
 
 def make_plan(spec: OperatorSpec) -> OperatorPlan:
@@ -224,7 +227,28 @@ def make_plan(spec: OperatorSpec) -> OperatorPlan:
     return OperatorPlan(kind=kind, collapse=label != "all partials of the closure", twice=bool(tables.high),
                         rows=tables.rows,
                         series=tuple(tables.series), top=tuple(tables.top), groups=len(tables.groups),
-                        multiply_adds=cost, candidates=tuple((o[2], o[3].rows, o[0]) for o in options), why=why)
+                        multiply_adds=cost, candidates=tuple((o[2], o[3].rows, o[0]) for o in options), why=why,
+                        kernel=_kernel(spec, tables))
+
+
+KERNELS = {
+    "fused-laplacian": "the rows as one autograd node with its backward written out (numba loops on CPU tensors)",
+    "fused-biharmonic": "value, first and second derivatives and the collapsed third and fourth as one autograd "
+                        "node with its backward written out (numba loops on CPU tensors; the layers elsewhere)",
+}
+
+
+def _kernel(spec: OperatorSpec, tables: Tables) -> str:
+    """How the torch module runs the plan: one fused autograd node where one fits the operator."""
+    from ..runtime.operator_torch import fused
+
+    if spec.backend != "torch":
+        return "layers"
+    if fused(tables, spec.mixing, spec.architecture.hidden_layers):
+        return "fused-laplacian"
+    if spec.architecture.hidden_layers and biharmonic_form(spec) is not None:
+        return "fused-biharmonic"
+    return "layers"
 
 
 def _operator_label(spec: OperatorSpec) -> str:
@@ -270,13 +294,18 @@ def _whole_argument(text: str) -> bool:
     return depth == 0
 
 
-def _fused(spec: OperatorSpec, plan: OperatorPlan) -> bool:
-    """Whether the torch kernel runs the forward Laplacian as one autograd node (operator_torch.fused)."""
-    from ..runtime.operator_torch import fused
-
-    arch = spec.architecture
-    tables = Tables(spec.terms, arch.inputs, arch.outputs, spec.mixing, plan.collapse, plan.twice)
-    return fused(tables, spec.mixing, arch.hidden_layers)
+def biharmonic_form(spec: OperatorSpec):
+    """(dims, c) where the operator is c sum_(i, k in dims) d_i^2 d_k^2 on every output (the fused
+    biharmonic kernel serves it), else None."""
+    if spec.mixing:
+        return None
+    d = spec.architecture.inputs
+    fourth = {alpha.index(4): c for alpha, c in spec.terms if 4 in alpha}
+    if not fourth or len(set(fourth.values())) != 1:
+        return None
+    dims, c = tuple(sorted(fourth)), next(iter(fourth.values()))
+    expected = tuple((alpha, c * w) for alpha, w in named_operator("biharmonic", d, spec.architecture.outputs, dims))
+    return (dims, c) if spec.terms == expected else None
 
 
 @functools.lru_cache(maxsize=64)
@@ -285,18 +314,22 @@ def render(spec: OperatorSpec, out_dir: str) -> str:
     arch = spec.architecture
     plan = make_plan(spec)
     act = arch.activation
-    fused = spec.backend == "torch" and _fused(spec, plan)
-    scalar = _activation_code(act, spec.order + 1, "scalar") if fused else None
+    fused = plan.kernel == "fused-laplacian"
+    biharmonic = biharmonic_form(spec) if plan.kernel == "fused-biharmonic" else None
+    looped = plan.kernel != "layers"  # a numba loop of the activation, for CPU tensors
+    scalar = _activation_code(act, spec.order + 1, "scalar") if looped else None
     return render_template(
         "operator_kernel.py.jinja",
         **module_context(spec, out_dir),
-        # the written-out backward of the fused forward Laplacian needs sigma''' too
+        # the written-out backward of the fused forward Laplacian needs one vertex more
         activation=_activation_code(act, spec.order + (1 if fused else 0), spec.backend),
         vertex_order=spec.order + (1 if fused else 0),
-        # the same as scalar code, for the fused kernel's numba loop on CPU tensors
+        # the same as scalar code, for the fused kernels' numba loop (their backward needs one vertex more)
         scalar_activation=scalar,
-        vectorized_calls=split_activation(scalar) if fused else ((), ()),
+        vectorized_calls=split_activation(scalar) if looped else ((), ()),
+        loop_weights=spec.order + 1,
         fused=fused,
+        biharmonic=biharmonic,
         order=spec.order,
         operator_name=spec.name,
         dims=spec.dims,

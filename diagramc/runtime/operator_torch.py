@@ -358,9 +358,9 @@ def _blas_count(rows, params):
     return 1 if small else torch.get_num_threads()
 
 
-def _loop_vertices(a, fused_activation):
-    """sigma(a) and sigma^(k)/k!, k = 1..3, by the module's numba loop (it writes every weight, zero where one vanishes)."""
-    block = np.empty((4,) + a.shape, dtype=a.dtype)
+def _loop_vertices(a, fused_activation, weights=3):
+    """sigma(a) and sigma^(k)/k!, k = 1..weights, by the module's numba loop (it writes every weight, zero where one vanishes)."""
+    block = np.empty((1 + weights,) + a.shape, dtype=a.dtype)
     fused_activation(a, block[0], block[1:])
     return block[0], block[1:]
 
@@ -422,4 +422,118 @@ def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
     dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
     dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
     grads[0], grads[1] = loops.back_first(blas, dH, A, G, X, S, F, q, np.ascontiguousarray(x), rows_in, W[0], dX, dx)
+    return (dx if input_grad else None), grads
+
+
+def forward_biharmonic(params, x, t, fused_activation, dims, scale):
+    """scale times the biharmonic over inputs dims as one autograd node (ForwardBiharmonicLoops),
+    or None where the numba loops cannot serve this call (the module's series then do)."""
+    if fused_activation is None or fused_activation in _UNCOMPILED or not _loops_apply(params, x):
+        return None
+    try:
+        return ForwardBiharmonicLoops.apply(x, fused_activation, _biharmonic_tables(t, x.shape[1], dims, scale),
+                                            *params)
+    except Exception as error:  # an activation numba cannot compile (a custom one)
+        if not _is_numba_error(error):
+            raise
+        _UNCOMPILED.add(fused_activation)
+        return None
+
+
+def _biharmonic_tables(t, inputs, dims, scale):
+    """The fused biharmonic's constants, made once per tables: (m, pi, pk, pos, input rows, scale)."""
+    if "biharmonic" not in t:
+        from . import biharmonic_loops
+
+        m = len(dims)
+        rows_in = np.zeros((biharmonic_loops.rows(m) - 1, inputs))
+        rows_in[np.arange(m), list(dims)] = 1.0
+        t["biharmonic"] = (m, *biharmonic_loops.pair_tables(m), rows_in, float(scale))
+    return t["biharmonic"]
+
+
+class ForwardBiharmonicLoops(torch.autograd.Function):
+    """The biharmonic's rows (biharmonic_loops: value, first and second derivatives, the collapsed
+    third and fourth) through every layer, each layer's elementwise work one numba loop and its
+    product one BLAS call; one autograd node whose backward is written out, as ForwardLaplacianLoops."""
+
+    @staticmethod
+    def forward(ctx, x, fused_activation, tables, *params):
+        from . import biharmonic_loops
+
+        ctx.blas_threads = _blas_count(x.shape[0] * biharmonic_loops.rows(tables[0]), params)
+        with threads.blas_threads(ctx.blas_threads):
+            out, ctx.stored, ctx.Y = _biharmonic_forward(_numpy(x), numpy_views(params), fused_activation, tables)
+        ctx.tables = tables
+        ctx.save_for_backward(x, *params)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        x, *params = ctx.saved_tensors
+        with threads.blas_threads(ctx.blas_threads):
+            dx, grads = _biharmonic_backward(_numpy(g_out), _numpy(x), numpy_views(params), ctx.stored, ctx.Y,
+                                             ctx.tables, ctx.needs_input_grad[0])
+        ctx.stored = ctx.Y = None
+        return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
+
+
+def _biharmonic_forward(x, params, fused_activation, tables):
+    """(out, per hidden layer (X, value, F), Y = c T of the last): each layer's pre-activation rows
+    X whole, F its sigma^(k)/k! for k = 1..5."""
+    from . import biharmonic_loops as loops
+    from .numpy_loops import DGEMM, SGEMM
+    from .operator_loops import first_layer
+
+    m, pi, pk, pos, rows_in, scale = tables
+    blas = DGEMM if x.dtype == np.float64 else SGEMM
+    W, b = [np.ascontiguousarray(w) for w in params[0::2]], params[1::2]
+    batch, rows, dtype = x.shape[0], loops.rows(m), x.dtype
+    X, a = np.zeros((1, rows, W[0].shape[0]), dtype=dtype), np.empty((batch, W[0].shape[0]), dtype=dtype)
+    first_layer(blas, np.ascontiguousarray(x), W[0], b[0], rows_in.astype(dtype), X, a)
+    stored = []
+    for l in range(len(W) - 1):
+        value, F = _loop_vertices(a, fused_activation, 5)
+        stored.append((X, value, F))
+        if l == len(W) - 2:
+            Y, out = np.empty_like(value), np.empty((batch, W[-1].shape[0]), dtype=dtype)
+            loops.last_layer(blas, X, F, m, pi, pk, pos, scale, W[-1], Y, out)
+        else:
+            n = W[l + 1].shape[0]
+            H, X, a = (np.empty((batch, rows, a.shape[1]), dtype=dtype), np.empty((batch, rows, n), dtype=dtype),
+                       np.empty((batch, n), dtype=dtype))
+            loops.next_layer(blas, stored[-1][0], value, F, m, pi, pk, pos, W[l + 1], b[l + 1], H, X, a)
+            del H
+    return out, stored, Y
+
+
+def _biharmonic_backward(g_out, x, params, stored, Y, tables, input_grad):
+    """(dx or None, the parameters' gradients): a layer each numba call, products by BLAS inside them."""
+    from . import biharmonic_loops as loops
+    from .numpy_loops import DGEMM, SGEMM
+    from .operator_loops import back_top
+
+    m, pi, pk, pos, rows_in, scale = tables
+    blas = DGEMM if x.dtype == np.float64 else SGEMM
+    W = [np.ascontiguousarray(w) for w in params[0::2]]
+    batch, rows, dtype = x.shape[0], loops.rows(m), x.dtype
+    grads = [None] * len(params)
+    grads[-2], grads[-1], G = back_top(np.ascontiguousarray(g_out), Y, W[-1], 0.0)
+    dH = np.empty((0, 1, 1), dtype=dtype)  # the last hidden layer's: only its top row's, scale G
+    for l in range(len(W) - 2, 0, -1):
+        X, _, F = stored[l]
+        dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
+        n = W[l].shape[1]
+        H, dH_prev = np.empty((batch, rows, n), dtype=dtype), np.empty((batch, rows, n), dtype=dtype)
+        grads[2 * l], sums = loops.back_layer(blas, dH, G, scale, X, F, m, pi, pk, pos, *stored[l - 1], W[l], dX, H,
+                                              dH_prev)
+        grads[2 * l + 1] = sums[0]
+        del H, dX
+        dH = dH_prev
+    X, _, F = stored[0]
+    dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
+    dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
+    grads[0], grads[1] = loops.back_first(blas, dH, G, scale, X, F, m, pi, pk, pos, np.ascontiguousarray(x),
+                                          rows_in.astype(dtype), W[0], dX, dx)
     return (dx if input_grad else None), grads
