@@ -556,3 +556,33 @@ def test_fused_biharmonic_gives_way_where_numba_cannot_compile_the_activation(tm
     t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
     assert ot.forward_biharmonic(params, x, t, untyped, (0, 1), 1.0) is None
     assert untyped in ot._UNCOMPILED
+
+
+@pytest.mark.parametrize("sizes,activation,operator", [
+    ((3, 6, 5, 1), "tanh", "laplacian"),
+    ((3, 5, 6, 2), "softplus", {(1, 0, 0): 0.7, (0, 2, 0): -1.3, (0, 0, 2): -1.3}),
+    ((3, 6, 5, 4, 2), "sigmoid", "biharmonic"),
+])
+def test_fused_nodes_split_the_batch_over_threads(tmp_path, monkeypatch, sizes, activation, operator):
+    """The batch's slices on threads give the whole batch's values and gradients (x and parameters)."""
+    from diagramc.runtime import operator_torch as ot
+
+    module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, "torch", out_dir=tmp_path)
+    generator = torch.Generator().manual_seed(21)
+    params = [p.requires_grad_(True) for p in random_params(sizes, generator)]
+    x = (torch.randn(11, sizes[0], generator=generator, dtype=torch.float64) + 0.2).requires_grad_(True)
+    results, seen, real = [], [], ot._parts
+    monkeypatch.setattr(ot, "_parts", lambda *a: seen.append(real(*a)) or seen[-1])
+    monkeypatch.setattr(ot, "POINTS_PER_THREAD", 2)
+    monkeypatch.setattr(diagramc.runtime.threads, "get_num_threads", lambda: 3)
+    for split in (False, True):
+        monkeypatch.setattr(ot, "SPLIT_WORK", 1 if split else 2**62)
+        out = module.apply(params, x)
+        assert (seen[-1] is not None) == split and (not split or len(seen[-1]) == 3)
+        results.append((out, torch.autograd.grad(out.square().sum(), params + [x])))
+    (whole, g_whole), (split, g_split) = results
+    want = contracted(params, x, activation, module.OPERATOR, module.MIXING)
+    assert (split - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)
+    assert torch.allclose(split, whole, rtol=1e-13, atol=1e-13 * whole.abs().max().item())
+    for a, b in zip(g_split, g_whole):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * max(b.abs().max().item(), 1e-3))

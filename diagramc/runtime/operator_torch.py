@@ -334,22 +334,72 @@ class ForwardLaplacianLoops(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fused_activation, t, *params):
-        ctx.blas_threads = _blas_count(x.shape[0] * t["input_rows"].shape[0], params)
-        with threads.blas_threads(ctx.blas_threads):
-            out, ctx.stored, ctx.Y = _loops_forward(_numpy(x), numpy_views(params), fused_activation, t)
-        ctx.t = t
-        ctx.save_for_backward(x, *params)
-        return torch.from_numpy(out)
+        return _node_forward(ctx, _loops_forward, t["input_rows"].shape[0] + 1, x, fused_activation, t, params)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
-        x, *params = ctx.saved_tensors
+        return _node_backward(ctx, _loops_backward, g_out)
+
+
+# A call with small products (one BLAS thread) splits its batch over threads from
+# POINTS_PER_THREAD points and SPLIT_WORK multiply-adds a thread: handing work to another
+# thread and back costs tens of microseconds
+POINTS_PER_THREAD = 32
+SPLIT_WORK = 2**22
+
+
+def _parts(batch, rows, params, blas_count):
+    """The batch's slices, one per thread, or None for one call on the whole batch."""
+    if blas_count > 1:  # products large enough for BLAS's own threads
+        return None
+    work = batch * rows * sum(W.shape[0] * W.shape[1] for W in params[0::2])
+    count = min(threads.get_num_threads(), batch // POINTS_PER_THREAD, work // SPLIT_WORK)
+    if count <= 1:
+        return None
+    bounds = [batch * i // count for i in range(count + 1)]
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _node_forward(ctx, forward, rows, x, fused_activation, tables, params):
+    """A fused node's forward: forward(x, params, fused_activation, tables) -> (out, stored, Y) on
+    NumPy views, on the whole batch or on its slices over threads; each slice's stored arrays kept."""
+    xs, ps = _numpy(x), numpy_views(params)
+    ctx.blas_threads = _blas_count(x.shape[0] * rows, params)
+    parts = _parts(x.shape[0], rows, params, ctx.blas_threads)
+    if parts is None:
         with threads.blas_threads(ctx.blas_threads):
-            dx, grads = _loops_backward(_numpy(g_out), _numpy(x), numpy_views(params), ctx.stored, ctx.Y,
-                                        ctx.t, ctx.needs_input_grad[0])
-        ctx.stored = ctx.Y = None
-        return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
+            out, stored, Y = forward(xs, ps, fused_activation, tables)
+        ctx.parts = [(slice(None), stored, Y)]
+    else:
+        results = threads.run_parts(lambda part: forward(xs[part], ps, fused_activation, tables), parts, len(parts))
+        out = np.concatenate([r[0] for r in results])
+        ctx.parts = [(part, stored, Y) for part, (_, stored, Y) in zip(parts, results)]
+    ctx.tables = tables
+    ctx.save_for_backward(x, *params)
+    return torch.from_numpy(out)
+
+
+def _node_backward(ctx, backward, g_out):
+    """A fused node's backward: backward(g, x, params, stored, Y, tables, input_grad) -> (dx, grads)
+    per slice the forward made, the slices' parameter gradients summed."""
+    x, *params = ctx.saved_tensors
+    g, xs, ps = _numpy(g_out), _numpy(x), numpy_views(params)
+    need_x = ctx.needs_input_grad[0]
+
+    def job(part):
+        rows, stored, Y = part
+        return backward(g[rows], xs[rows], ps, stored, Y, ctx.tables, need_x)
+
+    if len(ctx.parts) == 1:
+        with threads.blas_threads(ctx.blas_threads):
+            dx, grads = job(ctx.parts[0])
+    else:
+        results = threads.run_parts(job, ctx.parts, len(ctx.parts))
+        dx = np.concatenate([r[0] for r in results]) if need_x else None
+        grads = [sum(r[1][i] for r in results) for i in range(len(params))]
+    ctx.parts = None
+    return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
 
 
 def _blas_count(rows, params):
@@ -459,24 +509,14 @@ class ForwardBiharmonicLoops(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fused_activation, tables, *params):
-        from . import biharmonic_loops
+        from .biharmonic_loops import rows
 
-        ctx.blas_threads = _blas_count(x.shape[0] * biharmonic_loops.rows(tables[0]), params)
-        with threads.blas_threads(ctx.blas_threads):
-            out, ctx.stored, ctx.Y = _biharmonic_forward(_numpy(x), numpy_views(params), fused_activation, tables)
-        ctx.tables = tables
-        ctx.save_for_backward(x, *params)
-        return torch.from_numpy(out)
+        return _node_forward(ctx, _biharmonic_forward, rows(tables[0]), x, fused_activation, tables, params)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
-        x, *params = ctx.saved_tensors
-        with threads.blas_threads(ctx.blas_threads):
-            dx, grads = _biharmonic_backward(_numpy(g_out), _numpy(x), numpy_views(params), ctx.stored, ctx.Y,
-                                             ctx.tables, ctx.needs_input_grad[0])
-        ctx.stored = ctx.Y = None
-        return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
+        return _node_backward(ctx, _biharmonic_backward, g_out)
 
 
 def _biharmonic_forward(x, params, fused_activation, tables):
