@@ -256,7 +256,8 @@ def last_layer(blas, X, F, m, pi, pk, pos, c, W, Y, out):
 @jit()
 def back_layer(blas, dH, G, c, X, F, m, pi, pk, pos, X_p, value_p, F_p, W, dX, H, dH_prev):
     """A hidden layer after the first, backward: dX (rows_back), W's gradient dX^T H_prev with the
-    layer below's output rows made again into H, and dH_prev = dX W; returns (W's gradient, sums)."""
+    layer below's output rows made again into H, and dH_prev = dX W (dH_prev may be H); returns
+    (W's gradient, sums)."""
     batch, nrows, width = F.shape[1], X.shape[1], F.shape[2]
     sums = np.empty((nrows, width), dtype=F.dtype)
     rows_back(dH, G, c, X, F, m, pi, pk, pos, dX, sums, False)

@@ -69,9 +69,9 @@ def rows_combined(X, value, F, q, A, Y, S):
 
 @jit(fastmath={"reassoc", "contract"})
 def rows_back(dH, A, G, X, S, F, q, dX, sums, value_only):
-    """The gradient of a layer's pre-activation rows dX (batch, rows, width) from that of its
-    output rows, dH (same shape), or where dH is empty dH[b, r] = A[r] G[b] (the last hidden
-    layer: the output takes sum_r A[r] H_r): with F_k = sigma^(k)/k!,
+    """The gradient of a layer's pre-activation rows dX (batch, rows, width; may be dH or X) from
+    that of its output rows, dH (same shape), or where dH is empty dH[b, r] = A[r] G[b] (the last
+    hidden layer: the output takes sum_r A[r] H_r): with F_k = sigma^(k)/k!,
     d value = F1 dh + 2 F2 dF1 + 3 q F3 S dL, d Z_i = F1 dH_i + 2 q F2 Z_i dL, d L = F1 dL,
     dF1 = sum_r dH_r X_r over the rows after the value. dX may be dH itself. sums (rows, width):
     dX summed over the batch; value_only: dX's value row alone is written (the first layer's
@@ -196,9 +196,10 @@ def back_top(g, Y, W, a0):
 
 @jit()
 def back_layer(blas, dH, A, G, X, S, F, q, X_p, S_p, value_p, F_p, W, dX, H, dH_prev):
-    """A hidden layer after the first, backward: dX by rows_back (dX may be dH), W's gradient
+    """A hidden layer after the first, backward: dX by rows_back (dX may be dH or X), W's gradient
     dX^T H_prev with the layer below's output rows H_prev made again into H (rows_out), and
-    dH_prev = dX W, each product one BLAS call; returns (W's gradient, dX summed over the batch)."""
+    dH_prev = dX W (dH_prev may be H), each product one BLAS call; returns (W's gradient, dX
+    summed over the batch)."""
     batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
     sums = np.empty((rows, width), dtype=F.dtype)
     rows_back(dH, A, G, X, S, F, q, dX, sums, False)

@@ -386,19 +386,22 @@ def _node_backward(ctx, backward, g_out):
     x, *params = ctx.saved_tensors
     g, xs, ps = _numpy(g_out), _numpy(x), numpy_views(params)
     need_x = ctx.needs_input_grad[0]
+    parts, ctx.parts = ctx.parts, None  # the backward overwrites what the forward stored: never twice
+    if parts is None:
+        raise RuntimeError("a compiled operator's call can be differentiated once (retain_graph=True is not "
+                           "supported): call apply again for another backward pass")
 
     def job(part):
         rows, stored, Y = part
         return backward(g[rows], xs[rows], ps, stored, Y, ctx.tables, need_x)
 
-    if len(ctx.parts) == 1:
+    if len(parts) == 1:
         with threads.blas_threads(ctx.blas_threads):
-            dx, grads = job(ctx.parts[0])
+            dx, grads = job(parts[0])
     else:
-        results = threads.run_parts(job, ctx.parts, len(ctx.parts))
+        results = threads.run_parts(job, parts, len(parts))
         dx = np.concatenate([r[0] for r in results]) if need_x else None
         grads = [sum(r[1][i] for r in results) for i in range(len(params))]
-    ctx.parts = None
     return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
 
 
@@ -461,13 +464,13 @@ def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
     dH = np.empty((0, 1, 1), dtype=dtype)  # the last hidden layer's is A[r] G: never made
     for l in range(len(W) - 2, 0, -1):
         X, S, _, F = stored[l]
-        dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
-        n = W[l].shape[1]
-        H, dH_prev = np.empty((batch, rows, n), dtype=dtype), np.empty((batch, rows, n), dtype=dtype)
-        grads[2 * l], sums = loops.back_layer(blas, dH, A, G, X, S, F, q, *stored[l - 1], W[l], dX, H, dH_prev)
+        dX = dH if dH.shape[0] else X  # rows_back reads each row of X before it writes it: in place
+        # the layer below's output rows, then (once W's gradient has them) dH_prev: one buffer
+        H = np.empty((batch, rows, W[l].shape[1]), dtype=dtype)
+        grads[2 * l], sums = loops.back_layer(blas, dH, A, G, X, S, F, q, *stored[l - 1], W[l], dX, H, H)
         grads[2 * l + 1] = sums[0]
-        del H, dX
-        dH = dH_prev
+        del dX
+        dH = H
     X, S, _, F = stored[0]
     dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
     dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
@@ -564,13 +567,11 @@ def _biharmonic_backward(g_out, x, params, stored, Y, tables, input_grad):
     for l in range(len(W) - 2, 0, -1):
         X, _, F = stored[l]
         dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
-        n = W[l].shape[1]
-        H, dH_prev = np.empty((batch, rows, n), dtype=dtype), np.empty((batch, rows, n), dtype=dtype)
-        grads[2 * l], sums = loops.back_layer(blas, dH, G, scale, X, F, m, pi, pk, pos, *stored[l - 1], W[l], dX, H,
-                                              dH_prev)
+        H = np.empty((batch, rows, W[l].shape[1]), dtype=dtype)  # H_prev, then dH_prev, as the Laplacian's
+        grads[2 * l], sums = loops.back_layer(blas, dH, G, scale, X, F, m, pi, pk, pos, *stored[l - 1], W[l], dX, H, H)
         grads[2 * l + 1] = sums[0]
-        del H, dX
-        dH = dH_prev
+        del dX
+        dH = H
     X, _, F = stored[0]
     dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
     dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
