@@ -575,11 +575,16 @@ def test_fused_nodes_split_the_batch_over_threads(tmp_path, monkeypatch, sizes, 
     monkeypatch.setattr(ot, "_parts", lambda *a: seen.append(real(*a)) or seen[-1])
     monkeypatch.setattr(ot, "POINTS_PER_THREAD", 2)
     monkeypatch.setattr(diagramc.runtime.threads, "get_num_threads", lambda: 3)
-    for split in (False, True):
-        monkeypatch.setattr(ot, "SPLIT_WORK", 1 if split else 2**62)
-        out = module.apply(params, x)
-        assert (seen[-1] is not None) == split and (not split or len(seen[-1]) == 3)
-        results.append((out, torch.autograd.grad(out.square().sum(), params + [x])))
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(4)  # the parts follow the smaller of diagramc's and torch's counts
+    try:
+        for split in (False, True):
+            monkeypatch.setattr(ot, "SPLIT_WORK", 1 if split else 2**62)
+            out = module.apply(params, x)
+            assert (seen[-1] is not None) == split and (not split or len(seen[-1]) == 3)
+            results.append((out, torch.autograd.grad(out.square().sum(), params + [x])))
+    finally:
+        torch.set_num_threads(torch_threads)
     (whole, g_whole), (split, g_split) = results
     want = contracted(params, x, activation, module.OPERATOR, module.MIXING)
     assert (split - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)

@@ -68,23 +68,26 @@ def rows_combined(X, value, F, q, A, Y, S):
 
 
 @jit(fastmath={"reassoc", "contract"})
-def rows_back(dH, A, G, X, S, F, q, dX, sums, value_only):
+def rows_back(dH, A, G, X, F, q, dX, sums, value_only):
     """The gradient of a layer's pre-activation rows dX (batch, rows, width; may be dH or X) from
     that of its output rows, dH (same shape), or where dH is empty dH[b, r] = A[r] G[b] (the last
     hidden layer: the output takes sum_r A[r] H_r): with F_k = sigma^(k)/k!,
     d value = F1 dh + 2 F2 dF1 + 3 q F3 S dL, d Z_i = F1 dH_i + 2 q F2 Z_i dL, d L = F1 dL,
-    dF1 = sum_r dH_r X_r over the rows after the value. dX may be dH itself. sums (rows, width):
+    dF1 = sum_r dH_r X_r over the rows after the value, S = sum_i Z_i^2 made again here (not
+    stored between the passes: memory is what a differentiable call keeps). sums (rows, width):
     dX summed over the batch; value_only: dX's value row alone is written (the first layer's
     other rows are the same for every point: their sums serve)."""
     last, w = X.shape[1] - 1, X.shape[2]
     combined = dH.shape[0] == 0
     cubic = q != 0.0
     s, dL, coupling = np.empty(w, dtype=dX.dtype), np.empty(w, dtype=dX.dtype), np.empty(w, dtype=dX.dtype)
-    o = np.empty(w, dtype=dX.dtype)
+    o, Sb = np.empty(w, dtype=dX.dtype), np.empty(w, dtype=dX.dtype)
     sums[:] = 0.0
     for b in range(dX.shape[0]):
         xb = b if X.shape[0] > 1 else 0
-        f1, f2, f3, Sb, out, z = F[0, b], F[1, b], F[2, b], S[xb], dX[b], X[xb]
+        f1, f2, f3, out, z = F[0, b], F[1, b], F[2, b], dX[b], X[xb]
+        if b == 0 or X.shape[0] > 1:  # before dX, which may be X, is written
+            _squares(X[xb : xb + 1], Sb.reshape((1, w)))
         s[:] = 0.0
         if combined:
             g = G[b]
@@ -195,16 +198,16 @@ def back_top(g, Y, W, a0):
 
 
 @jit()
-def back_layer(blas, dH, A, G, X, S, F, q, X_p, S_p, value_p, F_p, W, dX, H, dH_prev):
+def back_layer(blas, dH, A, G, X, F, q, X_p, value_p, F_p, W, dX, H, dH_prev):
     """A hidden layer after the first, backward: dX by rows_back (dX may be dH or X), W's gradient
     dX^T H_prev with the layer below's output rows H_prev made again into H (rows_out), and
     dH_prev = dX W (dH_prev may be H), each product one BLAS call; returns (W's gradient, dX
     summed over the batch)."""
     batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
     sums = np.empty((rows, width), dtype=F.dtype)
-    rows_back(dH, A, G, X, S, F, q, dX, sums, False)
+    rows_back(dH, A, G, X, F, q, dX, sums, False)
     n = W.shape[1]
-    rows_out(X_p, value_p, F_p, q, H, np.empty_like(S_p))
+    rows_out(X_p, value_p, F_p, q, H, np.empty((X_p.shape[0], n), dtype=F.dtype))
     ints = np.empty(8, dtype=np.int32)
     zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
     flat = dX.reshape((batch * rows, width))
@@ -215,13 +218,13 @@ def back_layer(blas, dH, A, G, X, S, F, q, X_p, S_p, value_p, F_p, W, dX, H, dH_
 
 
 @jit()
-def back_first(blas, dH, A, G, X, S, F, q, x, rows_in, W, dX, dx):
+def back_first(blas, dH, A, G, X, F, q, x, rows_in, W, dX, dx):
     """The first layer, backward: its value row's gradient d (rows_back; the other rows are the
     same for every point, only their sums over the batch serve), W's gradient d^T x + sums^T rows_in,
     the bias's and, where dx has rows, x's (d W) into dx; returns (W's gradient, the bias's)."""
     batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
     sums = np.empty((rows, width), dtype=F.dtype)
-    rows_back(dH, A, G, X, S, F, q, dX, sums, True)
+    rows_back(dH, A, G, X, F, q, dX, sums, True)
     d = np.empty((batch, width), dtype=F.dtype)
     for b in range(batch):
         d[b, :] = dX[b, 0]

@@ -354,7 +354,8 @@ def _parts(batch, rows, params, blas_count):
     if blas_count > 1:  # products large enough for BLAS's own threads
         return None
     work = batch * rows * sum(W.shape[0] * W.shape[1] for W in params[0::2])
-    count = min(threads.get_num_threads(), batch // POINTS_PER_THREAD, work // SPLIT_WORK)
+    # torch's count too: a user who set torch.set_num_threads(1) means this call as well
+    count = min(threads.get_num_threads(), torch.get_num_threads(), batch // POINTS_PER_THREAD, work // SPLIT_WORK)
     if count <= 1:
         return None
     bounds = [batch * i // count for i in range(count + 1)]
@@ -419,7 +420,7 @@ def _loop_vertices(a, fused_activation, weights=3):
 
 
 def _loops_forward(x, params, fused_activation, t):
-    """(out, per hidden layer (X, S, value, F), Y): ForwardLaplacian._forward on NumPy arrays, each
+    """(out, per hidden layer (X, value, F), Y): ForwardLaplacian._forward on NumPy arrays, each
     layer's pre-activation rows X whole (operator_loops), its products by SciPy's BLAS inside the loops."""
     from .numpy_loops import DGEMM, SGEMM
 
@@ -434,8 +435,8 @@ def _loops_forward(x, params, fused_activation, t):
     stored = []
     for l in range(len(W) - 1):
         value, F = _loop_vertices(a, fused_activation)
-        S = np.empty((X.shape[0], a.shape[1]), dtype=dtype)
-        stored.append((X, S, value, F))
+        S = np.empty((X.shape[0], a.shape[1]), dtype=dtype)  # sum_i Z_i^2: made again in the backward
+        stored.append((X, value, F))
         if l == len(W) - 2:  # the rows combined by the operator's coefficients, then one product
             Y, out = np.empty_like(value), np.empty((batch, W[-1].shape[0]), dtype=dtype)
             loops.last_layer(blas, X, value, F, q, A, W[-1], b[-1], S, Y, out)
@@ -463,18 +464,18 @@ def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
     grads[-2], grads[-1], G = loops.back_top(np.ascontiguousarray(g_out), Y, W[-1], A[0])
     dH = np.empty((0, 1, 1), dtype=dtype)  # the last hidden layer's is A[r] G: never made
     for l in range(len(W) - 2, 0, -1):
-        X, S, _, F = stored[l]
+        X, _, F = stored[l]
         dX = dH if dH.shape[0] else X  # rows_back reads each row of X before it writes it: in place
         # the layer below's output rows, then (once W's gradient has them) dH_prev: one buffer
         H = np.empty((batch, rows, W[l].shape[1]), dtype=dtype)
-        grads[2 * l], sums = loops.back_layer(blas, dH, A, G, X, S, F, q, *stored[l - 1], W[l], dX, H, H)
+        grads[2 * l], sums = loops.back_layer(blas, dH, A, G, X, F, q, *stored[l - 1], W[l], dX, H, H)
         grads[2 * l + 1] = sums[0]
         del dX
         dH = H
-    X, S, _, F = stored[0]
+    X, _, F = stored[0]
     dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
     dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
-    grads[0], grads[1] = loops.back_first(blas, dH, A, G, X, S, F, q, np.ascontiguousarray(x), rows_in, W[0], dX, dx)
+    grads[0], grads[1] = loops.back_first(blas, dH, A, G, X, F, q, np.ascontiguousarray(x), rows_in, W[0], dX, dx)
     return (dx if input_grad else None), grads
 
 
