@@ -18,7 +18,8 @@ indices; pos (m, m): the pair of (i, k) either way round.
 """
 import numpy as np
 
-from .numpy_loops import gemm, jit
+from .numpy_loops import jit
+from .operator_loops import first_gradients, layer_gradients, product, rows_product
 
 
 def pair_tables(m: int):
@@ -227,66 +228,33 @@ def rows_back(dH, G, c, X, F, m, pi, pk, pos, dX, sums, value_only):
 
 
 @jit()
-def _product(blas, A, W, C):
-    """C = A @ W^T by BLAS's gemm (rows of unit stride)."""
-    ints = np.empty(8, dtype=np.int32)
-    zero, one = np.zeros(1, dtype=C.dtype), np.ones(1, dtype=C.dtype)
-    gemm(blas, A, W, C, False, True, zero, ints, one)
-
-
-@jit()
 def next_layer(blas, X, value, F, m, pi, pk, pos, W, bias, H, X_next, a):
     """The next layer's pre-activation rows X_next: this layer's output rows H (rows_out), one
     product by W^T for all of them, and the next value a = X_next[:, 0] + bias."""
-    batch, nrows = value.shape[0], X.shape[1]
     rows_out(X, value, F, m, pi, pk, pos, H)
-    _product(blas, H.reshape((batch * nrows, H.shape[2])), W, X_next.reshape((batch * nrows, W.shape[0])))
-    for b in range(batch):
-        for j in range(a.shape[1]):
-            a[b, j] = X_next[b, 0, j] + bias[j]
+    rows_product(blas, H, W, bias, X_next, a)
 
 
 @jit()
 def last_layer(blas, X, F, m, pi, pk, pos, c, W, Y, out):
     """The output: Y = c T of the last hidden layer (top_out), out = Y W^T (the bias has no derivative)."""
     top_out(X, F, m, pi, pk, pos, c, Y)
-    _product(blas, Y, W, out)
+    product(blas, Y, W, out)
 
 
 @jit()
 def back_layer(blas, dH, G, c, X, F, m, pi, pk, pos, X_p, value_p, F_p, W, dX, H, dH_prev):
-    """A hidden layer after the first, backward: dX (rows_back), W's gradient dX^T H_prev with the
-    layer below's output rows made again into H, and dH_prev = dX W (dH_prev may be H); returns
-    (W's gradient, sums)."""
-    batch, nrows, width = F.shape[1], X.shape[1], F.shape[2]
-    sums = np.empty((nrows, width), dtype=F.dtype)
+    """A hidden layer after the first, backward: dX (rows_back), the layer below's output rows
+    made again into H, then operator_loops.layer_gradients; returns (W's gradient, sums)."""
+    sums = np.empty((X.shape[1], F.shape[2]), dtype=F.dtype)
     rows_back(dH, G, c, X, F, m, pi, pk, pos, dX, sums, False)
-    n = W.shape[1]
     rows_out(X_p, value_p, F_p, m, pi, pk, pos, H)
-    ints = np.empty(8, dtype=np.int32)
-    zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
-    flat = dX.reshape((batch * nrows, width))
-    gW = np.empty((width, n), dtype=F.dtype)
-    gemm(blas, flat, H.reshape((batch * nrows, n)), gW, True, False, zero, ints, one)
-    gemm(blas, flat, W, dH_prev.reshape((batch * nrows, n)), False, False, zero, ints, one)
-    return gW, sums
+    return layer_gradients(blas, dX, H, W, dH_prev), sums
 
 
 @jit()
 def back_first(blas, dH, G, c, X, F, m, pi, pk, pos, x, rows_in, W, dX, dx):
-    """The first layer, backward: its value row's gradient d, W's gradient d^T x + sums^T rows_in,
-    the bias's, and x's (d W) into dx where dx has rows; returns (W's gradient, the bias's)."""
-    batch, nrows, width = F.shape[1], X.shape[1], F.shape[2]
-    sums = np.empty((nrows, width), dtype=F.dtype)
+    """The first layer, backward: its value row's gradient (rows_back), then operator_loops.first_gradients."""
+    sums = np.empty((X.shape[1], F.shape[2]), dtype=F.dtype)
     rows_back(dH, G, c, X, F, m, pi, pk, pos, dX, sums, True)
-    d = np.empty((batch, width), dtype=F.dtype)
-    for b in range(batch):
-        d[b, :] = dX[b, 0]
-    ints = np.empty(8, dtype=np.int32)
-    zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
-    gW = np.empty((width, x.shape[1]), dtype=F.dtype)
-    gemm(blas, d, x, gW, True, False, zero, ints, one)
-    gemm(blas, sums[1:], rows_in, gW, True, False, one, ints, one)
-    if dx.shape[0]:
-        gemm(blas, d, W, dx, False, False, zero, ints, one)
-    return gW, sums[0].copy()
+    return first_gradients(blas, dX, sums, x, rows_in, W, dx)

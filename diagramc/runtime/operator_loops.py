@@ -134,7 +134,7 @@ def rows_back(dH, A, G, X, F, q, dX, sums, value_only):
 
 
 @jit()
-def _product(blas, A, W, C):
+def product(blas, A, W, C):
     """C = A @ W^T by BLAS's gemm (numpy_loops.gemm; rows of unit stride)."""
     ints = np.empty(8, dtype=np.int32)
     zero, one = np.zeros(1, dtype=C.dtype), np.ones(1, dtype=C.dtype)
@@ -149,8 +149,8 @@ def _product(blas, A, W, C):
 def first_layer(blas, x, W, bias, rows_in, X, a):
     """Layer 1's pre-activation rows into X (1, rows, width; zero on entry: its value row stays
     zero, the others rows_in W^T, the same for every point) and a = x W^T + bias (batch, width)."""
-    _product(blas, rows_in, W, X[0, 1:])
-    _product(blas, x, W, a)
+    product(blas, rows_in, W, X[0, 1:])
+    product(blas, x, W, a)
     for b in range(a.shape[0]):
         for j in range(a.shape[1]):
             a[b, j] += bias[j]
@@ -161,9 +161,16 @@ def next_layer(blas, X, value, F, q, W, bias, S, H, X_next, a):
     """The next layer's pre-activation rows X_next from a layer's X: its output rows H (rows_out,
     S made), one product by W^T for all of them, and the next value a = X_next[:, 0] + bias
     (contiguous). One call: no product goes through Python."""
-    batch, rows = value.shape[0], X.shape[1]
     rows_out(X, value, F, q, H, S)
-    _product(blas, H.reshape((batch * rows, H.shape[2])), W, X_next.reshape((batch * rows, W.shape[0])))
+    rows_product(blas, H, W, bias, X_next, a)
+
+
+@jit()
+def rows_product(blas, H, W, bias, X_next, a):
+    """X_next = H W^T, one product over every row of every point (batch, rows, width), and the
+    next value a = X_next[:, 0] + bias (contiguous)."""
+    batch, rows = H.shape[0], H.shape[1]
+    product(blas, H.reshape((batch * rows, H.shape[2])), W, X_next.reshape((batch * rows, W.shape[0])))
     for b in range(batch):
         for j in range(a.shape[1]):
             a[b, j] = X_next[b, 0, j] + bias[j]
@@ -174,7 +181,7 @@ def last_layer(blas, X, value, F, q, A, W, bias, S, Y, out):
     """The output: Y = sum_r A[r] H_r of the last hidden layer's rows (rows_combined), then
     out = Y W^T + A[0] bias."""
     rows_combined(X, value, F, q, A, Y, S)
-    _product(blas, Y, W, out)
+    product(blas, Y, W, out)
     for b in range(out.shape[0]):
         for o in range(out.shape[1]):
             out[b, o] += A[0] * bias[o]
@@ -198,41 +205,54 @@ def back_top(g, Y, W, a0):
 
 
 @jit()
-def back_layer(blas, dH, A, G, X, F, q, X_p, value_p, F_p, W, dX, H, dH_prev):
-    """A hidden layer after the first, backward: dX by rows_back (dX may be dH or X), W's gradient
-    dX^T H_prev with the layer below's output rows H_prev made again into H (rows_out), and
-    dH_prev = dX W (dH_prev may be H), each product one BLAS call; returns (W's gradient, dX
-    summed over the batch)."""
-    batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
-    sums = np.empty((rows, width), dtype=F.dtype)
-    rows_back(dH, A, G, X, F, q, dX, sums, False)
+def layer_gradients(blas, dX, H, W, dH_prev):
+    """W's gradient dX^T H (H: the layer below's output rows) and dH_prev = dX W, each one BLAS
+    call; dH_prev may be H (read first)."""
+    batch, rows, width = dX.shape
     n = W.shape[1]
-    rows_out(X_p, value_p, F_p, q, H, np.empty((X_p.shape[0], n), dtype=F.dtype))
     ints = np.empty(8, dtype=np.int32)
-    zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
+    zero, one = np.zeros(1, dtype=dX.dtype), np.ones(1, dtype=dX.dtype)
     flat = dX.reshape((batch * rows, width))
-    gW = np.empty((width, n), dtype=F.dtype)
+    gW = np.empty((width, n), dtype=dX.dtype)
     gemm(blas, flat, H.reshape((batch * rows, n)), gW, True, False, zero, ints, one)
     gemm(blas, flat, W, dH_prev.reshape((batch * rows, n)), False, False, zero, ints, one)
-    return gW, sums
+    return gW
 
 
 @jit()
-def back_first(blas, dH, A, G, X, F, q, x, rows_in, W, dX, dx):
-    """The first layer, backward: its value row's gradient d (rows_back; the other rows are the
-    same for every point, only their sums over the batch serve), W's gradient d^T x + sums^T rows_in,
-    the bias's and, where dx has rows, x's (d W) into dx; returns (W's gradient, the bias's)."""
-    batch, rows, width = F.shape[1], X.shape[1], F.shape[2]
-    sums = np.empty((rows, width), dtype=F.dtype)
-    rows_back(dH, A, G, X, F, q, dX, sums, True)
-    d = np.empty((batch, width), dtype=F.dtype)
+def first_gradients(blas, dX, sums, x, rows_in, W, dx):
+    """The first layer's gradients from its value row's d = dX[:, 0] and the other rows' sums over
+    the batch (the same for every point): W's d^T x + sums^T rows_in, the bias's, and x's (d W)
+    into dx where dx has rows; returns (W's gradient, the bias's)."""
+    batch, width = dX.shape[0], dX.shape[2]
+    d = np.empty((batch, width), dtype=dX.dtype)
     for b in range(batch):
         d[b, :] = dX[b, 0]
     ints = np.empty(8, dtype=np.int32)
-    zero, one = np.zeros(1, dtype=F.dtype), np.ones(1, dtype=F.dtype)
-    gW = np.empty((width, x.shape[1]), dtype=F.dtype)
+    zero, one = np.zeros(1, dtype=dX.dtype), np.ones(1, dtype=dX.dtype)
+    gW = np.empty((width, x.shape[1]), dtype=dX.dtype)
     gemm(blas, d, x, gW, True, False, zero, ints, one)
     gemm(blas, sums[1:], rows_in, gW, True, False, one, ints, one)
     if dx.shape[0]:
         gemm(blas, d, W, dx, False, False, zero, ints, one)
     return gW, sums[0].copy()
+
+
+@jit()
+def back_layer(blas, dH, A, G, X, F, q, X_p, value_p, F_p, W, dX, H, dH_prev):
+    """A hidden layer after the first, backward: dX by rows_back (dX may be dH or X), the layer
+    below's output rows made again into H (rows_out), then layer_gradients; returns (W's
+    gradient, dX summed over the batch)."""
+    sums = np.empty((X.shape[1], F.shape[2]), dtype=F.dtype)
+    rows_back(dH, A, G, X, F, q, dX, sums, False)
+    rows_out(X_p, value_p, F_p, q, H, np.empty((X_p.shape[0], W.shape[1]), dtype=F.dtype))
+    return layer_gradients(blas, dX, H, W, dH_prev), sums
+
+
+@jit()
+def back_first(blas, dH, A, G, X, F, q, x, rows_in, W, dX, dx):
+    """The first layer, backward: its value row's gradient (rows_back; the other rows are the
+    same for every point, only their sums over the batch serve), then first_gradients."""
+    sums = np.empty((X.shape[1], F.shape[2]), dtype=F.dtype)
+    rows_back(dH, A, G, X, F, q, dX, sums, True)
+    return first_gradients(blas, dX, sums, x, rows_in, W, dx)

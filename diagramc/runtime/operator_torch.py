@@ -459,23 +459,35 @@ def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
     rows_in, A = _numpy_tables(t)
     blas = DGEMM if x.dtype == np.float64 else SGEMM
     W = [np.ascontiguousarray(w) for w in params[0::2]]
-    batch, rows, dtype = x.shape[0], rows_in.shape[0] + 1, x.dtype
     grads = [None] * len(params)
     grads[-2], grads[-1], G = loops.back_top(np.ascontiguousarray(g_out), Y, W[-1], A[0])
-    dH = np.empty((0, 1, 1), dtype=dtype)  # the last hidden layer's is A[r] G: never made
+    return _backward_layers(
+        stored, W, x, input_grad, grads, True,
+        lambda dH, X, F, below, Wl, dX, H: loops.back_layer(blas, dH, A, G, X, F, q, *below, Wl, dX, H, H),
+        lambda dH, X, F, xs, W1, dX, dx: loops.back_first(blas, dH, A, G, X, F, q, xs, rows_in, W1, dX, dx))
+
+
+def _backward_layers(stored, W, x, input_grad, grads, in_place, back_layer, back_first):
+    """(dx or None, grads): the hidden layers backward, last to first, by the kernel's numba calls
+    bound to its constants, back_layer(dH, X, F, stored below, W_l, dX, H) -> (W_l's gradient,
+    sums) and back_first(dH, X, F, x, W_1, dX, dx) -> (W_1's, b_1's); the last hidden layer's dH is
+    never made (its loops take it from the output's gradient). in_place: that layer's gradient
+    may overwrite its stored rows."""
+    batch, dtype = x.shape[0], x.dtype
+    dH = np.empty((0, 1, 1), dtype=dtype)
     for l in range(len(W) - 2, 0, -1):
         X, _, F = stored[l]
-        dX = dH if dH.shape[0] else X  # rows_back reads each row of X before it writes it: in place
+        dX = dH if dH.shape[0] else X if in_place else np.empty_like(X)
         # the layer below's output rows, then (once W's gradient has them) dH_prev: one buffer
-        H = np.empty((batch, rows, W[l].shape[1]), dtype=dtype)
-        grads[2 * l], sums = loops.back_layer(blas, dH, A, G, X, F, q, *stored[l - 1], W[l], dX, H, H)
+        H = np.empty((batch, X.shape[1], W[l].shape[1]), dtype=dtype)
+        grads[2 * l], sums = back_layer(dH, X, F, stored[l - 1], W[l], dX, H)
         grads[2 * l + 1] = sums[0]
         del dX
         dH = H
     X, _, F = stored[0]
-    dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
+    dX = dH if dH.shape[0] else np.empty((batch, X.shape[1], F.shape[2]), dtype=dtype)
     dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
-    grads[0], grads[1] = loops.back_first(blas, dH, A, G, X, F, q, np.ascontiguousarray(x), rows_in, W[0], dX, dx)
+    grads[0], grads[1] = back_first(dH, X, F, np.ascontiguousarray(x), W[0], dX, dx)
     return (dx if input_grad else None), grads
 
 
@@ -561,21 +573,12 @@ def _biharmonic_backward(g_out, x, params, stored, Y, tables, input_grad):
     m, pi, pk, pos, rows_in, scale = tables
     blas = DGEMM if x.dtype == np.float64 else SGEMM
     W = [np.ascontiguousarray(w) for w in params[0::2]]
-    batch, rows, dtype = x.shape[0], loops.rows(m), x.dtype
     grads = [None] * len(params)
     grads[-2], grads[-1], G = back_top(np.ascontiguousarray(g_out), Y, W[-1], 0.0)
-    dH = np.empty((0, 1, 1), dtype=dtype)  # the last hidden layer's: only its top row's, scale G
-    for l in range(len(W) - 2, 0, -1):
-        X, _, F = stored[l]
-        dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
-        H = np.empty((batch, rows, W[l].shape[1]), dtype=dtype)  # H_prev, then dH_prev, as the Laplacian's
-        grads[2 * l], sums = loops.back_layer(blas, dH, G, scale, X, F, m, pi, pk, pos, *stored[l - 1], W[l], dX, H, H)
-        grads[2 * l + 1] = sums[0]
-        del dX
-        dH = H
-    X, _, F = stored[0]
-    dX = dH if dH.shape[0] else np.empty((batch, rows, F.shape[2]), dtype=dtype)
-    dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
-    grads[0], grads[1] = loops.back_first(blas, dH, G, scale, X, F, m, pi, pk, pos, np.ascontiguousarray(x),
-                                          rows_in.astype(dtype), W[0], dX, dx)
-    return (dx if input_grad else None), grads
+    rows_in = rows_in.astype(x.dtype)
+    return _backward_layers(
+        stored, W, x, input_grad, grads, False,  # rows_back reads rows it has written: not in place
+        lambda dH, X, F, below, Wl, dX, H: loops.back_layer(blas, dH, G, scale, X, F, m, pi, pk, pos, *below, Wl,
+                                                            dX, H, H),
+        lambda dH, X, F, xs, W1, dX, dx: loops.back_first(blas, dH, G, scale, X, F, m, pi, pk, pos, xs, rows_in, W1,
+                                                          dX, dx))
