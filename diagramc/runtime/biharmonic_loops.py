@@ -19,7 +19,7 @@ indices; pos (m, m): the pair of (i, k) either way round.
 import numpy as np
 
 from .numpy_loops import jit
-from .operator_loops import first_gradients, layer_gradients, product, rows_product
+from .operator_loops import layer_gradients, product, rows_product
 
 
 def pair_tables(m: int):
@@ -243,18 +243,8 @@ def last_layer(blas, X, F, m, pi, pk, pos, c, W, Y, out):
 
 
 @jit()
-def back_layer(blas, dH, G, c, X, F, m, pi, pk, pos, X_p, value_p, F_p, W, dX, H, dH_prev):
-    """A hidden layer after the first, backward: dX (rows_back), the layer below's output rows
-    made again into H, then operator_loops.layer_gradients; returns (W's gradient, sums)."""
-    sums = np.empty((X.shape[1], F.shape[2]), dtype=F.dtype)
-    rows_back(dH, G, c, X, F, m, pi, pk, pos, dX, sums, False)
+def below_gradients(blas, X_p, value_p, F_p, m, pi, pk, pos, W, dX, H):
+    """A hidden layer's W gradient from its dX (rows_back's): the layer below's output rows made
+    again into H, then operator_loops.layer_gradients, which leaves dH_prev in H."""
     rows_out(X_p, value_p, F_p, m, pi, pk, pos, H)
-    return layer_gradients(blas, dX, H, W, dH_prev), sums
-
-
-@jit()
-def back_first(blas, dH, G, c, X, F, m, pi, pk, pos, x, rows_in, W, dX, dx):
-    """The first layer, backward: its value row's gradient (rows_back), then operator_loops.first_gradients."""
-    sums = np.empty((X.shape[1], F.shape[2]), dtype=F.dtype)
-    rows_back(dH, G, c, X, F, m, pi, pk, pos, dX, sums, True)
-    return first_gradients(blas, dX, sums, x, rows_in, W, dx)
+    return layer_gradients(blas, dX, H, W, H)

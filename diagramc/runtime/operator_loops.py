@@ -239,20 +239,8 @@ def first_gradients(blas, dX, sums, x, rows_in, W, dx):
 
 
 @jit()
-def back_layer(blas, dH, A, G, X, F, q, X_p, value_p, F_p, W, dX, H, dH_prev):
-    """A hidden layer after the first, backward: dX by rows_back (dX may be dH or X), the layer
-    below's output rows made again into H (rows_out), then layer_gradients; returns (W's
-    gradient, dX summed over the batch)."""
-    sums = np.empty((X.shape[1], F.shape[2]), dtype=F.dtype)
-    rows_back(dH, A, G, X, F, q, dX, sums, False)
-    rows_out(X_p, value_p, F_p, q, H, np.empty((X_p.shape[0], W.shape[1]), dtype=F.dtype))
-    return layer_gradients(blas, dX, H, W, dH_prev), sums
-
-
-@jit()
-def back_first(blas, dH, A, G, X, F, q, x, rows_in, W, dX, dx):
-    """The first layer, backward: its value row's gradient (rows_back; the other rows are the
-    same for every point, only their sums over the batch serve), then first_gradients."""
-    sums = np.empty((X.shape[1], F.shape[2]), dtype=F.dtype)
-    rows_back(dH, A, G, X, F, q, dX, sums, True)
-    return first_gradients(blas, dX, sums, x, rows_in, W, dx)
+def below_gradients(blas, X_p, value_p, F_p, q, W, dX, H):
+    """A hidden layer's W gradient from its dX (rows_back's): the layer below's output rows made
+    again into H (rows_out), then layer_gradients, which leaves dH_prev in H."""
+    rows_out(X_p, value_p, F_p, q, H, np.empty((X_p.shape[0], W.shape[1]), dtype=H.dtype))
+    return layer_gradients(blas, dX, H, W, H)

@@ -462,32 +462,37 @@ def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
     grads = [None] * len(params)
     grads[-2], grads[-1], G = loops.back_top(np.ascontiguousarray(g_out), Y, W[-1], A[0])
     return _backward_layers(
-        stored, W, x, input_grad, grads, True,
-        lambda dH, X, F, below, Wl, dX, H: loops.back_layer(blas, dH, A, G, X, F, q, *below, Wl, dX, H, H),
-        lambda dH, X, F, xs, W1, dX, dx: loops.back_first(blas, dH, A, G, X, F, q, xs, rows_in, W1, dX, dx))
+        stored, W, x, input_grad, grads, True, blas, rows_in,
+        lambda dH, X, F, dX, sums, value_only: loops.rows_back(dH, A, G, X, F, q, dX, sums, value_only),
+        lambda below, Wl, dX, H: loops.below_gradients(blas, *below, q, Wl, dX, H))
 
 
-def _backward_layers(stored, W, x, input_grad, grads, in_place, back_layer, back_first):
+def _backward_layers(stored, W, x, input_grad, grads, in_place, blas, rows_in, rows_back, below_gradients):
     """(dx or None, grads): the hidden layers backward, last to first, by the kernel's numba calls
-    bound to its constants, back_layer(dH, X, F, stored below, W_l, dX, H) -> (W_l's gradient,
-    sums) and back_first(dH, X, F, x, W_1, dX, dx) -> (W_1's, b_1's); the last hidden layer's dH is
-    never made (its loops take it from the output's gradient). in_place: that layer's gradient
-    may overwrite its stored rows."""
+    bound to its constants: rows_back(dH, X, F, dX, sums, value_only) and below_gradients(stored
+    below, W_l, dX, H) -> W_l's gradient, leaving dH_prev in H. The last hidden layer's dH is
+    never made (its rows_back takes it from the output's gradient); in_place: that layer's
+    gradient may overwrite its stored rows. Each layer's stored arrays go as soon as its rows are
+    done with, so the backward holds only what is left to do."""
+    from .operator_loops import first_gradients
+
     batch, dtype = x.shape[0], x.dtype
     dH = np.empty((0, 1, 1), dtype=dtype)
-    for l in range(len(W) - 2, 0, -1):
+    for l in range(len(W) - 2, -1, -1):
         X, _, F = stored[l]
-        dX = dH if dH.shape[0] else X if in_place else np.empty_like(X)
-        # the layer below's output rows, then (once W's gradient has them) dH_prev: one buffer
-        H = np.empty((batch, X.shape[1], W[l].shape[1]), dtype=dtype)
-        grads[2 * l], sums = back_layer(dH, X, F, stored[l - 1], W[l], dX, H)
-        grads[2 * l + 1] = sums[0]
-        del dX
-        dH = H
-    X, _, F = stored[0]
-    dX = dH if dH.shape[0] else np.empty((batch, X.shape[1], F.shape[2]), dtype=dtype)
+        stored[l] = None
+        if dH.shape[0]:
+            dX = dH
+        else:
+            dX = X if in_place and l else np.empty((batch,) + X.shape[1:], dtype=dtype)
+        sums = np.empty((X.shape[1], F.shape[2]), dtype=dtype)
+        rows_back(dH, X, F, dX, sums, l == 0)
+        del X, F
+        if l:
+            dH = np.empty((batch, dX.shape[1], W[l].shape[1]), dtype=dtype)  # the rows below, then dH_prev
+            grads[2 * l], grads[2 * l + 1] = below_gradients(stored[l - 1], W[l], dX, dH), sums[0]
     dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
-    grads[0], grads[1] = back_first(dH, X, F, np.ascontiguousarray(x), W[0], dX, dx)
+    grads[0], grads[1] = first_gradients(blas, dX, sums, np.ascontiguousarray(x), rows_in, W[0], dx)
     return (dx if input_grad else None), grads
 
 
@@ -577,8 +582,7 @@ def _biharmonic_backward(g_out, x, params, stored, Y, tables, input_grad):
     grads[-2], grads[-1], G = back_top(np.ascontiguousarray(g_out), Y, W[-1], 0.0)
     rows_in = rows_in.astype(x.dtype)
     return _backward_layers(
-        stored, W, x, input_grad, grads, False,  # rows_back reads rows it has written: not in place
-        lambda dH, X, F, below, Wl, dX, H: loops.back_layer(blas, dH, G, scale, X, F, m, pi, pk, pos, *below, Wl,
-                                                            dX, H, H),
-        lambda dH, X, F, xs, W1, dX, dx: loops.back_first(blas, dH, G, scale, X, F, m, pi, pk, pos, xs, rows_in, W1,
-                                                          dX, dx))
+        stored, W, x, input_grad, grads, False, blas, rows_in,  # rows_back reads rows it has written: not in place
+        lambda dH, X, F, dX, sums, value_only: loops.rows_back(dH, G, scale, X, F, m, pi, pk, pos, dX, sums,
+                                                               value_only),
+        lambda below, Wl, dX, H: loops.below_gradients(blas, *below, m, pi, pk, pos, Wl, dX, H))
