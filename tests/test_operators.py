@@ -11,6 +11,7 @@ import diagramc
 from diagramc.compiler import cache
 from diagramc.cli import main
 from diagramc.compiler.operators import OperatorSpec, make_plan
+from diagramc.runtime import operator_fused
 
 from .reference import random_params, reference_derivatives
 
@@ -433,7 +434,7 @@ def test_activation_numba_cannot_compile_falls_back_to_torch(tmp_path):
     x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
     got = ot.forward_laplacian(params, x, module._activation, t, untyped)
-    assert untyped in ot._UNCOMPILED
+    assert untyped in operator_fused.UNCOMPILED
     want = contracted(params, x, "tanh", module.OPERATOR, module.MIXING)
     assert (got - want).abs().max().item() <= TOL * max(want.abs().max().item(), 1e-3)
     assert torch.autograd.grad(got.sum(), params)[0].shape == params[0].shape
@@ -552,7 +553,7 @@ def test_fused_biharmonic_gives_way_where_numba_cannot_compile_the_activation(tm
     params = random_params((2, 5, 4, 1), torch.Generator().manual_seed(3))
     t = ot.tables_on(module._TABLES, module.OUTPUTS, x, module._ON)
     assert ot.forward_biharmonic(params, x, t, untyped, (0, 1), 1.0) is None
-    assert untyped in ot._UNCOMPILED
+    assert untyped in operator_fused.UNCOMPILED
 
 
 @pytest.mark.parametrize("sizes,activation,operator", [
@@ -562,21 +563,20 @@ def test_fused_biharmonic_gives_way_where_numba_cannot_compile_the_activation(tm
 ])
 def test_fused_nodes_split_the_batch_over_threads(tmp_path, monkeypatch, sizes, activation, operator):
     """The batch's slices on threads give the whole batch's values and gradients (x and parameters)."""
-    from diagramc.runtime import operator_torch as ot
 
     module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, "torch", out_dir=tmp_path)
     generator = torch.Generator().manual_seed(21)
     params = [p.requires_grad_(True) for p in random_params(sizes, generator)]
     x = (torch.randn(11, sizes[0], generator=generator, dtype=torch.float64) + 0.2).requires_grad_(True)
-    results, seen, real = [], [], ot._parts
-    monkeypatch.setattr(ot, "_parts", lambda *a: seen.append(real(*a)) or seen[-1])
-    monkeypatch.setattr(ot, "POINTS_PER_THREAD", 2)
+    results, seen, real = [], [], operator_fused.parts
+    monkeypatch.setattr(operator_fused, "parts", lambda *a: seen.append(real(*a)) or seen[-1])
+    monkeypatch.setattr(operator_fused, "POINTS_PER_THREAD", 2)
     monkeypatch.setattr(diagramc.runtime.threads, "get_num_threads", lambda: 3)
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(4)  # the parts follow the smaller of diagramc's and torch's counts
     try:
         for split in (False, True):
-            monkeypatch.setattr(ot, "SPLIT_WORK", 1 if split else 2**62)
+            monkeypatch.setattr(operator_fused, "SPLIT_WORK", 1 if split else 2**62)
             out = module.apply(params, x)
             assert (seen[-1] is not None) == split and (not split or len(seen[-1]) == 3)
             results.append((out, torch.autograd.grad(out.square().sum(), params + [x])))

@@ -13,7 +13,7 @@ import contextlib
 import numpy as np
 import torch
 
-from . import operator_series, threads
+from . import operator_fused, operator_series, threads
 from .arguments import numpy_views, torch_arguments
 from .operator_tables import Tables
 
@@ -117,34 +117,18 @@ def fused(tables: Tables, mixing: bool, hidden_layers: int) -> bool:
             and tables.quadratic_kind in ("uniform", "none"))
 
 
-# Multiply-adds of a layer's product below which the kernel runs on one thread: MKL's threads
-# cost tens of milliseconds per small product when the cores are shared, and give little
-SMALL_PRODUCT = 2**27
-
-
 def forward_laplacian(params, x, activation, t, fused_activation=None):
     """The forward Laplacian of the whole network as one autograd node (see ForwardLaplacian);
     fused_activation(z, value, weights): the module's numba loop of sigma and sigma^(k)/k!,
     k = 1..3, which runs the elementwise work as numba loops where _loops_apply."""
-    if fused_activation is not None and fused_activation not in _UNCOMPILED and _loops_apply(params, x):
+    if fused_activation is not None and fused_activation not in operator_fused.UNCOMPILED and _loops_apply(params, x):
         try:
             return ForwardLaplacianLoops.apply(x, fused_activation, t, *params)
         except Exception as error:  # an activation numba cannot compile (a custom one): torch's operations serve
-            if not _is_numba_error(error):
+            if not operator_fused.is_numba_error(error):
                 raise
-            _UNCOMPILED.add(fused_activation)
+            operator_fused.UNCOMPILED.add(fused_activation)
     return ForwardLaplacian.apply(x, activation, t, *params)
-
-
-_UNCOMPILED: set = set()  # modules' activation loops that numba could not compile
-
-
-def _is_numba_error(error) -> bool:
-    try:
-        from numba.core.errors import NumbaError
-    except ImportError:
-        return False
-    return isinstance(error, NumbaError)
 
 
 def _loops_apply(params, x) -> bool:
@@ -153,31 +137,14 @@ def _loops_apply(params, x) -> bool:
     around it (NumPy views need real tensors)."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    return not torch._C._are_functorch_transforms_active() and _loops() is not None
-
-
-def _import_loops():
-    try:
-        from . import numpy_loops, operator_loops
-    except Exception:  # numba missing or broken: the torch operations serve
-        return None
-    return operator_loops if numpy_loops.DGEMM is not None and numpy_loops.SGEMM is not None else None
-
-
-_LOOPS = []  # [operator_loops] once imported, [None] where it cannot be
-
-
-def _loops():
-    if not _LOOPS:
-        _LOOPS.append(_import_loops())
-    return _LOOPS[0]
+    return not torch._C._are_functorch_transforms_active() and operator_fused.loops() is not None
 
 
 @contextlib.contextmanager
 def _threads_for(rows, params):
-    """One intra-op thread for the duration when every layer's product is small (SMALL_PRODUCT);
+    """One intra-op thread for the duration when every layer's product is small (operator_fused.SMALL_PRODUCT);
     torch's own setting otherwise (and restored after)."""
-    with _one_thread(rows * max(W.shape[0] * W.shape[1] for W in params[0::2]) < SMALL_PRODUCT):
+    with _one_thread(operator_fused.small(rows, params)):
         yield
 
 
@@ -320,269 +287,86 @@ def _numpy(tensor):
     return tensor.detach().numpy()
 
 
-def _numpy_tables(t):
-    """The tables' input rows and output coefficients as NumPy arrays, made once per tables."""
+def _laplacian_tables(t):
+    """operator_fused's Laplacian constants (q, input rows, output coefficients), made once per tables."""
     if "numpy" not in t:
-        t["numpy"] = (_numpy(t["input_rows"]), np.ascontiguousarray(_numpy(t["output"][:, 0])))
+        t["numpy"] = (t["uniform_q"], _numpy(t["input_rows"]), np.ascontiguousarray(_numpy(t["output"][:, 0])))
     return t["numpy"]
 
 
 class ForwardLaplacianLoops(torch.autograd.Function):
-    """ForwardLaplacian's algebra on NumPy views of CPU tensors: each layer's elementwise work
-    (activation, output rows, their gradient) one numba loop (operator_loops), each product one
-    NumPy matmul (its BLAS beats torch's on small products); one autograd node as ForwardLaplacian."""
+    """ForwardLaplacian's algebra on NumPy views of CPU tensors (operator_fused.laplacian_forward
+    and its backward): each layer's elementwise work one numba loop, each product one SciPy BLAS
+    call (its BLAS beats torch's on small products); one autograd node as ForwardLaplacian."""
 
     @staticmethod
     def forward(ctx, x, fused_activation, t, *params):
-        return _node_forward(ctx, _loops_forward, t["input_rows"].shape[0] + 1, x, fused_activation, t, params)
+        tables = _laplacian_tables(t)
+        return _node_forward(ctx, operator_fused.laplacian_forward, operator_fused.laplacian_rows(tables), x,
+                             fused_activation, tables, params)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
-        return _node_backward(ctx, _loops_backward, g_out)
-
-
-# A call with small products (one BLAS thread) splits its batch over threads from
-# POINTS_PER_THREAD points and SPLIT_WORK multiply-adds a thread: handing work to another
-# thread and back costs tens of microseconds
-POINTS_PER_THREAD = 32
-SPLIT_WORK = 2**22
-
-
-def _parts(batch, rows, params, blas_count):
-    """The batch's slices, one per thread, or None for one call on the whole batch."""
-    if blas_count > 1:  # products large enough for BLAS's own threads
-        return None
-    work = batch * rows * sum(W.shape[0] * W.shape[1] for W in params[0::2])
-    # torch's count too: a user who set torch.set_num_threads(1) means this call as well
-    count = min(threads.get_num_threads(), torch.get_num_threads(), batch // POINTS_PER_THREAD, work // SPLIT_WORK)
-    if count <= 1:
-        return None
-    bounds = [batch * i // count for i in range(count + 1)]
-    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return _node_backward(ctx, operator_fused.laplacian_backward, g_out)
 
 
 def _node_forward(ctx, forward, rows, x, fused_activation, tables, params):
-    """A fused node's forward: forward(x, params, fused_activation, tables) -> (out, stored, Y) on
-    NumPy views, on the whole batch or on its slices over threads; each slice's stored arrays kept."""
+    """A fused node's forward (operator_fused.forward_in_parts): the batch split over torch's
+    threads (and no more than diagramc's) where the products are small, BLAS on torch's otherwise."""
     xs, ps = _numpy(x), numpy_views(params)
-    ctx.blas_threads = _blas_count(x.shape[0] * rows, params)
-    parts = _parts(x.shape[0], rows, params, ctx.blas_threads)
-    if parts is None:
-        with threads.blas_threads(ctx.blas_threads):
-            out, stored, Y = forward(xs, ps, fused_activation, tables)
-        ctx.parts = [(slice(None), stored, Y)]
-    else:
-        results = threads.run_parts(lambda part: forward(xs[part], ps, fused_activation, tables), parts, len(parts))
-        out = np.concatenate([r[0] for r in results])
-        ctx.parts = [(part, stored, Y) for part, (_, stored, Y) in zip(parts, results)]
+    small = operator_fused.small(x.shape[0] * rows, params)
+    ctx.blas_threads = 1 if small else torch.get_num_threads()
+    # torch's count too: a user who set torch.set_num_threads(1) means this call as well
+    count = min(threads.get_num_threads(), torch.get_num_threads()) if small else 1
+    out, ctx.pieces = operator_fused.forward_in_parts(forward, xs, ps, fused_activation, tables,
+                                                      operator_fused.parts(x.shape[0], rows, params, count),
+                                                      ctx.blas_threads)
     ctx.tables = tables
     ctx.save_for_backward(x, *params)
     return torch.from_numpy(out)
 
 
 def _node_backward(ctx, backward, g_out):
-    """A fused node's backward: backward(g, x, params, stored, Y, tables, input_grad) -> (dx, grads)
-    per slice the forward made, the slices' parameter gradients summed."""
+    """A fused node's backward (operator_fused.backward_in_parts), once: it overwrites what the forward stored."""
     x, *params = ctx.saved_tensors
-    g, xs, ps = _numpy(g_out), _numpy(x), numpy_views(params)
-    need_x = ctx.needs_input_grad[0]
-    parts, ctx.parts = ctx.parts, None  # the backward overwrites what the forward stored: never twice
-    if parts is None:
+    pieces, ctx.pieces = ctx.pieces, None
+    if pieces is None:
         raise RuntimeError("a compiled operator's call can be differentiated once (retain_graph=True is not "
                            "supported): call apply again for another backward pass")
-
-    def job(part):
-        rows, stored, Y = part
-        return backward(g[rows], xs[rows], ps, stored, Y, ctx.tables, need_x)
-
-    if len(parts) == 1:
-        with threads.blas_threads(ctx.blas_threads):
-            dx, grads = job(parts[0])
-    else:
-        results = threads.run_parts(job, parts, len(parts))
-        dx = np.concatenate([r[0] for r in results]) if need_x else None
-        grads = [sum(r[1][i] for r in results) for i in range(len(params))]
+    dx, grads = operator_fused.backward_in_parts(backward, _numpy(g_out), _numpy(x), numpy_views(params), pieces,
+                                                 ctx.tables, ctx.needs_input_grad[0], ctx.blas_threads)
     return (None if dx is None else torch.from_numpy(dx), None, None, *map(torch.from_numpy, grads))
-
-
-def _blas_count(rows, params):
-    """BLAS threads for a call: one where every layer's product is small (SMALL_PRODUCT), torch's count otherwise."""
-    small = rows * max(W.shape[0] * W.shape[1] for W in params[0::2]) < SMALL_PRODUCT
-    return 1 if small else torch.get_num_threads()
-
-
-def _loop_vertices(a, fused_activation, weights=3):
-    """sigma(a) and sigma^(k)/k!, k = 1..weights, by the module's numba loop (it writes every weight, zero where one vanishes)."""
-    block = np.empty((1 + weights,) + a.shape, dtype=a.dtype)
-    fused_activation(a, block[0], block[1:])
-    return block[0], block[1:]
-
-
-def _loops_forward(x, params, fused_activation, t):
-    """(out, per hidden layer (X, value, F), Y): ForwardLaplacian._forward on NumPy arrays, each
-    layer's pre-activation rows X whole (operator_loops), its products by SciPy's BLAS inside the loops."""
-    from .numpy_loops import DGEMM, SGEMM
-
-    loops = _loops()
-    q = t["uniform_q"]
-    rows_in, A = _numpy_tables(t)
-    blas = DGEMM if x.dtype == np.float64 else SGEMM
-    W, b = [np.ascontiguousarray(w) for w in params[0::2]], params[1::2]  # BLAS takes rows of unit stride
-    batch, rows, dtype = x.shape[0], rows_in.shape[0] + 1, x.dtype
-    X, a = np.zeros((1, rows, W[0].shape[0]), dtype=dtype), np.empty((batch, W[0].shape[0]), dtype=dtype)
-    loops.first_layer(blas, np.ascontiguousarray(x), W[0], b[0], rows_in, X, a)
-    stored = []
-    for l in range(len(W) - 1):
-        value, F = _loop_vertices(a, fused_activation)
-        S = np.empty((X.shape[0], a.shape[1]), dtype=dtype)  # sum_i Z_i^2: made again in the backward
-        stored.append((X, value, F))
-        if l == len(W) - 2:  # the rows combined by the operator's coefficients, then one product
-            Y, out = np.empty_like(value), np.empty((batch, W[-1].shape[0]), dtype=dtype)
-            loops.last_layer(blas, X, value, F, q, A, W[-1], b[-1], S, Y, out)
-        else:
-            n = W[l + 1].shape[0]
-            H, X, a = np.empty((batch, rows, a.shape[1]), dtype=dtype), np.empty((batch, rows, n), dtype=dtype), \
-                np.empty((batch, n), dtype=dtype)
-            loops.next_layer(blas, stored[-1][0], value, F, q, W[l + 1], b[l + 1], S, H, X, a)
-            del H
-    return out, stored, Y
-
-
-def _loops_backward(g_out, x, params, stored, Y, t, input_grad):
-    """(dx or None, the parameters' gradients): ForwardLaplacian._backward on NumPy arrays, a layer
-    each numba call (operator_loops.back_layer), products by SciPy's BLAS inside them."""
-    from .numpy_loops import DGEMM, SGEMM
-
-    loops = _loops()
-    q = t["uniform_q"]
-    rows_in, A = _numpy_tables(t)
-    blas = DGEMM if x.dtype == np.float64 else SGEMM
-    W = [np.ascontiguousarray(w) for w in params[0::2]]
-    grads = [None] * len(params)
-    grads[-2], grads[-1], G = loops.back_top(np.ascontiguousarray(g_out), Y, W[-1], A[0])
-    return _backward_layers(
-        stored, W, x, input_grad, grads, True, blas, rows_in,
-        lambda dH, X, F, dX, sums, value_only: loops.rows_back(dH, A, G, X, F, q, dX, sums, value_only),
-        lambda below, Wl, dX, H: loops.below_gradients(blas, *below, q, Wl, dX, H))
-
-
-def _backward_layers(stored, W, x, input_grad, grads, in_place, blas, rows_in, rows_back, below_gradients):
-    """(dx or None, grads): the hidden layers backward, last to first, by the kernel's numba calls
-    bound to its constants: rows_back(dH, X, F, dX, sums, value_only) and below_gradients(stored
-    below, W_l, dX, H) -> W_l's gradient, leaving dH_prev in H. The last hidden layer's dH is
-    never made (its rows_back takes it from the output's gradient); in_place: that layer's
-    gradient may overwrite its stored rows. Each layer's stored arrays go as soon as its rows are
-    done with, so the backward holds only what is left to do."""
-    from .operator_loops import first_gradients
-
-    batch, dtype = x.shape[0], x.dtype
-    dH = np.empty((0, 1, 1), dtype=dtype)
-    for l in range(len(W) - 2, -1, -1):
-        X, _, F = stored[l]
-        stored[l] = None
-        if dH.shape[0]:
-            dX = dH
-        else:
-            dX = X if in_place and l else np.empty((batch,) + X.shape[1:], dtype=dtype)
-        sums = np.empty((X.shape[1], F.shape[2]), dtype=dtype)
-        rows_back(dH, X, F, dX, sums, l == 0)
-        del X, F
-        if l:
-            dH = np.empty((batch, dX.shape[1], W[l].shape[1]), dtype=dtype)  # the rows below, then dH_prev
-            grads[2 * l], grads[2 * l + 1] = below_gradients(stored[l - 1], W[l], dX, dH), sums[0]
-    dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
-    grads[0], grads[1] = first_gradients(blas, dX, sums, np.ascontiguousarray(x), rows_in, W[0], dx)
-    return (dx if input_grad else None), grads
 
 
 def forward_biharmonic(params, x, t, fused_activation, dims, scale):
     """scale times the biharmonic over inputs dims as one autograd node (ForwardBiharmonicLoops),
     or None where the numba loops cannot serve this call (the module's series then do)."""
-    if fused_activation is None or fused_activation in _UNCOMPILED or not _loops_apply(params, x):
+    if fused_activation is None or fused_activation in operator_fused.UNCOMPILED or not _loops_apply(params, x):
         return None
-    try:
-        return ForwardBiharmonicLoops.apply(x, fused_activation, _biharmonic_tables(t, x.shape[1], dims, scale),
-                                            *params)
-    except Exception as error:  # an activation numba cannot compile (a custom one)
-        if not _is_numba_error(error):
-            raise
-        _UNCOMPILED.add(fused_activation)
-        return None
-
-
-def _biharmonic_tables(t, inputs, dims, scale):
-    """The fused biharmonic's constants, made once per tables: (m, pi, pk, pos, input rows, scale)."""
     if "biharmonic" not in t:
-        from . import biharmonic_loops
-
-        m = len(dims)
-        rows_in = np.zeros((biharmonic_loops.rows(m) - 1, inputs))
-        rows_in[np.arange(m), list(dims)] = 1.0
-        t["biharmonic"] = (m, *biharmonic_loops.pair_tables(m), rows_in, float(scale))
-    return t["biharmonic"]
+        t["biharmonic"] = operator_fused.biharmonic_tables(x.shape[1], dims, scale, _numpy(t["input_rows"]).dtype)
+    try:
+        return ForwardBiharmonicLoops.apply(x, fused_activation, t["biharmonic"], *params)
+    except Exception as error:  # an activation numba cannot compile (a custom one)
+        if not operator_fused.is_numba_error(error):
+            raise
+        operator_fused.UNCOMPILED.add(fused_activation)
+        return None
 
 
 class ForwardBiharmonicLoops(torch.autograd.Function):
-    """The biharmonic's rows (biharmonic_loops: value, first and second derivatives, the collapsed
-    third and fourth) through every layer, each layer's elementwise work one numba loop and its
-    product one BLAS call; one autograd node whose backward is written out, as ForwardLaplacianLoops."""
+    """The biharmonic's rows (operator_fused.biharmonic_forward: value, first and second
+    derivatives, the collapsed third and fourth) through every layer, each layer's elementwise
+    work one numba loop and its product one BLAS call; one autograd node whose backward is
+    written out, as ForwardLaplacianLoops."""
 
     @staticmethod
     def forward(ctx, x, fused_activation, tables, *params):
-        from .biharmonic_loops import rows
-
-        return _node_forward(ctx, _biharmonic_forward, rows(tables[0]), x, fused_activation, tables, params)
+        return _node_forward(ctx, operator_fused.biharmonic_forward, operator_fused.biharmonic_rows(tables), x,
+                             fused_activation, tables, params)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out):
-        return _node_backward(ctx, _biharmonic_backward, g_out)
-
-
-def _biharmonic_forward(x, params, fused_activation, tables):
-    """(out, per hidden layer (X, value, F), Y = c T of the last): each layer's pre-activation rows
-    X whole, F its sigma^(k)/k! for k = 1..5."""
-    from . import biharmonic_loops as loops
-    from .numpy_loops import DGEMM, SGEMM
-    from .operator_loops import first_layer
-
-    m, pi, pk, pos, rows_in, scale = tables
-    blas = DGEMM if x.dtype == np.float64 else SGEMM
-    W, b = [np.ascontiguousarray(w) for w in params[0::2]], params[1::2]
-    batch, rows, dtype = x.shape[0], loops.rows(m), x.dtype
-    X, a = np.zeros((1, rows, W[0].shape[0]), dtype=dtype), np.empty((batch, W[0].shape[0]), dtype=dtype)
-    first_layer(blas, np.ascontiguousarray(x), W[0], b[0], rows_in.astype(dtype), X, a)
-    stored = []
-    for l in range(len(W) - 1):
-        value, F = _loop_vertices(a, fused_activation, 5)
-        stored.append((X, value, F))
-        if l == len(W) - 2:
-            Y, out = np.empty_like(value), np.empty((batch, W[-1].shape[0]), dtype=dtype)
-            loops.last_layer(blas, X, F, m, pi, pk, pos, scale, W[-1], Y, out)
-        else:
-            n = W[l + 1].shape[0]
-            H, X, a = (np.empty((batch, rows, a.shape[1]), dtype=dtype), np.empty((batch, rows, n), dtype=dtype),
-                       np.empty((batch, n), dtype=dtype))
-            loops.next_layer(blas, stored[-1][0], value, F, m, pi, pk, pos, W[l + 1], b[l + 1], H, X, a)
-            del H
-    return out, stored, Y
-
-
-def _biharmonic_backward(g_out, x, params, stored, Y, tables, input_grad):
-    """(dx or None, the parameters' gradients): a layer each numba call, products by BLAS inside them."""
-    from . import biharmonic_loops as loops
-    from .numpy_loops import DGEMM, SGEMM
-    from .operator_loops import back_top
-
-    m, pi, pk, pos, rows_in, scale = tables
-    blas = DGEMM if x.dtype == np.float64 else SGEMM
-    W = [np.ascontiguousarray(w) for w in params[0::2]]
-    grads = [None] * len(params)
-    grads[-2], grads[-1], G = back_top(np.ascontiguousarray(g_out), Y, W[-1], 0.0)
-    rows_in = rows_in.astype(x.dtype)
-    return _backward_layers(
-        stored, W, x, input_grad, grads, False, blas, rows_in,  # rows_back reads rows it has written: not in place
-        lambda dH, X, F, dX, sums, value_only: loops.rows_back(dH, G, scale, X, F, m, pi, pk, pos, dX, sums,
-                                                               value_only),
-        lambda below, Wl, dX, H: loops.below_gradients(blas, *below, m, pi, pk, pos, Wl, dX, H))
+        return _node_backward(ctx, operator_fused.biharmonic_backward, g_out)
