@@ -25,7 +25,7 @@ from types import ModuleType
 from ..combinatorics import multi_index as mi
 from ..errors import DiagramcError
 from ..network import Architecture, params_from_torch
-from ..runtime.operator_tables import Tables, named_operator
+from ..runtime.operator_tables import Tables, biharmonic_rows, named_operator
 from . import cache
 from .codegen import module_context, render_template
 from .printing import activation_code
@@ -181,7 +181,8 @@ class OperatorPlan:
     multiply_adds: int  # per point
     candidates: tuple  # (name, rows, multiply-adds per point)
     why: str
-    kernel: str = "layers"  # "layers", or one fused autograd node: "fused-laplacian", "fused-biharmonic"
+    kernel: str = "layers"  # "layers", or fused numba loops: "fused-laplacian", "fused-biharmonic"
+    kernel_rows: int = 0  # rows per layer of the fused loops (the biharmonic's: 2 + 2m + m(m+1)/2 for m inputs)
 
     def describe(self) -> str:
         how = ("top and next-to-top collapsed" if self.twice else "top collapsed" if self.collapse
@@ -194,7 +195,7 @@ class OperatorPlan:
                   for name, rows, cost in self.candidates]
         lines.append(f"  why: {self.why}")
         if self.kernel != "layers":
-            lines.append(f"  kernel: {KERNELS[self.kernel]}")
+            lines.append(f"  kernel: {self.kernel}, {self.kernel_rows} rows per layer: {KERNELS[self.kernel]}")
         return "\n".join(lines)
 
     def to_json(self, compact: bool = False) -> dict:
@@ -204,7 +205,7 @@ class OperatorPlan:
                 "series": listed(self.series), "top": listed(self.top),
                 "groups": self.groups, "multiply_adds": self.multiply_adds,
                 "candidates": [{"name": n, "rows": r, "multiply_adds": c} for n, r, c in self.candidates],
-                "why": self.why, "kernel": self.kernel}
+                "why": self.why, "kernel": self.kernel, "kernel_rows": self.kernel_rows}
 
 
 def make_plan(spec: OperatorSpec) -> OperatorPlan:
@@ -228,22 +229,31 @@ def make_plan(spec: OperatorSpec) -> OperatorPlan:
                         rows=tables.rows,
                         series=tuple(tables.series), top=tuple(tables.top), groups=len(tables.groups),
                         multiply_adds=cost, candidates=tuple((o[2], o[3].rows, o[0]) for o in options), why=why,
-                        kernel=_kernel(spec, tables))
+                        kernel=_kernel(spec, tables), kernel_rows=_kernel_rows(spec, tables))
 
 
 KERNELS = {
-    "fused-laplacian": "the rows as one autograd node with its backward written out (numba loops on CPU tensors)",
-    "fused-biharmonic": "value, first and second derivatives and the collapsed third and fourth as one autograd "
-                        "node with its backward written out (numba loops on CPU tensors; the layers elsewhere)",
+    "fused-laplacian": "each layer's rows one numba pass and one BLAS product, the backward written out "
+                       "(torch: one autograd node), on CPU float32/float64 with numba; the layers elsewhere",
+    "fused-biharmonic": "value, first and second derivatives and the collapsed third and fourth, each layer one "
+                        "numba pass and one BLAS product, the backward written out (torch: one autograd node), on "
+                        "CPU float32/float64 with numba; the layers elsewhere",
 }
 
 
+def _kernel_rows(spec: OperatorSpec, tables: Tables) -> int:
+    """Rows per layer the fused loops carry (0 without them)."""
+    kind = _kernel(spec, tables)
+    if kind == "fused-biharmonic":
+        return biharmonic_rows(len(biharmonic_form(spec)[0]))
+    return tables.rows if kind == "fused-laplacian" else 0
+
+
 def _kernel(spec: OperatorSpec, tables: Tables) -> str:
-    """How the torch module runs the plan: one fused autograd node where one fits the operator."""
+    """How the module runs the plan: fused numba loops where they fit the operator (in torch one
+    autograd node), layer by layer otherwise."""
     from ..runtime.operator_torch import fused
 
-    if spec.backend != "torch":
-        return "layers"
     if fused(tables, spec.mixing, spec.architecture.hidden_layers):
         return "fused-laplacian"
     if spec.architecture.hidden_layers and biharmonic_form(spec) is not None:

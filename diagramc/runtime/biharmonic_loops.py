@@ -31,11 +31,6 @@ def pair_tables(m: int):
     return (np.array([i for i, _ in pairs], dtype=np.int64), np.array([k for _, k in pairs], dtype=np.int64), pos)
 
 
-def rows(m: int) -> int:
-    """Rows per layer for m inputs: value, m firsts, m(m+1)/2 seconds, m collapsed thirds, the top."""
-    return 2 + 2 * m + m * (m + 1) // 2
-
-
 @jit()
 def _five(w, dtype):
     """Five scratch rows of width w (numba has no generator expressions to make them)."""

@@ -10,7 +10,7 @@ sigma and vertex weights sigma^(k)/k!, and Y, what the output layer's product to
 """
 import numpy as np
 
-from . import threads
+from . import operator_tables, threads
 
 # Multiply-adds of a layer's product below which a call keeps BLAS on one thread: BLAS's threads
 # cost tens of milliseconds per small product when the cores are shared, and give little
@@ -180,15 +180,13 @@ def biharmonic_tables(inputs, dims, scale, dtype):
     from . import biharmonic_loops
 
     m = len(dims)
-    rows_in = np.zeros((biharmonic_loops.rows(m) - 1, inputs), dtype=dtype)
+    rows_in = np.zeros((operator_tables.biharmonic_rows(m) - 1, inputs), dtype=dtype)
     rows_in[np.arange(m), list(dims)] = 1.0
     return (m, *biharmonic_loops.pair_tables(m), rows_in, float(scale))
 
 
 def biharmonic_rows(tables) -> int:
-    from .biharmonic_loops import rows
-
-    return rows(tables[0])
+    return operator_tables.biharmonic_rows(tables[0])
 
 
 def biharmonic_forward(x, params, fused_activation, tables):
@@ -199,7 +197,7 @@ def biharmonic_forward(x, params, fused_activation, tables):
     m, pi, pk, pos, rows_in, scale = tables
     blas = _blas(x.dtype)
     W, b = [np.ascontiguousarray(w) for w in params[0::2]], params[1::2]
-    batch, rows, dtype = x.shape[0], ops.rows(m), x.dtype
+    batch, rows, dtype = x.shape[0], operator_tables.biharmonic_rows(m), x.dtype
     X, a = np.zeros((1, rows, W[0].shape[0]), dtype=dtype), np.empty((batch, W[0].shape[0]), dtype=dtype)
     first_layer(blas, np.ascontiguousarray(x), W[0], b[0], rows_in, X, a)
     stored = []

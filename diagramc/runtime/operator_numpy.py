@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import operator_series
+from . import operator_fused, operator_series, threads
 from .arguments import numpy_arguments
 from .operator_tables import Tables
 
@@ -30,6 +30,7 @@ def tables_on(tables: Tables, outputs: int, dtype, cache: dict) -> dict:
             "second_rows": tables.second_rows,
             "firsts": len(tables.firsts),
             "quadratic_kind": tables.quadratic_kind,
+            "uniform_q": float(Q[0, 0, 0]) if tables.quadratic_kind == "uniform" else 0.0,
             "quadratic": Q.astype(dtype),
             "quadratic_diagonal": Q.diagonal(axis1=1, axis2=2).astype(dtype),
             "output": tables.output_matrix(outputs).astype(dtype),
@@ -40,10 +41,6 @@ def tables_on(tables: Tables, outputs: int, dtype, cache: dict) -> dict:
 def _rows_times(X, M):
     """X (batch, rows, n) times M (n, n') as one matrix product over every row of every point."""
     return (X.reshape(-1, X.shape[2]) @ M).reshape(X.shape[0], X.shape[1], M.shape[1])
-
-
-
-
 
 
 def affine(state, W):
@@ -62,12 +59,6 @@ def _quadratic(Z, t):
         return np.matmul(t["quadratic_diagonal"], Z * Z)
     Q = t["quadratic"]
     return np.stack([(np.matmul(Q[g], Z) * Z).sum(1) for g in range(Q.shape[0])], 1)
-
-
-
-
-
-
 
 
 def output(state, W, b, t, mixing: bool):
@@ -110,3 +101,39 @@ def collapsed_activation(state, b, activation, t):
 
 def series_activation(state, b, activation, t):
     return operator_series.series_activation(state, b, activation, t, _OPS)
+
+
+def forward_laplacian(params, x, t, fused_activation):
+    """The forward Laplacian by operator_fused's numba loops (one pass and one BLAS product a
+    layer), or None where they cannot serve (the module's layers then do)."""
+    tables = (t["uniform_q"], t["input_rows"], np.ascontiguousarray(t["output"][:, 0]))
+    return _fused(operator_fused.laplacian_forward, operator_fused.laplacian_rows(tables), params, x,
+                  fused_activation, tables)
+
+
+def forward_biharmonic(params, x, t, fused_activation, dims, scale):
+    """scale times the biharmonic over inputs dims by operator_fused's numba loops, or None where
+    they cannot serve (the module's series then do)."""
+    if "biharmonic" not in t:
+        t["biharmonic"] = operator_fused.biharmonic_tables(x.shape[1], dims, scale, x.dtype)
+    tables = t["biharmonic"]
+    return _fused(operator_fused.biharmonic_forward, operator_fused.biharmonic_rows(tables), params, x,
+                  fused_activation, tables)
+
+
+def _fused(forward, rows, params, x, fused_activation, tables):
+    """forward's out on float32/float64 arrays, the batch split over threads where the products are small."""
+    if (fused_activation is None or fused_activation in operator_fused.UNCOMPILED or operator_fused.loops() is None
+            or x.dtype not in (np.float32, np.float64)):
+        return None
+    small = operator_fused.small(x.shape[0] * rows, params)
+    count = threads.get_num_threads()
+    slices = operator_fused.parts(x.shape[0], rows, params, count) if small else None
+    try:
+        return operator_fused.forward_in_parts(forward, x, params, fused_activation, tables, slices,
+                                               1 if small else count)[0]
+    except Exception as error:  # an activation numba cannot compile (a custom one)
+        if not operator_fused.is_numba_error(error):
+            raise
+        operator_fused.UNCOMPILED.add(fused_activation)
+        return None

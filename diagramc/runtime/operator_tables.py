@@ -58,6 +58,12 @@ def named_operator(name: str, inputs: int, outputs: int, dims=None) -> tuple:
     return tuple(sorted(terms, key=lambda t: canonical_key(t[0])))
 
 
+def biharmonic_rows(m: int) -> int:
+    """Rows per layer of the fused biharmonic (biharmonic_loops) over m inputs: the value, m first
+    derivatives, m(m+1)/2 second, m collapsed thirds, the collapsed top."""
+    return 2 + 2 * m + m * (m + 1) // 2
+
+
 def terms_of(operator, mixing: bool) -> list[tuple]:
     """(output or None, alpha, c) for every term of OPERATOR."""
     if mixing:
