@@ -563,7 +563,8 @@ def test_fused_biharmonic_gives_way_where_numba_cannot_compile_the_activation(tm
     ((3, 6, 5, 4, 2), "sigmoid", "biharmonic"),
 ])
 def test_fused_nodes_split_the_batch_over_threads(tmp_path, monkeypatch, sizes, activation, operator):
-    """The batch's slices on threads give the whole batch's values and gradients (x and parameters)."""
+    """The batch's slices on threads, and the backward's rows remade a point at a time, give the
+    whole batch's values and gradients (x and parameters)."""
 
     module = diagramc.compile_operator(diagramc.Architecture(sizes, activation), operator, "torch", out_dir=tmp_path)
     generator = torch.Generator().manual_seed(21)
@@ -578,6 +579,7 @@ def test_fused_nodes_split_the_batch_over_threads(tmp_path, monkeypatch, sizes, 
     try:
         for split in (False, True):
             monkeypatch.setattr(operator_fused, "SPLIT_WORK", 1 if split else 2**62)
+            monkeypatch.setattr(operator_fused, "CHUNK_ELEMENTS", 1 if split else 2**62)  # a point at a time
             out = module.apply(params, x)
             assert (seen[-1] is not None) == split and (not split or len(seen[-1]) == 3)
             results.append((out, torch.autograd.grad(out.square().sum(), params + [x])))

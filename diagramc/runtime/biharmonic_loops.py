@@ -19,7 +19,7 @@ indices; pos (m, m): the pair of (i, k) either way round.
 import numpy as np
 
 from .numpy_loops import jit
-from .operator_loops import layer_gradients, product, rows_product
+from .operator_loops import add_bias, add_gradient, product, propagate, rows_product
 
 
 def pair_tables(m: int):
@@ -72,16 +72,17 @@ def _sums(Xb, m, pi, pk, pos, S, L, Q, P, M, N):
 
 
 @jit(fastmath={"reassoc", "contract"})
-def rows_out(X, value, F, m, pi, pk, pos, H):
-    """A layer's output rows into H (batch, rows, width) from its pre-activation rows X."""
+def rows_out(X, value, F, m, pi, pk, pos, H, lo, n):
+    """The output rows of points lo..lo+n-1 into H[0..n) from their pre-activation rows X."""
     w, npairs = H.shape[2], pi.shape[0]
     e0, r0, t0 = 1 + m, 1 + m + npairs, 1 + 2 * m + npairs
     S, L, Q, P, N = _five(w, H.dtype)
     M = np.empty((m, w), dtype=H.dtype)
-    for b in range(H.shape[0]):
+    for c in range(n):
+        b = lo + c
         xb = b if X.shape[0] > 1 else 0
-        Xb, Hb = X[xb], H[b]
-        if b == 0 or X.shape[0] > 1:
+        Xb, Hb = X[xb], H[c]
+        if c == 0 or X.shape[0] > 1:
             _sums(Xb, m, pi, pk, pos, S, L, Q, P, M, N)
         f1, f2, f3, f4 = F[0, b], F[1, b], F[2, b], F[3, b]
         Hb[0, :] = value[b]
@@ -224,10 +225,14 @@ def rows_back(dH, G, c, X, F, m, pi, pk, pos, dX, sums, value_only):
 
 @jit()
 def next_layer(blas, X, value, F, m, pi, pk, pos, W, bias, H, X_next, a):
-    """The next layer's pre-activation rows X_next: this layer's output rows H (rows_out), one
-    product by W^T for all of them, and the next value a = X_next[:, 0] + bias."""
-    rows_out(X, value, F, m, pi, pk, pos, H)
-    rows_product(blas, H, W, bias, X_next, a)
+    """The next layer's pre-activation rows X_next: this layer's output rows, H.shape[0] points
+    at a time into H (rows_out), each chunk one product by W^T, and the next value
+    a = X_next[:, 0] + bias."""
+    for lo in range(0, X_next.shape[0], H.shape[0]):
+        n = min(H.shape[0], X_next.shape[0] - lo)
+        rows_out(X, value, F, m, pi, pk, pos, H, lo, n)
+        rows_product(blas, H, n, W, X_next, lo)
+    add_bias(X_next, bias, a)
 
 
 @jit()
@@ -238,8 +243,14 @@ def last_layer(blas, X, F, m, pi, pk, pos, c, W, Y, out):
 
 
 @jit()
-def below_gradients(blas, X_p, value_p, F_p, m, pi, pk, pos, W, dX, H):
-    """A hidden layer's W gradient from its dX (rows_back's): the layer below's output rows made
-    again into H, then operator_loops.layer_gradients, which leaves dH_prev in H."""
-    rows_out(X_p, value_p, F_p, m, pi, pk, pos, H)
-    return layer_gradients(blas, dX, H, W, H)
+def below_gradients(blas, X_p, value_p, F_p, m, pi, pk, pos, W, dX, H, dH_prev):
+    """A hidden layer's W gradient from its dX (rows_back's), the layer below's output rows made
+    again H.shape[0] points at a time into H, and dH_prev = dX W (operator_loops.propagate)."""
+    batch = dX.shape[0]
+    gW = np.empty((dX.shape[2], W.shape[1]), dtype=dX.dtype)
+    for lo in range(0, batch, H.shape[0]):
+        n = min(H.shape[0], batch - lo)
+        rows_out(X_p, value_p, F_p, m, pi, pk, pos, H, lo, n)
+        add_gradient(blas, dX, lo, n, H, gW)
+    propagate(blas, dX, W, H, dH_prev)
+    return gW

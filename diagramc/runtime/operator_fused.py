@@ -19,6 +19,9 @@ SMALL_PRODUCT = 2**27
 # multiply-adds a thread: handing work to another thread and back costs tens of microseconds
 POINTS_PER_THREAD = 32
 SPLIT_WORK = 2**22
+# Elements of a layer's output rows made at a time where the products are small (forward, and
+# backward, whose gradient then goes into dX's memory): a call holds little more than it stores
+CHUNK_ELEMENTS = 2**14
 
 UNCOMPILED: set = set()  # modules' activation loops that numba could not compile
 _LOOPS = []  # [operator_loops] once imported, [None] where it cannot be
@@ -87,6 +90,14 @@ def backward_in_parts(backward, g, x, params, pieces, tables, input_grad, blas_c
     return dx, [sum(r[1][i] for r in results) for i in range(len(params))]
 
 
+def chunk_points(batch, rows, width, weights) -> int:
+    """Points whose output rows (rows x width each) a layer makes at a time: CHUNK_ELEMENTS where
+    the products are small, the whole batch where they are large enough for BLAS's threads."""
+    if batch * rows * max(W.shape[0] * W.shape[1] for W in weights) >= SMALL_PRODUCT:
+        return batch
+    return max(1, min(batch, CHUNK_ELEMENTS // (rows * width)))
+
+
 def vertices(a, fused_activation, weights=3):
     """sigma(a) and sigma^(k)/k!, k = 1..weights, by the module's numba loop (it writes every weight, zero where one vanishes)."""
     block = np.empty((1 + weights,) + a.shape, dtype=a.dtype)
@@ -125,9 +136,9 @@ def laplacian_forward(x, params, fused_activation, tables):
             ops.last_layer(blas, X, value, F, q, A, W[-1], b[-1], S, Y, out)
         else:
             n = W[l + 1].shape[0]
-            H, X, a = np.empty((batch, rows, a.shape[1]), dtype=dtype), np.empty((batch, rows, n), dtype=dtype), \
-                np.empty((batch, n), dtype=dtype)
-            ops.next_layer(blas, stored[-1][0], value, F, q, W[l + 1], b[l + 1], S, H, X, a)
+            H = np.empty((chunk_points(batch, rows, a.shape[1], W), rows, a.shape[1]), dtype=dtype)
+            X, a = np.empty((batch, rows, n), dtype=dtype), np.empty((batch, n), dtype=dtype)
+            ops.next_layer(blas, stored[-1][0], value, F, q, W[l + 1], b[l + 1], H, X, a)
             del H
     return out, stored, Y
 
@@ -143,15 +154,15 @@ def laplacian_backward(g_out, x, params, stored, Y, tables, input_grad):
     return _backward_layers(
         stored, W, x, input_grad, grads, True, blas, rows_in,
         lambda dH, X, F, dX, sums, value_only: ops.rows_back(dH, A, G, X, F, q, dX, sums, value_only),
-        lambda below, Wl, dX, H: ops.below_gradients(blas, *below, q, Wl, dX, H))
+        lambda below, Wl, dX, H, dH: ops.below_gradients(blas, *below, q, Wl, dX, H, dH))
 
 
 def _backward_layers(stored, W, x, input_grad, grads, in_place, blas, rows_in, rows_back, below_gradients):
     """(dx or None, grads): the hidden layers backward, last to first, by the kernel's numba calls
     bound to its constants: rows_back(dH, X, F, dX, sums, value_only) and below_gradients(stored
-    below, W_l, dX, H) -> W_l's gradient, leaving dH_prev in H. The last hidden layer's dH is
-    never made (its rows_back takes it from the output's gradient); in_place: that layer's
-    gradient may overwrite its stored rows. Each layer's stored arrays go as soon as its rows are
+    below, W_l, dX, H, dH_prev) -> W_l's gradient, the rows below remade in H, dX W_l into
+    dH_prev. The last hidden layer's dH is never made (its rows_back takes it from the output's
+    gradient); in_place: that layer's gradient may overwrite its stored rows. Each layer's stored arrays go as soon as its rows are
     done with, so the backward holds only what is left to do."""
     from .operator_loops import first_gradients
 
@@ -168,8 +179,19 @@ def _backward_layers(stored, W, x, input_grad, grads, in_place, blas, rows_in, r
         rows_back(dH, X, F, dX, sums, l == 0)
         del X, F
         if l:
-            dH = np.empty((batch, dX.shape[1], W[l].shape[1]), dtype=dtype)  # the rows below, then dH_prev
-            grads[2 * l], grads[2 * l + 1] = below_gradients(stored[l - 1], W[l], dX, dH), sums[0]
+            rows, n_in = dX.shape[1], W[l].shape[1]
+            # the rows below, CHUNK_ELEMENTS at a time where the products are small, and dH_prev in dX's
+            # memory where it fits (dX is done with once they are made); in one buffer otherwise
+            points = chunk_points(batch, rows, n_in, W)
+            H = np.empty((points, rows, n_in), dtype=dtype)
+            if points >= batch:
+                dH = H
+            elif n_in <= dX.shape[2]:
+                dH = dX.reshape(-1)[: batch * rows * n_in].reshape((batch, rows, n_in))
+            else:
+                dH = np.empty((batch, rows, n_in), dtype=dtype)
+            grads[2 * l], grads[2 * l + 1] = below_gradients(stored[l - 1], W[l], dX, H, dH), sums[0]
+            del H
     dx = np.empty((batch if input_grad else 0, x.shape[1]), dtype=dtype)
     grads[0], grads[1] = first_gradients(blas, dX, sums, np.ascontiguousarray(x), rows_in, W[0], dx)
     return (dx if input_grad else None), grads
@@ -209,8 +231,8 @@ def biharmonic_forward(x, params, fused_activation, tables):
             ops.last_layer(blas, X, F, m, pi, pk, pos, scale, W[-1], Y, out)
         else:
             n = W[l + 1].shape[0]
-            H, X, a = (np.empty((batch, rows, a.shape[1]), dtype=dtype), np.empty((batch, rows, n), dtype=dtype),
-                       np.empty((batch, n), dtype=dtype))
+            H = np.empty((chunk_points(batch, rows, a.shape[1], W), rows, a.shape[1]), dtype=dtype)
+            X, a = np.empty((batch, rows, n), dtype=dtype), np.empty((batch, n), dtype=dtype)
             ops.next_layer(blas, stored[-1][0], value, F, m, pi, pk, pos, W[l + 1], b[l + 1], H, X, a)
             del H
     return out, stored, Y
@@ -230,4 +252,4 @@ def biharmonic_backward(g_out, x, params, stored, Y, tables, input_grad):
         stored, W, x, input_grad, grads, False, blas, rows_in,  # rows_back reads rows it has written: not in place
         lambda dH, X, F, dX, sums, value_only: ops.rows_back(dH, G, scale, X, F, m, pi, pk, pos, dX, sums,
                                                              value_only),
-        lambda below, Wl, dX, H: ops.below_gradients(blas, *below, m, pi, pk, pos, Wl, dX, H))
+        lambda below, Wl, dX, H, dH: ops.below_gradients(blas, *below, m, pi, pk, pos, Wl, dX, H, dH))

@@ -26,22 +26,25 @@ def _squares(X, S):
 
 
 @jit(fastmath={"reassoc", "contract"})
-def rows_out(X, value, F, q, H, S):
-    """A layer's output rows into H (batch, rows, width): the value, F1 times every other row, and
-    q F2 S added to the collapsed row; S = sum_i Z_i^2 (rows' batch, width) made first."""
-    _squares(X, S)
-    last = X.shape[1] - 1
-    for b in range(H.shape[0]):
+def rows_out(X, value, F, q, H, lo, n):
+    """The output rows of points lo..lo+n-1 into H[0..n) (rows, width each): the value, F1 times
+    every other row, and q F2 S added to the collapsed row, S = sum_i Z_i^2 made per point."""
+    last, w = X.shape[1] - 1, H.shape[2]
+    Sb = np.empty(w, dtype=H.dtype)
+    for c in range(n):
+        b = lo + c
         xb = b if X.shape[0] > 1 else 0
-        f1, f2, Sb, Hb, Xb = F[0, b], F[1, b], S[xb], H[b], X[xb]
+        f1, f2, Hb, Xb = F[0, b], F[1, b], H[c], X[xb]
         Hb[0, :] = value[b]
         for i in range(1, last + 1):
             z, h = Xb[i], Hb[i]
-            for j in range(h.shape[0]):
+            for j in range(w):
                 h[j] = f1[j] * z[j]
         if q != 0.0:
+            if c == 0 or X.shape[0] > 1:
+                _squares(X[xb : xb + 1], Sb.reshape((1, w)))
             h = Hb[last]
-            for j in range(h.shape[0]):
+            for j in range(w):
                 h[j] += q * f2[j] * Sb[j]
 
 
@@ -157,21 +160,29 @@ def first_layer(blas, x, W, bias, rows_in, X, a):
 
 
 @jit()
-def next_layer(blas, X, value, F, q, W, bias, S, H, X_next, a):
-    """The next layer's pre-activation rows X_next from a layer's X: its output rows H (rows_out,
-    S made), one product by W^T for all of them, and the next value a = X_next[:, 0] + bias
-    (contiguous). One call: no product goes through Python."""
-    rows_out(X, value, F, q, H, S)
-    rows_product(blas, H, W, bias, X_next, a)
+def next_layer(blas, X, value, F, q, W, bias, H, X_next, a):
+    """The next layer's pre-activation rows X_next from a layer's X: its output rows, H.shape[0]
+    points at a time into H (rows_out), each chunk one product by W^T, and the next value
+    a = X_next[:, 0] + bias (contiguous). One call: no product goes through Python."""
+    for lo in range(0, X_next.shape[0], H.shape[0]):
+        n = min(H.shape[0], X_next.shape[0] - lo)
+        rows_out(X, value, F, q, H, lo, n)
+        rows_product(blas, H, n, W, X_next, lo)
+    add_bias(X_next, bias, a)
 
 
 @jit()
-def rows_product(blas, H, W, bias, X_next, a):
-    """X_next = H W^T, one product over every row of every point (batch, rows, width), and the
-    next value a = X_next[:, 0] + bias (contiguous)."""
-    batch, rows = H.shape[0], H.shape[1]
-    product(blas, H.reshape((batch * rows, H.shape[2])), W, X_next.reshape((batch * rows, W.shape[0])))
-    for b in range(batch):
+def rows_product(blas, H, n, W, X_next, lo):
+    """X_next[points lo..lo+n) = H[0..n) W^T, one product over every row of those points."""
+    rows = H.shape[1]
+    chunk, out = H.reshape((H.shape[0] * rows, H.shape[2])), X_next.reshape((X_next.shape[0] * rows, W.shape[0]))
+    product(blas, chunk[: n * rows], W, out[lo * rows : (lo + n) * rows])
+
+
+@jit()
+def add_bias(X_next, bias, a):
+    """The next value, a = X_next[:, 0] + bias (contiguous)."""
+    for b in range(X_next.shape[0]):
         for j in range(a.shape[1]):
             a[b, j] = X_next[b, 0, j] + bias[j]
 
@@ -205,18 +216,34 @@ def back_top(g, Y, W, a0):
 
 
 @jit()
-def layer_gradients(blas, dX, H, W, dH_prev):
-    """W's gradient dX^T H (H: the layer below's output rows) and dH_prev = dX W, each one BLAS
-    call; dH_prev may be H (read first)."""
+def add_gradient(blas, dX, lo, n, H, gW):
+    """gW (+)= dX[points lo..lo+n)^T H[0..n) over their rows (= where lo is 0), one BLAS call."""
     batch, rows, width = dX.shape
-    n = W.shape[1]
     ints = np.empty(8, dtype=np.int32)
     zero, one = np.zeros(1, dtype=dX.dtype), np.ones(1, dtype=dX.dtype)
-    flat = dX.reshape((batch * rows, width))
-    gW = np.empty((width, n), dtype=dX.dtype)
-    gemm(blas, flat, H.reshape((batch * rows, n)), gW, True, False, zero, ints, one)
-    gemm(blas, flat, W, dH_prev.reshape((batch * rows, n)), False, False, zero, ints, one)
-    return gW
+    flat, chunk = dX.reshape((batch * rows, width)), H.reshape((H.shape[0] * rows, H.shape[2]))
+    gemm(blas, flat[lo * rows : (lo + n) * rows], chunk[: n * rows], gW, True, False, zero if lo == 0 else one, ints,
+         one)
+
+
+@jit()
+def propagate(blas, dX, W, H, dH_prev):
+    """dH_prev = dX W, H.shape[0] points at a time through H (rows of width W.shape[1]): dH_prev
+    may share dX's memory, its rows no further on than dX's that made them."""
+    batch, rows, width = dX.shape
+    n_in = W.shape[1]
+    ints = np.empty(8, dtype=np.int32)
+    zero, one = np.zeros(1, dtype=dX.dtype), np.ones(1, dtype=dX.dtype)
+    flat, out = dX.reshape((batch * rows, width)), dH_prev.reshape((batch * rows, n_in))
+    chunk = H.reshape((H.shape[0] * rows, n_in))
+    if H.shape[0] >= batch and H.ctypes.data == dH_prev.ctypes.data:  # H is the whole of dH_prev: straight in
+        gemm(blas, flat, W, out, False, False, zero, ints, one)
+        return
+    step = chunk.shape[0]
+    for lo in range(0, batch * rows, step):
+        hi = min(batch * rows, lo + step)
+        gemm(blas, flat[lo:hi], W, chunk[: hi - lo], False, False, zero, ints, one)
+        out[lo:hi] = chunk[: hi - lo]
 
 
 @jit()
@@ -239,8 +266,14 @@ def first_gradients(blas, dX, sums, x, rows_in, W, dx):
 
 
 @jit()
-def below_gradients(blas, X_p, value_p, F_p, q, W, dX, H):
-    """A hidden layer's W gradient from its dX (rows_back's): the layer below's output rows made
-    again into H (rows_out), then layer_gradients, which leaves dH_prev in H."""
-    rows_out(X_p, value_p, F_p, q, H, np.empty((X_p.shape[0], W.shape[1]), dtype=H.dtype))
-    return layer_gradients(blas, dX, H, W, H)
+def below_gradients(blas, X_p, value_p, F_p, q, W, dX, H, dH_prev):
+    """A hidden layer's W gradient from its dX (rows_back's), the layer below's output rows made
+    again H.shape[0] points at a time into H (rows_out), and dH_prev = dX W (propagate)."""
+    batch = dX.shape[0]
+    gW = np.empty((dX.shape[2], W.shape[1]), dtype=dX.dtype)
+    for lo in range(0, batch, H.shape[0]):
+        n = min(H.shape[0], batch - lo)
+        rows_out(X_p, value_p, F_p, q, H, lo, n)
+        add_gradient(blas, dX, lo, n, H, gW)
+    propagate(blas, dX, W, H, dH_prev)
+    return gW
