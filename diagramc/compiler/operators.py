@@ -225,11 +225,12 @@ def make_plan(spec: OperatorSpec) -> OperatorPlan:
     why = (f"{label}: {cost:,} multiply-adds per point against {others}"
            + (" (first-order series: sigma' times every row plus one quadratic form per collapsed row)"
               if kind == "forward-laplacian" else " (truncated products on the series, top contracted as it is made)"))
+    kernel, kernel_rows = _kernel(spec, tables)
     return OperatorPlan(kind=kind, collapse=label != "all partials of the closure", twice=bool(tables.high),
                         rows=tables.rows,
                         series=tuple(tables.series), top=tuple(tables.top), groups=len(tables.groups),
                         multiply_adds=cost, candidates=tuple((o[2], o[3].rows, o[0]) for o in options), why=why,
-                        kernel=_kernel(spec, tables), kernel_rows=_kernel_rows(spec, tables))
+                        kernel=kernel, kernel_rows=kernel_rows)
 
 
 KERNELS = {
@@ -241,24 +242,17 @@ KERNELS = {
 }
 
 
-def _kernel_rows(spec: OperatorSpec, tables: Tables) -> int:
-    """Rows per layer the fused loops carry (0 without them)."""
-    kind = _kernel(spec, tables)
-    if kind == "fused-biharmonic":
-        return biharmonic_rows(len(biharmonic_form(spec)[0]))
-    return tables.rows if kind == "fused-laplacian" else 0
-
-
-def _kernel(spec: OperatorSpec, tables: Tables) -> str:
-    """How the module runs the plan: fused numba loops where they fit the operator (in torch one
-    autograd node), layer by layer otherwise."""
+def _kernel(spec: OperatorSpec, tables: Tables) -> tuple:
+    """(kind, rows per layer) of how the module runs the plan: fused numba loops where they fit the
+    operator (in torch one autograd node), else ("layers", 0), layer by layer."""
     from ..runtime.operator_torch import fused
 
     if fused(tables, spec.mixing, spec.architecture.hidden_layers):
-        return "fused-laplacian"
-    if spec.architecture.hidden_layers and biharmonic_form(spec) is not None:
-        return "fused-biharmonic"
-    return "layers"
+        return "fused-laplacian", tables.rows
+    form = biharmonic_form(spec) if spec.architecture.hidden_layers else None
+    if form is not None:
+        return "fused-biharmonic", biharmonic_rows(len(form[0]))
+    return "layers", 0
 
 
 def _operator_label(spec: OperatorSpec) -> str:

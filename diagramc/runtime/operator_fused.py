@@ -64,6 +64,28 @@ def parts(batch, rows, params, count):
     return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
+def split(batch, rows, params, count, blas_count):
+    """(slices, BLAS threads) of a call: where every product is small the batch's slices over up
+    to count threads (parts) and BLAS on one; the whole batch and BLAS on blas_count otherwise."""
+    if small(batch * rows, params):
+        return parts(batch, rows, params, count), 1
+    return None, blas_count
+
+
+def unless_uncompiled(fused_activation, call):
+    """call() where the loops serve the module's activation loop; None where numba is missing, or
+    cannot compile that loop (a custom activation: remembered, the module's other path serves)."""
+    if fused_activation is None or fused_activation in UNCOMPILED or loops() is None:
+        return None
+    try:
+        return call()
+    except Exception as error:
+        if not is_numba_error(error):
+            raise
+        UNCOMPILED.add(fused_activation)
+        return None
+
+
 def forward_in_parts(forward, x, params, fused_activation, tables, slices, blas_count):
     """(out, [(slice, stored, Y), ...]): forward(x, params, fused_activation, tables) on the whole
     batch with BLAS on blas_count threads, or on each slice on threads of its own."""

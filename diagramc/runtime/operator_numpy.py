@@ -123,17 +123,10 @@ def forward_biharmonic(params, x, t, fused_activation, dims, scale):
 
 def _fused(forward, rows, params, x, fused_activation, tables):
     """forward's out on float32/float64 arrays, the batch split over threads where the products are small."""
-    if (fused_activation is None or fused_activation in operator_fused.UNCOMPILED or operator_fused.loops() is None
-            or x.dtype not in (np.float32, np.float64)):
+    if x.dtype not in (np.float32, np.float64):
         return None
-    small = operator_fused.small(x.shape[0] * rows, params)
     count = threads.get_num_threads()
-    slices = operator_fused.parts(x.shape[0], rows, params, count) if small else None
-    try:
-        return operator_fused.forward_in_parts(forward, x, params, fused_activation, tables, slices,
-                                               1 if small else count)[0]
-    except Exception as error:  # an activation numba cannot compile (a custom one)
-        if not operator_fused.is_numba_error(error):
-            raise
-        operator_fused.UNCOMPILED.add(fused_activation)
-        return None
+    slices, blas_count = operator_fused.split(x.shape[0], rows, params, count, count)
+    return operator_fused.unless_uncompiled(
+        fused_activation,
+        lambda: operator_fused.forward_in_parts(forward, x, params, fused_activation, tables, slices, blas_count)[0])

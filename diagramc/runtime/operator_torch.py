@@ -121,13 +121,11 @@ def forward_laplacian(params, x, activation, t, fused_activation=None):
     """The forward Laplacian of the whole network as one autograd node (see ForwardLaplacian);
     fused_activation(z, value, weights): the module's numba loop of sigma and sigma^(k)/k!,
     k = 1..3, which runs the elementwise work as numba loops where _loops_apply."""
-    if fused_activation is not None and fused_activation not in operator_fused.UNCOMPILED and _loops_apply(params, x):
-        try:
-            return ForwardLaplacianLoops.apply(x, fused_activation, t, *params)
-        except Exception as error:  # an activation numba cannot compile (a custom one): torch's operations serve
-            if not operator_fused.is_numba_error(error):
-                raise
-            operator_fused.UNCOMPILED.add(fused_activation)
+    if _loops_apply(params, x):  # torch's operations serve where the loops cannot
+        out = operator_fused.unless_uncompiled(fused_activation,
+                                               lambda: ForwardLaplacianLoops.apply(x, fused_activation, t, *params))
+        if out is not None:
+            return out
     return ForwardLaplacian.apply(x, activation, t, *params)
 
 
@@ -315,12 +313,11 @@ def _node_forward(ctx, forward, rows, x, fused_activation, tables, params):
     """A fused node's forward (operator_fused.forward_in_parts): the batch split over torch's
     threads (and no more than diagramc's) where the products are small, BLAS on torch's otherwise."""
     xs, ps = _numpy(x), numpy_views(params)
-    small = operator_fused.small(x.shape[0] * rows, params)
-    ctx.blas_threads = 1 if small else torch.get_num_threads()
     # torch's count too: a user who set torch.set_num_threads(1) means this call as well
-    count = min(threads.get_num_threads(), torch.get_num_threads()) if small else 1
-    out, ctx.pieces = operator_fused.forward_in_parts(forward, xs, ps, fused_activation, tables,
-                                                      operator_fused.parts(x.shape[0], rows, params, count),
+    slices, ctx.blas_threads = operator_fused.split(x.shape[0], rows, params,
+                                                    min(threads.get_num_threads(), torch.get_num_threads()),
+                                                    torch.get_num_threads())
+    out, ctx.pieces = operator_fused.forward_in_parts(forward, xs, ps, fused_activation, tables, slices,
                                                       ctx.blas_threads)
     ctx.tables = tables
     ctx.save_for_backward(x, *params)
@@ -342,17 +339,12 @@ def _node_backward(ctx, backward, g_out):
 def forward_biharmonic(params, x, t, fused_activation, dims, scale):
     """scale times the biharmonic over inputs dims as one autograd node (ForwardBiharmonicLoops),
     or None where the numba loops cannot serve this call (the module's series then do)."""
-    if fused_activation is None or fused_activation in operator_fused.UNCOMPILED or not _loops_apply(params, x):
+    if not _loops_apply(params, x):
         return None
     if "biharmonic" not in t:
         t["biharmonic"] = operator_fused.biharmonic_tables(x.shape[1], dims, scale, _numpy(t["input_rows"]).dtype)
-    try:
-        return ForwardBiharmonicLoops.apply(x, fused_activation, t["biharmonic"], *params)
-    except Exception as error:  # an activation numba cannot compile (a custom one)
-        if not operator_fused.is_numba_error(error):
-            raise
-        operator_fused.UNCOMPILED.add(fused_activation)
-        return None
+    return operator_fused.unless_uncompiled(
+        fused_activation, lambda: ForwardBiharmonicLoops.apply(x, fused_activation, t["biharmonic"], *params))
 
 
 class ForwardBiharmonicLoops(torch.autograd.Function):
