@@ -252,14 +252,24 @@ def test_compiled_pass_sees_parameters_changed_in_place():
     assert not torch.allclose(first, second)
 
 
+@pytest.mark.parametrize("prange", [True, False], ids=["numba-prange", "python-threads"])
 @pytest.mark.parametrize("time_input, dtype", [(False, torch.float64), (True, torch.float64), (True, torch.float32)])
-def test_compiled_pass_split_over_threads(monkeypatch, time_input, dtype):
-    """A batch in tiles, spread over threads, gives the torch operations' values and gradients."""
-    from diagramc.runtime import jet_torch
+def test_compiled_pass_split_over_threads(monkeypatch, time_input, dtype, prange):
+    """A batch in tiles, spread over threads (numba's prange where its threading layer is fast,
+    else Python's threads), gives the torch operations' values and gradients."""
+    import numba
 
+    from diagramc.runtime import jet_torch, numpy_loops
+
+    fast = prange and numpy_loops.fast_parallel_loops()
+    if prange and not fast:
+        pytest.skip("numba's threading layer here is neither OpenMP nor TBB")
+    monkeypatch.setattr(numpy_loops, "fast_parallel_loops", lambda: fast)
     monkeypatch.setattr(jet_torch, "ROWS_PER_THREAD", 4)
     monkeypatch.setattr(jet_torch, "SPLIT_WORK", 1)
+    monkeypatch.setattr(jet_torch, "PART_WORK", 1)
     monkeypatch.setattr(jet_torch, "TILE_BYTES", 1)  # a tile a row: several tiles a thread
+    count = min(3, numba.get_num_threads()) if fast else 3
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
@@ -276,7 +286,8 @@ def test_compiled_pass_split_over_threads(monkeypatch, time_input, dtype):
             return out, reg, torch.autograd.grad(loss, inputs)
 
         (a, ra, ga), (b, rb, gb) = _both_paths(monkeypatch, run)
-        assert any(len(layout.groups) == 3 and len(layout.tiles) == 13 for layout in jet_torch._LAYOUTS.values())
+        assert any(len(layout.groups) == count and len(layout.tiles) == 13 and layout.parallel == (fast and count > 1)
+                   for layout in jet_torch._LAYOUTS.values())
     finally:
         torch.set_num_threads(threads)
     tol = dict(rtol=1e-11, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
@@ -284,3 +295,31 @@ def test_compiled_pass_split_over_threads(monkeypatch, time_input, dtype):
     torch.testing.assert_close(ra, rb, **tol)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, **tol)
+
+
+def _regularizer_in_child(queue, model, z):
+    queue.put(diagramc.taylor_regularizer(model, z, 3).detach().numpy())
+
+
+def test_compiled_pass_in_a_forked_child(monkeypatch):
+    """A child forked after the parent ran the pass on numba's threads runs it on its own thread
+    (GNU OpenMP's threads do not survive a fork: numba would stop the child) and gets its values."""
+    import multiprocessing
+
+    from diagramc.runtime import jet_torch
+
+    monkeypatch.setattr(jet_torch, "PART_WORK", 1)
+    monkeypatch.setattr(jet_torch, "ROWS_PER_THREAD", 4)
+    model = make_model(3, (7, 6), "tanh", False, seed=5)
+    z = torch.randn(16, 3, dtype=torch.float64)
+    expected = diagramc.taylor_regularizer(model, z, 3).detach().numpy()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_regularizer_in_child, args=(queue, model, z))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(timeout=60)
+    assert child.exitcode == 0
+    np.testing.assert_allclose(got, expected, rtol=1e-13)

@@ -12,6 +12,7 @@ same layout for their adjoints. ``series`` is (K + 1, batch, D): z_[0..K].
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .numpy_loops import gemm, jit
@@ -31,6 +32,27 @@ def _block(store, offsets, l, which, K, B, n):
     """P (which 0), A (1) or U (2) of hidden layer l: (K, B * n), each coefficient a contiguous row."""
     start = K * B * offsets[l] + which * K * B * n
     return store[start: start + K * B * n].reshape((K, B * n))
+
+
+@jit()
+def gradient_starts(weights):
+    """Where each weight's gradient, then each bias's, starts in a flat gradient buffer (its size last)."""
+    L = len(weights)
+    starts = np.zeros(2 * L + 1, dtype=np.int64)
+    for l in range(L):
+        starts[l + 1] = starts[l] + weights[l].size
+    for l in range(L):
+        starts[L + l + 1] = starts[L + l] + weights[l].shape[0]
+    return starts
+
+
+@jit()
+def _gradient_views(gradient, starts, weights):
+    """The weights' and biases' gradients as lists of views of the flat buffer."""
+    L = len(weights)
+    dweights = [gradient[starts[l]: starts[l + 1]].reshape(weights[l].shape) for l in range(L)]
+    dbiases = [gradient[starts[L + l]: starts[L + l + 1]] for l in range(L)]
+    return dweights, dbiases
 
 
 @jit()
@@ -127,13 +149,14 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, first_p, first_a,
 
 
 @jit(fastmath={"reassoc", "contract"})
-def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_scale, dweights, dbiases, dz, dt,
+def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_scale, gradient, starts, dz, dt,
             blas, ints, zero, one):
     """The adjoint of forward on rows lo..hi: from G (K + 1, batch, D), the gradient of series (empty:
-    none), and g_top (batch,) that of forward's top (empty: none), accumulate this part's dweights
-    and dbiases (zeroed by the caller), and write its rows of dz (batch, D) and dt (batch,, zeroed
-    by the caller, read when timed)."""
+    none), and g_top (batch,) that of forward's top (empty: none), accumulate this part's weight
+    and bias gradients into `gradient` (zeroed by the caller; _gradient_views' layout), and write
+    its rows of dz (batch, D) and dt (batch,, zeroed by the caller, read when timed)."""
     L = len(weights)
+    dweights, dbiases = _gradient_views(gradient, starts, weights)
     B, D = hi - lo, series.shape[2]
     offsets = _sizes(weights)
     c1, c2 = c[1], c[2]
@@ -221,3 +244,30 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_
         else:
             X = _block(store, offsets, l - 1, 1, K, B, weights[l - 1].shape[0]).reshape((K * B, inputs))
             gemm(blas, Pall, X, dweights[l][:, :inputs], True, False, one, ints, one)
+
+
+@jit(parallel=True)
+def forward_parts(c, frac, t, timed, weights, transposed, biases, K, first_p, first_a, cuts, stores, parts, series,
+                  store, top, top_scale, blas, zero, one):
+    """forward over the batch's tiles (rows cuts[i]..cuts[i + 1], store stores[i]..stores[i + 1]),
+    part g taking tiles parts[g]..parts[g + 1] on its own thread, every part at once."""
+    for g in numba.prange(len(parts) - 1):
+        ints = np.empty(8, np.int32)
+        for i in range(parts[g], parts[g + 1]):
+            forward(c, frac, t, timed, weights, transposed, biases, K, first_p, first_a, cuts[i], cuts[i + 1], series,
+                    store[stores[i]: stores[i + 1]], top, top_scale, blas, ints, zero, one)
+
+
+@jit(parallel=True)
+def reverse_parts(c, frac, t, timed, weights, K, series, cuts, stores, parts, store, G, g_top, top_scale, gradients,
+                  starts, dz, dt, blas, zero, one):
+    """reverse over the tiles as forward_parts goes over them, part g accumulating into its own
+    row of gradients (zeroed here), then every row summed into row 0."""
+    for g in numba.prange(len(parts) - 1):
+        ints = np.empty(8, np.int32)
+        gradients[g] = 0.0
+        for i in range(parts[g], parts[g + 1]):
+            reverse(c, frac, t, timed, weights, K, series, cuts[i], cuts[i + 1], store[stores[i]: stores[i + 1]], G,
+                    g_top, top_scale, gradients[g], starts, dz, dt, blas, ints, zero, one)
+    for g in range(1, len(parts) - 1):
+        gradients[0] += gradients[g]

@@ -111,21 +111,24 @@ _LAYOUTS: dict = {}  # per shapes, batch, order, dtype and activation: what a ca
 
 # A compiled call goes through its batch in tiles of rows whose share of the store takes at most
 # TILE_BYTES (kept in a core's cache: a store of megabytes runs several times slower), and
-# spreads the tiles over threads from ROWS_PER_THREAD rows and SPLIT_WORK multiply-adds a
-# thread: handing work to another thread and back costs tens of microseconds
+# spreads the tiles over threads from ROWS_PER_THREAD rows a thread and, where numba's prange
+# hands work over in microseconds (numpy_loops.fast_parallel_loops), PART_WORK multiply-adds a
+# thread; else, on Python's threads, from SPLIT_WORK: handing work to one of those and back
+# costs tens of microseconds
 TILE_BYTES = 2**20
-ROWS_PER_THREAD = 48
+ROWS_PER_THREAD = 32
+PART_WORK = 2**20
 SPLIT_WORK = 2**25
 # Multiply-adds of a layer's product from which an unsplit call lets BLAS use torch's threads
 BLAS_THREADS_WORK = 2**24
 
 
 class _Layout:
-    """What a compiled call needs that depends only on the shapes, the order, the dtype and the
-    activation (made once, kept): the tiles' rows and their shares of the store, each thread's
-    tiles, step fractions, the activation's equation, and the gradient buffer's layout."""
+    """What a compiled call needs that depends only on the shapes, the order, the dtype, the
+    activation and the threads (made once, kept): the tiles' rows and their shares of the store,
+    each thread's tiles, step fractions, the activation's equation, and the gradient buffer's layout."""
 
-    def __init__(self, arrays, B, D, K, dtype, kind, c, timed, threads):
+    def __init__(self, arrays, B, D, K, dtype, kind, c, timed, threads, fast):
         import numpy as np
 
         weights = arrays[0::2]
@@ -135,20 +138,28 @@ class _Layout:
         self.frac = np.array([[j / k if k else 0.0 for j in range(K + 2)] for k in range(K + 2)], dtype=dtype)
         per_row = 3 * K * sum(self.widths)  # P, A and U of every hidden layer, K coefficients each
         tiles = max(1, min(B, -(-per_row * B * np.dtype(dtype).itemsize // TILE_BYTES)))
+        # a call's multiply-adds, forward and back: K coefficients through every layer, three times
+        work = 3 * K * B * sum(W.size for W in weights)
+        count = max(1, min(threads, B // ROWS_PER_THREAD, work // (PART_WORK if fast else SPLIT_WORK)))
+        if not fast:
+            count = min(count, tiles)
+        tiles = min(B, -(-tiles // count) * count)  # whole tiles per thread
         cuts = [B * i // tiles for i in range(tiles + 1)]
         self.tiles = list(zip(cuts[:-1], cuts[1:]))  # the tiles' rows
         self.stores = [(per_row * lo, per_row * hi) for lo, hi in self.tiles]
         self.store_size = per_row * B
-        # a call's multiply-adds, forward and back: K coefficients through every layer, three times
-        work = 3 * K * B * sum(W.size for W in weights)
-        count = max(1, min(threads, tiles, B // ROWS_PER_THREAD, work // SPLIT_WORK))
         self.groups = [range(tiles * i // count, tiles * (i + 1) // count) for i in range(count)]  # each thread's tiles
+        # numba's prange over the threads' parts (forward_parts, reverse_parts): their bounds as arrays
+        self.parallel = fast and count > 1
+        self.cuts, self.store_cuts = np.array(cuts, dtype=np.int64), np.array(cuts, dtype=np.int64) * per_row
+        self.parts = np.array([g.start for g in self.groups] + [tiles], dtype=np.int64)
         # BLAS's own threads only for products large enough to pay for waking them
         self.blas_threads = threads if count == 1 and max(hi - lo for lo, hi in self.tiles) * max(
             W.size for W in weights) >= BLAS_THREADS_WORK else 1
         sizes = [W.size for W in weights] + [W.shape[0] for W in weights]
         ends = np.cumsum(sizes).tolist()
         self.gradient_size = ends[-1]
+        self.starts = np.array([0] + ends, dtype=np.int64)  # jet_ode_loops.gradient_starts' layout
         self.weight_slices = [(e - W.size, e, W.shape) for W, e in zip(weights, ends)]
         self.bias_slices = [(e - W.shape[0], e) for W, e in zip(weights, ends[len(weights):])]
         self.top_scale = float(math.factorial(K)) ** 2 / D  # mean over the states of (K! z_K)^2
@@ -160,13 +171,13 @@ class _Layout:
                 [buffer[a:e] for a, e in self.bias_slices])
 
 
-def _layout(arrays, B, D, K, dtype, kind, c, timed, threads):
-    key = (tuple(a.shape for a in arrays[0::2]), B, K, dtype, kind, c, timed, threads)
+def _layout(arrays, B, D, K, dtype, kind, c, timed, threads, fast):
+    key = (tuple(a.shape for a in arrays[0::2]), B, K, dtype, kind, c, timed, threads, fast)
     layout = _LAYOUTS.get(key)
     if layout is None:
         if len(_LAYOUTS) >= 64:
             _LAYOUTS.pop(next(iter(_LAYOUTS)))
-        layout = _LAYOUTS[key] = _Layout(arrays, B, D, K, dtype, kind, c, timed, threads)
+        layout = _LAYOUTS[key] = _Layout(arrays, B, D, K, dtype, kind, c, timed, threads, fast)
     return layout
 
 
@@ -198,7 +209,7 @@ class _CompiledSeries(torch.autograd.Function):
     def forward(ctx, kind, activation, rule, order, regularizer, z, t, *flat):
         import numpy as np
 
-        from . import jet_ode_loops as loops
+        from . import jet_ode_loops as loops, numpy_loops
 
         timed = t is not None
         zn = z.detach().contiguous().numpy()
@@ -207,7 +218,9 @@ class _CompiledSeries(torch.autograd.Function):
         tn = t.detach().contiguous().numpy() if timed else _unread(dtype)
         arrays = numpy_views(flat)
         weights, biases = arrays[0::2], arrays[1::2]
-        lay = _layout(arrays, B, D, order, dtype, kind, rule[1], timed, torch.get_num_threads())
+        fast = numpy_loops.fast_parallel_loops()
+        count = min(torch.get_num_threads(), numpy_loops.numba.get_num_threads()) if fast else torch.get_num_threads()
+        lay = _layout(arrays, B, D, order, dtype, kind, rule[1], timed, count, fast)
         blas, zero, one = lay.blas
         # remade each call: values may have changed in place
         transposed = tuple(np.ascontiguousarray(W[:, : W.shape[1] - (timed and l == 0)].T) for l, W in enumerate(weights))
@@ -234,7 +247,11 @@ class _CompiledSeries(torch.autograd.Function):
                     loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, first_p, first_a, lo,
                                   hi, series, store[start:end], top, lay.top_scale, blas, ints, zero, one)
 
-            _in_groups(forward, lay)
+            if lay.parallel:
+                loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, first_p, first_a,
+                                    lay.cuts, lay.store_cuts, lay.parts, series, store, top, lay.top_scale, blas, zero, one)
+            else:
+                _in_groups(forward, lay)
         ctx.numpy = (lay, tn, weights, series, store)
         ctx.setup = (activation, rule, order, timed)
         ctx.save_for_backward(z, t, *flat)
@@ -262,16 +279,21 @@ class _CompiledSeries(torch.autograd.Function):
 
         def reverse(group):  # the group's tiles accumulate into one buffer
             buffer, ints = np.zeros(lay.gradient_size, dtype=dtype), np.empty(8, np.int32)
-            dweights, dbiases = map(tuple, lay.gradients(buffer))
             for i in group:
                 (lo, hi), (start, end) = lay.tiles[i], lay.stores[i]
                 loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, store[start:end], Gn, gn,
-                              2.0 * lay.top_scale, dweights, dbiases, dz, dt, blas, ints, zero, one)
+                              2.0 * lay.top_scale, buffer, lay.starts, dz, dt, blas, ints, zero, one)
             return buffer
 
         with threads.blas_threads(lay.blas_threads):
-            buffers = _in_groups(reverse, lay)
-        buffer = buffers[0] if len(buffers) == 1 else np.sum(buffers, axis=0)
+            if lay.parallel:
+                buffers = np.empty((len(lay.groups), lay.gradient_size), dtype=dtype)
+                loops.reverse_parts(lay.c, lay.frac, tn, timed, weights, order, series, lay.cuts, lay.store_cuts,
+                                    lay.parts, store, Gn, gn, 2.0 * lay.top_scale, buffers, lay.starts, dz, dt, blas,
+                                    zero, one)
+            else:
+                buffers = _in_groups(reverse, lay)
+        buffer = buffers[0] if len(buffers) == 1 or lay.parallel else np.sum(buffers, axis=0)
         dweights, dbiases = lay.gradients(buffer)
         grads = [torch.from_numpy(g) for pair in zip(dweights, dbiases) for g in pair]
         return (None,) * 5 + (torch.from_numpy(dz), torch.from_numpy(dt) if timed else None, *grads)

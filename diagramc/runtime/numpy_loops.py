@@ -4,6 +4,7 @@ NumPy operations make several. Compiled at a first call, they stay in numba's di
 (__pycache__ beside this file, else numba's per-user folder), shared by every kernel.
 """
 import math
+import os
 
 import llvmlite.ir  # numba's own dependency: the code of the calls into SciPy's BLAS (_call_blas)
 import numba
@@ -72,6 +73,32 @@ def _passed_over(method):
         except Exception:  # an unreadable cache file, a full disk
             return None
     return guarded
+
+@jit(parallel=True)
+def _launch(out):
+    """A prange loop that starts numba's threading layer (numba names the layer only once started)."""
+    for i in numba.prange(out.shape[0]):
+        out[i] = i
+
+
+_PARALLEL = {"pid": None, "fast": False}
+
+
+def fast_parallel_loops() -> bool:
+    """Whether numba's prange loops hand work to threads in microseconds in this process: its
+    threading layer is OpenMP or TBB (workqueue takes over a hundred microseconds a loop), and
+    the layer was started by this process, not by a parent it was forked from (GNU OpenMP's
+    threads do not survive a fork, and numba stops a child that uses them)."""
+    pid = os.getpid()
+    if _PARALLEL["pid"] is None:
+        try:
+            _launch(np.zeros(2))
+            _PARALLEL["fast"] = numba.threading_layer() in ("omp", "tbb")
+        except Exception:  # no threading layer loads: the callers' serial paths serve
+            _PARALLEL["fast"] = False
+        _PARALLEL["pid"] = pid
+    return _PARALLEL["fast"] and _PARALLEL["pid"] == pid
+
 
 @jit()
 def fused_product(A, Z, starts, left, right, weight, out):
