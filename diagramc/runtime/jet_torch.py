@@ -163,6 +163,8 @@ class _Layout:
         self.weight_slices = [(e - W.size, e, W.shape) for W, e in zip(weights, ends)]
         self.bias_slices = [(e - W.shape[0], e) for W, e in zip(weights, ends[len(weights):])]
         self.top_scale = float(math.factorial(K)) ** 2 / D  # mean over the states of (K! z_K)^2
+        # float32 tanh's coefficient 0 made inside the passes, by jet_ode_loops.tanh32, on each thread's rows
+        self.inside = kind == _compiled_kinds()["tanh"] and dtype == np.float32
         self.blas = _blas_arguments(dtype)
 
     def gradients(self, buffer):
@@ -228,9 +230,14 @@ class _CompiledSeries(torch.autograd.Function):
         series[0] = zn
         store = np.empty(lay.store_size, dtype=dtype)
         top = np.empty(B if regularizer else 0, dtype=dtype)
+        inside = lay.inside
         with threads.blas_threads(lay.blas_threads):
             first_p, first_a, x = [], [], zn
-            for l, n in enumerate(lay.widths):  # coefficient 0 through the network, the whole batch
+            for l, n in enumerate(lay.widths):  # coefficient 0 through the network, the whole batch (unless inside)
+                if inside:  # the passes make it: never read
+                    first_p.append(transposed[l])
+                    first_a.append(transposed[l])
+                    continue
                 P0, A0 = np.empty((B, n), dtype=dtype), np.empty((B, n), dtype=dtype)
                 w_t = weights[0][:, -1] if timed and l == 0 else biases[l]
                 loops.affine(x, transposed[l], biases[l], tn, w_t, timed and l == 0, P0, blas, np.empty(8, np.int32), zero, one)
@@ -244,12 +251,13 @@ class _CompiledSeries(torch.autograd.Function):
                 ints = np.empty(8, np.int32)
                 for i in group:
                     (lo, hi), (start, end) = lay.tiles[i], lay.stores[i]
-                    loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, first_p, first_a, lo,
-                                  hi, series, store[start:end], top, lay.top_scale, blas, ints, zero, one)
+                    loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, inside, first_p, first_a,
+                                  lo, hi, series, store[start:end], top, lay.top_scale, blas, ints, zero, one)
 
             if lay.parallel:
-                loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, first_p, first_a,
-                                    lay.cuts, lay.store_cuts, lay.parts, series, store, top, lay.top_scale, blas, zero, one)
+                loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, inside, first_p,
+                                    first_a, lay.cuts, lay.store_cuts, lay.parts, series, store, top, lay.top_scale, blas,
+                                    zero, one)
             else:
                 _in_groups(forward, lay)
         ctx.numpy = (lay, tn, weights, series, store)
