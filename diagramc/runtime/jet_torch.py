@@ -102,9 +102,20 @@ def _compiled_applies(name, rule, params, z, t, order):
         return False
     if t is not None and t.device.type != "cpu":
         return False
-    from .numpy_loops import DGEMM, SGEMM
+    numpy_loops = _loops()[1]
+    return numpy_loops.DGEMM is not None and numpy_loops.SGEMM is not None
 
-    return DGEMM is not None and SGEMM is not None
+
+_LOOPS: list = []  # jet_ode_loops and numpy_loops, imported at the first compiled call (numba: not at import)
+
+
+def _loops():
+    """(jet_ode_loops, numpy_loops), imported once: an import statement per call costs microseconds."""
+    if not _LOOPS:
+        from . import jet_ode_loops, numpy_loops
+
+        _LOOPS.extend((jet_ode_loops, numpy_loops))
+    return _LOOPS
 
 
 _LAYOUTS: dict = {}  # per shapes, batch, order, dtype and activation: what a call needs that only they decide
@@ -211,7 +222,7 @@ class _CompiledSeries(torch.autograd.Function):
     def forward(ctx, kind, activation, rule, order, regularizer, z, t, *flat):
         import numpy as np
 
-        from . import jet_ode_loops as loops, numpy_loops
+        loops, numpy_loops = _loops()
 
         timed = t is not None
         zn = z.detach().contiguous().numpy()
@@ -270,7 +281,7 @@ class _CompiledSeries(torch.autograd.Function):
     def backward(ctx, G, G_top):
         import numpy as np
 
-        from . import jet_ode_loops as loops
+        loops, _ = _loops()
 
         activation, rule, order, timed = ctx.setup
         z, t, *flat = ctx.saved_tensors
