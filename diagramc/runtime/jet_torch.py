@@ -128,7 +128,7 @@ _LAYOUTS: dict = {}  # per shapes, batch, order, dtype and activation: what a ca
 # costs tens of microseconds
 TILE_BYTES = 2**20
 ROWS_PER_THREAD = 32
-PART_WORK = 2**20
+PART_WORK = 2**23
 SPLIT_WORK = 2**25
 # Multiply-adds of a layer's product from which an unsplit call lets BLAS use torch's threads
 BLAS_THREADS_WORK = 2**24
