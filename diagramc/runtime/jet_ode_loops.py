@@ -248,19 +248,21 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_
                             total += pbar[b, o] * w_t[o]
                         dt[lo + b] += total
                 if k <= 1:  # time's series is t0 + 1 s
+                    dw = dweights[0]  # out of the loops: a list's item costs a reference count each time
                     for b in range(B):
                         scale = t[lo + b] if k == 0 else 1.0
                         for o in range(n):
-                            dweights[0][o, inputs] += scale * pbar[b, o]
+                            dw[o, inputs] += scale * pbar[b, o]
             if l == 0:
                 gemm(blas, pbar, weights[0][:, :inputs], zbar[k], False, False, one, ints, one)
             else:
                 below = _block(grads, offsets, l - 1, 1, K, B, weights[l - 1].shape[0])[k]
                 gemm(blas, pbar, weights[l], below.reshape((B, weights[l - 1].shape[0])), False, False, one, ints, one)
             if k == 0:
+                db = dbiases[l]
                 for b in range(B):
                     for o in range(n):
-                        dbiases[l][o] += pbar[b, o]
+                        db[o] += pbar[b, o]
     dz[lo:hi] = zbar[0]
     # each layer's weight gradient over all steps at once: sum_k pbar_k^T x_k
     for l in range(L):
