@@ -35,18 +35,6 @@ def _block(store, offsets, l, which, K, B, n):
 
 
 @jit()
-def gradient_starts(weights):
-    """Where each weight's gradient, then each bias's, starts in a flat gradient buffer (its size last)."""
-    L = len(weights)
-    starts = np.zeros(2 * L + 1, dtype=np.int64)
-    for l in range(L):
-        starts[l + 1] = starts[l] + weights[l].size
-    for l in range(L):
-        starts[L + l + 1] = starts[L + l] + weights[l].shape[0]
-    return starts
-
-
-@jit()
 def _gradient_views(gradient, starts, weights):
     """The weights' and biases' gradients as lists of views of the flat buffer."""
     L = len(weights)

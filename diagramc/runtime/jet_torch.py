@@ -170,7 +170,7 @@ class _Layout:
         sizes = [W.size for W in weights] + [W.shape[0] for W in weights]
         ends = np.cumsum(sizes).tolist()
         self.gradient_size = ends[-1]
-        self.starts = np.array([0] + ends, dtype=np.int64)  # jet_ode_loops.gradient_starts' layout
+        self.starts = np.array([0] + ends, dtype=np.int64)  # the weights' gradients, then the biases' (jet_ode_loops._gradient_views)
         self.weight_slices = [(e - W.size, e, W.shape) for W, e in zip(weights, ends)]
         self.bias_slices = [(e - W.shape[0], e) for W, e in zip(weights, ends[len(weights):])]
         self.top_scale = float(math.factorial(K)) ** 2 / D  # mean over the states of (K! z_K)^2
