@@ -119,7 +119,10 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, inside, first_p, 
             pre = y if last else P[k].reshape((B, n))
             gemm(blas, x, transposed[l], pre, False, False, zero, ints, one)
             if k == 0:
-                pre += biases[l]
+                bias = biases[l]
+                for b in range(B):
+                    for o in range(n):
+                        pre[b, o] += bias[o]
             if l == 0 and timed and k <= 1:  # time's series is t0 + 1 s
                 w_t = weights[0][:, weights[0].shape[1] - 1]
                 for b in range(B):
@@ -127,7 +130,10 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, inside, first_p, 
                     for o in range(n):
                         pre[b, o] += scale * w_t[o]
             if last:
-                series[k + 1][lo:hi] = y * frac[k + 1, 1]
+                out, scale = series[k + 1], frac[k + 1, 1]
+                for b in range(B):
+                    for o in range(D):
+                        out[lo + b, o] = y[b, o] * scale
                 break
             if k == 0:  # inside: sigma and sigma' at coefficient 0
                 p, a, u = P[0], A[0], U[0]
@@ -193,8 +199,10 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_
     grads = np.zeros_like(store)
     ybar = np.empty((K, B, D), dtype=series.dtype)
     for k in range(K - 1, -1, -1):
-        ybar[k] = zbar[k + 1] * frac[k + 1, 1]
-        pbar = ybar[k]
+        scale, below, pbar = frac[k + 1, 1], zbar[k + 1], ybar[k]
+        for b in range(B):
+            for i in range(D):
+                pbar[b, i] = below[b, i] * scale
         for l in range(L - 1, -1, -1):
             n = weights[l].shape[0]
             inputs = weights[l].shape[1] - (1 if timed and l == 0 else 0)
