@@ -212,6 +212,24 @@ def _unread(dtype):
     return empty
 
 
+def _coefficient_zero(loops, lay, z, t, weights, biases, transposed, timed):
+    """Each hidden layer's pre-activation and activation at coefficient 0 for the whole batch,
+    sigma by NumPy's vectorized functions: two tuples of (batch, width) arrays."""
+    import numpy as np
+
+    blas, zero, one = lay.blas
+    first_p, first_a, x = [], [], z
+    for l, n in enumerate(lay.widths):
+        P0, A0 = np.empty((z.shape[0], n), dtype=z.dtype), np.empty((z.shape[0], n), dtype=z.dtype)
+        w_t = weights[0][:, -1] if timed and l == 0 else biases[l]
+        loops.affine(x, transposed[l], biases[l], t, w_t, timed and l == 0, P0, blas, np.empty(8, np.int32), zero, one)
+        _SIGMA[lay.kind](P0, out=A0)
+        first_p.append(P0)
+        first_a.append(A0)
+        x = A0
+    return tuple(first_p), tuple(first_a)
+
+
 class _CompiledSeries(torch.autograd.Function):
     """ode_series as compiled passes (runtime.jet_ode_loops): coefficient 0 through the network for
     the whole batch, then the forward pass and its adjoint written by hand, one numba call per
@@ -243,20 +261,10 @@ class _CompiledSeries(torch.autograd.Function):
         top = np.empty(B if regularizer else 0, dtype=dtype)
         inside = lay.inside
         with threads.blas_threads(lay.blas_threads):
-            first_p, first_a, x = [], [], zn
-            for l, n in enumerate(lay.widths):  # coefficient 0 through the network, the whole batch (unless inside)
-                if inside:  # the passes make it: never read
-                    first_p.append(transposed[l])
-                    first_a.append(transposed[l])
-                    continue
-                P0, A0 = np.empty((B, n), dtype=dtype), np.empty((B, n), dtype=dtype)
-                w_t = weights[0][:, -1] if timed and l == 0 else biases[l]
-                loops.affine(x, transposed[l], biases[l], tn, w_t, timed and l == 0, P0, blas, np.empty(8, np.int32), zero, one)
-                _SIGMA[kind](P0, out=A0)
-                first_p.append(P0)
-                first_a.append(A0)
-                x = A0
-            first_p, first_a = tuple(first_p), tuple(first_a)
+            if inside:  # the passes make coefficient 0: arrays of the right type, never read
+                first_p = first_a = transposed[: len(lay.widths)]
+            else:
+                first_p, first_a = _coefficient_zero(loops, lay, zn, tn, weights, biases, transposed, timed)
 
             def forward(group):
                 ints = np.empty(8, np.int32)
