@@ -231,9 +231,10 @@ def _coefficient_zero(loops, lay, z, t, weights, biases, transposed, timed):
 
 
 class _CompiledSeries(torch.autograd.Function):
-    """ode_series as compiled passes (runtime.jet_ode_loops): coefficient 0 through the network for
-    the whole batch, then the forward pass and its adjoint written by hand, one numba call per
-    tile of the batch's rows, the tiles spread over torch's threads where a call is large enough.
+    """ode_series as compiled passes (runtime.jet_ode_loops): coefficient 0 through the network
+    (inside the passes for float32 tanh, else beforehand for the whole batch), then the forward
+    pass and its adjoint written by hand, one numba call per tile of the batch's rows, or one per
+    pass with the tiles spread over numba's prange threads where a call is large enough.
     Autograd records one node instead of hundreds of small ones."""
 
     @staticmethod
