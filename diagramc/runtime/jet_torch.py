@@ -157,7 +157,7 @@ class _Layout:
         tiles = min(B, -(-tiles // count) * count)  # whole tiles per thread
         cuts = [B * i // tiles for i in range(tiles + 1)]
         self.tiles = list(zip(cuts[:-1], cuts[1:]))  # the tiles' rows
-        self.stores = [(per_row * lo, per_row * hi) for lo, hi in self.tiles]
+        self.per_row = per_row  # a tile's share of the store: rows lo..hi take per_row * lo up to per_row * hi
         self.store_size = per_row * B
         self.groups = [range(tiles * i // count, tiles * (i + 1) // count) for i in range(count)]  # each thread's tiles
         # numba's prange over the threads' parts (forward_parts, reverse_parts): their bounds as arrays
@@ -270,9 +270,10 @@ class _CompiledSeries(torch.autograd.Function):
             def forward(group):
                 ints = np.empty(8, np.int32)
                 for i in group:
-                    (lo, hi), (start, end) = lay.tiles[i], lay.stores[i]
+                    lo, hi = lay.tiles[i]
+                    part = store[lay.per_row * lo: lay.per_row * hi]
                     loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, inside, first_p, first_a,
-                                  lo, hi, series, store[start:end], top, lay.top_scale, blas, ints, zero, one)
+                                  lo, hi, series, part, top, lay.top_scale, blas, ints, zero, one)
 
             if lay.parallel:
                 loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, inside, first_p,
@@ -308,8 +309,9 @@ class _CompiledSeries(torch.autograd.Function):
         def reverse(group):  # the group's tiles accumulate into one buffer
             buffer, ints = np.zeros(lay.gradient_size, dtype=dtype), np.empty(8, np.int32)
             for i in group:
-                (lo, hi), (start, end) = lay.tiles[i], lay.stores[i]
-                loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, store[start:end], Gn, gn,
+                lo, hi = lay.tiles[i]
+                part = store[lay.per_row * lo: lay.per_row * hi]
+                loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, part, Gn, gn,
                               2.0 * lay.top_scale, buffer, lay.starts, dz, dt, blas, ints, zero, one)
             return buffer
 
