@@ -310,9 +310,10 @@ def _fresh_import(path):
 )
 def test_fused_loops_and_numpy_operations_agree(activation, order, d, hidden, subset, kernel_dir, monkeypatch):
     """With numba the truncated products and the activation's sums run as fused loops (for tanh
-    and sigmoid from order 4 the activation's equation sigma' = p(sigma), Taylor mode), without
-    it as NumPy operations on the powers of Z: both match jacfwd and each other, in float64 and
-    float32, for one point (layer 1 unfolded) and nine (folded)."""
+    and sigmoid from order 4 the activation's equation sigma' = p(sigma), Taylor mode), from
+    order 3 all in one compiled call (taylor_loops) or called one by one, without it as NumPy
+    operations on the powers of Z: all match jacfwd and each other, in float64 and float32,
+    for one point (layer 1 unfolded) and nine (folded)."""
     arch, params, _ = _case(53, activation, order, d=d, hidden=hidden)
     fused = diagramc.compile(arch, order, "numpy", multi_indices=subset, out_dir=kernel_dir)
     plain = _without_numba(fused)
@@ -326,18 +327,30 @@ def test_fused_loops_and_numpy_operations_agree(activation, order, d, hidden, su
         monkeypatch.setattr(fused._KERNEL, "_equation_series", lambda *args: calls.append(1) or equation_series(*args))
     if HAS_NUMBA:
         assert fused._KERNEL._FUSED and all("fused" in table for table in fused._KERNEL._TABLES["powers"].values())
+    compiled = fused._KERNEL._TABLES.get("compiled_chunks")
+    assert (compiled is not None) == HAS_NUMBA
+
+    def one_by_one(*args):  # the fused loops called one by one from Python
+        monkeypatch.setitem(fused._KERNEL._TABLES, "compiled_chunks", None)
+        try:
+            return fused.derivatives(*args)
+        finally:
+            monkeypatch.setitem(fused._KERNEL._TABLES, "compiled_chunks", compiled)
+
     for batch in (1, 9):
         x = torch.randn(batch, d, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
         want = reference_derivatives(params, x, activation, fused.MULTI_INDICES)
         p = [q.numpy() for q in params]
         got = fused.derivatives(p, x.numpy())
         _assert_matches(got, want)
-        np.testing.assert_allclose(plain.derivatives(p, x.numpy()), got, rtol=1e-13, atol=1e-13 * float(np.abs(got).max()))
-        single = [fused.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32)),
-                  plain.derivatives([q.astype(np.float32) for q in p], x.numpy().astype(np.float32))]
+        for other in (plain.derivatives, one_by_one):
+            np.testing.assert_allclose(other(p, x.numpy()), got, rtol=1e-13, atol=1e-13 * float(np.abs(got).max()))
+        p32, x32 = [q.astype(np.float32) for q in p], x.numpy().astype(np.float32)
+        single = [fused.derivatives(p32, x32), plain.derivatives(p32, x32), one_by_one(p32, x32)]
         assert all(s.dtype == np.float32 for s in single)
-        np.testing.assert_allclose(single[0], single[1], rtol=1e-4, atol=1e-4 * float(np.abs(got).max()))
-    assert len(calls) == (4 * (hidden - 1) if by_equation else 0)  # layers 2.. of each fused call
+        for other in single[1:]:
+            np.testing.assert_allclose(other, single[0], rtol=1e-4, atol=1e-4 * float(np.abs(got).max()))
+    assert len(calls) == (4 * (hidden - 1) if by_equation else 0)  # layers 2.. of each call one by one
 
 
 @pytest.mark.skipif(not HAS_NUMBA, reason="the equation's loops need numba")
@@ -345,7 +358,8 @@ def test_fused_loops_and_numpy_operations_agree(activation, order, d, hidden, su
 def test_equation_loops_over_tiles_and_onto_the_top_order(batch, kernel_dir, monkeypatch):
     """The equation's series loop takes rows in tiles: rows of 40 x 16 numbers span a whole
     tile and part of one. Its top-order loop writes every block's Gram entries onto the top
-    order, alone (40 points: layer 1 folded) or onto layer 1's Gram (5 points)."""
+    order, alone (40 points: layer 1 folded) or onto layer 1's Gram (5 points): called from
+    Python, and within the chunk's one compiled call (taylor_loops)."""
     from diagramc.runtime.numpy_loops import EQUATION_TILE
     sizes = (3, 16, 16, 2)
     params = random_params(sizes, torch.Generator().manual_seed(7))
@@ -355,8 +369,11 @@ def test_equation_loops_over_tiles_and_onto_the_top_order(batch, kernel_dir, mon
     top = mod._KERNEL._fused_equation_top
     monkeypatch.setattr(mod._KERNEL, "_fused_equation_top", lambda *args: calls.append(args[-1]) or top(*args))
     x = torch.randn(batch, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()),
-                    reference_derivatives(params, x, "tanh", mod.MULTI_INDICES))
+    want = reference_derivatives(params, x, "tanh", mod.MULTI_INDICES)
+    _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()), want)
+    assert calls == []  # all within the compiled call
+    monkeypatch.setitem(mod._KERNEL._TABLES, "compiled_chunks", None)
+    _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()), want)
     assert calls == [False]  # one equation layer (layer 2), the first to reach the top order
 
 

@@ -74,16 +74,27 @@ def test_an_error_in_a_part_reaches_the_caller():
     ("sin", 3, (3, 6, 8, 5, 1), 17),
     ("softplus", 4, (2, 7, 5, 3), 11),
     ("tanh", 5, (3, 4, 6, 2), 9),
+    ("sigmoid", 6, (1, 5, 4, 3, 1), 14),  # by the equation, no tangent
 ])
-def test_split_call_matches_jacfwd_and_one_thread(activation, order, sizes, batch, tmp_path):
-    """Parts of uneven sizes (a batch not divisible by the threads) and a point per chunk
-    boundary: the same numbers as one thread, bit for bit, and as nested jacfwd."""
+@pytest.mark.parametrize("prange", [True, False], ids=["numba-prange", "python-threads"])
+def test_split_call_matches_jacfwd_and_one_thread(activation, order, sizes, batch, prange, tmp_path, monkeypatch):
+    """Parts of uneven sizes (a batch not divisible by the threads) and chunks of 4 points
+    (from order 3 all of a part's chunks in one compiled call), the parts under numba's prange
+    or on Python's threads: the same numbers as one thread, bit for bit, and as nested jacfwd."""
+    from diagramc.runtime import numpy_loops
+
+    fast = prange and numpy_loops.fast_parallel_loops()
+    if prange and not fast:
+        pytest.skip("numba's threading layer here is neither OpenMP nor TBB")
+    monkeypatch.setattr(numpy_loops, "fast_parallel_loops", lambda: fast)
     arch = diagramc.Architecture(layer_sizes=sizes, activation=activation)
     module = diagramc.compile(arch, order, backend="numpy", out_dir=tmp_path)
     params = random_params(sizes, torch.Generator().manual_seed(order))
     x = torch.randn(batch, sizes[0], generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
     kernel = module._KERNEL
+    assert (kernel._TABLES.get("compiled_chunks") is not None) == (order >= 3)
     kernel._POINTS_PER_THREAD = 1  # split even these small calls
+    kernel._CHUNK = 4
     threads.set_num_threads(1)
     alone = module.derivatives([p.numpy() for p in params], x.numpy())
     threads.set_num_threads(3)
@@ -95,8 +106,8 @@ def test_split_call_matches_jacfwd_and_one_thread(activation, order, sizes, batc
 
 
 def test_plan_records_the_split_rule():
-    """A NumPy call splits point by point at order 2 and, chunked, from order 5 at up to 2
-    inputs (1e6 multiply-adds a thread at least); not elsewhere, nor for torch (its own threads)."""
+    """A NumPy call splits its batch over threads, 1e6 multiply-adds a thread at least, point by
+    point at order 2 and chunked above; torch's does not (its own threads)."""
     from diagramc.compiler.plan import make_plan
     from diagramc.compiler.spec import KernelSpec
 
@@ -104,10 +115,8 @@ def test_plan_records_the_split_rule():
         arch = diagramc.Architecture(layer_sizes=(d, 64, 64, 64, 1), activation="tanh")
         return make_plan(KernelSpec.create(arch, order, backend, strategy="products" if order >= 3 else None))
 
-    for split in (plan(2, 8), plan(2, 5), plan(64, 2)):
+    for split in (plan(2, 8), plan(2, 5), plan(64, 2), plan(2, 4), plan(3, 5), plan(4, 5), plan(4, 4), plan(16, 3)):
         assert split.points_per_thread == -(-10**6 // split.multiply_adds["total"])
         assert split.runtime_plan()["points_per_thread"] == split.points_per_thread
         assert "points per thread" in split.explain()
-    for whole in (plan(2, 4), plan(3, 5), plan(4, 5), plan(4, 4), plan(16, 3)):
-        assert whole.points_per_thread is None and "queue for the GIL" in whole.explain()
     assert plan(2, 8, "torch").points_per_thread is None

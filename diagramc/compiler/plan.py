@@ -132,11 +132,8 @@ class KernelPlan:
                      f"{ma['elementwise']:,} elementwise)")
         lines.append(f"  memory per point: {8 * self.numbers_per_point / 1024:,.0f} KiB in float64 "
                      "(series and Gram matrices; a call takes points in chunks of about 1 MB)")
-        if self.points_per_thread is None and spec.backend != "numpy":
+        if self.points_per_thread is None:
             lines.append("  threads: torch's own (its operations use the cores)")
-        elif self.points_per_thread is None:
-            lines.append("  threads: one a call, BLAS on the threads the call may use (two threads would queue "
-                         "for the GIL between a chunk's many short calls)")
         else:
             lines.append(f"  threads: a call splits its batch over the threads (diagramc.set_num_threads, else the cores) "
                          f"from {self.points_per_thread} points per thread, BLAS on one thread inside each")
@@ -198,8 +195,7 @@ def make_plan(spec: KernelSpec) -> KernelPlan:
     # the table arithmetic alone (no backend arrays), with the backend's cost constants
     tables_class = type("PlanTables", (TaylorTables,), {
         "TANGENT_FACTOR": cls.TANGENT_FACTOR, "EQUATION_THRESHOLD": cls.EQUATION_THRESHOLD,
-        "PARALLEL_WORK": cls.PARALLEL_WORK, "PARALLEL_FROM_ORDER": cls.PARALLEL_FROM_ORDER,
-        "PARALLEL_MAX_INPUTS": cls.PARALLEL_MAX_INPUTS})
+        "PARALLEL_WORK": cls.PARALLEL_WORK})
     rp = dict(draft.runtime_plan(), by_tangent=None, by_equation=None)
     if spec.strategy == "directions":  # the products' tables are not built for a kernel asked to go by directions
         return _directions_plan(spec, vertex_orders, equation, tuple(slots), {"asked": "directions"})

@@ -52,11 +52,13 @@ def announce_first_compilation(stream=None):
 
 
 class _CompilationListener(numba.core.event.Listener):
-    """numba's compile event, which it raises only where its disk cache misses."""
+    """numba's compile event, which it raises only where its disk cache misses: announced for
+    the runtime's loops (this module's and the other loop modules built on its jit)."""
 
     def on_start(self, event):
         dispatcher = event.data.get("dispatcher") if isinstance(event.data, dict) else None
-        if getattr(getattr(dispatcher, "py_func", None), "__module__", None) == __name__:
+        module = getattr(getattr(dispatcher, "py_func", None), "__module__", None) or ""
+        if module.startswith(__name__.rpartition(".")[0] + "."):
             announce_first_compilation()
 
     def on_end(self, event):

@@ -141,8 +141,6 @@ class TaylorTables:
     EQUATION_THRESHOLD = 1.0
     PRODUCTS_BY_CLASSES = False
     PARALLEL_WORK = None
-    PARALLEL_FROM_ORDER = None
-    PARALLEL_MAX_INPUTS = None
 
     def __init__(self, plan):
         """plan: inputs, outputs, layer_sizes, activation, order, vertex_orders, requested
@@ -674,11 +672,9 @@ class TaylorTables:
     def points_per_thread(self, by_points):
         """The fewest points a thread takes when a call splits its batch (PARALLEL_WORK
         multiply-adds at least); None where a call does not split: a backend whose operations
-        use the cores themselves, and chunked calls below PARALLEL_FROM_ORDER or above
-        PARALLEL_MAX_INPUTS inputs, whose chunks make many short calls each (two threads then
-        queue for the GIL between them). Point by point (order 2), a part is one numba call."""
-        chunked_pays = self.ORDER >= (self.PARALLEL_FROM_ORDER or 0) and self.INPUTS <= (self.PARALLEL_MAX_INPUTS or 0)
-        if self.PARALLEL_WORK is None or not (by_points or chunked_pays):
+        use the cores themselves (by_points: order 2 point by point, one numba call a part;
+        else chunk by chunk)."""
+        if self.PARALLEL_WORK is None:
             return None
         return max(1, -(-self.PARALLEL_WORK // max(self.MULTIPLY_ADDS["total"], 1)))
 

@@ -299,6 +299,19 @@ class TaylorKernel(TaylorTables):
         _, _, rows, cols = self._first_layer_term(tables)
         return (rows.stop - rows.start) * (cols.stop - cols.start) * params[0].shape[0] <= self._FOLD_MAX_NUMBERS
 
+    def _chunked_series(self, params, x, tables, first_powers, fold, out, parts):
+        """_series for the whole batch, each part's rows chunk by chunk (a part per thread);
+        with `fold` returns u for all rows (see _series)."""
+        chunk = self._chunk(x)
+
+        def series(rows):  # a thread's rows, chunk by chunk
+            start, stop = (0, x.shape[0]) if rows is None else (rows.start, rows.stop)
+            return [self._series(params, x[i : min(i + chunk, stop)], tables, first_powers, fold, out[i : min(i + chunk, stop)])
+                    for i in range(start, stop, chunk)]
+
+        u = [piece for pieces in self._run_parts(series, parts) for piece in pieces]
+        return None if not fold else u[0] if len(u) == 1 else self._cat(u, 0)
+
     def _parts(self, batch):
         """The batch's rows as one slice per thread a call uses: here one (a backend may split)."""
         return [None]  # None: the whole batch, no slicing (the arrays as given)
@@ -333,16 +346,9 @@ class TaylorKernel(TaylorTables):
             out = out if tables["series_outputs"] is None else self._take_last(out, tables["series_outputs"])
             return self._times_factorials(out) if derivatives and not scaled else out
         first_powers, K = self._first_layer_for(params, tables, fold)  # layer 1 is affine: the same for every x
-        chunk = self._chunk(x)
-
-        def series(rows):  # a thread's rows, chunk by chunk
-            start, stop = (0, x.shape[0]) if rows is None else (rows.start, rows.stop)
-            return [self._series(params, x[i : min(i + chunk, stop)], tables, first_powers, fold, out[i : min(i + chunk, stop)])
-                    for i in range(start, stop, chunk)]
-
-        u = [piece for pieces in self._run_parts(series, parts) for piece in pieces]
+        u = self._chunked_series(params, x, tables, first_powers, fold, out, parts)
         if fold:  # layer 1's top-order block for the whole batch: one matrix product
-            out[:, :, 1 + self._LOW :] += self._rows_times(u[0] if len(u) == 1 else self._cat(u, 0), K.T)
+            out[:, :, 1 + self._LOW :] += self._rows_times(u, K.T)
         out = self._take_last(out, tables["outputs"])
         return self._times_factorials(out) if derivatives else out
 

@@ -11,8 +11,9 @@ from .taylor_kernel import TaylorKernel
 
 try:
     from . import numpy_loops as loops
+    from . import taylor_loops
 except Exception as error:  # numba missing or not built for this NumPy: NumPy operations serve, slower
-    loops = None
+    loops = taylor_loops = None
     warnings.warn(f"diagramc: numba's loops are unavailable ({error}); NumPy kernels run on NumPy operations, "
                   "several times slower from order 3. Fix: pip install --upgrade numba scipy", stacklevel=2)
 FUSED = loops is not None
@@ -48,8 +49,6 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
     DIRECTIONS_FACTOR = 1.7  # the plan by directions where this x its multiply-adds are fewer: the fused products' are cheaper
     PRODUCTS_BY_CLASSES = False
     PARALLEL_WORK = 10**6  # multiply-adds a thread's part takes at least: the hand-over (tens of us) is paid over
-    PARALLEL_FROM_ORDER = 5  # chunked calls split from this order at most PARALLEL_MAX_INPUTS inputs (or point by
-    PARALLEL_MAX_INPUTS = 2  # point at order 2): where two threads measured faster, docs/performance.md
     BLAS_THREADS_WORK = 2**25  # multiply-adds of a chunk's largest product from which BLAS uses the call's threads
     _fused_product = _loop("fused_product")
     _fused_add_scaled = _loop("fused_add_scaled")
@@ -82,7 +81,7 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
 
         if self._BY_EQUATION and self._FUSED:
             self._TABLES["equation"] = self._by_target(*self._EQUATION_ROWS[0], self._LOW) + self._by_target(*self._EQUATION_ROWS[1], self._LOW)
-            self._TABLES["equation_grams"] = self._equation_top_table()
+            self._TABLES["equation_grams"] = self._gram_top_table(self._EQUATION_TOP_WEIGHTS)
 
         if self._BY_TANGENT and self._FUSED:  # per tangent Gram entry (first-order column c, next-to-top column a) its top position, or -1
             self._TABLES["tangent_positions"] = np.full((self._START[2] - self._START[1]) * (self._LOW - self._PUSHED), -1, dtype=np.int64)
@@ -92,6 +91,8 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         for _k, _table in self._TABLES["powers"].items():
             if self._FUSED:
                 _table["fused"] = self._fused_table(_k, _table["scale"])
+
+        self._TABLES["compiled_chunks"] = self._compiled_chunk_tables() if self._compiles_chunks() else None
 
         self._SCALED_COLUMNS = np.flatnonzero(self._FACTORIALS != 1.0)  # the multi-indices whose alpha! is not 1
 
@@ -145,12 +146,13 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         entry[targets], weight[targets] = entries, weights
         return entry, weight
 
-    def _equation_top_table(self):
-        """_fused_equation_top's tables: per piece of a top-order block its rows of Q, columns
-        of Z and first entry (pieces laid end to end, as in _top_sums); the entries' count; per
-        top-order coefficient (in _TOP_ORDER) its entries, weighted (ORDER - a)/ORDER, twice
-        above a symmetric block's diagonal (an entry listed twice). _TOP_GROUPS already lists
-        each coefficient's entries in turn, in _TOP_ORDER (the unreached last, with none)."""
+    def _gram_top_table(self, block_weights):
+        """_fused_equation_top's tables: per piece of a top-order block its rows of Q (or of the
+        block's left factor), columns of Z and first entry (pieces laid end to end, as in
+        _top_sums); the entries' count; per top-order coefficient (in _TOP_ORDER) its entries,
+        weighted by their block's weight ((ORDER - a)/ORDER by the equation), twice above a
+        symmetric block's diagonal (an entry listed twice). _TOP_GROUPS already lists each
+        coefficient's entries in turn, in _TOP_ORDER (the unreached last, with none)."""
         pieces, offsets, offset = [], [], 0
         for block in self._TOP_BLOCKS:
             rows, cols = block["rows"], block["cols"]
@@ -165,9 +167,79 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         block = np.zeros(len(entries), dtype=np.int64)  # each entry's block: how many blocks start at or before it, less 1
         for start in offsets[1:]:
             block += entries >= start
-        weights = np.asarray(self._EQUATION_TOP_WEIGHTS, dtype=np.float64)[block]
+        weights = np.asarray(block_weights, dtype=np.float64)[block]
         starts = np.concatenate([[0], np.cumsum(counts)])
         return np.asarray(pieces, dtype=np.int64).reshape(-1, 5), offset, starts, entries, weights
+
+    def _compiles_chunks(self):
+        """Whether a chunked call runs as one compiled call per part (taylor_loops): the fused
+        path from order 3, with SciPy's BLAS for numba, sigma' non-zero and, by the tangent, sigma''."""
+        slots = dict(enumerate(self._WEIGHT_SLOTS, 1))
+        return (self._FUSED and taylor_loops is not None and None not in (loops.DGEMM, loops.SGEMM) and self.ORDER >= 3
+                and self.HIDDEN_LAYERS >= 1 and slots.get(1) is not None and (not self._BY_TANGENT or slots.get(2) is not None))
+
+    def _compiled_chunk_tables(self):
+        """taylor_loops.series_part's tables, in its arguments' order from first_orders to
+        tangent_positions: the same arrays (types) whichever the path, empty where unused, so
+        that one compiled version serves every kernel of a dtype."""
+        ints = lambda a: np.ascontiguousarray(a, dtype=np.int64)
+        none_ints, none_floats = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        first_orders = ints(np.concatenate([np.full(self._START[k + 1] - self._START[k], k) for k in range(1, self.ORDER)]))
+        if self._BY_EQUATION:
+            equation, equation_tables = np.asarray(self._EQUATION, dtype=np.float64), tuple(self._TABLES["equation"])
+            block_weights = self._EQUATION_TOP_WEIGHTS
+        else:
+            equation, equation_tables = np.zeros(3), (none_ints, none_ints, none_ints, none_floats) * 2
+            block_weights = [1.0] * len(self._TOP_BLOCKS)
+        ks = sorted(self._TABLES["powers"])
+        fused = [self._TABLES["powers"][k]["fused"] for k in ks]  # (starts, left, right, weight) per k
+        shifts = np.cumsum([0] + [len(left) for _, left, _, _ in fused])  # each k's rows after the k before it
+        power_starts = ints(np.concatenate([none_ints] + [starts + shift for (starts, _, _, _), shift in zip(fused, shifts)]))
+        power_at = ints(np.cumsum([0] + [len(starts) for starts, _, _, _ in fused]))
+        power_tables = (ints(ks), power_starts, power_at) + tuple(
+            np.ascontiguousarray(np.concatenate([empty] + [table[i] for table in fused]))
+            for i, empty in ((1, none_ints), (2, none_ints), (3, none_floats)))
+        terms = [(block["rows"].start, block["rows"].stop, k, scale) for block in self._TOP_BLOCKS for k, scale in block["terms"]]
+        term_tables = (ints(np.asarray([t[:3] for t in terms]).reshape(-1, 3)), np.asarray([t[3] for t in terms], dtype=np.float64))
+        slots = ints([-1] + [-1 if slot is None else slot for slot in self._WEIGHT_SLOTS])
+        tangent = self._TABLES["tangent_positions"] if self._BY_TANGENT else none_ints
+        gram = self._gram_top_table(block_weights)
+        block = None if self._FIRST_LAYER_BLOCK is None else self._TOP_BLOCKS[self._FIRST_LAYER_BLOCK]
+        first_term = (ints([0, 0, self.ORDER]), 0.0) if block is None else (ints([block["rows"].start, block["rows"].stop, self.ORDER]), float(block["terms"][-1][1]))
+        return {"slots": slots, "tables": (first_orders, ints(self._START), self.ORDER, equation, bool(self._BY_EQUATION))
+                + equation_tables + power_tables + term_tables + tuple(gram) + first_term + (np.ones_like(gram[-1]),)
+                + (bool(self._BY_TANGENT), tangent)}
+
+    def _first_rows(self, first_powers):
+        """Layer 1's series rows before their vertex weights, (_LOW, width): order k's rows of
+        Z^k, from layer 1's powers (zeros where a power is not made: its weight is zero)."""
+        Z = first_powers[0]
+        rows = [first_powers[k - 1][: self._START[k + 1] - self._START[k], 0] if k - 1 < len(first_powers)
+                else self._zeros(Z, (self._START[k + 1] - self._START[k], Z.shape[-1])) for k in range(1, self.ORDER)]
+        return np.ascontiguousarray(np.concatenate(rows))
+
+    def _chunked_series(self, params, x, tables, first_powers, fold, out, parts):
+        """The chunked path in one compiled call per part (taylor_loops) where it applies, the
+        parts under numba's prange where its threading layer hands them over fast, else on
+        Python's threads; elsewhere TaylorKernel's."""
+        compiled = tables["compiled_chunks"]
+        if compiled is None or not self._fuses(x, out, params[0]):
+            return super()._chunked_series(params, x, tables, first_powers, fold, out, parts)
+        C = np.ascontiguousarray
+        x, weights, biases = C(x), tuple(map(C, params[0::2])), tuple(map(C, params[1::2]))
+        u = self._empty(x, (x.shape[0], self.OUTPUTS, weights[0].shape[0]) if fold else (0, 0, 0))
+        head = (self._activation_pointer(x.dtype).address, self._WEIGHT_COUNT, compiled["slots"],
+                loops.DGEMM if x.dtype.itemsize == 8 else loops.SGEMM)
+        body = (weights, biases, self._first_rows(first_powers)) + compiled["tables"] + (fold, self._LOW, self._PUSHED, self._CHUNK)
+        if parts == [None]:
+            taylor_loops.series_part(*head, x, *body, out, u)
+        elif loops.fast_parallel_loops():
+            cuts = np.asarray([0] + [rows.stop for rows in parts], dtype=np.int64)
+            with threads.one_blas_thread():  # the parts are the parallelism
+                taylor_loops.series_parts(*head, x, *body, out, u, cuts)
+        else:
+            self._run_parts(lambda rows: taylor_loops.series_part(*head, x[rows], *body, out[rows], u[rows] if fold else u), parts)
+        return u if fold else None
 
     def _scatters(self, a):
         """Whether products are scatter-adds (a GPU's way): never for NumPy."""
