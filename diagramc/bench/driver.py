@@ -101,7 +101,7 @@ def _run_cell(cell: Cell, settings: Settings, backends, device: str, kernel_dir:
     fast = {name: call for name, call in calls.items() if methods[name]["median_s"] <= settings.round_max_s}
     if any(name in OURS for name in fast) and any(name in ANCHORS for name in fast):
         bursts = {name: burst_size(methods[name]["median_s"], settings) for name in fast}
-        steady, first = interleaved_rounds(fast, settings.rounds, bursts)
+        steady, first = interleaved_rounds(fast, settings.rounds, bursts, settings.pause_s)
         for name, times in steady.items():
             methods[name]["interleaved_s"] = times
             methods[name]["interleaved_median_s"] = statistics.median(times)

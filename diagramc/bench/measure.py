@@ -53,7 +53,8 @@ def method_result(times=None, packed=None, call=None, **extra) -> dict:
     return out
 
 
-def interleaved_rounds(calls: dict[str, Callable[[], object]], rounds: int, bursts: dict[str, int]) -> tuple[dict, dict]:
+def interleaved_rounds(calls: dict[str, Callable[[], object]], rounds: int, bursts: dict[str, int],
+                       pause_s: float = 0.0) -> tuple[dict, dict]:
     """(steady times, first times) of every call in `rounds` rounds, the order rotating from
     round to round. On a shared machine whose speed drifts by 1.5x within minutes, a ratio of
     two methods' times in the same round is far steadier than a ratio of medians taken minutes
@@ -61,12 +62,16 @@ def interleaved_rounds(calls: dict[str, Callable[[], object]], rounds: int, burs
     is far shorter than a round, two where two fit in a round, burst_size): its steady time for
     the round is the median of the burst's calls after the first, as the issue asks (steady
     state); the burst's first call, after the other methods have filled the caches with their
-    own data, is kept apart (slower: up to 3x at 0.1 ms a call, 1.1x at 10 ms)."""
+    own data, is kept apart (slower: up to 3x at 0.1 ms a call, 1.1x at 10 ms). Each turn
+    starts after an idle pause of pause_s: a library's threads still at work after its call
+    returns (XLA's, for about 15 ms after a large call) would otherwise slow the next method
+    on the cores they hold, and that is the previous method's cost, not the next one's."""
     names = list(calls)
     steady: dict[str, list[float]] = {name: [] for name in names}
     first: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
+            time.sleep(pause_s)
             times = []
             for _ in range(bursts.get(name, 1)):
                 t0 = time.perf_counter()

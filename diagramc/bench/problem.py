@@ -71,6 +71,7 @@ class Settings:
     round_max_s: float  # a method slower than this per call sits the rounds out
     burst_s: float = 0.01  # in its turn a method runs calls for about this long (its steady state)
     max_burst: int = 25
+    pause_s: float = 0.05  # idle before each method's turn in the rounds: the last one's threads at rest
 
     @classmethod
     def make(cls, quick: bool) -> "Settings":
