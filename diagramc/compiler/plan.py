@@ -131,7 +131,7 @@ class KernelPlan:
         lines.append(f"  work per point: {ma['total']:,} multiply-adds ({ma['gemm']:,} in matrix products, "
                      f"{ma['elementwise']:,} elementwise)")
         lines.append(f"  memory per point: {8 * self.numbers_per_point / 1024:,.0f} KiB in float64 "
-                     "(series and Gram matrices; a call takes points in chunks of about 1 MB)")
+                     "(series and Gram matrices; a call takes points in cache-sized chunks, 0.5-1 MB)")
         if self.points_per_thread is None:
             lines.append("  threads: torch's own (its operations use the cores)")
         else:

@@ -74,9 +74,6 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         self._PLAN_BY_POINTS = bool(plan.get("by_points")) and self._FUSED
         self._TABLES = self._build_tables(lambda seq: np.asarray(seq, dtype=np.intp))
 
-        # A series of 1 MB, twice a core's L2 cache (512 kB here): the per-chunk calls are paid over
-        self._CHUNK = self._chunk_size(2**17)
-
         self._TABLES["order_two"] = self._order_two_table() if self._PLAN_BY_POINTS and len(self._TOP_BLOCKS) == 1 else None
 
         if self._BY_EQUATION and self._FUSED:
@@ -93,6 +90,10 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
                 _table["fused"] = self._fused_table(_k, _table["scale"])
 
         self._TABLES["compiled_chunks"] = self._compiled_chunk_tables() if self._compiles_chunks() else None
+
+        # Chunks the size of a core's L2 cache (512 kB here) in the compiled path; 1 MB where each
+        # chunk's calls are made from Python, paid over more points
+        self._CHUNK = self._chunk_size(2**16 if self._TABLES["compiled_chunks"] is not None else 2**17)
 
         self._SCALED_COLUMNS = np.flatnonzero(self._FACTORIALS != 1.0)  # the multi-indices whose alpha! is not 1
 
