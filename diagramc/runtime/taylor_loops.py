@@ -10,8 +10,9 @@ step by step with the same fused loops, for the fused NumPy path from order 3: l
 kept powers, the layers above by the activation's equation or by the powers of Z, the top order
 by Gram entries folded at layer 1, the next-to-top order by the tangent or not.
 
-Arrays only, no lists of them (numba compiles lists of arrays several times slower): a layer's
-stored arrays are views of flat buffers at per-layer offsets.
+Arrays only, no lists or tuples of them (numba compiles lists of arrays several times slower,
+and a tuple's length is part of the compiled type): the weights and a layer's stored arrays
+are views of flat buffers at per-layer offsets.
 """
 import numba
 import numpy as np
@@ -41,7 +42,13 @@ def _offsets(sizes):
 
 
 @jit()
-def series_part(activation, weight_count, slots, blas, x, weights, biases, first_rows, first_orders, start, order,
+def _matrix(flat, offsets, shapes, l):
+    """Layer l's weight matrix, a view of the weights laid end to end."""
+    return flat[offsets[l] : offsets[l + 1]].reshape((shapes[l, 0], shapes[l, 1]))
+
+
+@jit()
+def series_part(activation, weight_count, slots, blas, x, weights, biases, shapes, first_rows, first_orders, start, order,
                 equation, by_equation, s_starts, s_left, s_right, s_weight, q_starts, q_left, q_right, q_weight,
                 power_ks, power_starts, power_at, power_left, power_right, power_weight, terms, term_scales,
                 pieces, gram_size, gram_starts, gram_entries, gram_weight, first_term, first_scale, first_gram_weight,
@@ -51,7 +58,9 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, first
     `fold`, u (rows, OUTPUTS, layer 1's width), whose u @ K.T is layer 1's top-order part.
 
     activation, weight_count, slots: the module's activation cfunc's address, its weights'
-    count and each order k's slot among them (-1: sigma^(k) = 0); first_rows (low, width 1),
+    count and each order k's slot among them (-1: sigma^(k) = 0); weights, biases: every
+    layer's, laid end to end (one array each, so that one compiled version serves every
+    depth), shapes: each weight matrix's (rows, columns); first_rows (low, width 1),
     first_orders: layer 1's series rows before the vertex weight of their order (layer 1's
     powers); start: the series' _START; the equation's (c0, c1, c2) and product tables (s_*,
     q_*) where by_equation; else power_ks (k = 2, 3, ...), power_at (where each k's targets' starts
@@ -62,12 +71,13 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, first
     layer 1's one top-order term where it is not folded; tangent_positions: where the
     tangent's Gram entries go (by_tangent)."""
     dtype = x.dtype
-    hidden, outputs = len(weights) - 1, weights[-1].shape[0]
+    hidden, outputs = shapes.shape[0] - 1, shapes[-1, 0]
+    w_at, b_at = _offsets(shapes[:, 0] * shapes[:, 1]), _offsets(shapes[:, 0])
     first = start[2]  # first-order columns
     ints, one, zero = np.empty(8, dtype=np.int32), np.ones(1, dtype=dtype), np.zeros(1, dtype=dtype)
     widths = np.empty(hidden, dtype=np.int64)
     for l in range(hidden):
-        widths[l] = weights[l].shape[0]
+        widths[l] = shapes[l, 0]
     power_rows = np.zeros(order + 1, dtype=np.int64)  # P_k's first row in a layer's powers (k in power_ks)
     rows = 0
     for k in power_ks:
@@ -82,7 +92,7 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, first
         k_at, s_at = _offsets(kept_rows * n * widths), _offsets((low - pushed) * n * widths)
         f_buf, z_buf = np.empty(f_at[-1], dtype=dtype), np.empty(z_at[-1], dtype=dtype)
         k_buf, s_buf = np.empty(k_at[-1], dtype=dtype), np.empty(s_at[-1], dtype=dtype)
-        z = _affine(blas, x[i0:i1], weights[0], biases[0], ints, one)
+        z = _affine(blas, x[i0:i1], _matrix(weights, w_at, shapes, 0), biases[b_at[0] : b_at[1]], ints, one)
         Z = z_buf[: low * n * widths[0]].reshape((low, n, widths[0]))  # a stand-in: layer 1 reads first_rows
         for l in range(hidden):
             w = widths[l]
@@ -125,7 +135,7 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, first
                     for b in range(n):
                         for j in range(w):
                             S[c, b, j] = H[pushed + c, b, j]
-            W = weights[l + 1]
+            W = _matrix(weights, w_at, shapes, l + 1)
             wn = W.shape[0]  # the next layer's Z: S's first `pushed` rows times W.T, zeros above (_through_layer)
             Z = z_buf[z_at[l + 1] : z_at[l + 1] + low * n * wn].reshape((low, n, wn)) if l + 1 < hidden else np.empty((low, n, wn), dtype=dtype)
             gemm(blas, H[:pushed].reshape((pushed * n, w)), W, Z[:pushed].reshape((pushed * n, wn)), False, True, zero, ints, one)
@@ -133,7 +143,7 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, first
                 for b in range(n):
                     for j in range(wn):
                         Z[c, b, j] = 0.0
-            z = _affine(blas, h, W, biases[l + 1], ints, one)
+            z = _affine(blas, h, W, biases[b_at[l + 1] : b_at[l + 2]], ints, one)
         part = out[i0:i1]
         for b in range(n):
             for o in range(outputs):
@@ -146,7 +156,7 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, first
         for b in range(n):
             for o in range(outputs):
                 for j in range(widths[-1]):
-                    g[b, o, j] = weights[-1][o, j]
+                    g[b, o, j] = weights[w_at[hidden] + o * widths[-1] + j]
         next_order = np.zeros((n, outputs, low - pushed), dtype=dtype)
         tangent_grams = np.zeros((n, outputs * first, low - pushed), dtype=dtype)
         tangent = np.empty((n, outputs * first, widths[-1]), dtype=dtype)
@@ -203,14 +213,14 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, first
                 above = l < hidden - 1  # the tangent from the layer above (zero at the last hidden layer)
                 fused_tangent_lines(g, tangent if above else t, f[slots[1]], f[slots[2]], Z, above, t)
                 tangent = np.empty((n, outputs * first, widths[l - 1]), dtype=dtype)
-                gemm(blas, t.reshape((n * outputs * first, w)), weights[l], tangent.reshape((n * outputs * first, widths[l - 1])),
+                gemm(blas, t.reshape((n * outputs * first, w)), _matrix(weights, w_at, shapes, l), tangent.reshape((n * outputs * first, widths[l - 1])),
                      False, False, zero, ints, one)
             slope = f[slots[1]]
             for b in range(n):  # g <- (g sigma') W (_line_back)
                 for o in range(outputs):
                     for j in range(w):
                         g[b, o, j] *= slope[b, j]
-            gemm(blas, g.reshape((n * outputs, w)), weights[l], below.reshape((n * outputs, widths[l - 1])), False, False,
+            gemm(blas, g.reshape((n * outputs, w)), _matrix(weights, w_at, shapes, l), below.reshape((n * outputs, widths[l - 1])), False, False,
                  zero, ints, one)
             g = below
         if not written:  # one hidden layer: no Gram entries from layer 2 on
@@ -227,7 +237,7 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, first
 
 
 @jit(parallel=True)
-def series_parts(activation, weight_count, slots, blas, x, weights, biases, first_rows, first_orders, start, order,
+def series_parts(activation, weight_count, slots, blas, x, weights, biases, shapes, first_rows, first_orders, start, order,
                  equation, by_equation, s_starts, s_left, s_right, s_weight, q_starts, q_left, q_right, q_weight,
                  power_ks, power_starts, power_at, power_left, power_right, power_weight, terms, term_scales,
                  pieces, gram_size, gram_starts, gram_entries, gram_weight, first_term, first_scale, first_gram_weight,
@@ -236,7 +246,7 @@ def series_parts(activation, weight_count, slots, blas, x, weights, biases, firs
     for p in numba.prange(len(cuts) - 1):
         a, b = cuts[p], cuts[p + 1]
         rows_u = u[a:b] if fold else u
-        series_part(activation, weight_count, slots, blas, x[a:b], weights, biases, first_rows, first_orders, start,
+        series_part(activation, weight_count, slots, blas, x[a:b], weights, biases, shapes, first_rows, first_orders, start,
                     order, equation, by_equation, s_starts, s_left, s_right, s_weight, q_starts, q_left, q_right,
                     q_weight, power_ks, power_starts, power_at, power_left, power_right, power_weight, terms,
                     term_scales, pieces, gram_size, gram_starts, gram_entries, gram_weight, first_term, first_scale,

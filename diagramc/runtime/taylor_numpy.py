@@ -207,7 +207,8 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         gram = self._gram_top_table(block_weights)
         block = None if self._FIRST_LAYER_BLOCK is None else self._TOP_BLOCKS[self._FIRST_LAYER_BLOCK]
         first_term = (ints([0, 0, self.ORDER]), 0.0) if block is None else (ints([block["rows"].start, block["rows"].stop, self.ORDER]), float(block["terms"][-1][1]))
-        return {"slots": slots, "tables": (first_orders, ints(self._START), self.ORDER, equation, bool(self._BY_EQUATION))
+        shapes = ints([(n_out, n_in) for n_in, n_out in zip(self.LAYER_SIZES[:-1], self.LAYER_SIZES[1:])])
+        return {"slots": slots, "shapes": shapes, "tables": (first_orders, ints(self._START), self.ORDER, equation, bool(self._BY_EQUATION))
                 + equation_tables + power_tables + term_tables + tuple(gram) + first_term + (np.ones_like(gram[-1]),)
                 + (bool(self._BY_TANGENT), tangent)}
 
@@ -226,12 +227,13 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         compiled = tables["compiled_chunks"]
         if compiled is None or not self._fuses(x, out, params[0]):
             return super()._chunked_series(params, x, tables, first_powers, fold, out, parts)
-        C = np.ascontiguousarray
-        x, weights, biases = C(x), tuple(map(C, params[0::2])), tuple(map(C, params[1::2]))
-        u = self._empty(x, (x.shape[0], self.OUTPUTS, weights[0].shape[0]) if fold else (0, 0, 0))
+        x = np.ascontiguousarray(x)
+        weights, biases = (np.concatenate([np.ravel(a) for a in params[i::2]], dtype=x.dtype) for i in (0, 1))
+        u = self._empty(x, (x.shape[0], self.OUTPUTS, params[0].shape[0]) if fold else (0, 0, 0))
         head = (self._activation_pointer(x.dtype).address, self._WEIGHT_COUNT, compiled["slots"],
                 loops.DGEMM if x.dtype.itemsize == 8 else loops.SGEMM)
-        body = (weights, biases, self._first_rows(first_powers)) + compiled["tables"] + (fold, self._LOW, self._PUSHED, self._CHUNK)
+        body = ((weights, biases, compiled["shapes"], self._first_rows(first_powers)) + compiled["tables"]
+                + (fold, self._LOW, self._PUSHED, self._CHUNK))
         if parts == [None]:
             taylor_loops.series_part(*head, x, *body, out, u)
         elif loops.fast_parallel_loops():
