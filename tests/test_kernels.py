@@ -377,6 +377,27 @@ def test_equation_loops_over_tiles_and_onto_the_top_order(batch, kernel_dir, mon
     assert calls == [False]  # one equation layer (layer 2), the first to reach the top order
 
 
+@pytest.mark.skipif(not HAS_NUMBA, reason="the Gram pieces by BLAS are numba's loops")
+@pytest.mark.parametrize("activation,order,sizes", [("tanh", 3, (12, 24, 20, 1)),   # by the powers of Z
+                                                    ("tanh", 4, (6, 40, 48, 2))])   # by the equation
+def test_large_gram_pieces_by_blas(activation, order, sizes, kernel_dir):
+    """Gram pieces of GRAM_BLAS_WORK multiply-adds or more are made by BLAS's gemm (the other
+    tests' pieces are smaller: the loop), beside smaller pieces by the loop at order 4, at one
+    point (layer 1 unfolded) and at nine (folded), as jacfwd gives them."""
+    from diagramc.runtime.numpy_loops import GRAM_BLAS_WORK
+    mod = diagramc.compile(diagramc.Architecture(sizes, activation), order, "numpy", out_dir=kernel_dir)
+    kernel = mod._KERNEL
+    assert kernel._BY_EQUATION == (order >= 4)
+    pieces = [(r1 - r0) * (b["cols"].stop - b["cols"].start - c0) for b in kernel._TOP_BLOCKS for r0, r1, c0 in b["pieces"]]
+    assert max(pieces) * min(sizes[1:-1]) >= GRAM_BLAS_WORK
+    assert order == 3 or min(pieces) * max(sizes[1:-1]) < GRAM_BLAS_WORK  # both ways in one kernel
+    params = random_params(sizes, torch.Generator().manual_seed(order))
+    for batch in (1, 9):
+        x = torch.randn(batch, sizes[0], generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
+        _assert_matches(mod.derivatives([q.numpy() for q in params], x.numpy()),
+                        reference_derivatives(params, x, activation, mod.MULTI_INDICES))
+
+
 HAS_SCIPY = importlib.util.find_spec("scipy") is not None
 
 

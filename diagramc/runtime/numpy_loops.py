@@ -499,13 +499,17 @@ def fused_add_pairs(out, A, B, first, end, left, right, weight, j0):
         for j in range(n):
             out[j] += w * a[j] * c[j]
 
+GRAM_BLAS_WORK = 2**14  # multiply-adds of a Gram piece from which BLAS makes it (a call costs about a microsecond)
+
 @jit(fastmath={"reassoc", "contract"})  # a dot product vectorizes only if its sum may be reordered
-def fused_equation_top(g, Q, Z, pieces, size, starts, entries, weight, top, accumulate):
+def fused_equation_top(g, Q, Z, pieces, size, starts, entries, weight, top, accumulate, blas, ints, zero, one):
     """top[b, o, t] (+)= sum over t's entries of weight G[entry]: the Gram entries
     G[r, c] = sum_j g[b, o, j] Q[r, b, j] Z[c, b, j] of every top-order block's pieces, made
-    point by point (where a point's rows stay in cache), two rows by four columns at a time
-    (each loaded row serves four or two dot products; at a piece's edge the last row or
-    column is taken again, and its repeats are not stored)."""
+    point by point (where a point's rows stay in cache): a piece of GRAM_BLAS_WORK
+    multiply-adds or more by BLAS's gemm (blas: its address; ints, zero, one: gemm's
+    scratch and constants), a smaller one two rows by four columns at a time (each loaded
+    row serves four or two dot products; at a piece's edge the last row or column is taken
+    again, and its repeats are not stored)."""
     width = Q.shape[2]
     gq = np.empty((Q.shape[0], width), dtype=Q.dtype)
     gram = np.empty(size, dtype=top.dtype)
@@ -517,6 +521,10 @@ def fused_equation_top(g, Q, Z, pieces, size, starts, entries, weight, top, accu
                     gq[r, j] = gb[j] * Q[r, b, j]
             for p in range(pieces.shape[0]):
                 r0, r1, c0, c1, offset = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3], pieces[p, 4]
+                if (r1 - r0) * (c1 - c0) * width >= GRAM_BLAS_WORK:
+                    piece = gram[offset : offset + (r1 - r0) * (c1 - c0)].reshape((r1 - r0, c1 - c0))
+                    gemm(blas, gq[r0:r1], Z[c0:c1, b], piece, False, True, zero, ints, one)
+                    continue
                 for r in range(r0, r1, 2):
                     r2 = min(r + 1, r1 - 1)
                     a, a2 = gq[r], gq[r2]

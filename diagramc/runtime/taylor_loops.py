@@ -186,7 +186,8 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, shape
                         for b in range(n):
                             for j in range(w):
                                 Z[c, b, j] = first_rows[c, j]
-                    fused_equation_top(g, left, Z, pieces, gram_size, gram_starts, gram_entries, first_gram_weight, top, written)
+                    fused_equation_top(g, left, Z, pieces, gram_size, gram_starts, gram_entries, first_gram_weight, top, written,
+                                       blas, ints, zero, one)
                     written = True
                 break
             Z = z_buf[z_at[l] : z_at[l + 1]].reshape((low, n, w))
@@ -205,7 +206,8 @@ def series_part(activation, weight_count, slots, blas, x, weights, biases, shape
                         for b in range(n):
                             for j in range(w):
                                 left[r, b, j] += scale * factor[b, j] * p[b, j]
-            fused_equation_top(g, left, Z, pieces, gram_size, gram_starts, gram_entries, gram_weight, top, written)
+            fused_equation_top(g, left, Z, pieces, gram_size, gram_starts, gram_entries, gram_weight, top, written, blas, ints,
+                               zero, one)
             written = True
             below = np.empty((n, outputs, widths[l - 1]), dtype=dtype)
             if by_tangent:  # the tangent one layer down (_tangent_back)

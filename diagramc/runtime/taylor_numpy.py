@@ -37,6 +37,7 @@ def _loop(name):
     return None if loops is None else staticmethod(getattr(loops, name))
 
 
+_CONSTANTS = {c: (np.zeros(1, dtype=c), np.ones(1, dtype=c)) for c in "df"}  # BLAS's beta = 0 and alpha = 1
 _NO_MATRIX = {"d": np.empty((0, 0), dtype=np.float64), "f": np.empty((0, 0), dtype=np.float32)}  # K^T where unfolded
 
 
@@ -56,7 +57,6 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
     _fused_add_row_dots = _loop("fused_add_row_dots")
     _fused_tangent_lines = _loop("fused_tangent_lines")
     _fused_add_tangent_part = _loop("fused_add_tangent_part")
-    _fused_equation_top = _loop("fused_equation_top")
 
     def __init__(self, plan, activation, fused_activation=None, fused=True, module_file=None):
         """plan: see TaylorTables, with weight_slots (per vertex weight its slot in the fused
@@ -116,6 +116,7 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
             self._TOP_SCALES = {False: np.ones(len(self._TOP_ORDER)), True: _SERIES_FACTORIALS[1 + self._LOW :].copy()}
 
         self._KEPT_FOLD_MATRIX = [None]  # [(K, K^T in the series' order)] for the K _first_layer_for keeps
+        self._KEPT_FIRST_ROWS = [None]  # [(layer 1's powers, _first_rows of them)]
         self._KEPT_PARAMS = [None]  # [(x's dtype, the last call's checked parameters, their shapes)]
         self._KEPT_ORDERED = [None]  # [(that list, its weights and biases as the fused loops take them, layer 1's J)]
 
@@ -214,11 +215,17 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
 
     def _first_rows(self, first_powers):
         """Layer 1's series rows before their vertex weights, (_LOW, width): order k's rows of
-        Z^k, from layer 1's powers (zeros where a power is not made: its weight is zero)."""
+        Z^k, from layer 1's powers (zeros where a power is not made: its weight is zero); kept
+        with the powers while they are kept (_first_layer_for: W1 unchanged), a copy of
+        megabytes at many inputs."""
+        kept = self._KEPT_FIRST_ROWS[0]
+        if kept is not None and kept[0] is first_powers:
+            return kept[1]
         Z = first_powers[0]
-        rows = [first_powers[k - 1][: self._START[k + 1] - self._START[k], 0] if k - 1 < len(first_powers)
-                else self._zeros(Z, (self._START[k + 1] - self._START[k], Z.shape[-1])) for k in range(1, self.ORDER)]
-        return np.ascontiguousarray(np.concatenate(rows))
+        rows = np.concatenate([first_powers[k - 1][: self._START[k + 1] - self._START[k], 0] if k - 1 < len(first_powers)
+                               else self._zeros(Z, (self._START[k + 1] - self._START[k], Z.shape[-1])) for k in range(1, self.ORDER)])
+        self._KEPT_FIRST_ROWS[0] = (first_powers, rows)  # one assignment: never half-updated
+        return rows
 
     def _chunked_series(self, params, x, tables, first_powers, fold, out, parts):
         """The chunked path in one compiled call per part (taylor_loops) where it applies, the
@@ -243,6 +250,11 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         else:
             self._run_parts(lambda rows: taylor_loops.series_part(*head, x[rows], *body, out[rows], u[rows] if fold else u), parts)
         return u if fold else None
+
+    def _fused_equation_top(self, g, Q, Z, *tables_top_accumulate):
+        """numpy_loops.fused_equation_top with BLAS for its large Gram pieces."""
+        blas, (zero, one) = (loops.DGEMM, _CONSTANTS["d"]) if Z.dtype.itemsize == 8 else (loops.SGEMM, _CONSTANTS["f"])
+        loops.fused_equation_top(g, Q, Z, *tables_top_accumulate, blas, np.empty(8, dtype=np.int32), zero, one)
 
     def _scatters(self, a):
         """Whether products are scatter-adds (a GPU's way): never for NumPy."""
