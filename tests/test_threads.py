@@ -107,7 +107,8 @@ def test_split_call_matches_jacfwd_and_one_thread(activation, order, sizes, batc
 
 def test_plan_records_the_split_rule():
     """A NumPy call splits its batch over threads, 1e6 multiply-adds a thread at least, point by
-    point at order 2 and chunked above; torch's does not (its own threads)."""
+    point at order 2 and in compiled chunks from order 3, not at order 1; torch's does not (its
+    own threads)."""
     from diagramc.compiler.plan import make_plan
     from diagramc.compiler.spec import KernelSpec
 
@@ -119,4 +120,6 @@ def test_plan_records_the_split_rule():
         assert split.points_per_thread == -(-10**6 // split.multiply_adds["total"])
         assert split.runtime_plan()["points_per_thread"] == split.points_per_thread
         assert "points per thread" in split.explain()
+    whole = plan(3, 1)  # order 1: chunks driven from Python
+    assert whole.points_per_thread is None and "queue for the GIL" in whole.explain()
     assert plan(2, 8, "torch").points_per_thread is None

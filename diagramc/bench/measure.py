@@ -64,7 +64,7 @@ def interleaved_rounds(calls: dict[str, Callable[[], object]], rounds: int, burs
     state); the burst's first call, after the other methods have filled the caches with their
     own data, is kept apart (slower: up to 3x at 0.1 ms a call, 1.1x at 10 ms). Each turn
     starts after an idle pause of pause_s: a library's threads still at work after its call
-    returns (XLA's, for about 15 ms after a large call) would otherwise slow the next method
+    returns (XLA's, for about 20 ms after a large call) would otherwise slow the next method
     on the cores they hold, and that is the previous method's cost, not the next one's."""
     names = list(calls)
     steady: dict[str, list[float]] = {name: [] for name in names}

@@ -132,8 +132,11 @@ class KernelPlan:
                      f"{ma['elementwise']:,} elementwise)")
         lines.append(f"  memory per point: {8 * self.numbers_per_point / 1024:,.0f} KiB in float64 "
                      "(series and Gram matrices; a call takes points in cache-sized chunks, 0.5-1 MB)")
-        if self.points_per_thread is None:
+        if self.points_per_thread is None and spec.backend != "numpy":
             lines.append("  threads: torch's own (its operations use the cores)")
+        elif self.points_per_thread is None:
+            lines.append("  threads: one a call, BLAS on the call's threads (a chunk driven from Python would "
+                         "queue for the GIL on two)")
         else:
             lines.append(f"  threads: a call splits its batch over the threads (diagramc.set_num_threads, else the cores) "
                          f"from {self.points_per_thread} points per thread, BLAS on one thread inside each")

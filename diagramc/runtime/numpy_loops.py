@@ -506,8 +506,8 @@ def fused_equation_top(g, Q, Z, pieces, size, starts, entries, weight, top, accu
     """top[b, o, t] (+)= sum over t's entries of weight G[entry]: the Gram entries
     G[r, c] = sum_j g[b, o, j] Q[r, b, j] Z[c, b, j] of every top-order block's pieces, made
     point by point (where a point's rows stay in cache): a piece of GRAM_BLAS_WORK
-    multiply-adds or more by BLAS's gemm (blas: its address; ints, zero, one: gemm's
-    scratch and constants), a smaller one two rows by four columns at a time (each loaded
+    multiply-adds or more by BLAS's gemm (blas: its address, 0 for none; ints, zero, one:
+    gemm's scratch and constants), a smaller one two rows by four columns at a time (each loaded
     row serves four or two dot products; at a piece's edge the last row or column is taken
     again, and its repeats are not stored)."""
     width = Q.shape[2]
@@ -521,7 +521,7 @@ def fused_equation_top(g, Q, Z, pieces, size, starts, entries, weight, top, accu
                     gq[r, j] = gb[j] * Q[r, b, j]
             for p in range(pieces.shape[0]):
                 r0, r1, c0, c1, offset = pieces[p, 0], pieces[p, 1], pieces[p, 2], pieces[p, 3], pieces[p, 4]
-                if (r1 - r0) * (c1 - c0) * width >= GRAM_BLAS_WORK:
+                if blas != 0 and (r1 - r0) * (c1 - c0) * width >= GRAM_BLAS_WORK:
                     piece = gram[offset : offset + (r1 - r0) * (c1 - c0)].reshape((r1 - r0, c1 - c0))
                     gemm(blas, gq[r0:r1], Z[c0:c1, b], piece, False, True, zero, ints, one)
                     continue

@@ -672,9 +672,11 @@ class TaylorTables:
     def points_per_thread(self, by_points):
         """The fewest points a thread takes when a call splits its batch (PARALLEL_WORK
         multiply-adds at least); None where a call does not split: a backend whose operations
-        use the cores themselves (by_points: order 2 point by point, one numba call a part;
-        else chunk by chunk)."""
-        if self.PARALLEL_WORK is None:
+        use the cores themselves, and below order 3 but point by point (by_points). A part is
+        one compiled call (the point-by-point loop, or from order 3 the compiled chunks); a
+        chunk driven from Python makes about fifty calls, and two threads would queue for the
+        GIL between them."""
+        if self.PARALLEL_WORK is None or not (by_points or self.ORDER >= 3):
             return None
         return max(1, -(-self.PARALLEL_WORK // max(self.MULTIPLY_ADDS["total"], 1)))
 

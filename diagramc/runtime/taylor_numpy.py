@@ -91,8 +91,8 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
 
         self._TABLES["compiled_chunks"] = self._compiled_chunk_tables() if self._compiles_chunks() else None
 
-        # Chunks the size of a core's L2 cache (512 kB here) in the compiled path; 1 MB where each
-        # chunk's calls are made from Python, paid over more points
+        # Chunks of 2^16 numbers (512 kB in float64, a core's L2 here) in the compiled path; 2^17
+        # where each chunk's calls are made from Python, paid over more points
         self._CHUNK = self._chunk_size(2**16 if self._TABLES["compiled_chunks"] is not None else 2**17)
 
         self._SCALED_COLUMNS = np.flatnonzero(self._FACTORIALS != 1.0)  # the multi-indices whose alpha! is not 1
@@ -252,9 +252,10 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         return u if fold else None
 
     def _fused_equation_top(self, g, Q, Z, *tables_top_accumulate):
-        """numpy_loops.fused_equation_top with BLAS for its large Gram pieces."""
+        """numpy_loops.fused_equation_top with BLAS for its large Gram pieces (address 0
+        without SciPy: the loop for all)."""
         blas, (zero, one) = (loops.DGEMM, _CONSTANTS["d"]) if Z.dtype.itemsize == 8 else (loops.SGEMM, _CONSTANTS["f"])
-        loops.fused_equation_top(g, Q, Z, *tables_top_accumulate, blas, np.empty(8, dtype=np.int32), zero, one)
+        loops.fused_equation_top(g, Q, Z, *tables_top_accumulate, blas or 0, np.empty(8, dtype=np.int32), zero, one)
 
     def _scatters(self, a):
         """Whether products are scatter-adds (a GPU's way): never for NumPy."""
@@ -384,8 +385,10 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
 
     def _parts(self, batch):
         """One slice of the batch per thread, each of at least _POINTS_PER_THREAD points (the
-        whole batch, None, where it has too few for two)."""
-        if self._POINTS_PER_THREAD is None or batch < 2 * self._POINTS_PER_THREAD:
+        whole batch, None, where it has too few for two, or where a part would not be one
+        compiled call: no SciPy BLAS for numba, or sigma' zero)."""
+        if (self._POINTS_PER_THREAD is None or batch < 2 * self._POINTS_PER_THREAD
+                or not (self._BY_POINTS or self._TABLES["compiled_chunks"] is not None)):
             return [None]
         count = min(threads.get_num_threads(), batch // self._POINTS_PER_THREAD)
         if count <= 1:
