@@ -1,6 +1,7 @@
 """A NumPy kernel call on threads: the count's sources, the parts, and the same numbers as on one."""
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -59,6 +60,49 @@ def test_run_parts_keeps_order_uses_threads_and_one_blas_thread():
     assert threads.run_parts(lambda i: i * i, [3], 4) == [9]  # one part: no pool
 
 
+def test_run_shared_keeps_order_and_gives_each_part_once():
+    seen = []
+
+    def part(i):
+        seen.append(i)
+        return i * i, threading.get_ident()
+
+    got = threads.run_shared(part, range(20), 3)
+    assert [value for value, _ in got] == [i * i for i in range(20)] and sorted(seen) == list(range(20))
+    assert threads.run_shared(lambda i: -i, [4], 3) == [-4]
+
+
+def test_run_shared_raises_a_parts_error_after_all_parts():
+    done = []
+
+    def part(i):
+        if i == 5:
+            raise ArithmeticError("part 5")
+        done.append(i)
+
+    with pytest.raises(ArithmeticError, match="part 5"):
+        threads.run_shared(part, range(8), 2)
+    assert sorted(done) == [0, 1, 2, 3, 4, 6, 7]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or threads._current_cpu() is None, reason="needs two cores and sched_getcpu")
+def test_a_worker_leaves_the_callers_core_and_gets_its_mask_back():
+    def worker():
+        before, here = os.sched_getaffinity(0), threads._current_cpu()
+        moved = threads._leave_cpu(here)
+        now = threads._current_cpu()
+        os.sched_setaffinity(0, moved)
+        return before, here, moved, now, threads._leave_cpu(None)
+
+    result = []
+    thread = threading.Thread(target=lambda: result.append(worker()))
+    thread.start()
+    thread.join()
+    before, here, moved, now, none = result[0]
+    assert moved == before and now != here and none is None
+
+
 def test_an_error_in_a_part_reaches_the_caller():
     def part(i):
         if i == 2:
@@ -98,7 +142,10 @@ def test_split_call_matches_jacfwd_and_one_thread(activation, order, sizes, batc
     threads.set_num_threads(1)
     alone = module.derivatives([p.numpy() for p in params], x.numpy())
     threads.set_num_threads(3)
-    assert len(kernel._parts(batch)) == 3
+    parts = kernel._parts(batch)  # contiguous, PARTS_PER_THREAD a thread where the batch allows
+    assert len(parts) == max(3, min(3 * kernel.PARTS_PER_THREAD, batch // kernel.POINTS_PER_PART))
+    assert parts[0].start == 0 and parts[-1].stop == batch
+    assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
     split = module.derivatives([p.numpy() for p in params], x.numpy())
     np.testing.assert_array_equal(split, alone)
     want = reference_derivatives(params, x, activation, module.MULTI_INDICES)

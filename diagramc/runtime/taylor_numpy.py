@@ -50,6 +50,8 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
     DIRECTIONS_FACTOR = 1.7  # the plan by directions where this x its multiply-adds are fewer: the fused products' are cheaper
     PRODUCTS_BY_CLASSES = False
     PARALLEL_WORK = 10**6  # multiply-adds a thread's part takes at least: the hand-over (tens of us) is paid over
+    PARTS_PER_THREAD = 4  # parts a split call makes per thread, taken as threads come free (threads.run_shared)
+    POINTS_PER_PART = 8  # fewer would take the few-rows loops (FEW_ROWS), rounded otherwise than one thread's BLAS
     BLAS_THREADS_WORK = 2**25  # multiply-adds of a chunk's largest product from which BLAS uses the call's threads
     _fused_product = _loop("fused_product")
     _fused_add_scaled = _loop("fused_add_scaled")
@@ -393,11 +395,12 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         count = min(threads.get_num_threads(), batch // self._POINTS_PER_THREAD)
         if count <= 1:
             return [None]
-        bounds = [batch * i // count for i in range(count + 1)]
+        pieces = max(count, min(count * self.PARTS_PER_THREAD, batch // self._POINTS_PER_THREAD, batch // self.POINTS_PER_PART))
+        bounds = [batch * i // pieces for i in range(pieces + 1)]
         return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
 
     def _run_parts(self, function, parts):
-        return threads.run_parts(function, parts, len(parts))
+        return threads.run_shared(function, parts, min(threads.get_num_threads(), len(parts)))
 
     def _coefficients(self, params, x, derivatives):
         if len(x) * self.MULTIPLY_ADDS["total"] < self.PARALLEL_WORK:  # products too small for BLAS's threads

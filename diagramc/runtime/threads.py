@@ -123,3 +123,85 @@ def run_parts(function, parts, threads):
         futures = [pool.submit(function, part) for part in parts[1:]]
         first = function(parts[0])
         return [first] + [future.result() for future in futures]
+
+
+def run_shared(function, parts, threads):
+    """[function(part) for part in parts], in order, the parts taken one at a time by `threads`
+    threads (this one included) as each comes free, BLAS on one thread each. A thread that
+    starts late (an idle virtual CPU can take milliseconds to wake) takes fewer parts, and
+    the call does not wait for one that has none: it returns once every part is done."""
+    parts = list(parts)
+    if threads <= 1 or len(parts) <= 1:
+        return [function(part) for part in parts]
+    results, errors = [None] * len(parts), []
+    taken, done = [0], [0]
+    lock, finished = threading.Lock(), threading.Event()
+    here = _current_cpu()
+
+    def take():
+        while True:
+            with lock:
+                i = taken[0]
+                taken[0] += 1
+            if i >= len(parts):
+                return
+            try:
+                results[i] = function(parts[i])
+            except BaseException as error:  # raised again in the caller
+                errors.append(error)
+            with lock:
+                done[0] += 1
+                if done[0] == len(parts):
+                    finished.set()
+
+    def elsewhere():  # a worker the scheduler woke on this thread's core moves off it for the call
+        moved = _leave_cpu(here)
+        try:
+            take()
+        finally:
+            if moved is not None:
+                os.sched_setaffinity(0, moved)
+
+    with one_blas_thread():
+        pool = _pool(threads - 1)
+        for _ in range(threads - 1):
+            pool.submit(elsewhere)
+        take()
+        finished.wait()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _getcpu():
+    """libc's sched_getcpu, or None where there is none."""
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None).sched_getcpu
+        function.restype, function.argtypes = ctypes.c_int, []
+        return function
+    except (OSError, AttributeError):
+        return None
+
+
+_SCHED_GETCPU = _getcpu()
+
+
+def _current_cpu():
+    """The core this thread runs on now, or None where the system does not say."""
+    return _SCHED_GETCPU() if _SCHED_GETCPU is not None else None
+
+
+def _leave_cpu(cpu):
+    """Moves this thread off `cpu` if it runs there and may run elsewhere: returns the affinity
+    mask to restore, else None. Linux may wake a worker on the core of the thread that woke
+    it and leave it there for the whole call while another core idles (seen on a 2-core
+    virtual machine: a split call as slow as one thread)."""
+    if cpu is None or _current_cpu() != cpu or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = os.sched_getaffinity(0)
+    if len(allowed - {cpu}) == 0:
+        return None
+    os.sched_setaffinity(0, allowed - {cpu})
+    return allowed
