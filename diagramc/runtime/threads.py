@@ -160,7 +160,8 @@ def run_shared(function, parts, threads):
             take()
         finally:
             if moved is not None:
-                os.sched_setaffinity(0, moved)
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(0, moved)
 
     with one_blas_thread():
         pool = _pool(threads - 1)
@@ -181,7 +182,7 @@ def _getcpu():
         function = ctypes.CDLL(None).sched_getcpu
         function.restype, function.argtypes = ctypes.c_int, []
         return function
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no such libc call (macOS), no CDLL(None) (Windows)
         return None
 
 
@@ -200,8 +201,11 @@ def _leave_cpu(cpu):
     virtual machine: a split call as slow as one thread)."""
     if cpu is None or _current_cpu() != cpu or not hasattr(os, "sched_setaffinity"):
         return None
-    allowed = os.sched_getaffinity(0)
-    if len(allowed - {cpu}) == 0:
+    try:
+        allowed = os.sched_getaffinity(0)
+        if len(allowed - {cpu}) == 0:
+            return None
+        os.sched_setaffinity(0, allowed - {cpu})
+    except OSError:  # a cpuset that refuses the change: the worker stays where it is
         return None
-    os.sched_setaffinity(0, allowed - {cpu})
     return allowed
