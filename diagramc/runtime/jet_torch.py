@@ -76,21 +76,7 @@ def _tanh(x, out):
 _SIGMA = (_tanh, _sigmoid)  # NumPy's vectorized functions, by kind
 
 
-_BLAS: dict = {}  # dtype -> gemm's routine and constants (its integer scratch is per call: calls run on threads)
 _EMPTY: dict = {}  # dtype -> an empty array
-
-
-def _blas_arguments(dtype):
-    """gemm's routine and its constants 0 and 1 (numpy_loops.gemm) for a dtype."""
-    arguments = _BLAS.get(dtype)
-    if arguments is None:
-        import numpy as np
-
-        from .numpy_loops import DGEMM, SGEMM
-
-        arguments = _BLAS[dtype] = (DGEMM if dtype == np.float64 else SGEMM, np.zeros(1, dtype=dtype),
-                                    np.ones(1, dtype=dtype))
-    return arguments
 
 
 def _compiled_applies(name, rule, params, z, t, order):
@@ -176,7 +162,7 @@ class _Layout:
         self.top_scale = float(math.factorial(K)) ** 2 / D  # mean over the states of (K! z_K)^2
         # float32 tanh's coefficient 0 made inside the passes, by jet_ode_loops.tanh32, on each thread's rows
         self.inside = kind == _compiled_kinds()["tanh"] and dtype == np.float32
-        self.blas = _blas_arguments(dtype)
+        self.blas = _loops()[1].blas_arguments(dtype)
 
     def gradients(self, buffer):
         """The weights' and biases' gradients as views of one buffer: ([dW1, ...], [db1, ...])."""

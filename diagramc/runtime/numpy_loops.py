@@ -225,6 +225,19 @@ def _blas(name):
 
 DGEMM, SGEMM, DSYRK, SSYRK = _blas("dgemm"), _blas("sgemm"), _blas("dsyrk"), _blas("ssyrk")
 
+_BLAS_ARGUMENTS: dict = {}  # dtype -> gemm's routine and constants (its integer scratch is per call: calls run on threads)
+
+
+def blas_arguments(dtype):
+    """gemm's routine (None without SciPy) and its constants 0 and 1 (beta, alpha) for a
+    float64 or float32 dtype, made once."""
+    dtype = np.dtype(dtype)
+    arguments = _BLAS_ARGUMENTS.get(dtype)
+    if arguments is None:
+        arguments = _BLAS_ARGUMENTS[dtype] = (DGEMM if dtype == np.float64 else SGEMM, np.zeros(1, dtype=dtype),
+                                              np.ones(1, dtype=dtype))
+    return arguments
+
 @numba.extending.intrinsic
 def _call_blas(typingctx, address, pointers):
     """Calls the BLAS routine at `address` with `pointers`, its arguments' addresses, all

@@ -128,9 +128,9 @@ def vertices(a, fused_activation, weights=3):
 
 
 def _blas(dtype):
-    from .numpy_loops import DGEMM, SGEMM
+    from .numpy_loops import blas_arguments
 
-    return DGEMM if dtype == np.float64 else SGEMM
+    return blas_arguments(dtype)[0]
 
 
 def laplacian_rows(tables) -> int:

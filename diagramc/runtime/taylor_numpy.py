@@ -37,7 +37,6 @@ def _loop(name):
     return None if loops is None else staticmethod(getattr(loops, name))
 
 
-_CONSTANTS = {c: (np.zeros(1, dtype=c), np.ones(1, dtype=c)) for c in "df"}  # BLAS's beta = 0 and alpha = 1
 _NO_MATRIX = {"d": np.empty((0, 0), dtype=np.float64), "f": np.empty((0, 0), dtype=np.float32)}  # K^T where unfolded
 
 
@@ -240,7 +239,7 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
         weights, biases = (np.concatenate([np.ravel(a) for a in params[i::2]], dtype=x.dtype) for i in (0, 1))
         u = self._empty(x, (x.shape[0], self.OUTPUTS, params[0].shape[0]) if fold else (0, 0, 0))
         head = (self._activation_pointer(x.dtype).address, self._WEIGHT_COUNT, compiled["slots"],
-                loops.DGEMM if x.dtype.itemsize == 8 else loops.SGEMM)
+                loops.blas_arguments(x.dtype)[0])
         body = ((weights, biases, compiled["shapes"], self._first_rows(first_powers)) + compiled["tables"]
                 + (fold, self._LOW, self._PUSHED, self._CHUNK))
         if parts == [None]:
@@ -256,7 +255,7 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
     def _fused_equation_top(self, g, Q, Z, *tables_top_accumulate):
         """numpy_loops.fused_equation_top with BLAS for its large Gram pieces (address 0
         without SciPy: the loop for all)."""
-        blas, (zero, one) = (loops.DGEMM, _CONSTANTS["d"]) if Z.dtype.itemsize == 8 else (loops.SGEMM, _CONSTANTS["f"])
+        blas, zero, one = loops.blas_arguments(Z.dtype)
         loops.fused_equation_top(g, Q, Z, *tables_top_accumulate, blas or 0, np.empty(8, dtype=np.int32), zero, one)
 
     def _scatters(self, a):
