@@ -170,3 +170,23 @@ def test_plan_records_the_split_rule():
     whole = plan(3, 1)  # order 1: chunks driven from Python
     assert whole.points_per_thread is None and "queue for the GIL" in whole.explain()
     assert plan(2, 8, "torch").points_per_thread is None
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or threads._current_cpu() is None, reason="needs two cores and sched_getcpu")
+def test_numbas_workers_are_kept_off_the_callers_core(monkeypatch):
+    """numba's OpenMP threads, found by their ids at the threading layer's start, are moved off
+    the calling thread's core before a prange call, and again when that core changes."""
+    from diagramc.runtime import numpy_loops
+
+    if not numpy_loops.fast_parallel_loops():
+        pytest.skip("numba's threading layer here is neither OpenMP nor TBB")
+    workers = numpy_loops._PARALLEL["workers"]
+    tasks = {int(t) for t in os.listdir("/proc/self/task")}
+    assert workers and set(workers) <= tasks and threading.get_native_id() not in workers
+    allowed = os.sched_getaffinity(0)
+    for cpu in sorted(allowed)[:2]:  # this thread on one core, then on another
+        monkeypatch.setattr(numpy_loops, "_GETCPU", lambda cpu=cpu: cpu)
+        numpy_loops.workers_off_this_core()
+        assert numpy_loops._PARALLEL["off"] == cpu
+        assert all(os.sched_getaffinity(w) == allowed - {cpu} for w in workers)

@@ -114,7 +114,7 @@ _LAYOUTS: dict = {}  # per shapes, batch, order, dtype and activation: what a ca
 # costs tens of microseconds
 TILE_BYTES = 2**20
 ROWS_PER_THREAD = 32
-PART_WORK = 2**23
+PART_WORK = 2**22
 SPLIT_WORK = 2**25
 # Multiply-adds of a layer's product from which an unsplit call lets BLAS use torch's threads
 BLAS_THREADS_WORK = 2**24
@@ -262,6 +262,7 @@ class _CompiledSeries(torch.autograd.Function):
                                   lo, hi, series, part, top, lay.top_scale, blas, ints, zero, one)
 
             if lay.parallel:
+                numpy_loops.workers_off_this_core()
                 loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, inside, first_p,
                                     first_a, lay.cuts, lay.store_cuts, lay.parts, series, store, top, lay.top_scale, blas,
                                     zero, one)
@@ -277,7 +278,7 @@ class _CompiledSeries(torch.autograd.Function):
     def backward(ctx, G, G_top):
         import numpy as np
 
-        loops, _ = _loops()
+        loops, numpy_loops = _loops()
 
         activation, rule, order, timed = ctx.setup
         z, t, *flat = ctx.saved_tensors
@@ -303,6 +304,7 @@ class _CompiledSeries(torch.autograd.Function):
 
         with threads.blas_threads(lay.blas_threads):
             if lay.parallel:
+                numpy_loops.workers_off_this_core()
                 buffers = np.empty((len(lay.groups), lay.gradient_size), dtype=dtype)
                 loops.reverse_parts(lay.c, lay.frac, tn, timed, weights, order, series, lay.cuts, lay.store_cuts,
                                     lay.parts, store, Gn, gn, 2.0 * lay.top_scale, buffers, lay.starts, dz, dt, blas,
