@@ -44,6 +44,27 @@ def _gradient_views(gradient, starts, weights):
 
 
 @jit()
+def _transposed(flat, weights, timed, l):
+    """Layer l's weights transposed, without time's column (inputs, width): a view of `flat`."""
+    start = 0
+    for j in range(l):
+        start += (weights[j].shape[1] - (1 if timed and j == 0 else 0)) * weights[j].shape[0]
+    inputs = weights[l].shape[1] - (1 if timed and l == 0 else 0)
+    return flat[start: start + inputs * weights[l].shape[0]].reshape((inputs, weights[l].shape[0]))
+
+
+@jit()
+def transpose_weights(weights, timed, flat):
+    """Every layer's weights transposed into `flat` (_transposed's layout): OpenBLAS runs
+    x @ W.T slower than x @ (W.T made contiguous), and made here it costs no Python call per layer."""
+    for l in range(len(weights)):
+        W, T = weights[l], _transposed(flat, weights, timed, l)
+        for i in range(T.shape[0]):
+            for o in range(T.shape[1]):
+                T[i, o] = W[o, i]
+
+
+@jit()
 def affine(x, transposed, bias, t, w_t, timed, pre, blas, ints, zero, one):
     """Coefficient 0 through a layer: pre = x @ transposed + bias (+ the outer product t w_t of
     time and its column of weights, when timed)."""
@@ -79,8 +100,8 @@ def tanh32(p, a):
 
 
 @jit(fastmath={"reassoc", "contract"})
-def forward(c, frac, t, timed, weights, transposed, biases, K, inside, first_p, first_a, lo, hi, series, store, top,
-            top_scale, blas, ints, zero, one):
+def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, first_p, first_a, lo, hi, series, store,
+            top, top_scale, blas, ints, zero, one):
     """Rows lo..hi of the batch: series[k] = z_[k] for k = 1..K and this part's store filled (see
     the module's docstring), from series[0] = z and each hidden layer's coefficient 0: with
     `inside` (float32 tanh), made here, sigma by tanh32; else given for the whole batch,
@@ -90,12 +111,15 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, inside, first_p, 
 
     c = (c0, c1, c2) of sigma' = c0 + c1 sigma + c2 sigma^2 and frac[k, j] = j / k, both in the
     dtype (no float64 inside the float32 loops); t (batch,) read when timed (time the last input
-    of the first layer); transposed: the weights' transposes without the time column."""
+    of the first layer); transposed: the weights' transposes without the time column, laid out
+    by _transposed, made here first where `fill` says so."""
     L = len(weights)
     B, D = hi - lo, series.shape[2]
     offsets = _sizes(weights)
     c0, c1, c2 = c[0], c[1], c[2]
     twice = c2 + c2  # in the dtype: a float64 constant would widen the float32 loops
+    if fill:
+        transpose_weights(weights, timed, transposed)
     y = np.empty((B, D), dtype=series.dtype)
     for k in range(K):
         x = series[k][lo:hi]
@@ -117,7 +141,7 @@ def forward(c, frac, t, timed, weights, transposed, biases, K, inside, first_p, 
                 x = a.reshape((B, n))
                 continue
             pre = y if last else P[k].reshape((B, n))
-            gemm(blas, x, transposed[l], pre, False, False, zero, ints, one)
+            gemm(blas, x, _transposed(transposed, weights, timed, l), pre, False, False, zero, ints, one)
             if k == 0:
                 bias = biases[l]
                 for b in range(B):
@@ -277,15 +301,18 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_
 
 
 @jit(parallel=True)
-def forward_parts(c, frac, t, timed, weights, transposed, biases, K, inside, first_p, first_a, cuts, stores, parts,
+def forward_parts(c, frac, t, timed, weights, transposed, fill, biases, K, inside, first_p, first_a, cuts, stores, parts,
                   series, store, top, top_scale, blas, zero, one):
     """forward over the batch's tiles (rows cuts[i]..cuts[i + 1], store stores[i]..stores[i + 1]),
-    part g taking tiles parts[g]..parts[g + 1] on its own thread, every part at once."""
+    part g taking tiles parts[g]..parts[g + 1] on its own thread, every part at once; the
+    transposes made first, once, where `fill` says so."""
+    if fill:
+        transpose_weights(weights, timed, transposed)
     for g in numba.prange(len(parts) - 1):
         ints = np.empty(8, np.int32)
         for i in range(parts[g], parts[g + 1]):
-            forward(c, frac, t, timed, weights, transposed, biases, K, inside, first_p, first_a, cuts[i], cuts[i + 1], series,
-                    store[stores[i]: stores[i + 1]], top, top_scale, blas, ints, zero, one)
+            forward(c, frac, t, timed, weights, transposed, False, biases, K, inside, first_p, first_a, cuts[i], cuts[i + 1],
+                    series, store[stores[i]: stores[i + 1]], top, top_scale, blas, ints, zero, one)
 
 
 @jit(parallel=True)

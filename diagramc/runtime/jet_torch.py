@@ -157,17 +157,22 @@ class _Layout:
         ends = np.cumsum(sizes).tolist()
         self.gradient_size = ends[-1]
         self.starts = np.array([0] + ends, dtype=np.int64)  # the weights' gradients, then the biases' (jet_ode_loops._gradient_views)
-        self.weight_slices = [(e - W.size, e, W.shape) for W, e in zip(weights, ends)]
-        self.bias_slices = [(e - W.shape[0], e) for W, e in zip(weights, ends[len(weights):])]
+        self.weight_shapes = [W.shape for W in weights]
+        # the weights' transposes without time's column, end to end (jet_ode_loops._transposed)
+        inputs = [W.shape[1] - (timed and l == 0) for l, W in enumerate(weights)]
+        ends = np.cumsum([i * W.shape[0] for i, W in zip(inputs, weights)]).tolist()
+        self.transposed_size = ends[-1]
+        self.transposed_slices = [(e - i * W.shape[0], e, (i, W.shape[0])) for i, W, e in zip(inputs, weights, ends)]
         self.top_scale = float(math.factorial(K)) ** 2 / D  # mean over the states of (K! z_K)^2
         # float32 tanh's coefficient 0 made inside the passes, by jet_ode_loops.tanh32, on each thread's rows
         self.inside = kind == _compiled_kinds()["tanh"] and dtype == np.float32
         self.blas = _loops()[1].blas_arguments(dtype)
 
     def gradients(self, buffer):
-        """The weights' and biases' gradients as views of one buffer: ([dW1, ...], [db1, ...])."""
-        return ([buffer[a:e].reshape(shape) for a, e, shape in self.weight_slices],
-                [buffer[a:e] for a, e in self.bias_slices])
+        """[dW1, db1, ..., dWL, dbL] as tensors viewing one NumPy buffer."""
+        L, ends = len(self.weight_shapes), self.starts
+        return [torch.from_numpy(g) for l, shape in enumerate(self.weight_shapes)
+                for g in (buffer[ends[l]: ends[l + 1]].reshape(shape), buffer[ends[L + l]: ends[L + l + 1]])]
 
 
 def _layout(arrays, B, D, K, dtype, kind, c, timed, threads, fast):
@@ -188,6 +193,17 @@ def _in_groups(function, lay):
     return threads.run_parts(function, lay.groups, len(lay.groups))
 
 
+def _stand_ins(dtype, count):
+    """`count` empty 2-D arrays: first_p and first_a where the passes make coefficient 0 themselves."""
+    key = (dtype, count)
+    arrays = _EMPTY.get(key)
+    if arrays is None:
+        import numpy as np
+
+        arrays = _EMPTY[key] = tuple(np.zeros((0, 0), dtype=dtype) for _ in range(count))
+    return arrays
+
+
 def _unread(dtype):
     """An empty array: an unread time (autonomous dynamics), no gradient given."""
     empty = _EMPTY.get(dtype)
@@ -200,7 +216,7 @@ def _unread(dtype):
 
 def _coefficient_zero(loops, lay, z, t, weights, biases, transposed, timed):
     """Each hidden layer's pre-activation and activation at coefficient 0 for the whole batch,
-    sigma by NumPy's vectorized functions: two tuples of (batch, width) arrays."""
+    sigma by NumPy's vectorized functions: two tuples of (batch, width) arrays (transposed: made)."""
     import numpy as np
 
     blas, zero, one = lay.blas
@@ -208,7 +224,9 @@ def _coefficient_zero(loops, lay, z, t, weights, biases, transposed, timed):
     for l, n in enumerate(lay.widths):
         P0, A0 = np.empty((z.shape[0], n), dtype=z.dtype), np.empty((z.shape[0], n), dtype=z.dtype)
         w_t = weights[0][:, -1] if timed and l == 0 else biases[l]
-        loops.affine(x, transposed[l], biases[l], t, w_t, timed and l == 0, P0, blas, np.empty(8, np.int32), zero, one)
+        a, e, shape = lay.transposed_slices[l]
+        loops.affine(x, transposed[a:e].reshape(shape), biases[l], t, w_t, timed and l == 0, P0, blas, np.empty(8, np.int32),
+                     zero, one)
         _SIGMA[lay.kind](P0, out=A0)
         first_p.append(P0)
         first_a.append(A0)
@@ -240,16 +258,20 @@ class _CompiledSeries(torch.autograd.Function):
         count = min(torch.get_num_threads(), numpy_loops.numba.get_num_threads()) if fast else torch.get_num_threads()
         lay = _layout(arrays, B, D, order, dtype, kind, rule[1], timed, count, fast)
         blas, zero, one = lay.blas
-        # remade each call: values may have changed in place
-        transposed = tuple(np.ascontiguousarray(W[:, : W.shape[1] - (timed and l == 0)].T) for l, W in enumerate(weights))
+        # remade each call (values may have changed in place), by the first numba call that reads them
+        transposed = np.empty(lay.transposed_size, dtype=dtype)
         series = np.empty((order + 1, B, D), dtype=dtype)
         series[0] = zn
         store = np.empty(lay.store_size, dtype=dtype)
         top = np.empty(B if regularizer else 0, dtype=dtype)
         inside = lay.inside
         with threads.blas_threads(lay.blas_threads):
+            # made by the pass itself where one call, or one prange call, makes the first tile
+            fill = inside and (lay.parallel or len(lay.groups) == 1)
+            if not fill:
+                loops.transpose_weights(weights, timed, transposed)
             if inside:  # the passes make coefficient 0: arrays of the right type, never read
-                first_p = first_a = transposed[: len(lay.widths)]
+                first_p = first_a = _stand_ins(dtype, len(lay.widths))
             else:
                 first_p, first_a = _coefficient_zero(loops, lay, zn, tn, weights, biases, transposed, timed)
 
@@ -258,12 +280,12 @@ class _CompiledSeries(torch.autograd.Function):
                 for i in group:
                     lo, hi = lay.tiles[i]
                     part = store[lay.per_row * lo: lay.per_row * hi]
-                    loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, inside, first_p, first_a,
-                                  lo, hi, series, part, top, lay.top_scale, blas, ints, zero, one)
+                    loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, fill and i == 0, biases, order, inside,
+                                  first_p, first_a, lo, hi, series, part, top, lay.top_scale, blas, ints, zero, one)
 
             if lay.parallel:
                 numpy_loops.workers_off_this_core()
-                loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, biases, order, inside, first_p,
+                loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, fill, biases, order, inside, first_p,
                                     first_a, lay.cuts, lay.store_cuts, lay.parts, series, store, top, lay.top_scale, blas,
                                     zero, one)
             else:
@@ -307,14 +329,12 @@ class _CompiledSeries(torch.autograd.Function):
                 numpy_loops.workers_off_this_core()
                 buffers = np.empty((len(lay.groups), lay.gradient_size), dtype=dtype)
                 loops.reverse_parts(lay.c, lay.frac, tn, timed, weights, order, series, lay.cuts, lay.store_cuts,
-                                    lay.parts, store, Gn, gn, 2.0 * lay.top_scale, buffers, lay.starts, dz, dt, blas,
-                                    zero, one)
+                                    lay.parts, store, Gn, gn, 2.0 * lay.top_scale, buffers, lay.starts, dz, dt,
+                                    blas, zero, one)
             else:
                 buffers = _in_groups(reverse, lay)
         buffer = buffers[0] if len(buffers) == 1 or lay.parallel else np.sum(buffers, axis=0)
-        dweights, dbiases = lay.gradients(buffer)
-        grads = [torch.from_numpy(g) for pair in zip(dweights, dbiases) for g in pair]
-        return (None,) * 5 + (torch.from_numpy(dz), torch.from_numpy(dt) if timed else None, *grads)
+        return (None,) * 5 + (torch.from_numpy(dz), torch.from_numpy(dt) if timed else None, *lay.gradients(buffer))
 
 
 def _recorded_backward(z, t, flat, order, activation, rule, G, G_top):
