@@ -186,7 +186,7 @@ def test_numbas_workers_are_kept_off_the_callers_core(monkeypatch):
     assert workers and set(workers) <= tasks and threading.get_native_id() not in workers
     allowed = os.sched_getaffinity(0)
     for cpu in sorted(allowed)[:2]:  # this thread on one core, then on another
-        monkeypatch.setattr(numpy_loops, "_GETCPU", lambda cpu=cpu: cpu)
+        monkeypatch.setattr(threads, "_current_cpu", lambda cpu=cpu: cpu)
         numpy_loops.workers_off_this_core()
         assert numpy_loops._PARALLEL["off"] == cpu
         assert all(os.sched_getaffinity(w) == allowed - {cpu} for w in workers)

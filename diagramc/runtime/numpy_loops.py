@@ -13,6 +13,8 @@ import numba.core.event
 import numba.extending
 import numpy as np
 
+from . import threads
+
 # The equation's loop takes its rows EQUATION_TILE numbers at a time: a tile of every row stays in cache.
 EQUATION_TILE = 512
 
@@ -93,19 +95,7 @@ def _launch(out, gettid):
         out[i] = _call_int(gettid) if gettid else i
 
 
-def _libc_function(name):
-    """A libc function's ctypes object (int f(void)), or None where there is none (macOS, Windows, old glibc)."""
-    try:
-        import ctypes
-
-        function = getattr(ctypes.CDLL(None), name)
-        function.restype, function.argtypes = ctypes.c_int, []
-        return function
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
-_GETTID, _GETCPU = _libc_function("gettid"), _libc_function("sched_getcpu")
+_GETTID = threads.libc_function("gettid")
 # "workers": the OpenMP threads' ids; "off": the core they were last moved off
 _PARALLEL = {"pid": None, "fast": False, "workers": (), "off": None}
 
@@ -124,7 +114,7 @@ def fast_parallel_loops() -> bool:
             ids = np.zeros(64 * numba.config.NUMBA_NUM_THREADS, dtype=np.int64)
             _launch(ids, ctypes.cast(_GETTID, ctypes.c_void_p).value or 0 if _GETTID is not None else 0)
             _PARALLEL["fast"] = numba.threading_layer() in ("omp", "tbb")
-            if _GETTID is not None and _GETCPU is not None and hasattr(os, "sched_setaffinity"):
+            if _GETTID is not None and threads._current_cpu() is not None and hasattr(os, "sched_setaffinity"):
                 _PARALLEL["workers"] = tuple(sorted(set(ids.tolist()) - {threading.get_native_id()}))
         except Exception:  # no threading layer loads: the callers' serial paths serve
             _PARALLEL["fast"] = False
@@ -141,7 +131,7 @@ def workers_off_this_core():
     workers = _PARALLEL["workers"]
     if not workers or _PARALLEL["pid"] != os.getpid():
         return
-    cpu = _GETCPU()
+    cpu = threads._current_cpu()
     if cpu == _PARALLEL["off"] or cpu < 0:
         return
     try:

@@ -174,19 +174,19 @@ def run_shared(function, parts, threads):
     return results
 
 
-def _getcpu():
-    """libc's sched_getcpu, or None where there is none."""
+def libc_function(name):
+    """libc's ``int name(void)`` (sched_getcpu, gettid) as a ctypes function, or None where there is none."""
     try:
         import ctypes
 
-        function = ctypes.CDLL(None).sched_getcpu
+        function = getattr(ctypes.CDLL(None), name)
         function.restype, function.argtypes = ctypes.c_int, []
         return function
-    except (OSError, AttributeError, TypeError):  # no such libc call (macOS), no CDLL(None) (Windows)
+    except (OSError, AttributeError, TypeError):  # no such libc call (macOS, old glibc), no CDLL(None) (Windows)
         return None
 
 
-_SCHED_GETCPU = _getcpu()
+_SCHED_GETCPU = libc_function("sched_getcpu")
 
 
 def _current_cpu():
