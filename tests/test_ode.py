@@ -187,6 +187,24 @@ def test_compiled_pass_and_its_gradient_against_torch_operations(monkeypatch, ac
         torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.parametrize("time_input", [False, True])
+def test_parameter_gradients_alone_against_torch_operations(monkeypatch, time_input):
+    """z not requiring a gradient (a training step's loss in the parameters only): the pass skips
+    dz's product and still gives the parameters' gradients of the torch operations."""
+    model = make_model(4, (6, 5, 7), "tanh", time_input, seed=3)
+    z = torch.randn(9, 4, dtype=torch.float64)
+    t = torch.tensor(0.7, dtype=torch.float64) if time_input else None
+
+    def run():
+        reg = diagramc.taylor_regularizer(model, z, 3, t).mean()
+        return reg, torch.autograd.grad(reg, list(model.parameters()))
+
+    (a, ga), (b, gb) = _both_paths(monkeypatch, run)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-11, atol=1e-12)
+
+
 def test_compiled_pass_twice_differentiable(monkeypatch):
     """A gradient of the gradient (create_graph) goes through torch operations and agrees."""
     model = make_model(2, (5, 4), "tanh", True, seed=4)

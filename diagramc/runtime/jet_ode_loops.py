@@ -85,18 +85,79 @@ TANH_DENOMINATOR = np.array([4.89352518554385e-03, 2.26843463243900e-03, 1.18534
 TANH_CLAMP, TANH_TINY = np.float32(7.90531110763549805), np.float32(0.0004)
 
 
-@jit(fastmath={"contract"}, error_model="numpy")  # numba's check of every division for zero would keep the loop scalar
-def tanh32(p, a):
-    """a = tanh(p) for float32 arrays, by the rational approximation above."""
+@jit(fastmath={"contract"}, error_model="numpy", inline="always")
+def _tanh32(v):
+    """tanh(v) of a float32 by the rational approximation above."""
     n0, n1, n2, n3, n4, n5, n6 = TANH_NUMERATOR
     q0, q1, q2, q3 = TANH_DENOMINATOR
+    x = TANH_CLAMP if v > TANH_CLAMP else (-TANH_CLAMP if v < -TANH_CLAMP else v)
+    x2 = x * x
+    num = x * (n0 + x2 * (n1 + x2 * (n2 + x2 * (n3 + x2 * (n4 + x2 * (n5 + x2 * n6))))))
+    den = q0 + x2 * (q1 + x2 * (q2 + x2 * q3))
+    return v if abs(v) < TANH_TINY else num / den
+
+
+@jit(fastmath={"contract"}, error_model="numpy")  # numba's check of every division for zero would keep the loop scalar
+def tanh32(p, a):
+    """a = tanh(p) for float32 arrays."""
     for i in range(p.size):
-        v = p[i]
-        x = TANH_CLAMP if v > TANH_CLAMP else (-TANH_CLAMP if v < -TANH_CLAMP else v)
-        x2 = x * x
-        num = x * (n0 + x2 * (n1 + x2 * (n2 + x2 * (n3 + x2 * (n4 + x2 * (n5 + x2 * n6))))))
-        den = q0 + x2 * (q1 + x2 * (q2 + x2 * q3))
-        a[i] = v if abs(v) < TANH_TINY else num / den
+        a[i] = _tanh32(p[i])
+
+
+@jit(fastmath={"contract"}, error_model="numpy")
+def tanh32_equation(p, a, u, c0, c1, c2):
+    """a = tanh(p) (float32) and u = c0 + c1 a + c2 a^2 in one pass."""
+    for i in range(p.size):
+        v = _tanh32(p[i])
+        a[i] = v
+        u[i] = c0 + c1 * v + c2 * v * v
+
+
+# The passes' elementwise loops, each its own function over whole rows: written inline in the
+# passes, among their many arrays, the compiler left them scalar (the forward's u loop took six
+# times as long there)
+@jit(fastmath={"reassoc", "contract"})
+def _equation(a, u, c0, c1, c2):
+    """u = c0 + c1 a + c2 a^2."""
+    for i in range(a.size):
+        u[i] = c0 + c1 * a[i] + c2 * a[i] * a[i]
+
+
+@jit(fastmath={"reassoc", "contract"})
+def _scale(out, x, s):
+    """out = s x."""
+    for i in range(out.size):
+        out[i] = s * x[i]
+
+
+@jit(fastmath={"reassoc", "contract"})
+def _add_scaled(out, x, s):
+    """out += s x."""
+    for i in range(out.size):
+        out[i] += s * x[i]
+
+
+@jit(fastmath={"reassoc", "contract"})
+def _product(out, x, y):
+    """out = x y."""
+    for i in range(out.size):
+        out[i] = x[i] * y[i]
+
+
+@jit(fastmath={"reassoc", "contract"})
+def _add_product(out, x, y, s):
+    """out += s x y."""
+    for i in range(out.size):
+        out[i] += s * x[i] * y[i]
+
+
+@jit(fastmath={"reassoc", "contract"})
+def _adjoint_pair(g, w, pb, ur, ub, pj):
+    """The adjoint of a += w pj ur: pb += w g ur and ub += w g pj."""
+    for i in range(g.size):
+        h = w * g[i]
+        pb[i] += h * ur[i]
+        ub[i] += h * pj[i]
 
 
 @jit(fastmath={"reassoc", "contract"})
@@ -136,8 +197,7 @@ def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, fir
                     for o in range(n):
                         p[b * n + o] = fp[lo + b, o]
                         a[b * n + o] = fa[lo + b, o]
-                for i in range(B * n):
-                    u[i] = c0 + c1 * a[i] + c2 * a[i] * a[i]
+                _equation(a, u, c0, c1, c2)
                 x = a.reshape((B, n))
                 continue
             pre = y if last else P[k].reshape((B, n))
@@ -160,34 +220,21 @@ def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, fir
                         out[lo + b, o] = y[b, o] * scale
                 break
             if k == 0:  # inside: sigma and sigma' at coefficient 0
-                p, a, u = P[0], A[0], U[0]
-                tanh32(p, a)
-                for i in range(B * n):
-                    u[i] = c0 + c1 * a[i] + c2 * a[i] * a[i]
-                x = a.reshape((B, n))
+                tanh32_equation(P[0], A[0], U[0], c0, c1, c2)
+                x = A[0].reshape((B, n))
                 continue
             p, a = P[k], A[k]
             m = k - 1  # sigma' to coefficient k - 1, then sigma to k
             if m >= 1:
-                um, am = U[m], A[m]
-                for i in range(B * n):
-                    um[i] = c1 * am[i]
+                um = U[m]
+                _scale(um, A[m], c1)
                 for j in range((m + 1) // 2):
-                    aj, ar = A[j], A[m - j]
-                    for i in range(B * n):
-                        um[i] += twice * aj[i] * ar[i]
+                    _add_product(um, A[j], A[m - j], twice)
                 if m % 2 == 0:
-                    ah = A[m // 2]
-                    for i in range(B * n):
-                        um[i] += c2 * ah[i] * ah[i]
-            u0 = U[0]
-            for i in range(B * n):
-                a[i] = p[i] * u0[i]
+                    _add_product(um, A[m // 2], A[m // 2], c2)
+            _product(a, p, U[0])
             for j in range(1, k):
-                w = frac[k, j]
-                pj, ur = P[j], U[k - j]
-                for i in range(B * n):
-                    a[i] += w * pj[i] * ur[i]
+                _add_product(a, P[j], U[k - j], frac[k, j])
             x = a.reshape((B, n))
     if top.shape[0] > 0:
         zk = series[K]
@@ -204,7 +251,8 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_
     """The adjoint of forward on rows lo..hi: from G (K + 1, batch, D), the gradient of series (empty:
     none), and g_top (batch,) that of forward's top (empty: none), accumulate this part's weight
     and bias gradients into `gradient` (zeroed by the caller; _gradient_views' layout), and write
-    its rows of dz (batch, D) and dt (batch,, zeroed by the caller, read when timed)."""
+    its rows of dz (batch, D; empty: not wanted, its product not made) and dt (batch,, zeroed by
+    the caller, read when timed)."""
     L = len(weights)
     dweights, dbiases = _gradient_views(gradient, starts, weights)
     B, D = hi - lo, series.shape[2]
@@ -239,25 +287,15 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_
                 Ub = _block(grads, offsets, l, 2, K, B, n)
                 ab = Ab[k]
                 if k == 0:
-                    pb, u0 = Pb[0], U[0]
-                    for i in range(B * n):
-                        pb[i] += ab[i] * u0[i]
+                    _add_product(Pb[0], ab, U[0], frac[1, 1])  # frac[1, 1]: 1 in the dtype
                 else:
                     for j in range(1, k + 1):  # a_k = (1/k) sum_j j p_j u_(k-j)
-                        w = frac[k, j]
-                        pb, ub, pj, ur = Pb[j], Ub[k - j], P[j], U[k - j]
-                        for i in range(B * n):
-                            g = w * ab[i]
-                            pb[i] += g * ur[i]
-                            ub[i] += g * pj[i]
+                        _adjoint_pair(ab, frac[k, j], Pb[j], U[k - j], Ub[k - j], P[j])
                     m = k - 1  # u_m = c1 a_m + c2 sum_j a_j a_(m-j) (u_0 = sigma'(p_0) alike)
-                    um, abm = Ub[m], Ab[m]
-                    for i in range(B * n):
-                        abm[i] += c1 * um[i]
+                    um = Ub[m]
+                    _add_scaled(Ab[m], um, c1)
                     for j in range(m + 1):
-                        abj, ar = Ab[j], A[m - j]
-                        for i in range(B * n):
-                            abj[i] += twice * um[i] * ar[i]
+                        _add_product(Ab[j], um, A[m - j], twice)
                 pbar = Pb[k].reshape((B, n))
             if l == 0 and timed:
                 w_t = weights[0][:, inputs]
@@ -274,7 +312,8 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_
                         for o in range(n):
                             dw[o, inputs] += scale * pbar[b, o]
             if l == 0:
-                gemm(blas, pbar, weights[0][:, :inputs], zbar[k], False, False, one, ints, one)
+                if k > 0 or dz.shape[0] > 0:  # zbar[0] goes to dz alone
+                    gemm(blas, pbar, weights[0][:, :inputs], zbar[k], False, False, one, ints, one)
             else:
                 below = _block(grads, offsets, l - 1, 1, K, B, weights[l - 1].shape[0])[k]
                 gemm(blas, pbar, weights[l], below.reshape((B, weights[l - 1].shape[0])), False, False, one, ints, one)
@@ -283,7 +322,8 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, G, g_top, top_
                 for b in range(B):
                     for o in range(n):
                         db[o] += pbar[b, o]
-    dz[lo:hi] = zbar[0]
+    if dz.shape[0] > 0:
+        dz[lo:hi] = zbar[0]
     # each layer's weight gradient over all steps at once: sum_k pbar_k^T x_k
     for l in range(L):
         n = weights[l].shape[0]

@@ -312,7 +312,8 @@ class _CompiledSeries(torch.autograd.Function):
         B, D = series.shape[1], series.shape[2]
         Gn = np.zeros((0, 0, 0), dtype=dtype) if G is None else np.ascontiguousarray(G.detach().to(z.dtype).numpy())
         gn = _unread(dtype) if G_top is None else G_top.detach().to(z.dtype).contiguous().numpy()
-        dz, dt = np.empty((B, D), dtype=dtype), np.zeros(B, dtype=dtype)
+        want_dz = ctx.needs_input_grad[5]
+        dz, dt = np.empty((B if want_dz else 0, D), dtype=dtype), np.zeros(B, dtype=dtype)
         blas, zero, one = lay.blas
 
         def reverse(group):  # the group's tiles accumulate into one buffer
@@ -334,7 +335,8 @@ class _CompiledSeries(torch.autograd.Function):
             else:
                 buffers = _in_groups(reverse, lay)
         buffer = buffers[0] if len(buffers) == 1 or lay.parallel else np.sum(buffers, axis=0)
-        return (None,) * 5 + (torch.from_numpy(dz), torch.from_numpy(dt) if timed else None, *lay.gradients(buffer))
+        return (None,) * 5 + (torch.from_numpy(dz) if want_dz else None, torch.from_numpy(dt) if timed else None,
+                              *lay.gradients(buffer))
 
 
 def _recorded_backward(z, t, flat, order, activation, rule, G, G_top):
