@@ -174,10 +174,9 @@ def test_plan_records_the_split_rule():
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2
                     or threads._current_cpu() is None, reason="needs two cores and sched_getcpu")
-def test_around_a_prange_call_the_caller_and_numbas_workers_keep_apart(monkeypatch):
-    """numba's OpenMP threads, found by their ids at the threading layer's start: inside
-    cores_apart the caller is held on its core and the workers are on every other allowed core,
-    moved again when the caller's core changes; after it the caller's mask is what it was."""
+def test_numbas_workers_are_kept_off_the_callers_core(monkeypatch):
+    """numba's OpenMP threads, found by their ids at the threading layer's start, are moved off
+    the calling thread's core before a prange call, and again when that core changes."""
     from diagramc.runtime import numpy_loops
 
     if not numpy_loops.fast_parallel_loops():
@@ -188,7 +187,6 @@ def test_around_a_prange_call_the_caller_and_numbas_workers_keep_apart(monkeypat
     allowed = os.sched_getaffinity(0)
     for cpu in sorted(allowed)[:2]:  # this thread on one core, then on another
         monkeypatch.setattr(threads, "_current_cpu", lambda cpu=cpu: cpu)
-        with numpy_loops.cores_apart():
-            assert os.sched_getaffinity(0) == {cpu}
-            assert all(os.sched_getaffinity(w) == allowed - {cpu} for w in workers)
-        assert os.sched_getaffinity(0) == allowed and numpy_loops._PARALLEL["off"] == cpu
+        numpy_loops.workers_off_this_core()
+        assert numpy_loops._PARALLEL["off"] == cpu
+        assert all(os.sched_getaffinity(w) == allowed - {cpu} for w in workers)

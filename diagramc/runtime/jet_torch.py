@@ -306,10 +306,10 @@ class _CompiledSeries(torch.autograd.Function):
                                   first_p, first_a, lo, hi, series, part, top, lay.top_scale, blas, ints, zero, one)
 
             if lay.parallel:
-                with numpy_loops.cores_apart():
-                    loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, fill, biases, order, inside, first_p,
-                                        first_a, lay.cuts, lay.store_cuts, lay.parts, series, store, top, lay.top_scale, blas,
-                                        zero, one)
+                numpy_loops.workers_off_this_core()
+                loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, fill, biases, order, inside, first_p,
+                                    first_a, lay.cuts, lay.store_cuts, lay.parts, series, store, top, lay.top_scale, blas,
+                                    zero, one)
             else:
                 _in_groups(forward, lay)
         ctx.numpy = (lay, tn, weights, series, store)
@@ -351,11 +351,11 @@ class _CompiledSeries(torch.autograd.Function):
 
         with threads.blas_threads(lay.blas_threads):
             if lay.parallel:
+                numpy_loops.workers_off_this_core()
                 buffers = np.empty((len(lay.groups), lay.gradient_size), dtype=dtype)
-                with numpy_loops.cores_apart():
-                    loops.reverse_parts(lay.c, lay.frac, tn, timed, weights, order, series, lay.cuts, lay.store_cuts,
-                                        lay.parts, store, grads, Gn, gn, 2.0 * lay.top_scale, buffers, lay.starts, dz, dt,
-                                        blas, zero, one)
+                loops.reverse_parts(lay.c, lay.frac, tn, timed, weights, order, series, lay.cuts, lay.store_cuts,
+                                    lay.parts, store, grads, Gn, gn, 2.0 * lay.top_scale, buffers, lay.starts, dz, dt,
+                                    blas, zero, one)
             else:
                 buffers = _in_groups(reverse, lay)
         buffer = buffers[0] if len(buffers) == 1 or lay.parallel else np.sum(buffers, axis=0)

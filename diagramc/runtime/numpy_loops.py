@@ -3,7 +3,6 @@ equation, Gram contractions, and calls into SciPy's BLAS. Each makes one pass ov
 NumPy operations make several. Compiled at a first call, they stay in numba's disk cache
 (__pycache__ beside this file, else numba's per-user folder), shared by every kernel.
 """
-import contextlib
 import math
 import os
 
@@ -123,37 +122,27 @@ def fast_parallel_loops() -> bool:
     return _PARALLEL["fast"] and _PARALLEL["pid"] == pid
 
 
-@contextlib.contextmanager
-def cores_apart():
-    """Around a prange call (Linux): this thread held on the core it runs on, and numba's
-    workers kept off that core (moved only when it has changed since the last call). A
-    worker sharing the caller's core waits behind the caller, which spins at the loop's end,
-    for a scheduler tick (4 ms) or more while another core idles: seen on a 2-core virtual
-    machine, sub-millisecond calls taking 4 to 24 ms, whether the worker was woken there or
-    the caller moved there during the call."""
+def workers_off_this_core():
+    """Keeps numba's prange threads off the core this thread runs on (Linux), before a prange
+    call: a worker woken there shares that core, the caller spinning at the loop's end while
+    the worker waits behind it, for milliseconds while another core idles (seen on a 2-core
+    virtual machine: sub-millisecond calls taking 4 to 24 ms). Moves them only when this
+    thread's core has changed since the last call: a core lookup otherwise."""
     workers = _PARALLEL["workers"]
-    cpu = threads._current_cpu() if workers and _PARALLEL["pid"] == os.getpid() else None
-    before = None
-    if cpu is not None and cpu >= 0:
-        try:
-            before = os.sched_getaffinity(0)
-            allowed = before - {cpu}
-            if allowed and cpu in before:
-                os.sched_setaffinity(0, {cpu})
-                if cpu != _PARALLEL["off"]:
-                    for worker in workers:
-                        os.sched_setaffinity(worker, allowed)
-                    _PARALLEL["off"] = cpu
-            else:
-                before = None
-        except OSError:  # a cpuset that refuses the change, a worker gone: the system places the threads
-            _PARALLEL["workers"] = ()
+    if not workers or _PARALLEL["pid"] != os.getpid():
+        return
+    cpu = threads._current_cpu()
+    if cpu == _PARALLEL["off"] or cpu < 0:
+        return
     try:
-        yield
-    finally:
-        if before is not None:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, before)
+        allowed = os.sched_getaffinity(0) - {cpu}
+        if allowed:
+            for worker in workers:
+                os.sched_setaffinity(worker, allowed)
+    except OSError:  # a cpuset that refuses the change, a worker gone: they stay where the system puts them
+        _PARALLEL["workers"] = ()
+        return
+    _PARALLEL["off"] = cpu
 
 
 @jit()

@@ -246,7 +246,8 @@ class NumpyTaylorKernel(NumpyArrays, TaylorKernel):
             taylor_loops.series_part(*head, x, *body, out, u)
         elif loops.fast_parallel_loops():
             cuts = np.asarray([0] + [rows.stop for rows in parts], dtype=np.int64)
-            with loops.cores_apart(), threads.one_blas_thread():  # the parts are the parallelism
+            loops.workers_off_this_core()
+            with threads.one_blas_thread():  # the parts are the parallelism
                 taylor_loops.series_parts(*head, x, *body, out, u, cuts)
         else:
             self._run_parts(lambda rows: taylor_loops.series_part(*head, x[rows], *body, out[rows], u[rows] if fold else u), parts)
