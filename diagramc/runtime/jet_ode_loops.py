@@ -6,11 +6,9 @@ hundreds of small operations. Here each pass is one numba call: the layers' prod
 (numpy_loops.gemm), the Cauchy products of the activation's series as fused loops, and the
 reverse pass the exact adjoint of the forward recursion, written out by hand.
 
-Layout: coefficients first. Per hidden layer l of width n, ``store`` holds P (pre-activation)
-and A (activation), each (K, batch, n) for K steps, and U (sigma' along the curve), (max(K - 1,
-1), batch, n): no step reads its coefficient K - 1 (a smaller store leaves more of the caller's
-data in cache). ``grads`` has the same layout for their adjoints. ``series`` is (K + 1, batch,
-D): z_[0..K].
+Layout: coefficients first. Per hidden layer l of width n, ``store`` holds P (pre-activation),
+A (activation) and U (sigma' along the curve), each (K, batch, n) for K steps; ``grads`` the
+same layout for their adjoints. ``series`` is (K + 1, batch, D): z_[0..K].
 """
 from __future__ import annotations
 
@@ -20,22 +18,20 @@ import numpy as np
 from .numpy_loops import gemm, jit
 
 @jit()
-def _sizes(weights, K):
-    """Offsets of each hidden layer's (P, A, U) block in a store, per batch row."""
+def _sizes(weights):
+    """Offsets of each hidden layer's (P, A, U) block in a store, per batch row and step."""
     hidden = len(weights) - 1
     offsets = np.zeros(hidden + 1, dtype=np.int64)
     for l in range(hidden):
-        offsets[l + 1] = offsets[l] + (2 * K + max(K - 1, 1)) * weights[l].shape[0]
+        offsets[l + 1] = offsets[l] + 3 * weights[l].shape[0]
     return offsets
 
 
 @jit()
 def _block(store, offsets, l, which, K, B, n):
-    """P (which 0) or A (1), (K, B * n), or U (2), (max(K - 1, 1), B * n), of hidden layer l,
-    each coefficient a contiguous row."""
-    start = B * offsets[l] + which * K * B * n
-    count = K if which < 2 else max(K - 1, 1)
-    return store[start: start + count * B * n].reshape((count, B * n))
+    """P (which 0), A (1) or U (2) of hidden layer l: (K, B * n), each coefficient a contiguous row."""
+    start = K * B * offsets[l] + which * K * B * n
+    return store[start: start + K * B * n].reshape((K, B * n))
 
 
 @jit()
@@ -180,7 +176,7 @@ def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, fir
     by _transposed, made here first where `fill` says so."""
     L = len(weights)
     B, D = hi - lo, series.shape[2]
-    offsets = _sizes(weights, K)
+    offsets = _sizes(weights)
     c0, c1, c2 = c[0], c[1], c[2]
     twice = c2 + c2  # in the dtype: a float64 constant would widen the float32 loops
     if fill:
@@ -263,7 +259,7 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, grads, G, g_to
     L = len(weights)
     dweights, dbiases = _gradient_views(gradient, starts, weights)
     B, D = hi - lo, series.shape[2]
-    offsets = _sizes(weights, K)
+    offsets = _sizes(weights)
     c1, c2 = c[1], c[2]
     twice = c2 + c2
     zbar = np.zeros((K + 1, B, D), dtype=series.dtype)

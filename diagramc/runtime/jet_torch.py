@@ -134,7 +134,7 @@ class _Layout:
         self.widths = [W.shape[0] for W in weights[:-1]]
         self.c = np.asarray(c, dtype=dtype)
         self.frac = np.array([[j / k if k else 0.0 for j in range(K + 2)] for k in range(K + 2)], dtype=dtype)
-        per_row = (2 * K + max(K - 1, 1)) * sum(self.widths)  # P, A and U of every hidden layer (jet_ode_loops)
+        per_row = 3 * K * sum(self.widths)  # P, A and U of every hidden layer, K coefficients each
         tiles = max(1, min(B, -(-per_row * B * np.dtype(dtype).itemsize // TILE_BYTES)))
         # a call's multiply-adds, forward and back: K coefficients through every layer, three times
         work = 3 * K * B * sum(W.size for W in weights)
