@@ -252,10 +252,11 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, grads, G, g_to
     none), and g_top (batch,) that of forward's top (empty: none), accumulate this part's weight
     and bias gradients into `gradient` (zeroed by the caller; _gradient_views' layout), and write
     its rows of dz (batch, D; empty: not wanted, its product not made) and dt (batch,, zeroed by
-    the caller, read when timed). grads, the adjoints of this part's store (its size), is the
-    caller's buffer, kept between calls: made here, on a prange thread, it came from the thread's
-    own malloc arena, which handed it back to the system after each call once JAX was loaded
-    (1000 page faults and 1.8 ms of system time a call)."""
+    the caller, read when timed). grads, the adjoints of this part's store: empty, made here;
+    else the caller's buffer of its size, kept between calls, zeroed here layer by layer (made
+    here on a prange thread, it came from the thread's own malloc arena, which handed it back to
+    the system after each call once JAX was loaded: 1000 page faults and 1.8 ms of system time a
+    call; made here on the calling thread it is faster, a store of megabytes by a tenth)."""
     L = len(weights)
     dweights, dbiases = _gradient_views(gradient, starts, weights)
     B, D = hi - lo, series.shape[2]
@@ -263,6 +264,9 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, grads, G, g_to
     c1, c2 = c[1], c[2]
     twice = c2 + c2
     zbar = np.zeros((K + 1, B, D), dtype=series.dtype)
+    fresh = grads.shape[0] == 0
+    if fresh:
+        grads = np.zeros_like(store)
     if G.shape[0] > 0:
         zbar[:] = G[:, lo:hi]
     if g_top.shape[0] > 0:
@@ -271,7 +275,6 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, grads, G, g_to
             scale = top_scale * g_top[lo + b]
             for i in range(D):
                 zbar[K, b, i] += scale * top[lo + b, i]
-    grads[:] = 0.0
     ybar = np.empty((K, B, D), dtype=series.dtype)
     for k in range(K - 1, -1, -1):
         scale, below, pbar = frac[k + 1, 1], zbar[k + 1], ybar[k]
@@ -318,6 +321,8 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, grads, G, g_to
                 if k > 0 or dz.shape[0] > 0:  # zbar[0] goes to dz alone
                     gemm(blas, pbar, weights[0][:, :inputs], zbar[k], False, False, one, ints, one)
             else:
+                if k == K - 1 and not fresh:  # layer l - 1's adjoints zeroed just before their first use: in cache after
+                    grads[K * B * offsets[l - 1]: K * B * offsets[l]] = 0.0
                 below = _block(grads, offsets, l - 1, 1, K, B, weights[l - 1].shape[0])[k]
                 gemm(blas, pbar, weights[l], below.reshape((B, weights[l - 1].shape[0])), False, False, one, ints, one)
             if k == 0:

@@ -338,14 +338,13 @@ class _CompiledSeries(torch.autograd.Function):
         dz, dt = np.empty((B if want_dz else 0, D), dtype=dtype), np.zeros(B, dtype=dtype)
         blas, zero, one = lay.blas
 
-        grads = _scratch(lay.store_size, dtype)  # the store's adjoints (jet_ode_loops.reverse)
 
         def reverse(group):  # the group's tiles accumulate into one buffer
             buffer, ints = np.zeros(lay.gradient_size, dtype=dtype), np.empty(8, np.int32)
             for i in group:
                 lo, hi = lay.tiles[i]
-                part = slice(lay.per_row * lo, lay.per_row * hi)
-                loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, store[part], grads[part], Gn, gn,
+                part = store[lay.per_row * lo: lay.per_row * hi]
+                loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, part, _unread(dtype), Gn, gn,
                               2.0 * lay.top_scale, buffer, lay.starts, dz, dt, blas, ints, zero, one)
             return buffer
 
@@ -353,8 +352,9 @@ class _CompiledSeries(torch.autograd.Function):
             if lay.parallel:
                 numpy_loops.workers_off_this_core()
                 buffers = np.empty((len(lay.groups), lay.gradient_size), dtype=dtype)
+                adjoints = _scratch(lay.store_size, dtype)  # kept: see jet_ode_loops.reverse
                 loops.reverse_parts(lay.c, lay.frac, tn, timed, weights, order, series, lay.cuts, lay.store_cuts,
-                                    lay.parts, store, grads, Gn, gn, 2.0 * lay.top_scale, buffers, lay.starts, dz, dt,
+                                    lay.parts, store, adjoints, Gn, gn, 2.0 * lay.top_scale, buffers, lay.starts, dz, dt,
                                     blas, zero, one)
             else:
                 buffers = _in_groups(reverse, lay)
