@@ -44,7 +44,7 @@ def _gradient_views(gradient, starts, weights):
 
 
 @jit()
-def _transposed(flat, weights, timed, l):
+def transposed_layer(flat, weights, timed, l):
     """Layer l's weights transposed, without time's column (inputs, width): a view of `flat`."""
     start = 0
     for j in range(l):
@@ -55,10 +55,10 @@ def _transposed(flat, weights, timed, l):
 
 @jit()
 def transpose_weights(weights, timed, flat):
-    """Every layer's weights transposed into `flat` (_transposed's layout): OpenBLAS runs
+    """Every layer's weights transposed into `flat` (transposed_layer's layout): OpenBLAS runs
     x @ W.T slower than x @ (W.T made contiguous), and made here it costs no Python call per layer."""
     for l in range(len(weights)):
-        W, T = weights[l], _transposed(flat, weights, timed, l)
+        W, T = weights[l], transposed_layer(flat, weights, timed, l)
         for i in range(T.shape[0]):
             for o in range(T.shape[1]):
                 T[i, o] = W[o, i]
@@ -173,7 +173,7 @@ def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, fir
     c = (c0, c1, c2) of sigma' = c0 + c1 sigma + c2 sigma^2 and frac[k, j] = j / k, both in the
     dtype (no float64 inside the float32 loops); t (batch,) read when timed (time the last input
     of the first layer); transposed: the weights' transposes without the time column, laid out
-    by _transposed, made here first where `fill` says so."""
+    by transposed_layer, made here first where `fill` says so."""
     L = len(weights)
     B, D = hi - lo, series.shape[2]
     offsets = _sizes(weights)
@@ -201,7 +201,7 @@ def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, fir
                 x = a.reshape((B, n))
                 continue
             pre = y if last else P[k].reshape((B, n))
-            gemm(blas, x, _transposed(transposed, weights, timed, l), pre, False, False, zero, ints, one)
+            gemm(blas, x, transposed_layer(transposed, weights, timed, l), pre, False, False, zero, ints, one)
             if k == 0:
                 bias = biases[l]
                 for b in range(B):

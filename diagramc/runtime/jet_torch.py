@@ -159,11 +159,8 @@ class _Layout:
         self.gradient_size = ends[-1]
         self.starts = np.array([0] + ends, dtype=np.int64)  # the weights' gradients, then the biases' (jet_ode_loops._gradient_views)
         self.weight_shapes = [W.shape for W in weights]
-        # the weights' transposes without time's column, end to end (jet_ode_loops._transposed)
-        inputs = [W.shape[1] - (timed and l == 0) for l, W in enumerate(weights)]
-        ends = np.cumsum([i * W.shape[0] for i, W in zip(inputs, weights)]).tolist()
-        self.transposed_size = ends[-1]
-        self.transposed_slices = [(e - i * W.shape[0], e, (i, W.shape[0])) for i, W, e in zip(inputs, weights, ends)]
+        # the weights' transposes without time's column, end to end (jet_ode_loops.transposed_layer)
+        self.transposed_size = sum(W.size - (W.shape[0] if timed and l == 0 else 0) for l, W in enumerate(weights))
         self.top_scale = float(math.factorial(K)) ** 2 / D  # mean over the states of (K! z_K)^2
         # float32 tanh's coefficient 0 made inside the passes, by jet_ode_loops.tanh32, on each thread's rows
         self.inside = kind == _compiled_kinds()["tanh"] and dtype == np.float32
@@ -246,9 +243,8 @@ def _coefficient_zero(loops, lay, z, t, weights, biases, transposed, timed):
     for l, n in enumerate(lay.widths):
         P0, A0 = np.empty((z.shape[0], n), dtype=z.dtype), np.empty((z.shape[0], n), dtype=z.dtype)
         w_t = weights[0][:, -1] if timed and l == 0 else biases[l]
-        a, e, shape = lay.transposed_slices[l]
-        loops.affine(x, transposed[a:e].reshape(shape), biases[l], t, w_t, timed and l == 0, P0, blas, np.empty(8, np.int32),
-                     zero, one)
+        loops.affine(x, loops.transposed_layer(transposed, weights, timed, l), biases[l], t, w_t, timed and l == 0, P0, blas,
+                     np.empty(8, np.int32), zero, one)
         _SIGMA[lay.kind](P0, out=A0)
         first_p.append(P0)
         first_a.append(A0)
