@@ -130,18 +130,20 @@ def test_gemm_and_syrk_match_numpy(dtype):
 
 
 def test_float32_tanh_within_five_units_in_the_last_place():
-    """jet_ode_loops.tanh32 against float64 tanh: 5 ulp everywhere, x itself near 0, +-1 far out."""
-    from diagramc.runtime.jet_ode_loops import tanh32
+    """jet_ode_loops.tanh32_equation's tanh against float64 tanh: 5 ulp everywhere, x itself near 0,
+    +-1 far out; its sigma' = 1 - tanh^2 from that tanh."""
+    from diagramc.runtime.jet_ode_loops import tanh32_equation
 
     x = np.concatenate([np.linspace(-20, 20, 400001), np.geomspace(1e-38, 20, 20000),
                         -np.geomspace(1e-38, 20, 20000), [0.0, np.inf, -np.inf]]).astype(np.float32)
-    got = np.empty_like(x)
-    tanh32(x, got)
+    got, slope = np.empty_like(x), np.empty_like(x)
+    tanh32_equation(x, got, slope, np.float32(1), np.float32(0), np.float32(-1))
     exact = np.tanh(x.astype(np.float64))
     ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
     assert np.max(np.abs(got - exact) / ulp) <= 5
     small = np.abs(x) < 1e-4
     assert np.array_equal(got[small], x[small])
+    np.testing.assert_allclose(slope, 1 - got * got, rtol=1e-6, atol=1e-7)
 
 
 def test_equation_series_is_tanh_along_a_line():

@@ -98,13 +98,6 @@ def _tanh32(v):
 
 
 @jit(fastmath={"contract"}, error_model="numpy")  # numba's check of every division for zero would keep the loop scalar
-def tanh32(p, a):
-    """a = tanh(p) for float32 arrays."""
-    for i in range(p.size):
-        a[i] = _tanh32(p[i])
-
-
-@jit(fastmath={"contract"}, error_model="numpy")
 def tanh32_equation(p, a, u, c0, c1, c2):
     """a = tanh(p) (float32) and u = c0 + c1 a + c2 a^2 in one pass."""
     for i in range(p.size):
@@ -165,7 +158,7 @@ def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, fir
             top, top_scale, blas, ints, zero, one):
     """Rows lo..hi of the batch: series[k] = z_[k] for k = 1..K and this part's store filled (see
     the module's docstring), from series[0] = z and each hidden layer's coefficient 0: with
-    `inside` (float32 tanh), made here, sigma by tanh32; else given for the whole batch,
+    `inside` (float32 tanh), made here, sigma by tanh32_equation; else given for the whole batch,
     first_p[l] = P[0] and first_a[l] = A[0] = sigma(P[0]) (sigma by NumPy's vectorized
     functions: numba's tanh is scalar and forty times slower), set by the caller; top
     (batch,), unless empty, gets top_scale times the sum of squares of z_[K] per row.

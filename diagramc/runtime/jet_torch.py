@@ -162,7 +162,7 @@ class _Layout:
         # the weights' transposes without time's column, end to end (jet_ode_loops.transposed_layer)
         self.transposed_size = sum(W.size - (W.shape[0] if timed and l == 0 else 0) for l, W in enumerate(weights))
         self.top_scale = float(math.factorial(K)) ** 2 / D  # mean over the states of (K! z_K)^2
-        # float32 tanh's coefficient 0 made inside the passes, by jet_ode_loops.tanh32, on each thread's rows
+        # float32 tanh's coefficient 0 made inside the passes, by jet_ode_loops.tanh32_equation, on each thread's rows
         self.inside = kind == _compiled_kinds()["tanh"] and dtype == np.float32
         self.blas = _loops()[1].blas_arguments(dtype)
 
