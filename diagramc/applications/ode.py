@@ -76,11 +76,15 @@ def _series(model, z, order, t, regularizer=False):
         raise ValueError(f"z must be a torch.Tensor of shape (batch, D), got {type(z).__name__}")
     D = module.INPUTS - (t is not None)
     if (z.dim() == 2 and z.shape[1] == D == module.OUTPUTS and order <= module.ORDER + 1
-            and all(p.dtype == z.dtype and p.device == z.device for p in params)):
+            and _alike(params, z.dtype, z.device)):
         # the module's own checks, made here for a model read above: the runtime directly
         return jet_torch.ode_series(params, z, t, order, module.series_activation, module.SERIES_RULE,
                                     module.ACTIVATION, regularizer)
     return module.ode_series(params, z, t, order, regularizer)  # its error says what is wrong
+
+
+def _alike(params, dtype, device):
+    return all(p.dtype == dtype and p.device == device for p in params)
 
 
 def _factorials(order, like):

@@ -47,8 +47,8 @@ def ode_series(params, z, t, order, activation, rule, name=None, regularizer=Fal
     if t is not None:
         t = torch.as_tensor(t, dtype=z.dtype, device=z.device).expand(z.shape[0])
     if _compiled_applies(name, rule, params, z, t, order):
-        series, top = _CompiledSeries.apply(_compiled_kinds()[name], activation, rule, order, regularizer, z, t, *params)
-        return (series.permute(1, 2, 0), top) if regularizer else series.permute(1, 2, 0)
+        series, top = _apply_compiled(_KINDS[name], activation, rule, order, regularizer, z, t, *params)
+        return (series, top) if regularizer else series
     series = _torch_series(params, z, t, order, activation, rule)
     return (series, _regularizer(series, order)) if regularizer else series
 
@@ -58,8 +58,7 @@ def _regularizer(series, order):
     return (top * top).mean(dim=1)
 
 
-def _compiled_kinds():
-    return {"tanh": 0, "sigmoid": 1}
+_KINDS = {"tanh": 0, "sigmoid": 1}  # the activations the compiled passes know, by their number there
 
 
 def _sigmoid(x, out):
@@ -77,7 +76,7 @@ def _tanh(x, out):
 _SIGMA = (_tanh, _sigmoid)  # NumPy's vectorized functions, by kind
 
 
-_EMPTY: dict = {}  # dtype -> an empty array
+_EMPTY: dict = {}  # empty arrays, made once: (dtype, axes) -> one, ("stand-ins", dtype, count) -> a tuple
 
 
 def _compiled_applies(name, rule, params, z, t, order):
@@ -163,7 +162,10 @@ class _Layout:
         self.transposed_size = sum(W.size - (W.shape[0] if timed and l == 0 else 0) for l, W in enumerate(weights))
         self.top_scale = float(math.factorial(K)) ** 2 / D  # mean over the states of (K! z_K)^2
         # float32 tanh's coefficient 0 made inside the passes, by jet_ode_loops.tanh32_equation, on each thread's rows
-        self.inside = kind == _compiled_kinds()["tanh"] and dtype == np.float32
+        self.inside = kind == _KINDS["tanh"] and dtype == np.float32
+        # the weights' transposes made by the pass itself where one call, or one prange call, makes the first tile
+        self.fill = self.inside and (self.parallel or len(self.groups) == 1)
+        self.stand_ins = _stand_ins(dtype, len(self.widths))  # first_p and first_a where the passes make them
         self.blas = _loops()[1].blas_arguments(dtype)
 
     def gradients(self, buffer):
@@ -183,17 +185,9 @@ def _layout(arrays, B, D, K, dtype, kind, c, timed, threads, fast):
     return layout
 
 
-def _in_groups(function, lay):
-    """[function(group) for each thread's group of tiles]: several groups at once on threads
-    (runtime.threads; each tile is one compiled call, which lets go of the GIL), or one here."""
-    if len(lay.groups) == 1:
-        return [function(lay.groups[0])]
-    return threads.run_parts(function, lay.groups, len(lay.groups))
-
-
 def _stand_ins(dtype, count):
     """`count` empty 2-D arrays: first_p and first_a where the passes make coefficient 0 themselves."""
-    key = (dtype, count)
+    key = ("stand-ins", dtype, count)
     arrays = _EMPTY.get(key)
     if arrays is None:
         import numpy as np
@@ -223,13 +217,21 @@ def _scratch(size, dtype):
     return array[:size]
 
 
-def _unread(dtype):
-    """An empty array: an unread time (autonomous dynamics), no gradient given."""
-    empty = _EMPTY.get(dtype)
+def _array(x, contiguous=True):
+    """A CPU tensor's NumPy view (made contiguous, or as it is): no detached tensor made where none is needed."""
+    if x.requires_grad:
+        x = x.detach()
+    return (x if not contiguous or x.is_contiguous() else x.contiguous()).numpy()
+
+
+def _unread(dtype, ndim=1):
+    """An empty array of `ndim` axes: an unread time (autonomous dynamics), no gradient given."""
+    key = (dtype, ndim)
+    empty = _EMPTY.get(key)
     if empty is None:
         import numpy as np
 
-        empty = _EMPTY[dtype] = np.zeros(0, dtype=dtype)
+        empty = _EMPTY[key] = np.zeros((0,) * ndim, dtype=dtype)
     return empty
 
 
@@ -266,14 +268,14 @@ class _CompiledSeries(torch.autograd.Function):
         loops, numpy_loops = _loops()
 
         timed = t is not None
-        zn = z.detach().contiguous().numpy()
+        zn = _array(z)
         B, D = zn.shape
         dtype = zn.dtype
         tn = t.detach().contiguous().numpy() if timed else _unread(dtype)
         arrays = numpy_views(flat)
         weights, biases = arrays[0::2], arrays[1::2]
         fast = numpy_loops.fast_parallel_loops()
-        count = min(torch.get_num_threads(), numpy_loops.numba.get_num_threads()) if fast else torch.get_num_threads()
+        count = min(torch.get_num_threads(), numpy_loops.numba_threads()) if fast else torch.get_num_threads()
         lay = _layout(arrays, B, D, order, dtype, kind, rule[1], timed, count, fast)
         blas, zero, one = lay.blas
         # remade each call (values may have changed in place), by the first numba call that reads them
@@ -282,37 +284,39 @@ class _CompiledSeries(torch.autograd.Function):
         series[0] = zn
         store = np.empty(lay.store_size, dtype=dtype)
         top = np.empty(B if regularizer else 0, dtype=dtype)
-        inside = lay.inside
+        inside, fill = lay.inside, lay.fill
         with threads.blas_threads(lay.blas_threads):
-            # made by the pass itself where one call, or one prange call, makes the first tile
-            fill = inside and (lay.parallel or len(lay.groups) == 1)
             if not fill:
                 loops.transpose_weights(weights, timed, transposed)
             if inside:  # the passes make coefficient 0: arrays of the right type, never read
-                first_p = first_a = _stand_ins(dtype, len(lay.widths))
+                first_p = first_a = lay.stand_ins
             else:
                 first_p, first_a = _coefficient_zero(loops, lay, zn, tn, weights, biases, transposed, timed)
-
-            def forward(group):
-                ints = np.empty(8, np.int32)
-                for i in group:
-                    lo, hi = lay.tiles[i]
-                    part = store[lay.per_row * lo: lay.per_row * hi]
-                    loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, fill and i == 0, biases, order, inside,
-                                  first_p, first_a, lo, hi, series, part, top, lay.top_scale, blas, ints, zero, one)
-
             if lay.parallel:
                 numpy_loops.workers_off_this_core()
                 loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, fill, biases, order, inside, first_p,
                                     first_a, lay.cuts, lay.store_cuts, lay.parts, series, store, top, lay.top_scale, blas,
                                     zero, one)
+            elif len(lay.tiles) == 1:  # the common case, called directly: a closure costs microseconds
+                loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, fill, biases, order, inside, first_p,
+                              first_a, 0, B, series, store, top, lay.top_scale, blas, np.empty(8, np.int32), zero, one)
             else:
-                _in_groups(forward, lay)
+                def forward(group):
+                    ints = np.empty(8, np.int32)
+                    for i in group:
+                        lo, hi = lay.tiles[i]
+                        part = store[lay.per_row * lo: lay.per_row * hi]
+                        loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, fill and i == 0, biases, order,
+                                      inside, first_p, first_a, lo, hi, series, part, top, lay.top_scale, blas, ints, zero,
+                                      one)
+
+                threads.run_parts(forward, lay.groups, len(lay.groups))
         ctx.numpy = (lay, tn, weights, series, store)
         ctx.setup = (activation, rule, order, timed)
         ctx.save_for_backward(z, t, *flat)
         ctx.set_materialize_grads(False)
-        return torch.from_numpy(series), torch.from_numpy(top) if regularizer else None
+        # (batch, D, order + 1) as a view of the passes' coefficient-first array: no permute node to record
+        return torch.from_numpy(series.transpose(1, 2, 0)), torch.from_numpy(top) if regularizer else None
 
     @staticmethod
     def backward(ctx, G, G_top):
@@ -328,21 +332,12 @@ class _CompiledSeries(torch.autograd.Function):
         ctx.numpy = None
         dtype = series.dtype
         B, D = series.shape[1], series.shape[2]
-        Gn = np.zeros((0, 0, 0), dtype=dtype) if G is None else np.ascontiguousarray(G.detach().to(z.dtype).numpy())
-        gn = _unread(dtype) if G_top is None else G_top.detach().to(z.dtype).contiguous().numpy()
+        Gn = _unread(dtype, 3) if G is None else np.ascontiguousarray(_array(G.to(z.dtype), False).transpose(2, 0, 1))
+        gn = _unread(dtype) if G_top is None else np.ascontiguousarray(_array(G_top.to(z.dtype), contiguous=False))  # often mean's expanded gradient
         want_dz = ctx.needs_input_grad[5]
         dz, dt = np.empty((B if want_dz else 0, D), dtype=dtype), np.zeros(B, dtype=dtype)
         blas, zero, one = lay.blas
-
-
-        def reverse(group):  # the group's tiles accumulate into one buffer
-            buffer, ints = np.zeros(lay.gradient_size, dtype=dtype), np.empty(8, np.int32)
-            for i in group:
-                lo, hi = lay.tiles[i]
-                part = store[lay.per_row * lo: lay.per_row * hi]
-                loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, part, _unread(dtype), Gn, gn,
-                              2.0 * lay.top_scale, buffer, lay.starts, dz, dt, blas, ints, zero, one)
-            return buffer
+        scale = 2.0 * lay.top_scale
 
         with threads.blas_threads(lay.blas_threads):
             if lay.parallel:
@@ -350,13 +345,39 @@ class _CompiledSeries(torch.autograd.Function):
                 buffers = np.empty((len(lay.groups), lay.gradient_size), dtype=dtype)
                 adjoints = _scratch(lay.store_size, dtype)  # kept: see jet_ode_loops.reverse
                 loops.reverse_parts(lay.c, lay.frac, tn, timed, weights, order, series, lay.cuts, lay.store_cuts,
-                                    lay.parts, store, adjoints, Gn, gn, 2.0 * lay.top_scale, buffers, lay.starts, dz, dt,
-                                    blas, zero, one)
+                                    lay.parts, store, adjoints, Gn, gn, scale, buffers, lay.starts, dz, dt, blas, zero,
+                                    one)
+                buffer = buffers[0]  # the parts' sum
+            elif len(lay.tiles) == 1:  # the common case, called directly: a closure costs microseconds
+                buffer = np.zeros(lay.gradient_size, dtype=dtype)
+                loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, 0, B, store, _unread(dtype), Gn, gn,
+                              scale, buffer, lay.starts, dz, dt, blas, np.empty(8, np.int32), zero, one)
             else:
-                buffers = _in_groups(reverse, lay)
-        buffer = buffers[0] if len(buffers) == 1 or lay.parallel else np.sum(buffers, axis=0)
+                def reverse(group):  # the group's tiles accumulate into one buffer
+                    buffer, ints = np.zeros(lay.gradient_size, dtype=dtype), np.empty(8, np.int32)
+                    for i in group:
+                        lo, hi = lay.tiles[i]
+                        part = store[lay.per_row * lo: lay.per_row * hi]
+                        loops.reverse(lay.c, lay.frac, tn, timed, weights, order, series, lo, hi, part, _unread(dtype),
+                                      Gn, gn, scale, buffer, lay.starts, dz, dt, blas, ints, zero, one)
+                    return buffer
+
+                buffers = threads.run_parts(reverse, lay.groups, len(lay.groups))
+                buffer = buffers[0] if len(buffers) == 1 else np.sum(buffers, axis=0)
         return (None,) * 5 + (torch.from_numpy(dz) if want_dz else None, torch.from_numpy(dt) if timed else None,
                               *lay.gradients(buffer))
+
+
+def _direct_apply(function):
+    """`function.apply` without torch's Python wrapper, whose work (default arguments for
+    setup_context, functorch's dead wrappers) none of these calls needs: _compiled_applies has
+    ruled out functorch's transforms. The wrapper where torch's C entry point has moved."""
+    entry = getattr(torch._C, "_FunctionBase", None)
+    entry = getattr(entry, "__dict__", {}).get("apply")
+    return entry.__get__(None, function) if hasattr(entry, "__get__") else function.apply
+
+
+_apply_compiled = _direct_apply(_CompiledSeries)
 
 
 def _recorded_backward(z, t, flat, order, activation, rule, G, G_top):
@@ -365,7 +386,7 @@ def _recorded_backward(z, t, flat, order, activation, rule, G, G_top):
     wanted = [x is not None and x.requires_grad for x in inputs]
     with torch.enable_grad():
         series = _torch_series(list(flat), z, t, order, activation, rule)
-        outputs, grads = [series.permute(2, 0, 1)], [G]
+        outputs, grads = [series], [G]
         if G_top is not None:
             outputs.append(_regularizer(series, order))
             grads.append(G_top)

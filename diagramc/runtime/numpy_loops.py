@@ -122,6 +122,13 @@ def fast_parallel_loops() -> bool:
     return _PARALLEL["fast"] and _PARALLEL["pid"] == pid
 
 
+def numba_threads() -> int:
+    """numba.get_num_threads() once the threading layer is up (fast_parallel_loops): its C
+    function directly, without the two locks numba's wrapper takes on every call."""
+    count = getattr(numba.np.ufunc.parallel, "_get_num_threads", None) if _PARALLEL["pid"] == os.getpid() else None
+    return count() if count is not None else numba.get_num_threads()
+
+
 def workers_off_this_core():
     """Keeps numba's prange threads off the core this thread runs on (Linux), before a prange
     call: a worker woken there shares that core, the caller spinning at the loop's end while

@@ -90,21 +90,30 @@ def _count_calls(library):
     return library.get_num_threads, library.set_num_threads
 
 
-@contextlib.contextmanager
-def blas_threads(count):
+class blas_threads:
     """A context in which BLAS runs on `count` threads, its settings restored after (only
-    the libraries whose count differs are touched: a set costs microseconds)."""
-    changed = []
-    for get, set_ in _blas_libraries():
-        before = get()
-        if before != count:
-            set_(count)
-            changed.append((set_, before))
-    try:
-        yield
-    finally:
-        for set_, before in changed:
+    the libraries whose count differs are touched: a set costs microseconds). A class: a
+    compiled ODE call enters two, and contextlib's generator machinery cost more than the calls."""
+
+    __slots__ = ("count", "changed")
+
+    def __init__(self, count):
+        self.count, self.changed = count, ()
+
+    def __enter__(self):
+        changed = []
+        for get, set_ in _blas_libraries():
+            before = get()
+            if before != self.count:
+                set_(self.count)
+                changed.append((set_, before))
+        self.changed = changed
+        return self
+
+    def __exit__(self, *exc):
+        for set_, before in self.changed:
             set_(before)
+        return False
 
 
 def one_blas_thread():
