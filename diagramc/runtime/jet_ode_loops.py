@@ -154,10 +154,10 @@ def _adjoint_pair(g, w, pb, ur, ub, pj):
 
 
 @jit(fastmath={"reassoc", "contract"})
-def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, first_p, first_a, lo, hi, series, store,
+def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, first_p, first_a, lo, hi, z, series, store,
             top, top_scale, blas, ints, zero, one):
-    """Rows lo..hi of the batch: series[k] = z_[k] for k = 1..K and this part's store filled (see
-    the module's docstring), from series[0] = z and each hidden layer's coefficient 0: with
+    """Rows lo..hi of the batch: series[k] = z_[k] for k = 0..K and this part's store filled (see
+    the module's docstring), from z (batch, D) and each hidden layer's coefficient 0: with
     `inside` (float32 tanh), made here, sigma by tanh32_equation; else given for the whole batch,
     first_p[l] = P[0] and first_a[l] = A[0] = sigma(P[0]) (sigma by NumPy's vectorized
     functions: numba's tanh is scalar and forty times slower), set by the caller; top
@@ -175,6 +175,7 @@ def forward(c, frac, t, timed, weights, transposed, fill, biases, K, inside, fir
     if fill:
         transpose_weights(weights, timed, transposed)
     y = np.empty((B, D), dtype=series.dtype)
+    series[0][lo:hi] = z[lo:hi]
     for k in range(K):
         x = series[k][lo:hi]
         for l in range(L):
@@ -343,7 +344,7 @@ def reverse(c, frac, t, timed, weights, K, series, lo, hi, store, grads, G, g_to
 
 @jit(parallel=True)
 def forward_parts(c, frac, t, timed, weights, transposed, fill, biases, K, inside, first_p, first_a, cuts, stores, parts,
-                  series, store, top, top_scale, blas, zero, one):
+                  z, series, store, top, top_scale, blas, zero, one):
     """forward over the batch's tiles (rows cuts[i]..cuts[i + 1], store stores[i]..stores[i + 1]),
     part g taking tiles parts[g]..parts[g + 1] on its own thread, every part at once; the
     transposes made first, once, where `fill` says so."""
@@ -353,7 +354,7 @@ def forward_parts(c, frac, t, timed, weights, transposed, fill, biases, K, insid
         ints = np.empty(8, np.int32)
         for i in range(parts[g], parts[g + 1]):
             forward(c, frac, t, timed, weights, transposed, False, biases, K, inside, first_p, first_a, cuts[i], cuts[i + 1],
-                    series, store[stores[i]: stores[i + 1]], top, top_scale, blas, ints, zero, one)
+                    z, series, store[stores[i]: stores[i + 1]], top, top_scale, blas, ints, zero, one)
 
 
 @jit(parallel=True)

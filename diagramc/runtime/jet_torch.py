@@ -200,20 +200,21 @@ _SCRATCH = threading.local()
 SCRATCH_KEPT = 2**24  # items up to which a thread keeps its scratch buffer between calls
 
 
-def _scratch(size, dtype):
-    """`size` items of a buffer this thread keeps between calls: made anew each call, a buffer of
-    megabytes came from memory malloc had handed back to the system, a page fault every 4 kB
-    (1000 a call and 1.8 ms of system time at the timed dynamics' K = 3)."""
+def _scratch(size, dtype, use="adjoints"):
+    """`size` items of a buffer this thread keeps between calls for one use (read within one pass,
+    never after it): made anew each call, a buffer of megabytes came from memory malloc had
+    handed back to the system, a page fault every 4 kB (1000 a call and 1.8 ms of system time
+    at the timed dynamics' K = 3)."""
     import numpy as np
 
     kept = getattr(_SCRATCH, "arrays", None)
     if kept is None:
         kept = _SCRATCH.arrays = {}
-    array = kept.get(dtype)
+    array = kept.get((use, dtype))
     if array is None or array.size < size:
         array = np.empty(size, dtype=dtype)
         if size <= SCRATCH_KEPT:
-            kept[dtype] = array
+            kept[use, dtype] = array
     return array[:size]
 
 
@@ -279,9 +280,8 @@ class _CompiledSeries(torch.autograd.Function):
         lay = _layout(arrays, B, D, order, dtype, kind, rule[1], timed, count, fast)
         blas, zero, one = lay.blas
         # remade each call (values may have changed in place), by the first numba call that reads them
-        transposed = np.empty(lay.transposed_size, dtype=dtype)
-        series = np.empty((order + 1, B, D), dtype=dtype)
-        series[0] = zn
+        transposed = _scratch(lay.transposed_size, dtype, "transposed")
+        series = np.empty((order + 1, B, D), dtype=dtype)  # series[0] = z copied by the passes
         store = np.empty(lay.store_size, dtype=dtype)
         top = np.empty(B if regularizer else 0, dtype=dtype)
         inside, fill = lay.inside, lay.fill
@@ -295,11 +295,12 @@ class _CompiledSeries(torch.autograd.Function):
             if lay.parallel:
                 numpy_loops.workers_off_this_core()
                 loops.forward_parts(lay.c, lay.frac, tn, timed, weights, transposed, fill, biases, order, inside, first_p,
-                                    first_a, lay.cuts, lay.store_cuts, lay.parts, series, store, top, lay.top_scale, blas,
-                                    zero, one)
+                                    first_a, lay.cuts, lay.store_cuts, lay.parts, zn, series, store, top, lay.top_scale,
+                                    blas, zero, one)
             elif len(lay.tiles) == 1:  # the common case, called directly: a closure costs microseconds
                 loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, fill, biases, order, inside, first_p,
-                              first_a, 0, B, series, store, top, lay.top_scale, blas, np.empty(8, np.int32), zero, one)
+                              first_a, 0, B, zn, series, store, top, lay.top_scale, blas, np.empty(8, np.int32), zero,
+                              one)
             else:
                 def forward(group):
                     ints = np.empty(8, np.int32)
@@ -307,8 +308,8 @@ class _CompiledSeries(torch.autograd.Function):
                         lo, hi = lay.tiles[i]
                         part = store[lay.per_row * lo: lay.per_row * hi]
                         loops.forward(lay.c, lay.frac, tn, timed, weights, transposed, fill and i == 0, biases, order,
-                                      inside, first_p, first_a, lo, hi, series, part, top, lay.top_scale, blas, ints, zero,
-                                      one)
+                                      inside, first_p, first_a, lo, hi, zn, series, part, top, lay.top_scale, blas, ints,
+                                      zero, one)
 
                 threads.run_parts(forward, lay.groups, len(lay.groups))
         ctx.numpy = (lay, tn, weights, series, store)
@@ -333,7 +334,8 @@ class _CompiledSeries(torch.autograd.Function):
         dtype = series.dtype
         B, D = series.shape[1], series.shape[2]
         Gn = _unread(dtype, 3) if G is None else np.ascontiguousarray(_array(G.to(z.dtype), False).transpose(2, 0, 1))
-        gn = _unread(dtype) if G_top is None else np.ascontiguousarray(_array(G_top.to(z.dtype), contiguous=False))  # often mean's expanded gradient
+        # G_top is often mean's gradient, expanded: made contiguous by NumPy, cheaper than torch
+        gn = _unread(dtype) if G_top is None else np.ascontiguousarray(_array(G_top, contiguous=False), dtype=dtype)
         want_dz = ctx.needs_input_grad[5]
         dz, dt = np.empty((B if want_dz else 0, D), dtype=dtype), np.zeros(B, dtype=dtype)
         blas, zero, one = lay.blas
