@@ -179,16 +179,18 @@ PAUSE = 0.05
 
 
 def time_round(fn, seconds=0.02):
-    """Seconds per call, after an idle PAUSE: as many calls as fill about `seconds` (at least one)."""
+    """Seconds per call, after an idle PAUSE and one untimed call: the mean of the calls that fill
+    `seconds` (at least one). Counted as they go, not fixed from the first call: that one runs
+    cold after the pause, at times ten times slower, and would leave a round of a single call."""
     time.sleep(PAUSE)
-    start = time.perf_counter()
     fn()
-    one = time.perf_counter() - start
-    reps = max(1, int(seconds / max(one, 1e-6)))
-    start = time.perf_counter()
-    for _ in range(reps):
+    calls, start = 0, time.perf_counter()
+    while True:
         fn()
-    return (time.perf_counter() - start) / reps
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return elapsed / calls
 
 
 def main():
