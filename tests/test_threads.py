@@ -190,3 +190,21 @@ def test_numbas_workers_are_kept_off_the_callers_core(monkeypatch):
         numpy_loops.workers_off_this_core()
         assert numpy_loops._PARALLEL["off"] == cpu
         assert all(os.sched_getaffinity(w) == allowed - {cpu} for w in workers)
+
+
+def test_numba_thread_count_read_directly_follows_numba():
+    """numpy_loops.numba_threads, numba's C getter read without its wrapper, says what
+    numba.get_num_threads says, before the threading layer starts and after set_num_threads."""
+    import numba
+
+    from diagramc.runtime import numpy_loops
+
+    assert numpy_loops.numba_threads() == numba.get_num_threads()
+    numpy_loops.fast_parallel_loops()
+    before = numba.get_num_threads()
+    try:
+        for count in (1, before):
+            numba.set_num_threads(count)
+            assert numpy_loops.numba_threads() == numba.get_num_threads() == count
+    finally:
+        numba.set_num_threads(before)

@@ -5,6 +5,7 @@ NumPy operations make several. Compiled at a first call, they stay in numba's di
 """
 import math
 import os
+import sys
 
 import llvmlite.ir  # numba's own dependency: the code of the calls into SciPy's BLAS (_call_blas)
 import numba
@@ -125,8 +126,9 @@ def fast_parallel_loops() -> bool:
 def numba_threads() -> int:
     """numba.get_num_threads() once the threading layer is up (fast_parallel_loops): its C
     function directly, without the two locks numba's wrapper takes on every call."""
-    count = getattr(numba.np.ufunc.parallel, "_get_num_threads", None) if _PARALLEL["pid"] == os.getpid() else None
-    return count() if count is not None else numba.get_num_threads()
+    parallel = sys.modules.get("numba.np.ufunc.parallel") if _PARALLEL["pid"] == os.getpid() else None
+    count = getattr(parallel, "_get_num_threads", None)  # numba's private name: its public function where it moved
+    return count() if callable(count) else numba.get_num_threads()
 
 
 def workers_off_this_core():
