@@ -272,7 +272,7 @@ class _CompiledSeries(torch.autograd.Function):
         zn = _array(z)
         B, D = zn.shape
         dtype = zn.dtype
-        tn = t.detach().contiguous().numpy() if timed else _unread(dtype)
+        tn = _array(t) if timed else _unread(dtype)
         arrays = numpy_views(flat)
         weights, biases = arrays[0::2], arrays[1::2]
         fast = numpy_loops.fast_parallel_loops()
